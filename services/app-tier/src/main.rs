@@ -1,0 +1,46 @@
+//! `app-tier`: the app tier of the image recognition service.
+//!
+//! `app-tier classify --model DIR FILE...` classifies local files without any queue and prints
+//! `FILE_NAME,label` per file. `app-tier bench` measures the pipeline for `make bench`.
+
+mod bench;
+mod classify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "app-tier", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify local image files and print `FILE_NAME,label` per file.
+    Classify(classify::Args),
+    /// Time decode+preprocess and inference per image (used by `make bench`).
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Classify(args) => classify::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

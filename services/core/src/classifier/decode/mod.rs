@@ -1,0 +1,138 @@
+//! Image bytes -> 8-bit RGB pixels, decoded exactly as Pillow does (`Image.open(..).convert("RGB")`),
+//! so that the Rust pipeline and the Python reference see the same pixels.
+
+mod jpeg;
+mod png;
+
+use serde::Deserialize;
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved `RGBRGB...`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl std::fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RgbImage({}x{})", self.width, self.height)
+    }
+}
+
+impl RgbImage {
+    pub fn new(width: usize, height: usize, pixels: Vec<u8>) -> Self {
+        assert_eq!(
+            pixels.len(),
+            width * height * 3,
+            "pixel buffer does not match dimensions"
+        );
+        Self {
+            width,
+            height,
+            pixels,
+        }
+    }
+}
+
+/// Why an upload is not an image we classify. Each variant is a one-line reason for the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    #[error("empty file")]
+    Empty,
+    #[error("unsupported image format ({0}); send JPEG or PNG")]
+    UnsupportedFormat(&'static str),
+    #[error("image is {width}x{height}, larger than the {max_side} pixels per side or {max_pixels} pixels allowed")]
+    TooLarge {
+        width: usize,
+        height: usize,
+        max_side: usize,
+        max_pixels: usize,
+    },
+    #[error("image has zero width or height")]
+    ZeroSize,
+    #[error("image data is truncated")]
+    Truncated,
+    #[error("cannot decode image: {0}")]
+    Corrupt(String),
+}
+
+/// Bounds on decoded images, checked from the header before any pixel buffer is allocated.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_side: usize,
+    pub max_pixels: usize,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_side: 8192,
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+impl ImageLimits {
+    pub fn check(&self, width: usize, height: usize) -> Result<(), ImageError> {
+        if width == 0 || height == 0 {
+            return Err(ImageError::ZeroSize);
+        }
+        if width > self.max_side
+            || height > self.max_side
+            || width.saturating_mul(height) > self.max_pixels
+        {
+            return Err(ImageError::TooLarge {
+                width,
+                height,
+                max_side: self.max_side,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The container format, told by magic bytes, never by file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+}
+
+pub fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
+    match bytes {
+        [] => Err(ImageError::Empty),
+        [0xFF, 0xD8, 0xFF, ..] => Ok(Format::Jpeg),
+        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Ok(Format::Png),
+        [b'G', b'I', b'F', b'8', ..] => Err(ImageError::UnsupportedFormat("GIF")),
+        [b'B', b'M', ..] => Err(ImageError::UnsupportedFormat("BMP")),
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => {
+            Err(ImageError::UnsupportedFormat("WebP"))
+        }
+        [b'I', b'I', 42, 0, ..] | [b'M', b'M', 0, 42, ..] => {
+            Err(ImageError::UnsupportedFormat("TIFF"))
+        }
+        _ => Err(ImageError::UnsupportedFormat("not an image")),
+    }
+}
+
+/// Reads only the header: format and dimensions, checked against `limits`. Cheap enough for the
+/// web tier to validate every upload before it is queued.
+pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<(Format, usize, usize), ImageError> {
+    let format = sniff(bytes)?;
+    let (width, height) = match format {
+        Format::Jpeg => jpeg::dimensions(bytes)?,
+        Format::Png => png::dimensions(bytes)?,
+    };
+    limits.check(width, height)?;
+    Ok((format, width, height))
+}
+
+/// Decodes JPEG or PNG bytes into RGB, refusing anything over `limits` before allocating for it.
+pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    match sniff(bytes)? {
+        Format::Jpeg => jpeg::decode(bytes, limits),
+        Format::Png => png::decode(bytes, limits),
+    }
+}

@@ -1,0 +1,181 @@
+//! Pillow's `Image.resize(size, BILINEAR)` for 8-bit RGB, ported operation for operation from
+//! `libImaging/Resample.c` so that the output is bit-identical: a triangle filter with half-pixel
+//! centres whose support widens with the scale when downscaling, coefficients in f64 turned into
+//! 22-bit fixed point, the horizontal pass first (rounded to u8), then the vertical one.
+
+use super::decode::RgbImage;
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+const BILINEAR_SUPPORT: f64 = 1.0;
+
+fn bilinear(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+/// For each output index, the first input index and fixed-point weights of the inputs it reads.
+struct Coefficients {
+    /// Weights per output position, `ksize` apart; only the first `bounds[i].1` of each are used.
+    weights: Vec<i32>,
+    bounds: Vec<(usize, usize)>,
+    ksize: usize,
+}
+
+impl Coefficients {
+    /// `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
+    fn new(in_size: usize, out_size: usize) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = BILINEAR_SUPPORT * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut weights = vec![0i32; out_size * ksize];
+        let mut bounds = Vec::with_capacity(out_size);
+        let mut k = vec![0f64; ksize];
+        for xx in 0..out_size {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's (int) cast truncates toward zero, as `as i64` does.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
+            let mut ww = 0.0;
+            for (x, w) in k.iter_mut().enumerate().take(xmax) {
+                *w = bilinear((x as f64 + xmin as f64 - center + 0.5) * ss);
+                ww += *w;
+            }
+            let row = &mut weights[xx * ksize..(xx + 1) * ksize];
+            for (x, w) in k.iter().enumerate().take(xmax) {
+                let w = if ww != 0.0 { w / ww } else { *w };
+                let fixed = w * f64::from(1u32 << PRECISION_BITS);
+                row[x] = if w < 0.0 {
+                    (-0.5 + fixed) as i32
+                } else {
+                    (0.5 + fixed) as i32
+                };
+            }
+            bounds.push((xmin, xmax));
+        }
+        Self {
+            weights,
+            bounds,
+            ksize,
+        }
+    }
+
+    fn get(&self, out: usize) -> (usize, &[i32]) {
+        let (min, len) = self.bounds[out];
+        (min, &self.weights[out * self.ksize..out * self.ksize + len])
+    }
+}
+
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
+
+/// Resizes `src` to `width` x `height` exactly as Pillow's BILINEAR filter does.
+pub fn resize_bilinear(src: &RgbImage, width: usize, height: usize) -> RgbImage {
+    assert!(width > 0 && height > 0, "resize target must not be empty");
+    let need_horizontal = width != src.width;
+    let need_vertical = height != src.height;
+    let horiz = Coefficients::new(src.width, width);
+    let vert = Coefficients::new(src.height, height);
+
+    // Only the source rows that the vertical pass reads go through the horizontal pass.
+    let first_row = vert.bounds[0].0;
+    let last_row = vert.bounds[height - 1].0 + vert.bounds[height - 1].1;
+
+    let (temp, row_offset) = if need_horizontal {
+        let rows = last_row - first_row;
+        let mut out = vec![0u8; width * rows * 3];
+        for y in 0..rows {
+            let line =
+                &src.pixels[(y + first_row) * src.width * 3..(y + first_row + 1) * src.width * 3];
+            for xx in 0..width {
+                let (xmin, k) = horiz.get(xx);
+                let mut ss = [ROUNDING; 3];
+                for (x, &w) in k.iter().enumerate() {
+                    let p = &line[(x + xmin) * 3..(x + xmin) * 3 + 3];
+                    for c in 0..3 {
+                        ss[c] += i32::from(p[c]) * w;
+                    }
+                }
+                let o = (y * width + xx) * 3;
+                for c in 0..3 {
+                    out[o + c] = clip8(ss[c]);
+                }
+            }
+        }
+        (RgbImage::new(width, rows, out), first_row)
+    } else {
+        (src.clone(), 0)
+    };
+
+    if !need_vertical {
+        return temp;
+    }
+    let stride = temp.width * 3;
+    let mut out = vec![0u8; stride * height];
+    for yy in 0..height {
+        let (ymin, k) = vert.get(yy);
+        let ymin = ymin - row_offset;
+        let dst = &mut out[yy * stride..(yy + 1) * stride];
+        for (i, d) in dst.iter_mut().enumerate() {
+            let mut ss = ROUNDING;
+            for (y, &w) in k.iter().enumerate() {
+                ss += i32::from(temp.pixels[(y + ymin) * stride + i]) * w;
+            }
+            *d = clip8(ss);
+        }
+    }
+    RgbImage::new(temp.width, height, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(width: usize, height: usize, f: impl Fn(usize, usize, usize) -> u8) -> RgbImage {
+        let mut px = Vec::new();
+        for y in 0..height {
+            for x in 0..width {
+                for c in 0..3 {
+                    px.push(f(x, y, c));
+                }
+            }
+        }
+        RgbImage::new(width, height, px)
+    }
+
+    #[test]
+    fn same_size_is_identity() {
+        let img = image(5, 4, |x, y, c| (x * 40 + y * 7 + c) as u8);
+        assert_eq!(resize_bilinear(&img, 5, 4), img);
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let img = image(7, 3, |_, _, c| [10, 128, 255][c]);
+        let out = resize_bilinear(&img, 224, 224);
+        assert!(out.pixels.chunks(3).all(|p| p == [10, 128, 255]));
+        let out = resize_bilinear(&image(500, 333, |_, _, c| [10, 128, 255][c]), 224, 224);
+        assert!(out.pixels.chunks(3).all(|p| p == [10, 128, 255]));
+    }
+
+    /// Values produced by Pillow 13: `Image.frombytes("RGB", (2, 1), bytes([0,0,0, 255,255,255]))
+    /// .resize((4, 1), Image.BILINEAR)` and `.resize((1, 1), ...)` of the 2x2 image below.
+    #[test]
+    fn matches_pillow_on_known_pixels() {
+        let img = image(2, 1, |x, _, _| if x == 0 { 0 } else { 255 });
+        let out = resize_bilinear(&img, 4, 1);
+        let red: Vec<u8> = out.pixels.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(red, [0, 64, 191, 255]);
+
+        let img = image(2, 2, |x, y, _| [[0, 100], [200, 255]][y][x]);
+        assert_eq!(resize_bilinear(&img, 1, 1).pixels, [139, 139, 139]);
+    }
+}
