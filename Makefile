@@ -1,0 +1,81 @@
+# Every target installs what it needs on a fresh machine (Rust toolchain and Python 3 assumed).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+MODEL ?= efficientnet-lite0
+# Shared test data (the 100 ImageNet thumbnails and the course's expected answers).
+DATASETS ?= ../shared/datasets
+ORT_VERSION := 1.31.1
+ORT_LIB := .ort/libonnxruntime.so.$(ORT_VERSION)
+DARKNET := .cache/darknet/usr/share/darknet/data
+DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
+TOOLS_PY := $(wildcard tools/*.py)
+
+.PHONY: help venv ort model build test test-rust test-python bench lint fmt clean
+
+help:
+	@echo "make build   release binaries in target/release"
+	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
+	@echo "make test    every test (what CI runs)"
+	@echo "make bench   classifier speed: Rust vs Python onnxruntime"
+	@echo "make lint    rustfmt and clippy"
+
+$(VENV)/.installed: tools/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# ONNX Runtime's shared library, from the same PyPI wheel the reference classifier uses.
+$(ORT_LIB): $(VENV)/.installed
+	mkdir -p .ort
+	cp "$$($(PY) -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime.so.$(ORT_VERSION)")')" $@.tmp
+	mv $@.tmp $@
+
+ort: $(ORT_LIB)
+
+models/%/manifest.json: $(VENV)/.installed $(TOOLS_PY) tools/imagenet-labels.json
+	$(PY) tools/make_model.py --model $* --out models/$*
+
+model: models/$(MODEL)/manifest.json
+
+build: $(ORT_LIB)
+	$(CARGO) build --release --workspace
+
+# Real photos for the parity tests: Debian's darknet package ships a few.
+$(DARKNET)/dog.jpg:
+	mkdir -p .cache/darknet
+	cd .cache/darknet && { apt-get download darknet 2>/dev/null || { apt-get update -qq && apt-get download darknet; }; }
+	dpkg -x .cache/darknet/darknet_*.deb .cache/darknet
+	touch $@
+
+test: test-rust test-python
+
+test-rust: $(ORT_LIB) $(DEFAULT_MODEL)
+	$(CARGO) build --release --workspace
+	$(CARGO) test --release --workspace
+
+test-python: $(ORT_LIB) $(DEFAULT_MODEL) $(DARKNET)/dog.jpg
+	$(CARGO) build --release --workspace
+	DATASETS=$(abspath $(DATASETS)) DARKNET=$(abspath $(DARKNET)) $(PY) -m pytest -q -rs tools/tests tests
+
+bench: $(ORT_LIB) $(DEFAULT_MODEL)
+	$(CARGO) build --release --workspace
+	$(PY) tools/bench.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf target models .ort

@@ -1,0 +1,83 @@
+"""The Rust classifier against tools/reference.py (Pillow + onnxruntime): identical top-1 on
+every image, bit-identical input tensors, logits within 1e-4."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run
+
+MODEL = ROOT / "models" / "efficientnet-lite0"
+
+
+def make_variants(photo: Path, thumb: Path, out: Path) -> list[Path]:
+    """Encodings and colour modes the test set lacks, made with Pillow from real pictures."""
+    out.mkdir(parents=True, exist_ok=True)
+    big = Image.open(photo).convert("RGB")
+    small = Image.open(thumb).convert("RGB")
+    files = {
+        "gray.jpg": (big.convert("L"), {}),
+        "progressive.jpg": (big, {"progressive": True, "quality": 85}),
+        "subsampling444.jpg": (big, {"subsampling": 0, "quality": 92}),
+        "subsampling422.jpg": (big, {"subsampling": 1, "quality": 75}),
+        "odd_size.jpg": (big.resize((333, 251)), {}),
+        "cmyk.jpg": (big.convert("CMYK"), {}),
+        "restart_markers.jpg": (big, {"restart_marker_blocks": 4}),
+        "huge_upscale.jpg": (small.resize((2000, 1500)), {"quality": 90}),
+        "one_pixel.png": (small.resize((1, 1)), {}),
+        "rgb.png": (big, {}),
+        "rgba.png": (big.convert("RGBA"), {}),
+        "gray.png": (big.convert("L"), {}),
+        "gray_alpha.png": (big.convert("LA"), {}),
+        "palette.png": (big.convert("P", palette=Image.Palette.ADAPTIVE), {}),
+        "bilevel.png": (big.convert("1"), {}),
+    }
+    paths = []
+    for name, (image, options) in files.items():
+        path = out / name
+        image.save(path, **options)
+        paths.append(path)
+    return paths
+
+
+def read_f32(path: Path) -> np.ndarray:
+    return np.fromfile(path, dtype="<f4")
+
+
+@pytest.fixture(scope="module")
+def images(datasets, darknet_photos, tmp_path_factory):
+    thumbs = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    assert len(thumbs) == 100
+    variants = make_variants(darknet_photos[0], thumbs[0], tmp_path_factory.mktemp("variants"))
+    return thumbs + darknet_photos + variants
+
+
+def test_rust_and_reference_agree_on_every_image(app_tier, images, tmp_path):
+    names = [p.name for p in images]
+    assert len(set(names)) == len(names)
+    rust = run([app_tier, "classify", "--model", MODEL, "--dump", tmp_path / "rust", *images])
+    assert rust.returncode == 0, rust.stderr
+    ref = run([sys.executable, "tools/reference.py", "--model", MODEL, "--dump", tmp_path / "ref", *images])
+    assert ref.returncode == 0, ref.stderr
+
+    rust_labels = dict(line.split(",", 1) for line in rust.stdout.splitlines())
+    ref_labels = dict(line.split(",", 1) for line in ref.stdout.splitlines())
+    assert list(rust_labels) == names
+    disagree = {n: (rust_labels[n], ref_labels[n]) for n in names if rust_labels[n] != ref_labels[n]}
+
+    worst_logit, tensor_mismatch = 0.0, []
+    for name in names:
+        rt, pt = read_f32(tmp_path / "rust" / f"{name}.input.f32"), read_f32(tmp_path / "ref" / f"{name}.input.f32")
+        if rt.shape != pt.shape or not np.array_equal(rt, pt):
+            diff = np.abs(rt - pt).max() if rt.shape == pt.shape else "shape"
+            tensor_mismatch.append((name, diff))
+        rl, pl = read_f32(tmp_path / "rust" / f"{name}.logits.f32"), read_f32(tmp_path / "ref" / f"{name}.logits.f32")
+        worst_logit = max(worst_logit, float(np.abs(rl - pl).max()))
+    print(f"\n{len(names)} images: {len(disagree)} label differences, {len(tensor_mismatch)} tensor differences, "
+          f"largest absolute logit difference {worst_logit:.3g}")
+    assert not disagree, disagree
+    assert not tensor_mismatch, tensor_mismatch
+    assert worst_logit < 1e-4
