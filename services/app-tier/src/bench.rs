@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use imgrec_core::classifier::decode::decode_rgb;
 use imgrec_core::classifier::Classifier;
 use imgrec_core::config::Settings;
 use ndarray::{Array3, Array4, Axis};
@@ -49,15 +50,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| std::fs::read(p).with_context(|| p.display().to_string()))
         .collect::<Result<_, _>>()?;
 
-    let mut prepare_ms = Vec::new();
+    let (mut prepare_ms, mut decode_ms, mut resize_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut tensors: Vec<Array3<f32>> = Vec::new();
+    let pre = classifier.preprocessor();
     for _ in 0..args.rounds {
         tensors.clear();
         for bytes in &images {
             let start = Instant::now();
-            let tensor = classifier.preprocessor().prepare(bytes)?;
+            let tensor = pre.prepare(bytes)?;
             prepare_ms.push(start.elapsed().as_secs_f64() * 1e3);
             tensors.push(tensor);
+            // The same work again, stage by stage, to show where the time goes.
+            let start = Instant::now();
+            let image = decode_rgb(bytes, pre.limits())?;
+            decode_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            let start = Instant::now();
+            std::hint::black_box(pre.resize(image));
+            resize_ms.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
 
@@ -72,7 +81,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ndarray::stack(Axis(0), &chunk.iter().map(|t| t.view()).collect::<Vec<_>>())
             })
             .collect::<Result<_, _>>()?;
-        classifier.logits(batches[0].view())?; // warm-up
+        let Some(first) = batches.first() else {
+            per_batch.insert(
+                format!("infer_batch{batch_size}_ms"),
+                serde_json::Value::Null,
+            );
+            continue;
+        };
+        classifier.logits(first.view())?; // warm-up
         let mut per_image_ms = Vec::new();
         for _ in 0..args.rounds {
             for batch in &batches {
@@ -88,6 +104,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut report = serde_json::Map::new();
     report.insert("prepare_ms".into(), median(prepare_ms).into());
+    report.insert("decode_ms".into(), median(decode_ms).into());
+    report.insert("resize_ms".into(), median(resize_ms).into());
     report.extend(per_batch);
     println!("{}", serde_json::Value::Object(report));
     Ok(ExitCode::SUCCESS)

@@ -21,6 +21,7 @@ pub use preprocess::Preprocessor;
 
 /// How a worker runs its model.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct InferenceSettings {
     /// `models/<name>/`: model.onnx, labels.json, manifest.json.
     pub model_dir: PathBuf,

@@ -59,6 +59,7 @@ pub enum ImageError {
 
 /// Bounds on decoded images, checked from the header before any pixel buffer is allocated.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ImageLimits {
     pub max_side: usize,
     pub max_pixels: usize,
