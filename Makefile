@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 MODEL ?= efficientnet-lite0
 # Shared test data (the 100 ImageNet thumbnails and the course's expected answers).
-DATASETS ?= ../shared/datasets
+DATASETS ?= $(firstword $(wildcard ../shared/datasets /work/shared/datasets) ../shared/datasets)
 ORT_VERSION := 1.31.1
 ORT_LIB := .ort/libonnxruntime.so.$(ORT_VERSION)
 DARKNET := .cache/darknet/usr/share/darknet/data

@@ -1,5 +1,10 @@
-//! Shared core of the image recognition service: configuration, the classifier, and (as the
-//! service grows) the ports the tiers talk to and their adapters.
+//! Shared core of the image recognition service: configuration, messages, the classifier, the
+//! ports the tiers talk to, their local adapters, and the scaling policy.
 
 pub mod classifier;
 pub mod config;
+pub mod contract;
+pub mod local;
+pub mod messages;
+pub mod policy;
+pub mod ports;

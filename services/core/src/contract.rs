@@ -1,0 +1,315 @@
+//! Contract tests that every adapter of a port must pass, local and AWS alike. Each function
+//! panics (as tests do) on the first broken promise.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::ports::{Fleet, InstanceState, ObjectKey, ObjectStore, WorkQueue};
+
+/// A request queue with its dead-letter queue, as the adapter under test configures them.
+pub struct QueuePair<Q> {
+    pub main: Q,
+    pub dead_letter: Q,
+    pub max_receives: u32,
+}
+
+const SHORT: Duration = Duration::from_secs(1);
+const NO_WAIT: Duration = Duration::ZERO;
+
+async fn receive_all<Q: WorkQueue>(q: &Q, visibility: Duration) -> Vec<crate::ports::Received> {
+    let mut all = Vec::new();
+    loop {
+        let got = q
+            .receive(10, visibility, Duration::from_millis(200))
+            .await
+            .expect("receive");
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+/// Send, receive, depth, delete.
+pub async fn queue_send_receive_delete<Q: WorkQueue>(q: Q) {
+    for i in 0..3 {
+        q.send(format!("m{i}").as_bytes()).await.expect("send");
+    }
+    assert_eq!(q.depth().await.expect("depth").visible, 3);
+    let got = receive_all(&q, Duration::from_secs(30)).await;
+    let bodies: HashSet<Vec<u8>> = got.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        ["m0", "m1", "m2"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect()
+    );
+    assert!(got.iter().all(|m| m.receive_count == 1));
+    let depth = q.depth().await.expect("depth");
+    assert_eq!((depth.visible, depth.in_flight), (0, 3));
+    for m in &got {
+        q.delete(&m.receipt).await.expect("delete");
+    }
+    assert_eq!(q.depth().await.expect("depth").total(), 0);
+    assert!(q
+        .receive(10, SHORT, NO_WAIT)
+        .await
+        .expect("receive")
+        .is_empty());
+}
+
+/// A message not deleted comes back after its visibility timeout, with a new receipt; the old
+/// receipt no longer deletes it; changing visibility to zero releases it at once.
+pub async fn queue_redelivery<Q: WorkQueue>(q: Q) {
+    q.send(b"again").await.expect("send");
+    let first = q
+        .receive(1, SHORT, NO_WAIT)
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a message");
+    assert!(
+        q.receive(1, SHORT, NO_WAIT)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "invisible message delivered twice"
+    );
+    tokio::time::sleep(SHORT + Duration::from_millis(300)).await;
+    let second = q
+        .receive(1, Duration::from_secs(30), Duration::from_secs(2))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("redelivered");
+    assert_eq!(second.body, b"again");
+    assert_eq!(second.receive_count, 2);
+    assert_ne!(second.receipt, first.receipt);
+    q.change_visibility(&second.receipt, Duration::ZERO)
+        .await
+        .expect("change visibility");
+    let third = q
+        .receive(1, Duration::from_secs(30), Duration::from_secs(2))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("released");
+    assert_eq!(third.receive_count, 3);
+    q.delete(&first.receipt).await.ok();
+    assert_eq!(
+        q.depth().await.expect("depth").total(),
+        1,
+        "a stale receipt deleted the message"
+    );
+    q.delete(&third.receipt).await.expect("delete");
+    assert_eq!(q.depth().await.expect("depth").total(), 0);
+}
+
+/// After `max_receives` receives without a delete, the message moves to the dead-letter queue.
+pub async fn queue_dead_letter<Q: WorkQueue>(pair: QueuePair<Q>) {
+    pair.main.send(b"poison").await.expect("send");
+    for i in 1..=pair.max_receives {
+        let m = pair
+            .main
+            .receive(1, SHORT, Duration::from_secs(3))
+            .await
+            .expect("receive")
+            .pop();
+        let m = m.unwrap_or_else(|| panic!("receive {i} got nothing"));
+        assert_eq!(m.receive_count, i);
+        tokio::time::sleep(SHORT + Duration::from_millis(300)).await;
+    }
+    assert!(pair
+        .main
+        .receive(1, SHORT, Duration::from_millis(1500))
+        .await
+        .expect("receive")
+        .is_empty());
+    let dead = pair
+        .dead_letter
+        .receive(1, SHORT, Duration::from_secs(3))
+        .await
+        .expect("receive")
+        .pop();
+    assert_eq!(
+        dead.expect("message in the dead-letter queue").body,
+        b"poison"
+    );
+}
+
+/// Concurrent receivers never get the same invisible message, and together get them all.
+pub async fn queue_concurrent_receivers<Q: WorkQueue + Clone>(q: Q) {
+    const N: usize = 60;
+    for i in 0..N {
+        q.send(format!("{i}").as_bytes()).await.expect("send");
+    }
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let got = receive_all(&q, Duration::from_secs(60)).await;
+                for m in &got {
+                    q.delete(&m.receipt).await.expect("delete");
+                }
+                got.into_iter().map(|m| m.body).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("receiver"));
+    }
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), N, "duplicates or losses");
+    assert_eq!(unique.len(), N);
+}
+
+/// A receive on an empty queue waits (long poll) and returns as soon as a message arrives.
+pub async fn queue_long_poll<Q: WorkQueue + Clone>(q: Q) {
+    let sender = q.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sender.send(b"late").await.expect("send");
+    });
+    let start = Instant::now();
+    let got = q
+        .receive(1, SHORT, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1, "long poll returned empty");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "long poll did not return on arrival"
+    );
+    q.delete(&got[0].receipt).await.expect("delete");
+}
+
+/// Put, get (latest and by version), list; keys with slashes.
+pub async fn object_store_contract<S: ObjectStore>(store: S, bucket: &str) {
+    let key = ObjectKey::new("test_0.JPEG").expect("key");
+    assert!(store.get(bucket, &key, None).await.expect("get").is_none());
+    let v1 = store
+        .put(bucket, &key, Bytes::from_static(b"first"))
+        .await
+        .expect("put");
+    let v2 = store
+        .put(bucket, &key, Bytes::from_static(b"second"))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(bucket, &key, None).await.expect("get").as_deref(),
+        Some(&b"second"[..])
+    );
+    if let (Some(a), Some(b)) = (&v1.version, &v2.version) {
+        assert_ne!(a, b);
+        assert_eq!(
+            store
+                .get(bucket, &key, Some(a))
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(&b"first"[..])
+        );
+        assert_eq!(
+            store
+                .get(bucket, &key, Some(b))
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(&b"second"[..])
+        );
+    }
+    let nested = ObjectKey::new("dir/test_1.png").expect("key");
+    store
+        .put(bucket, &nested, Bytes::from_static(b"x"))
+        .await
+        .expect("put");
+    let keys: Vec<String> = store
+        .list(bucket)
+        .await
+        .expect("list")
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(keys, ["dir/test_1.png", "test_0.JPEG"]);
+}
+
+/// Keys that could escape a bucket or that S3 would refuse are rejected before any I/O.
+pub fn object_keys_are_validated() {
+    for bad in [
+        "",
+        "../etc/passwd",
+        "/abs",
+        "a/../b",
+        "a//b",
+        "a\0b",
+        "a\\b",
+        ".",
+        "x/..",
+        "line\nbreak",
+    ] {
+        assert!(ObjectKey::new(bad).is_err(), "accepted {bad:?}");
+    }
+    assert!(ObjectKey::new("x".repeat(ObjectKey::MAX_LEN + 1)).is_err());
+    for good in [
+        "test_0.JPEG",
+        "a/b/c.png",
+        "with space.jpg",
+        "ünïcode.jpg",
+        "..hidden",
+    ] {
+        assert!(ObjectKey::new(good).is_ok(), "rejected {good:?}");
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Launch by name, list, retire, shutdown.
+pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration) {
+    fleet.launch("app-instance1").await.expect("launch");
+    fleet.launch("app-instance2").await.expect("launch");
+    assert!(
+        fleet.launch("app-instance1").await.is_err(),
+        "duplicate name accepted"
+    );
+    let names = |f: Arc<dyn Fleet>| async move {
+        f.instances()
+            .await
+            .expect("instances")
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Stopping)
+            .map(|i| i.name)
+            .collect::<Vec<_>>()
+    };
+    eventually("both instances are listed", timeout, || {
+        let f = fleet.clone();
+        async move { names(f).await == ["app-instance1", "app-instance2"] }
+    })
+    .await;
+    fleet.retire("app-instance1").await.expect("retire");
+    eventually("the retired instance is gone", timeout, || {
+        let f = fleet.clone();
+        async move { names(f).await == ["app-instance2"] }
+    })
+    .await;
+    fleet.shutdown().await.expect("shutdown");
+    eventually("no instance is left", timeout, || {
+        let f = fleet.clone();
+        async move { f.instances().await.expect("instances").is_empty() }
+    })
+    .await;
+}

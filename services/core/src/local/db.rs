@@ -1,0 +1,40 @@
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at_ms, id);
+CREATE TABLE IF NOT EXISTS instances (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    busy INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+";
+
+/// Opens (creating if needed) the database that every process of the local stack shares.
+pub fn open(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Many processes write: wait for the lock instead of failing, and let readers run beside a writer.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a committed send or delete survives power loss, not only a crash of the process.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+    Ok(conn)
+}

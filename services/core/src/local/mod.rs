@@ -1,0 +1,12 @@
+//! Embedded adapters for one machine: folders as buckets, SQLite as the queues (shared by
+//! processes, durable across restarts), OS processes as the app-tier fleet.
+
+mod db;
+mod fs_store;
+mod process_fleet;
+mod sqlite_queue;
+
+pub use db::open as open_db;
+pub use fs_store::FsObjectStore;
+pub use process_fleet::{ProcessFleet, SqliteInstanceStatus, WorkerCommand};
+pub use sqlite_queue::{DeadLetter, SqliteQueue};

@@ -1,0 +1,268 @@
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+
+use crate::messages::now_ms;
+use crate::ports::{Fleet, Instance, InstanceState, InstanceStatus};
+
+/// How to start one app-tier worker; the scaler adds `--name app-instanceK`.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+struct Worker {
+    child: Child,
+    launched_at: SystemTime,
+    retiring: bool,
+}
+
+/// App-tier instances as child processes of this one. Workers report readiness and busyness in
+/// the shared database (`SqliteInstanceStatus`); a worker that exits without being retired is
+/// logged as crashed and dropped, so the scaler starts a replacement on its next tick.
+pub struct ProcessFleet {
+    command: WorkerCommand,
+    workers: Mutex<HashMap<String, Worker>>,
+    db: Arc<Mutex<Connection>>,
+}
+
+impl ProcessFleet {
+    pub fn new(command: WorkerCommand, db: &Path) -> anyhow::Result<Self> {
+        let conn = super::db::open(db)?;
+        // Rows of an earlier run describe processes that no longer exist.
+        conn.execute("DELETE FROM instances", [])?;
+        Ok(Self {
+            command,
+            workers: Mutex::new(HashMap::new()),
+            db: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn reported(&self) -> anyhow::Result<HashMap<String, (String, bool, u64)>> {
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt =
+            conn.prepare_cached("SELECT name, state, busy, updated_at_ms FROM instances")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn forget(&self, name: &str) {
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = conn.execute("DELETE FROM instances WHERE name = ?1", params![name]) {
+            tracing::warn!(instance = name, error = %e, "cannot clear instance status");
+        }
+    }
+
+    fn signal(worker: &Worker, signal: libc::c_int) {
+        let pid = worker.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on a child we have not reaped yet, so the pid cannot have been reused.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+#[async_trait]
+impl Fleet for ProcessFleet {
+    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let reported = self.reported()?;
+        let mut gone = Vec::new();
+        let mut instances = Vec::new();
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers.retain(|name, w| match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !w.retiring {
+                        tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly; it will be replaced");
+                    } else {
+                        tracing::info!(instance = %name, %status, "app-tier instance stopped");
+                    }
+                    gone.push(name.clone());
+                    false
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "cannot poll app-tier instance");
+                    true
+                }
+            });
+            let launched_ms = |w: &Worker| {
+                w.launched_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            };
+            for (name, w) in workers.iter() {
+                let report = reported
+                    .get(name)
+                    .filter(|(_, _, at)| *at >= launched_ms(w));
+                let (state, busy) = match (w.retiring, report) {
+                    (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.1)),
+                    (false, Some((s, busy, _))) if s == "running" => {
+                        (InstanceState::Running, *busy)
+                    }
+                    (false, _) => (InstanceState::Pending, false),
+                };
+                instances.push(Instance {
+                    name: name.clone(),
+                    state,
+                    launched_at: w.launched_at,
+                    busy,
+                });
+            }
+        }
+        for name in gone {
+            self.forget(&name);
+        }
+        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(instances)
+    }
+
+    async fn launch(&self, name: &str) -> anyhow::Result<()> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.contains_key(name) {
+            bail!("instance {name} already exists");
+        }
+        let mut cmd = Command::new(&self.command.program);
+        cmd.args(&self.command.args)
+            .arg("--name")
+            .arg(name)
+            .envs(self.command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe. A worker gets SIGTERM when the process that started
+        // it dies, so none outlives the stack even after a SIGKILL of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.command.program.display()))?;
+        tracing::info!(
+            instance = name,
+            pid = child.id(),
+            "launched app-tier instance"
+        );
+        workers.insert(
+            name.to_owned(),
+            Worker {
+                child,
+                launched_at: SystemTime::now(),
+                retiring: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn retire(&self, name: &str) -> anyhow::Result<()> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let worker = workers
+            .get_mut(name)
+            .with_context(|| format!("no instance {name}"))?;
+        if !worker.retiring {
+            worker.retiring = true;
+            Self::signal(worker, libc::SIGTERM);
+            tracing::info!(instance = name, "retiring app-tier instance");
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            for w in workers.values_mut() {
+                w.retiring = true;
+                Self::signal(w, libc::SIGTERM);
+            }
+        }
+        loop {
+            let remaining = {
+                let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+                workers.retain(|_, w| !matches!(w.child.try_wait(), Ok(Some(_))));
+                if Instant::now() >= deadline {
+                    for w in workers.values_mut() {
+                        tracing::warn!(
+                            pid = w.child.id(),
+                            "app-tier instance did not stop in time; killing it"
+                        );
+                        let _ = w.child.kill();
+                        let _ = w.child.wait();
+                    }
+                    workers.clear();
+                }
+                workers.len()
+            };
+            if remaining == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute("DELETE FROM instances", [])?;
+        Ok(())
+    }
+}
+
+impl Drop for ProcessFleet {
+    fn drop(&mut self) {
+        let workers = self.workers.get_mut().unwrap_or_else(|p| p.into_inner());
+        for w in workers.values_mut() {
+            Self::signal(w, libc::SIGTERM);
+        }
+    }
+}
+
+/// A worker's side of the local fleet: it reports its state in the shared database.
+pub struct SqliteInstanceStatus {
+    name: String,
+    db: Arc<Mutex<Connection>>,
+}
+
+impl SqliteInstanceStatus {
+    pub fn open(db: &Path, name: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            db: Arc::new(Mutex::new(super::db::open(db)?)),
+        })
+    }
+}
+
+#[async_trait]
+impl InstanceStatus for SqliteInstanceStatus {
+    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        let state = match state {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+        };
+        tokio::task::spawn_blocking(move || {
+            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            conn.execute(
+                "INSERT INTO instances (name, state, busy, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4",
+                params![name, state, busy, now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await
+        .context("status task failed")?
+    }
+}

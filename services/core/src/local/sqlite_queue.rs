@@ -1,0 +1,216 @@
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::messages::now_ms;
+use crate::ports::{QueueDepth, Receipt, Received, WorkQueue};
+
+/// Where messages go after too many receives (SQS's redrive policy).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub max_receives: u32,
+}
+
+/// One named queue in the shared SQLite database. Every process opens its own connection; WAL
+/// lets receivers poll while another process writes.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    conn: Arc<Mutex<Connection>>,
+    name: String,
+    dead_letter: Option<DeadLetter>,
+    poll_interval: Duration,
+}
+
+impl SqliteQueue {
+    pub fn open(db: &Path, name: &str, dead_letter: Option<DeadLetter>) -> anyhow::Result<Self> {
+        let conn = super::db::open(db)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            name: name.to_owned(),
+            dead_letter,
+            poll_interval: Duration::from_millis(20),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Self) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn, &this)
+        })
+        .await
+        .context("queue task failed")?
+        .with_context(|| format!("queue {}", self.name))
+    }
+
+    fn try_receive(
+        &self,
+        conn: &mut Connection,
+        max: usize,
+        visibility: Duration,
+    ) -> anyhow::Result<Vec<Received>> {
+        let now = now_ms() as i64;
+        // A cheap read first: polling receivers then take no write lock while the queue is empty.
+        let ready: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2)",
+            params![self.name, now],
+            |r| r.get(0),
+        )?;
+        if !ready {
+            return Ok(Vec::new());
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(dl) = &self.dead_letter {
+            tx.execute(
+                "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL, visible_at_ms = ?2
+                 WHERE queue = ?3 AND visible_at_ms <= ?2 AND receive_count >= ?4",
+                params![dl.queue, now, self.name, dl.max_receives],
+            )?;
+        }
+        let rows: Vec<(i64, Vec<u8>, u32)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, body, receive_count FROM messages
+                 WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![self.name, now, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let hidden_until = now + visibility.as_millis() as i64;
+        let mut received = Vec::with_capacity(rows.len());
+        for (id, body, count) in rows {
+            let receipt = format!("{id}.{}", uuid::Uuid::new_v4().simple());
+            tx.execute(
+                "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2 WHERE id = ?3",
+                params![hidden_until, receipt, id],
+            )?;
+            received.push(Received {
+                receipt: Receipt(receipt),
+                body,
+                receive_count: count + 1,
+            });
+        }
+        tx.commit()?;
+        Ok(received)
+    }
+}
+
+fn message_id(receipt: &Receipt) -> anyhow::Result<i64> {
+    receipt
+        .0
+        .split_once('.')
+        .and_then(|(id, _)| id.parse().ok())
+        .with_context(|| format!("malformed receipt {:?}", receipt.0))
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn send(&self, body: &[u8]) -> anyhow::Result<()> {
+        let body = body.to_vec();
+        self.blocking(move |conn, q| {
+            let now = now_ms() as i64;
+            conn.execute(
+                "INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES (?1, ?2, ?3, ?3)",
+                params![q.name, body, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Received>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let got = self
+                .blocking(move |conn, q| q.try_receive(conn, max, visibility))
+                .await?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(
+                self.poll_interval
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+
+    async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()> {
+        let id = message_id(receipt)?;
+        let receipt = receipt.0.clone();
+        self.blocking(move |conn, q| {
+            // A stale receipt (the message was received again since) deletes nothing, as on SQS.
+            conn.execute(
+                "DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND queue = ?3",
+                params![id, receipt, q.name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_visibility(
+        &self,
+        receipt: &Receipt,
+        visibility: Duration,
+    ) -> anyhow::Result<()> {
+        let id = message_id(receipt)?;
+        let receipt = receipt.0.clone();
+        self.blocking(move |conn, q| {
+            let now = now_ms() as i64;
+            let changed = conn.execute(
+                "UPDATE messages SET visible_at_ms = ?1
+                 WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
+                params![
+                    now + visibility.as_millis() as i64,
+                    id,
+                    receipt,
+                    q.name,
+                    now
+                ],
+            )?;
+            if changed == 0 {
+                bail!("receipt {receipt} is no longer valid (deleted, expired or received again)");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn depth(&self) -> anyhow::Result<QueueDepth> {
+        self.blocking(|conn, q| {
+            let now = now_ms() as i64;
+            let (visible, in_flight): (Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT SUM(visible_at_ms <= ?2), SUM(visible_at_ms > ?2) FROM messages WHERE queue = ?1",
+                    params![q.name, now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((None, None));
+            Ok(QueueDepth { visible: visible.unwrap_or(0) as u64, in_flight: in_flight.unwrap_or(0) as u64 })
+        })
+        .await
+    }
+}

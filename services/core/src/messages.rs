@@ -1,0 +1,148 @@
+//! Messages between the tiers. Versioned so that old and new instances can coexist in a rolling
+//! deployment: a reader rejects a version it does not know instead of misreading it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const VERSION: u32 = 1;
+
+/// Web tier -> app tier: classify the object `key` (at `version`) of the input bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyRequest {
+    pub version: u32,
+    pub request_id: Uuid,
+    /// Input bucket key, the uploaded file name (`test_0.JPEG`).
+    pub key: String,
+    /// The input object's version, so that each request gets its own bytes even when two
+    /// uploads share a file name.
+    pub object_version: Option<String>,
+    pub submitted_at_ms: u64,
+}
+
+/// App tier -> web tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyResponse {
+    pub version: u32,
+    pub request_id: Uuid,
+    pub key: String,
+    pub outcome: Outcome,
+    /// The app-tier instance that answered.
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    Label {
+        label: String,
+        probability: f32,
+    },
+    /// The image could not be classified; `reason` is one line for the client.
+    Rejected {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("message version {0} is not supported (this build speaks {VERSION})")]
+    Version(u32),
+}
+
+pub trait Message: Serialize + for<'de> Deserialize<'de> {
+    fn version(&self) -> u32;
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("messages serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        // Check the version before the shape, so a newer message says so instead of failing on a field.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned = serde_json::from_slice(bytes)?;
+        if v.version != VERSION {
+            return Err(MessageError::Version(v.version));
+        }
+        let message: Self = serde_json::from_slice(bytes)?;
+        debug_assert_eq!(message.version(), VERSION);
+        Ok(message)
+    }
+}
+
+impl Message for ClassifyRequest {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Message for ClassifyResponse {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// The output bucket key and value of a result: `test_0` and `(test_0, bathtub)`.
+pub fn result_object(input_key: &str, label: &str) -> (String, String) {
+    let file = input_key.rsplit('/').next().unwrap_or(input_key);
+    let stem = match file.rsplit_once('.') {
+        Some((stem, _ext)) if !stem.is_empty() => stem,
+        _ => file,
+    };
+    (stem.to_string(), format!("({stem}, {label})"))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_object_strips_the_extension() {
+        assert_eq!(
+            result_object("test_0.JPEG", "bathtub"),
+            ("test_0".into(), "(test_0, bathtub)".into())
+        );
+        assert_eq!(
+            result_object("a.b.png", "x"),
+            ("a.b".into(), "(a.b, x)".into())
+        );
+        assert_eq!(
+            result_object("noext", "x"),
+            ("noext".into(), "(noext, x)".into())
+        );
+        assert_eq!(
+            result_object(".hidden", "x"),
+            (".hidden".into(), "(.hidden, x)".into())
+        );
+    }
+
+    #[test]
+    fn messages_round_trip_and_reject_other_versions() {
+        let req = ClassifyRequest {
+            version: VERSION,
+            request_id: Uuid::new_v4(),
+            key: "test_0.JPEG".into(),
+            object_version: Some("v1".into()),
+            submitted_at_ms: 5,
+        };
+        assert_eq!(ClassifyRequest::decode(&req.encode()).unwrap(), req);
+        let mut future = serde_json::to_value(&req).unwrap();
+        future["version"] = 2.into();
+        future["new_field"] = 1.into();
+        let err = ClassifyRequest::decode(future.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, MessageError::Version(2)));
+        assert!(ClassifyRequest::decode(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The local adapters against the port contracts (`imgrec_core::contract`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgrec_core::contract::{self, QueuePair};
+use imgrec_core::local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteQueue, WorkerCommand};
+use imgrec_core::ports::{Fleet, ObjectKey, ObjectStore};
+
+fn queue(dir: &Path, name: &str) -> SqliteQueue {
+    SqliteQueue::open(&dir.join("queue.sqlite3"), name, None).unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_queue_send_receive_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::queue_send_receive_delete(queue(dir.path(), "requests")).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::queue_redelivery(queue(dir.path(), "requests")).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let dl = DeadLetter {
+        queue: "requests-dlq".into(),
+        max_receives: 2,
+    };
+    let pair = QueuePair {
+        main: SqliteQueue::open(&db, "requests", Some(dl)).unwrap(),
+        dead_letter: SqliteQueue::open(&db, "requests-dlq", None).unwrap(),
+        max_receives: 2,
+    };
+    contract::queue_dead_letter(pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_queue_concurrent_receivers_in_separate_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    // Clones share a connection; separate opens behave like separate processes.
+    let sender = queue(dir.path(), "requests");
+    contract::queue_concurrent_receivers(sender.clone()).await;
+    let other = queue(dir.path(), "requests");
+    contract::queue_long_poll(other).await;
+}
+
+#[tokio::test]
+async fn sqlite_queues_are_separate_and_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    queue(dir.path(), "a").send(b"kept").await.unwrap();
+    let reopened = queue(dir.path(), "a");
+    use imgrec_core::ports::WorkQueue;
+    assert_eq!(queue(dir.path(), "b").depth().await.unwrap().total(), 0);
+    let got = reopened
+        .receive(10, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"kept");
+}
+
+#[tokio::test]
+async fn fs_object_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::object_store_contract(FsObjectStore::new(dir.path()), "input-bucket").await;
+    assert!(dir.path().join("s3/input-bucket/test_0.JPEG").is_file());
+    assert!(dir.path().join("s3/input-bucket/dir/test_1.png").is_file());
+}
+
+#[test]
+fn object_keys_are_validated() {
+    contract::object_keys_are_validated();
+}
+
+#[tokio::test]
+async fn fs_object_store_refuses_bad_bucket_names_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsObjectStore::new(dir.path());
+    let key = ObjectKey::new("a.jpg").unwrap();
+    for bucket in ["..", "../x", "a/b", "UP", ""] {
+        assert!(
+            store
+                .put(bucket, &key, bytes::Bytes::from_static(b"x"))
+                .await
+                .is_err(),
+            "bucket {bucket:?}"
+        );
+    }
+    assert!(store
+        .get("input-bucket", &key, Some("../../etc/passwd"))
+        .await
+        .is_err());
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.retain(|n| n != "tmp");
+    assert!(left.is_empty(), "wrote outside: {left:?}");
+}
+
+#[tokio::test]
+async fn process_fleet_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
+        env: vec![],
+    };
+    let fleet: Arc<dyn Fleet> =
+        Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap());
+    contract::fleet_contract(fleet, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn process_fleet_notices_a_crashed_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "exit 3".into(), "w".into()],
+        env: vec![],
+    };
+    let fleet = ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap();
+    fleet.launch("app-instance1").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !fleet.instances().await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crashed instance still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The name is free again for its replacement.
+    fleet.launch("app-instance1").await.unwrap();
+    fleet.shutdown().await.unwrap();
+}
