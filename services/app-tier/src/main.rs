@@ -5,6 +5,7 @@
 
 mod bench;
 mod classify;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as an app-tier instance: take requests from the queue until SIGTERM.
+    Run(worker::Args),
     /// Classify local image files and print `FILE_NAME,label` per file.
     Classify(classify::Args),
     /// Time decode+preprocess and inference per image (used by `make bench`).
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        Command::Run(args) => worker::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Bench(args) => bench::run(args),
     };

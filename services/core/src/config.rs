@@ -1,43 +1,134 @@
 //! All settings in one typed struct, loaded once: built-in defaults (`config/default.toml`), then
-//! an optional file named by `IMGREC_CONFIG`, then `IMGREC__SECTION__KEY` environment variables.
+//! an optional file named by `IMGREC_CONFIG`, then `IMGREC__SECTION__KEY` environment variables,
+//! then `PORT` and `DATA_DIR`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::classifier::{ImageLimits, InferenceSettings};
+use crate::policy::BacklogPolicy;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Local,
+}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    pub buckets: Buckets,
+    pub queues: Queues,
+    pub web: WebSettings,
+    pub app_tier: AppTierSettings,
+    pub scaler: ScalerSettings,
     pub inference: InferenceSettings,
     pub image_limits: ImageLimits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Buckets {
+    pub input: String,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Queues {
+    pub requests: String,
+    pub responses: String,
+    pub dead_letter: String,
+    pub max_receives: u32,
+    pub visibility_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_upload_bytes: u64,
+    pub response_timeout_s: u64,
+    pub run_scaler: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppTierSettings {
+    pub batch_size: usize,
+    pub poll_wait_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScalerSettings {
+    pub min: usize,
+    pub max: usize,
+    pub backlog_per_instance: f64,
+    pub scale_in_after_s: f64,
+    pub tick_ms: u64,
+}
+
+impl ScalerSettings {
+    pub fn policy(&self) -> anyhow::Result<BacklogPolicy> {
+        let policy = BacklogPolicy {
+            min: self.min,
+            max: self.max,
+            backlog_per_instance: self.backlog_per_instance,
+            scale_in_after: Duration::try_from_secs_f64(self.scale_in_after_s).context("scaler.scale_in_after_s")?,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms.max(10))
+    }
+}
+
+impl Queues {
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_secs(self.visibility_timeout_s.max(1))
+    }
 }
 
 impl Settings {
     /// Loads from the process environment.
     pub fn load() -> anyhow::Result<Self> {
         let file = std::env::var_os("IMGREC_CONFIG");
-        Self::load_from(
-            file.as_deref().map(Path::new),
-            Environment::with_prefix("IMGREC"),
-        )
+        let vars = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self::load_from(file.as_deref().map(Path::new), Environment::with_prefix("IMGREC"), vars("PORT"), vars("DATA_DIR"))
     }
 
-    fn load_from(file: Option<&Path>, env: Environment) -> anyhow::Result<Self> {
+    fn load_from(file: Option<&Path>, env: Environment, port: Option<String>, data_dir: Option<String>) -> anyhow::Result<Self> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).required(true));
         }
-        builder
+        let settings: Settings = builder
             .add_source(env.prefix_separator("__").separator("__").try_parsing(true))
+            .set_override_option("web.port", port)?
+            .set_override_option("data_dir", data_dir)?
             .build()
             .and_then(Config::try_deserialize)
-            .context("invalid configuration")
+            .context("invalid configuration")?;
+        settings.scaler.policy()?;
+        anyhow::ensure!(settings.app_tier.batch_size >= 1, "app_tier.batch_size must be at least 1");
+        Ok(settings)
+    }
+
+    /// The local stack's shared database (queues and instance status).
+    pub fn queue_db(&self) -> PathBuf {
+        self.data_dir.join("queue.sqlite3")
     }
 }
 
@@ -48,46 +139,51 @@ mod tests {
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> Environment {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Environment::with_prefix("IMGREC").source(Some(map))
     }
 
     #[test]
     fn defaults_load() {
-        let s = Settings::load_from(None, env(&[])).unwrap();
+        let s = Settings::load_from(None, env(&[]), None, None).unwrap();
         assert_eq!(s.inference.threads, 1);
-        assert_eq!(
-            s.inference.model_dir,
-            Path::new("models/efficientnet-lite0")
-        );
+        assert_eq!(s.inference.model_dir, Path::new("models/efficientnet-lite0"));
         assert_eq!(s.image_limits, ImageLimits::default());
+        assert_eq!((s.buckets.input.as_str(), s.buckets.output.as_str()), ("input-bucket", "output-bucket"));
+        assert_eq!((s.scaler.min, s.scaler.max), (0, 20));
+        assert_eq!(s.web.port, 8000);
+        assert_eq!(s.data_dir, Path::new("data"));
     }
 
     #[test]
     fn environment_overrides_defaults() {
-        let s = Settings::load_from(None, env(&[("IMGREC__INFERENCE__THREADS", "3")])).unwrap();
+        let s = Settings::load_from(
+            None,
+            env(&[("IMGREC__INFERENCE__THREADS", "3"), ("IMGREC__SCALER__MAX", "4")]),
+            Some("9000".into()),
+            Some("/tmp/d".into()),
+        )
+        .unwrap();
         assert_eq!(s.inference.threads, 3);
+        assert_eq!(s.scaler.max, 4);
+        assert_eq!(s.web.port, 9000);
+        assert_eq!(s.data_dir, Path::new("/tmp/d"));
+    }
+
+    #[test]
+    fn inconsistent_values_are_errors() {
+        assert!(Settings::load_from(None, env(&[("IMGREC__SCALER__MIN", "5"), ("IMGREC__SCALER__MAX", "2")]), None, None).is_err());
+        assert!(Settings::load_from(None, env(&[]), Some("notaport".into()), None).is_err());
     }
 
     #[test]
     fn file_overrides_defaults_and_typos_are_errors() {
-        let dir = std::env::temp_dir().join(format!("imgrec-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
         std::fs::write(&good, "[image_limits]\nmax_side = 100\n").unwrap();
-        assert_eq!(
-            Settings::load_from(Some(&good), env(&[]))
-                .unwrap()
-                .image_limits
-                .max_side,
-            100
-        );
-        let bad = dir.join("bad.toml");
+        assert_eq!(Settings::load_from(Some(&good), env(&[]), None, None).unwrap().image_limits.max_side, 100);
+        let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[inference]\nthread = 2\n").unwrap();
-        assert!(Settings::load_from(Some(&bad), env(&[])).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(Settings::load_from(Some(&bad), env(&[]), None, None).is_err());
     }
 }

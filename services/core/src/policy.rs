@@ -5,12 +5,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::ports::{Instance, InstanceState, QueueDepth};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BacklogPolicy {
     /// Instances kept when idle.
     pub min: usize,
@@ -20,19 +17,7 @@ pub struct BacklogPolicy {
     pub backlog_per_instance: f64,
     /// Scale-in waits until the backlog has called for fewer instances for this long
     /// (scale-out is immediate).
-    #[serde(with = "secs_f64")]
     pub scale_in_after: Duration,
-}
-
-mod secs_f64 {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
-    }
 }
 
 /// What the policy saw at one tick.

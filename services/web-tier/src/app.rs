@@ -1,0 +1,194 @@
+//! The web tier's handlers: upload -> store -> queue -> await the answer; status and metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imgrec_core::backend::Ports;
+use imgrec_core::config::Settings;
+use imgrec_core::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
+use imgrec_core::ports::InstanceState;
+use scaler::SharedStatus;
+use tokio::sync::Notify;
+use serde_json::json;
+use tracing::warn;
+use uuid::Uuid;
+use warp::http::{header, StatusCode};
+use warp::multipart::FormData;
+use warp::reply::{self, Reply as _, Response};
+
+use crate::dispatch::{Answer, Waiters};
+use crate::metrics::Metrics;
+use crate::upload::{self, Rejection};
+
+pub struct App {
+    pub settings: Settings,
+    pub ports: Ports,
+    pub waiters: Waiters,
+    pub metrics: Metrics,
+    /// The hosted scaler's view, and its nudge, when this process runs it.
+    pub scaler: Option<(SharedStatus, Arc<Notify>)>,
+}
+
+type Reply = Response;
+
+/// A plain-text answer: the label, or a one-line reason.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    reply::with_status(reply::with_header(body, header::CONTENT_TYPE, "text/plain; charset=utf-8"), status).into_response()
+}
+
+fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
+    reply::with_status(reply::json(value), status).into_response()
+}
+
+impl App {
+    pub fn new(settings: Settings, ports: Ports, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
+        Arc::new(Self { settings, ports, waiters: Waiters::default(), metrics: Metrics::new(), scaler })
+    }
+
+    /// `POST /`.
+    pub async fn classify(self: Arc<Self>, form: FormData, wants_json: bool) -> Reply {
+        let start = Instant::now();
+        let (outcome, reply) = match self.handle_upload(form, wants_json).await {
+            Ok(reply) => ("ok", reply),
+            Err((outcome, r)) => {
+                let reply = if wants_json {
+                    json_reply(r.status, &json!({ "error": r.reason }))
+                } else {
+                    text(r.status, r.reason)
+                };
+                (outcome, reply)
+            }
+        };
+        self.metrics.requests.with_label_values(&[outcome]).inc();
+        self.metrics.latency.with_label_values(&[outcome]).observe(start.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn handle_upload(&self, form: FormData, wants_json: bool) -> Result<Reply, (&'static str, Rejection)> {
+        let bad = |r| ("bad_request", r);
+        let up = upload::read(form).await.map_err(bad)?;
+        upload::validate(up.bytes.clone(), self.settings.image_limits).await.map_err(bad)?;
+
+        let unavailable = |what: &str, e: anyhow::Error| {
+            warn!(error = %format!("{e:#}"), "{what}");
+            ("unavailable", Rejection::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}; try again later")))
+        };
+        let stored = self
+            .ports
+            .store
+            .put(&self.settings.buckets.input, &up.key, up.bytes)
+            .await
+            .map_err(|e| unavailable("cannot store the upload", e))?;
+        let request = ClassifyRequest {
+            version: VERSION,
+            request_id: Uuid::new_v4(),
+            key: up.key.to_string(),
+            object_version: stored.version,
+            submitted_at_ms: now_ms(),
+        };
+        let mut waiting = self.waiters.register(request.request_id);
+        self.metrics.waiting_requests.set(self.waiters.len() as i64);
+        self.ports.requests.send(&request.encode()).await.map_err(|e| unavailable("cannot queue the request", e))?;
+        if let Some((_, nudge)) = &self.scaler {
+            nudge.notify_one();
+        }
+
+        let timeout = Duration::from_secs(self.settings.web.response_timeout_s);
+        let answer = tokio::time::timeout(timeout, &mut waiting.answer).await;
+        let (image, _) = result_object(&request.key, "");
+        match answer {
+            Ok(Ok(Answer::Response(response))) => match response.outcome {
+                Outcome::Label { label, probability } => Ok(if wants_json {
+                    json_reply(
+                        StatusCode::OK,
+                        &json!({
+                            "image": image, "label": label, "probability": probability,
+                            "request_id": request.request_id, "instance": response.instance,
+                        }),
+                    )
+                } else {
+                    text(StatusCode::OK, label)
+                }),
+                Outcome::Rejected { reason } => Err(("rejected", Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, reason))),
+            },
+            Ok(Ok(Answer::DeadLettered)) => Err((
+                "failed",
+                Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the request failed {} times and was set aside", self.settings.queues.max_receives),
+                ),
+            )),
+            Ok(Err(_)) | Err(_) => Err((
+                "timeout",
+                Rejection::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("no label within {}s; the result will still be stored as {image}", timeout.as_secs()),
+                ),
+            )),
+        }
+    }
+
+    /// `GET /status`.
+    pub async fn status(self: Arc<Self>) -> Reply {
+        let depth = match self.ports.requests.depth().await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read the queue depth");
+                return json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({ "error": "queue unavailable" }));
+            }
+        };
+        let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
+        let (min, max) = (self.settings.scaler.min, self.settings.scaler.max);
+        let (desired, instances, error) = match &self.scaler {
+            Some((s, _)) => {
+                let s = s.read().unwrap_or_else(|p| p.into_inner());
+                let instances: Vec<_> = s
+                    .instances
+                    .iter()
+                    .map(|i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }))
+                    .collect();
+                (Some(s.desired), instances, s.last_error.clone())
+            }
+            None => (None, Vec::new(), None),
+        };
+        json_reply(
+            StatusCode::OK,
+            &json!({
+                "queue": { "pending": depth.visible, "in_flight": depth.in_flight, "dead_letter": dead },
+                "capacity": { "desired": desired, "min": min, "max": max },
+                "instances": instances,
+                "waiting_requests": self.waiters.len(),
+                "scaler_error": error,
+            }),
+        )
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics(self: Arc<Self>) -> Reply {
+        let m = &self.metrics;
+        if let Ok(depth) = self.ports.requests.depth().await {
+            m.queue_pending.set(depth.visible as i64);
+            m.queue_in_flight.set(depth.in_flight as i64);
+        }
+        m.waiting_requests.set(self.waiters.len() as i64);
+        if let Some((s, _)) = &self.scaler {
+            let s = s.read().unwrap_or_else(|p| p.into_inner());
+            m.desired_capacity.set(s.desired as i64);
+            for state in [InstanceState::Pending, InstanceState::Running, InstanceState::Stopping] {
+                let n = s.instances.iter().filter(|i| i.state == state).count();
+                m.instances.with_label_values(&[state_name(state)]).set(n as i64);
+            }
+        }
+        reply::with_header(m.render(), header::CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
+    }
+}
+
+fn state_name(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Pending => "pending",
+        InstanceState::Running => "running",
+        InstanceState::Stopping => "stopping",
+    }
+}

@@ -1,0 +1,126 @@
+//! Responses back to the HTTP requests waiting for them: one background consumer of the response
+//! queue hands each response to the request with its id; a second watches the dead-letter queue
+//! so that a request that failed again and again gets a clear error instead of a timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use imgrec_core::messages::{ClassifyRequest, ClassifyResponse, Message};
+use imgrec_core::ports::WorkQueue;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+#[derive(Debug)]
+pub enum Answer {
+    Response(ClassifyResponse),
+    DeadLettered,
+}
+
+/// Requests waiting for their answer, by request id.
+#[derive(Default, Clone)]
+pub struct Waiters {
+    inner: Arc<Mutex<HashMap<Uuid, oneshot::Sender<Answer>>>>,
+}
+
+/// Removes its entry when dropped, so a timed-out or cancelled request leaves nothing behind.
+pub struct Waiting {
+    id: Uuid,
+    waiters: Waiters,
+    pub answer: oneshot::Receiver<Answer>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.waiters.lock().remove(&self.id);
+    }
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Answer>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `id` before its request is sent, so that no answer can arrive unclaimed.
+    pub fn register(&self, id: Uuid) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        Waiting { id, waiters: self.clone(), answer: rx }
+    }
+
+    fn deliver(&self, id: Uuid, answer: Answer) -> bool {
+        match self.lock().remove(&id) {
+            Some(tx) => tx.send(answer).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Consumes the response queue until shutdown.
+pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        let got = tokio::select! {
+            r = queue.receive(10, Duration::from_secs(30), Duration::from_secs(1)) => r,
+            _ = shutdown.changed() => break,
+        };
+        let messages = match got {
+            Ok(m) => {
+                backoff = Duration::from_millis(100);
+                m
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot receive responses; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        for m in messages {
+            match ClassifyResponse::decode(&m.body) {
+                Ok(response) => {
+                    let id = response.request_id;
+                    if !waiters.deliver(id, Answer::Response(response)) {
+                        // Its client gave up or an earlier web tier sent it; the result is in the bucket.
+                        debug!(%id, "response with nobody waiting");
+                    }
+                }
+                Err(e) => warn!(error = %e, "dropping a malformed response message"),
+            }
+            if let Err(e) = queue.delete(&m.receipt).await {
+                warn!(error = %format!("{e:#}"), "cannot delete a response");
+            }
+        }
+    }
+}
+
+/// Tells waiting clients about their requests that landed in the dead-letter queue. The messages
+/// stay there for an operator; each is looked at once a day at most.
+pub async fn dead_letters(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
+    const HIDE: Duration = Duration::from_secs(24 * 3600);
+    while !*shutdown.borrow() {
+        let got = tokio::select! {
+            r = queue.receive(10, HIDE, Duration::from_secs(2)) => r,
+            _ = shutdown.changed() => break,
+        };
+        match got {
+            Ok(messages) => {
+                for m in messages {
+                    if let Ok(request) = ClassifyRequest::decode(&m.body) {
+                        warn!(request_id = %request.request_id, key = %request.key, "request dead-lettered");
+                        waiters.deliver(request.request_id, Answer::DeadLettered);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read the dead-letter queue");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
