@@ -17,9 +17,15 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build test test-rust test-python bench lint fmt clean
+.PHONY: help venv ort model build run load test test-rust test-python bench lint fmt clean
+
+PORT ?= 8000
+DATA_DIR ?= data
+export PORT DATA_DIR
 
 help:
+	@echo "make run     the service on http://127.0.0.1:\$$PORT (default 8000), data in \$$DATA_DIR"
+	@echo "make load    100 images, 100 connections, against make run's service"
 	@echo "make build   release binaries in target/release"
 	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
 	@echo "make test    every test (what CI runs)"
@@ -48,6 +54,20 @@ model: models/$(MODEL)/manifest.json
 
 build: $(ORT_LIB)
 	$(CARGO) build --release --workspace
+
+# The local stack in the foreground; Ctrl-C stops it, workers included.
+run: build $(DEFAULT_MODEL)
+	exec target/release/web-tier
+
+# What the reference classifier says of the test images: the expected answers of `make load`.
+target/expected-%.csv: models/%/manifest.json $(VENV)/.installed
+	mkdir -p target
+	$(PY) tools/reference.py --model models/$* $(DATASETS)/imagenet-100/*.JPEG > $@.tmp
+	mv $@.tmp $@
+
+load: build target/expected-$(MODEL).csv
+	target/release/loadgen --url http://127.0.0.1:$(PORT)/ --concurrency 100 \
+		--expected target/expected-$(MODEL).csv $(DATASETS)/imagenet-100
 
 # Real photos for the parity tests: Debian's darknet package ships a few.
 $(DARKNET)/dog.jpg:

@@ -9,9 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use imgrec_core::backend::{self, Ports};
-use imgrec_core::classifier::{ClassifyError, Classifier};
+use imgrec_core::classifier::{Classifier, ClassifyError};
 use imgrec_core::config::Settings;
-use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
+use imgrec_core::messages::{
+    result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION,
+};
 use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received};
 use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
@@ -25,7 +27,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let span = tracing::info_span!("app-tier", instance = %args.name);
     runtime.block_on(worker(settings, args.name).instrument(span))?;
     Ok(ExitCode::SUCCESS)
@@ -57,12 +62,21 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
     status.report(InstanceState::Pending, false).await?;
     let ports = Ports::connect(&settings).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
-    let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
-    let worker = Worker { name, settings, ports, classifier: Arc::new(Mutex::new(classifier)) };
+    let classifier =
+        tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
+    let worker = Worker {
+        name,
+        settings,
+        ports,
+        classifier: Arc::new(Mutex::new(classifier)),
+    };
     status.report(InstanceState::Running, false).await?;
     info!("ready");
 
-    let (batch, wait) = (worker.settings.app_tier.batch_size, Duration::from_secs(worker.settings.app_tier.poll_wait_s));
+    let (batch, wait) = (
+        worker.settings.app_tier.batch_size,
+        Duration::from_secs(worker.settings.app_tier.poll_wait_s),
+    );
     let visibility = worker.settings.queues.visibility_timeout();
     let mut busy = false;
     let mut backoff = Duration::from_millis(100);
@@ -83,8 +97,9 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if busy != !messages.is_empty() {
-            busy = !messages.is_empty();
+        let has_work = !messages.is_empty();
+        if busy != has_work {
+            busy = has_work;
             report(&*status, InstanceState::Running, busy).await;
         }
         if !messages.is_empty() {
@@ -113,7 +128,11 @@ impl Worker {
     async fn process(&self, messages: Vec<Received>) {
         // Keep the batch hidden from other workers for as long as it takes.
         let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt.clone()).collect();
-        let keeper = tokio::spawn(keep_invisible(self.ports.clone(), receipts, self.settings.queues.visibility_timeout()));
+        let keeper = tokio::spawn(keep_invisible(
+            self.ports.clone(),
+            receipts,
+            self.settings.queues.visibility_timeout(),
+        ));
 
         let mut jobs = Vec::with_capacity(messages.len());
         for m in messages {
@@ -128,10 +147,20 @@ impl Worker {
         }
         let fetches = jobs.iter().map(|(_, r)| self.fetch(r));
         let images = join_all(fetches).await;
-        let mut jobs: Vec<Job> =
-            jobs.into_iter().zip(images).map(|((receipt, request), image)| Job { receipt, request, image }).collect();
+        let jobs: Vec<Job> = jobs
+            .into_iter()
+            .zip(images)
+            .map(|((receipt, request), image)| Job {
+                receipt,
+                request,
+                image,
+            })
+            .collect();
 
-        let inputs: Vec<Bytes> = jobs.iter().filter_map(|j| j.image.as_ref().ok().cloned()).collect();
+        let inputs: Vec<Bytes> = jobs
+            .iter()
+            .filter_map(|j| j.image.as_ref().ok().cloned())
+            .collect();
         let classifier = self.classifier.clone();
         let results = tokio::task::spawn_blocking(move || {
             let views: Vec<&[u8]> = inputs.iter().map(|b| b.as_ref()).collect();
@@ -147,7 +176,7 @@ impl Worker {
                 return;
             }
         };
-        let answers = jobs.iter_mut().map(|job| {
+        let answers = jobs.iter().map(|job| {
             let outcome = match &job.image {
                 Err(reason) => Err(reason.clone()),
                 Ok(_) => match results.next().expect("one result per fetched image") {
@@ -162,13 +191,28 @@ impl Worker {
             Some((job, outcome))
         });
         let answers: Vec<_> = answers.flatten().collect();
-        join_all(answers.into_iter().map(|(job, outcome)| self.answer(job, outcome))).await;
+        join_all(
+            answers
+                .into_iter()
+                .map(|(job, outcome)| self.answer(job, outcome)),
+        )
+        .await;
         keeper.abort();
     }
 
     async fn fetch(&self, request: &ClassifyRequest) -> Result<Bytes, String> {
-        let key = ObjectKey::new(request.key.as_str()).map_err(|e| format!("bad input key: {e}"))?;
-        match self.ports.store.get(&self.settings.buckets.input, &key, request.object_version.as_deref()).await {
+        let key =
+            ObjectKey::new(request.key.as_str()).map_err(|e| format!("bad input key: {e}"))?;
+        match self
+            .ports
+            .store
+            .get(
+                &self.settings.buckets.input,
+                &key,
+                request.object_version.as_deref(),
+            )
+            .await
+        {
             Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err(format!("input object {key} not found")),
             Err(e) => {
@@ -180,19 +224,31 @@ impl Worker {
 
     /// Stores the result, sends the response, then deletes the request. A failure before the
     /// delete leaves the request to come back after its visibility timeout.
-    async fn answer(&self, job: &Job, outcome: Result<imgrec_core::classifier::Prediction, String>) {
+    async fn answer(
+        &self,
+        job: &Job,
+        outcome: Result<imgrec_core::classifier::Prediction, String>,
+    ) {
         let outcome = match outcome {
             Ok(prediction) => {
                 let (key, value) = result_object(&job.request.key, &prediction.label);
                 let stored = match ObjectKey::new(key) {
-                    Ok(key) => self.ports.store.put(&self.settings.buckets.output, &key, Bytes::from(value)).await,
+                    Ok(key) => {
+                        self.ports
+                            .store
+                            .put(&self.settings.buckets.output, &key, Bytes::from(value))
+                            .await
+                    }
                     Err(e) => Err(anyhow::anyhow!("bad output key: {e}")),
                 };
                 if let Err(e) = stored {
                     warn!(error = %format!("{e:#}"), key = %job.request.key, "cannot store result; will retry");
                     return;
                 }
-                Outcome::Label { label: prediction.label, probability: prediction.probability }
+                Outcome::Label {
+                    label: prediction.label,
+                    probability: prediction.probability,
+                }
             }
             Err(reason) => Outcome::Rejected { reason },
         };

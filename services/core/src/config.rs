@@ -84,7 +84,8 @@ impl ScalerSettings {
             min: self.min,
             max: self.max,
             backlog_per_instance: self.backlog_per_instance,
-            scale_in_after: Duration::try_from_secs_f64(self.scale_in_after_s).context("scaler.scale_in_after_s")?,
+            scale_in_after: Duration::try_from_secs_f64(self.scale_in_after_s)
+                .context("scaler.scale_in_after_s")?,
         };
         policy.validate()?;
         Ok(policy)
@@ -106,10 +107,20 @@ impl Settings {
     pub fn load() -> anyhow::Result<Self> {
         let file = std::env::var_os("IMGREC_CONFIG");
         let vars = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Self::load_from(file.as_deref().map(Path::new), Environment::with_prefix("IMGREC"), vars("PORT"), vars("DATA_DIR"))
+        Self::load_from(
+            file.as_deref().map(Path::new),
+            Environment::with_prefix("IMGREC"),
+            vars("PORT"),
+            vars("DATA_DIR"),
+        )
     }
 
-    fn load_from(file: Option<&Path>, env: Environment, port: Option<String>, data_dir: Option<String>) -> anyhow::Result<Self> {
+    fn load_from(
+        file: Option<&Path>,
+        env: Environment,
+        port: Option<String>,
+        data_dir: Option<String>,
+    ) -> anyhow::Result<Self> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).required(true));
@@ -122,7 +133,10 @@ impl Settings {
             .and_then(Config::try_deserialize)
             .context("invalid configuration")?;
         settings.scaler.policy()?;
-        anyhow::ensure!(settings.app_tier.batch_size >= 1, "app_tier.batch_size must be at least 1");
+        anyhow::ensure!(
+            settings.app_tier.batch_size >= 1,
+            "app_tier.batch_size must be at least 1"
+        );
         Ok(settings)
     }
 
@@ -139,7 +153,10 @@ mod tests {
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> Environment {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Environment::with_prefix("IMGREC").source(Some(map))
     }
 
@@ -147,9 +164,15 @@ mod tests {
     fn defaults_load() {
         let s = Settings::load_from(None, env(&[]), None, None).unwrap();
         assert_eq!(s.inference.threads, 1);
-        assert_eq!(s.inference.model_dir, Path::new("models/efficientnet-lite0"));
+        assert_eq!(
+            s.inference.model_dir,
+            Path::new("models/efficientnet-lite0")
+        );
         assert_eq!(s.image_limits, ImageLimits::default());
-        assert_eq!((s.buckets.input.as_str(), s.buckets.output.as_str()), ("input-bucket", "output-bucket"));
+        assert_eq!(
+            (s.buckets.input.as_str(), s.buckets.output.as_str()),
+            ("input-bucket", "output-bucket")
+        );
         assert_eq!((s.scaler.min, s.scaler.max), (0, 20));
         assert_eq!(s.web.port, 8000);
         assert_eq!(s.data_dir, Path::new("data"));
@@ -159,7 +182,10 @@ mod tests {
     fn environment_overrides_defaults() {
         let s = Settings::load_from(
             None,
-            env(&[("IMGREC__INFERENCE__THREADS", "3"), ("IMGREC__SCALER__MAX", "4")]),
+            env(&[
+                ("IMGREC__INFERENCE__THREADS", "3"),
+                ("IMGREC__SCALER__MAX", "4"),
+            ]),
             Some("9000".into()),
             Some("/tmp/d".into()),
         )
@@ -172,7 +198,13 @@ mod tests {
 
     #[test]
     fn inconsistent_values_are_errors() {
-        assert!(Settings::load_from(None, env(&[("IMGREC__SCALER__MIN", "5"), ("IMGREC__SCALER__MAX", "2")]), None, None).is_err());
+        assert!(Settings::load_from(
+            None,
+            env(&[("IMGREC__SCALER__MIN", "5"), ("IMGREC__SCALER__MAX", "2")]),
+            None,
+            None
+        )
+        .is_err());
         assert!(Settings::load_from(None, env(&[]), Some("notaport".into()), None).is_err());
     }
 
@@ -181,7 +213,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.toml");
         std::fs::write(&good, "[image_limits]\nmax_side = 100\n").unwrap();
-        assert_eq!(Settings::load_from(Some(&good), env(&[]), None, None).unwrap().image_limits.max_side, 100);
+        assert_eq!(
+            Settings::load_from(Some(&good), env(&[]), None, None)
+                .unwrap()
+                .image_limits
+                .max_side,
+            100
+        );
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[inference]\nthread = 2\n").unwrap();
         assert!(Settings::load_from(Some(&bad), env(&[]), None, None).is_err());

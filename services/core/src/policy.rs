@@ -120,6 +120,15 @@ fn retire_order<'a>(active: &[&'a Instance]) -> Vec<&'a Instance> {
     order
 }
 
+/// `K` of `app-instanceK` (names sort by it: app-instance2 before app-instance10).
+pub fn instance_number(name: &str) -> (u64, String) {
+    let k = name
+        .strip_prefix(INSTANCE_PREFIX)
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(u64::MAX);
+    (k, name.to_owned())
+}
+
 /// The `count` lowest `app-instanceK` names not held by any instance (stopping ones included).
 pub fn free_names(instances: &[Instance], count: usize) -> Vec<String> {
     let taken: std::collections::HashSet<&str> =

@@ -1,1 +1,257 @@
-fn main() {}
+//! `loadgen`: uploads every image of a folder to the web tier with N concurrent connections (the
+//! CSE546 workload generator's form field `myfile`), then prints count, errors, throughput,
+//! latency percentiles and, given an expected `file,label` CSV, correctness.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "loadgen", version, about)]
+struct Args {
+    /// The web tier.
+    #[arg(long, default_value = "http://127.0.0.1:8000/")]
+    url: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    concurrency: usize,
+    /// Expected answers, `file,label` per line.
+    #[arg(long)]
+    expected: Option<PathBuf>,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Send each image this many times.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// A folder of images (or image files).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    requests: usize,
+    ok: usize,
+    errors: usize,
+    wrong: usize,
+    unchecked: usize,
+    seconds: f64,
+    throughput_per_s: f64,
+    latency_mean_s: f64,
+    latency_p50_s: f64,
+    latency_p95_s: f64,
+    latency_p99_s: f64,
+    latency_max_s: f64,
+    error_samples: Vec<String>,
+}
+
+fn images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            for entry in std::fs::read_dir(input).with_context(|| input.display().to_string())? {
+                let path = entry?.path();
+                let ext = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                if matches!(ext.as_str(), "jpg" | "jpeg" | "png") {
+                    files.push(path);
+                }
+            }
+        } else {
+            files.push(input.clone());
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no images found");
+    }
+    Ok(files)
+}
+
+fn expected(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(','))
+        .map(|(f, l)| (f.trim().to_string(), l.trim().to_string()))
+        .collect())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Outcome {
+    file: String,
+    latency: f64,
+    result: Result<String, String>,
+}
+
+async fn upload(
+    client: &reqwest::Client,
+    url: &str,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<String, String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let part = reqwest::multipart::Part::bytes(bytes).file_name(name);
+    let form = reqwest::multipart::Form::new().part("myfile", part);
+    let response = client
+        .post(url)
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    if status.is_success() {
+        Ok(body.trim().to_string())
+    } else {
+        Err(format!("{}: {}", status.as_u16(), body.trim()))
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let files = images(&args.inputs)?;
+    let expected = args.expected.as_deref().map(expected).transpose()?;
+    let mut payloads = Vec::new();
+    for path in &files {
+        payloads.push((
+            path.clone(),
+            std::fs::read(path).with_context(|| path.display().to_string())?,
+        ));
+    }
+    let jobs: Vec<(PathBuf, Vec<u8>)> = (0..args.repeat)
+        .flat_map(|_| payloads.iter().cloned())
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout))
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let bar = ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
+            .expect("valid template"),
+    );
+
+    let start = Instant::now();
+    let outcomes: Vec<Outcome> = futures::stream::iter(jobs)
+        .map(|(path, bytes)| {
+            let (client, url, bar) = (&client, args.url.as_str(), &bar);
+            async move {
+                let t = Instant::now();
+                let result = upload(client, url, &path, bytes).await;
+                bar.inc(1);
+                let file = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Outcome {
+                    file,
+                    latency: t.elapsed().as_secs_f64(),
+                    result,
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let mut latencies: Vec<f64> = outcomes.iter().map(|o| o.latency).collect();
+    latencies.sort_by(f64::total_cmp);
+    let (mut ok, mut wrong, mut unchecked, mut samples) = (0, 0, 0, Vec::new());
+    for o in &outcomes {
+        match (&o.result, expected.as_ref().and_then(|e| e.get(&o.file))) {
+            (Ok(label), Some(want)) if label == want => ok += 1,
+            (Ok(label), Some(want)) => {
+                wrong += 1;
+                samples.push(format!("{}: got {label:?}, expected {want:?}", o.file));
+            }
+            (Ok(_), None) => {
+                ok += 1;
+                unchecked += usize::from(expected.is_some());
+            }
+            (Err(e), _) => samples.push(format!("{}: {e}", o.file)),
+        }
+    }
+    let errors = outcomes.iter().filter(|o| o.result.is_err()).count();
+    samples.truncate(10);
+    let summary = Summary {
+        requests: outcomes.len(),
+        ok,
+        errors,
+        wrong,
+        unchecked,
+        seconds,
+        throughput_per_s: outcomes.len() as f64 / seconds,
+        latency_mean_s: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
+        latency_p50_s: percentile(&latencies, 50.0),
+        latency_p95_s: percentile(&latencies, 95.0),
+        latency_p99_s: percentile(&latencies, 99.0),
+        latency_max_s: latencies.last().copied().unwrap_or(f64::NAN),
+        error_samples: samples,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let s = &summary;
+        println!(
+            "requests {}  ok {}  errors {}  wrong labels {}",
+            s.requests, s.ok, s.errors, s.wrong
+        );
+        println!("{:.2} s, {:.1} requests/s", s.seconds, s.throughput_per_s);
+        println!(
+            "latency mean {:.3} s  p50 {:.3} s  p95 {:.3} s  p99 {:.3} s  max {:.3} s",
+            s.latency_mean_s, s.latency_p50_s, s.latency_p95_s, s.latency_p99_s, s.latency_max_s
+        );
+        for sample in &s.error_samples {
+            println!("  {sample}");
+        }
+    }
+    Ok(summary.errors == 0 && summary.wrong == 0)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

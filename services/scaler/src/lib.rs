@@ -37,7 +37,12 @@ pub struct Scaler {
 
 impl Scaler {
     pub fn new(policy: BacklogPolicy, requests: Arc<dyn WorkQueue>, fleet: Arc<dyn Fleet>) -> Self {
-        let status = ScalerStatus { min: policy.min, max: policy.max, desired: policy.min, ..ScalerStatus::default() };
+        let status = ScalerStatus {
+            min: policy.min,
+            max: policy.max,
+            desired: policy.min,
+            ..ScalerStatus::default()
+        };
         Self {
             policy,
             memory: PolicyMemory::default(),
@@ -63,7 +68,11 @@ impl Scaler {
     pub async fn tick(&mut self) -> anyhow::Result<Decision> {
         let backlog = self.requests.depth().await?;
         let instances = self.fleet.instances().await?;
-        let obs = Observation { now: self.started.elapsed(), backlog, instances: &instances };
+        let obs = Observation {
+            now: self.started.elapsed(),
+            backlog,
+            instances: &instances,
+        };
         let decision = self.policy.decide(&mut self.memory, &obs);
         let mut actions = 0;
         for name in &decision.launch {
@@ -84,7 +93,11 @@ impl Scaler {
                 "scaling"
             );
         }
-        let instances = if actions > 0 { self.fleet.instances().await? } else { instances };
+        let instances = if actions > 0 {
+            self.fleet.instances().await?
+        } else {
+            instances
+        };
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.desired = decision.desired;
         status.backlog = backlog;
@@ -95,7 +108,11 @@ impl Scaler {
     }
 
     /// Ticks until `shutdown` turns true, then stops the fleet.
-    pub async fn run(mut self, tick: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        tick: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*shutdown.borrow() {
@@ -107,7 +124,10 @@ impl Scaler {
             if let Err(e) = self.tick().await {
                 let message = format!("{e:#}");
                 warn!(error = %message, "scaler tick failed");
-                self.status.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(message);
+                self.status
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_error = Some(message);
             }
         }
         info!("stopping the app tier");

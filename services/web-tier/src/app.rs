@@ -8,8 +8,8 @@ use imgrec_core::config::Settings;
 use imgrec_core::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
 use imgrec_core::ports::InstanceState;
 use scaler::SharedStatus;
-use tokio::sync::Notify;
 use serde_json::json;
+use tokio::sync::Notify;
 use tracing::warn;
 use uuid::Uuid;
 use warp::http::{header, StatusCode};
@@ -35,7 +35,11 @@ type Reply = Response;
 pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     let mut body = body.into();
     body.push('\n');
-    reply::with_status(reply::with_header(body, header::CONTENT_TYPE, "text/plain; charset=utf-8"), status).into_response()
+    reply::with_status(
+        reply::with_header(body, header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        status,
+    )
+    .into_response()
 }
 
 fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
@@ -43,8 +47,18 @@ fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
 }
 
 impl App {
-    pub fn new(settings: Settings, ports: Ports, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
-        Arc::new(Self { settings, ports, waiters: Waiters::default(), metrics: Metrics::new(), scaler })
+    pub fn new(
+        settings: Settings,
+        ports: Ports,
+        scaler: Option<(SharedStatus, Arc<Notify>)>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            ports,
+            waiters: Waiters::default(),
+            metrics: Metrics::new(),
+            scaler,
+        })
     }
 
     /// `POST /`.
@@ -62,18 +76,33 @@ impl App {
             }
         };
         self.metrics.requests.with_label_values(&[outcome]).inc();
-        self.metrics.latency.with_label_values(&[outcome]).observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .latency
+            .with_label_values(&[outcome])
+            .observe(start.elapsed().as_secs_f64());
         reply
     }
 
-    async fn handle_upload(&self, form: FormData, wants_json: bool) -> Result<Reply, (&'static str, Rejection)> {
+    async fn handle_upload(
+        &self,
+        form: FormData,
+        wants_json: bool,
+    ) -> Result<Reply, (&'static str, Rejection)> {
         let bad = |r| ("bad_request", r);
         let up = upload::read(form).await.map_err(bad)?;
-        upload::validate(up.bytes.clone(), self.settings.image_limits).await.map_err(bad)?;
+        upload::validate(up.bytes.clone(), self.settings.image_limits)
+            .await
+            .map_err(bad)?;
 
         let unavailable = |what: &str, e: anyhow::Error| {
             warn!(error = %format!("{e:#}"), "{what}");
-            ("unavailable", Rejection::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}; try again later")))
+            (
+                "unavailable",
+                Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{what}; try again later"),
+                ),
+            )
         };
         let stored = self
             .ports
@@ -90,7 +119,11 @@ impl App {
         };
         let mut waiting = self.waiters.register(request.request_id);
         self.metrics.waiting_requests.set(self.waiters.len() as i64);
-        self.ports.requests.send(&request.encode()).await.map_err(|e| unavailable("cannot queue the request", e))?;
+        self.ports
+            .requests
+            .send(&request.encode())
+            .await
+            .map_err(|e| unavailable("cannot queue the request", e))?;
         if let Some((_, nudge)) = &self.scaler {
             nudge.notify_one();
         }
@@ -111,20 +144,29 @@ impl App {
                 } else {
                     text(StatusCode::OK, label)
                 }),
-                Outcome::Rejected { reason } => Err(("rejected", Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, reason))),
+                Outcome::Rejected { reason } => Err((
+                    "rejected",
+                    Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, reason),
+                )),
             },
             Ok(Ok(Answer::DeadLettered)) => Err((
                 "failed",
                 Rejection::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the request failed {} times and was set aside", self.settings.queues.max_receives),
+                    format!(
+                        "the request failed {} times and was set aside",
+                        self.settings.queues.max_receives
+                    ),
                 ),
             )),
             Ok(Err(_)) | Err(_) => Err((
                 "timeout",
                 Rejection::new(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!("no label within {}s; the result will still be stored as {image}", timeout.as_secs()),
+                    format!(
+                        "no label within {}s; the result will still be stored as {image}",
+                        timeout.as_secs()
+                    ),
                 ),
             )),
         }
@@ -136,7 +178,10 @@ impl App {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot read the queue depth");
-                return json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({ "error": "queue unavailable" }));
+                return json_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "error": "queue unavailable" }),
+                );
             }
         };
         let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
@@ -147,7 +192,9 @@ impl App {
                 let instances: Vec<_> = s
                     .instances
                     .iter()
-                    .map(|i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }))
+                    .map(
+                        |i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }),
+                    )
                     .collect();
                 (Some(s.desired), instances, s.last_error.clone())
             }
@@ -176,12 +223,23 @@ impl App {
         if let Some((s, _)) = &self.scaler {
             let s = s.read().unwrap_or_else(|p| p.into_inner());
             m.desired_capacity.set(s.desired as i64);
-            for state in [InstanceState::Pending, InstanceState::Running, InstanceState::Stopping] {
+            for state in [
+                InstanceState::Pending,
+                InstanceState::Running,
+                InstanceState::Stopping,
+            ] {
                 let n = s.instances.iter().filter(|i| i.state == state).count();
-                m.instances.with_label_values(&[state_name(state)]).set(n as i64);
+                m.instances
+                    .with_label_values(&[state_name(state)])
+                    .set(n as i64);
             }
         }
-        reply::with_header(m.render(), header::CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
+        reply::with_header(
+            m.render(),
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )
+        .into_response()
     }
 }
 

@@ -46,7 +46,11 @@ impl Waiters {
     pub fn register(&self, id: Uuid) -> Waiting {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(id, tx);
-        Waiting { id, waiters: self.clone(), answer: rx }
+        Waiting {
+            id,
+            waiters: self.clone(),
+            answer: rx,
+        }
     }
 
     fn deliver(&self, id: Uuid, answer: Answer) -> bool {
@@ -62,7 +66,11 @@ impl Waiters {
 }
 
 /// Consumes the response queue until shutdown.
-pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
+pub async fn responses(
+    queue: Arc<dyn WorkQueue>,
+    waiters: Waiters,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
         let got = tokio::select! {
@@ -101,7 +109,11 @@ pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown
 
 /// Tells waiting clients about their requests that landed in the dead-letter queue. The messages
 /// stay there for an operator; each is looked at once a day at most.
-pub async fn dead_letters(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
+pub async fn dead_letters(
+    queue: Arc<dyn WorkQueue>,
+    waiters: Waiters,
+    mut shutdown: watch::Receiver<bool>,
+) {
     const HIDE: Duration = Duration::from_secs(24 * 3600);
     while !*shutdown.borrow() {
         let got = tokio::select! {

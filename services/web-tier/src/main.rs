@@ -27,10 +27,14 @@ const PAGE: &str = include_str!("page.html");
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let result = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run()));
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -54,11 +58,22 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, reason) = if err.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_string())
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "upload too large".to_string())
-    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() || err.find::<warp::reject::InvalidHeader>().is_some() {
-        (StatusCode::BAD_REQUEST, "send the image as multipart/form-data in the field \"myfile\"".to_string())
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "upload too large".to_string(),
+        )
+    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some()
+        || err.find::<warp::reject::InvalidHeader>().is_some()
+    {
+        (
+            StatusCode::BAD_REQUEST,
+            "send the image as multipart/form-data in the field \"myfile\"".to_string(),
+        )
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_string())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_string(),
+        )
     } else {
         (StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
     };
@@ -80,9 +95,21 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
-    let app = App::new(settings.clone(), ports.clone(), scaler_task.as_ref().map(|(_, view)| view.clone()));
-    let responses = tokio::spawn(dispatch::responses(ports.responses.clone(), app.waiters.clone(), stop_rx.clone()));
-    let dead = tokio::spawn(dispatch::dead_letters(ports.dead_letter.clone(), app.waiters.clone(), stop_rx.clone()));
+    let app = App::new(
+        settings.clone(),
+        ports.clone(),
+        scaler_task.as_ref().map(|(_, view)| view.clone()),
+    );
+    let responses = tokio::spawn(dispatch::responses(
+        ports.responses.clone(),
+        app.waiters.clone(),
+        stop_rx.clone(),
+    ));
+    let dead = tokio::spawn(dispatch::dead_letters(
+        ports.dead_letter.clone(),
+        app.waiters.clone(),
+        stop_rx.clone(),
+    ));
 
     let max_body = settings.web.max_upload_bytes + 64 * 1024; // room for the multipart framing
     let upload = warp::post()
@@ -91,10 +118,23 @@ async fn run() -> anyhow::Result<()> {
         .and(warp::multipart::form().max_length(max_body))
         .and(wants_json())
         .then(|app: Arc<App>, form, json| app.classify(form, json));
-    let page = warp::get().and(warp::path::end()).map(|| warp::reply::html(PAGE));
-    let status = warp::get().and(warp::path("status")).and(warp::path::end()).and(with_app(app.clone())).then(App::status);
-    let metrics = warp::get().and(warp::path("metrics")).and(warp::path::end()).and(with_app(app.clone())).then(App::metrics);
-    let health = warp::get().and(warp::path("healthz")).and(warp::path::end()).map(|| "ok\n");
+    let page = warp::get()
+        .and(warp::path::end())
+        .map(|| warp::reply::html(PAGE));
+    let status = warp::get()
+        .and(warp::path("status"))
+        .and(warp::path::end())
+        .and(with_app(app.clone()))
+        .then(App::status);
+    let metrics = warp::get()
+        .and(warp::path("metrics"))
+        .and(warp::path::end())
+        .and(with_app(app.clone()))
+        .then(App::metrics);
+    let health = warp::get()
+        .and(warp::path("healthz"))
+        .and(warp::path::end())
+        .map(|| "ok\n");
     let routes = upload
         .or(page)
         .or(status)
@@ -105,17 +145,23 @@ async fn run() -> anyhow::Result<()> {
             tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http")
         }));
 
-    let addr: SocketAddr = format!("{}:{}", settings.web.host, settings.web.port).parse().context("web.host/web.port")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let addr: SocketAddr = format!("{}:{}", settings.web.host, settings.web.port)
+        .parse()
+        .context("web.host/web.port")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     info!(
         "web-instance1 listening on http://{} (data in {})",
         listener.local_addr()?,
         settings.data_dir.display()
     );
     let mut stop = stop_rx.clone();
-    let server = warp::serve(routes.map(Reply::into_response)).incoming(listener).graceful(async move {
-        let _ = stop.changed().await;
-    });
+    let server = warp::serve(routes.map(Reply::into_response))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop.changed().await;
+        });
     let server = tokio::spawn(server.run());
 
     shutdown_signal().await;
@@ -133,7 +179,10 @@ async fn run() -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }

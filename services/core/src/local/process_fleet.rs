@@ -126,7 +126,7 @@ impl Fleet for ProcessFleet {
         for name in gone {
             self.forget(&name);
         }
-        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        instances.sort_by_key(|i| crate::policy::instance_number(&i.name));
         Ok(instances)
     }
 

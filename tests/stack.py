@@ -1,0 +1,145 @@
+"""Starts and stops the local stack (web tier + hosted scaler + app-tier processes) for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import ROOT
+
+WEB_TIER = ROOT / "target" / "release" / "web-tier"
+LOADGEN = ROOT / "target" / "release" / "loadgen"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack_processes(data_dir: Path) -> list[int]:
+    """Pids of live processes started with DATA_DIR=data_dir (web tier and its workers)."""
+    marker = f"DATA_DIR={data_dir}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                state = (proc / "stat").read_text().split(") ", 1)[1][0]
+                if state != "Z":
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def worker_pids(data_dir: Path) -> list[int]:
+    out = []
+    for pid in stack_processes(data_dir):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"app-tier") and b"run" in cmd:
+            out.append(pid)
+    return out
+
+
+class Stack:
+    def __init__(self, data_dir: Path, **settings: str):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "DATA_DIR": str(data_dir),
+            "IMGREC__INFERENCE__MODEL_DIR": str(ROOT / "models" / "efficientnet-lite0"),
+            "RUST_LOG": "info",
+            **{f"IMGREC__{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"{data_dir.name}-web-tier.log"
+
+    def start(self) -> "Stack":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen([str(WEB_TIER)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(self.url + "healthz", timeout=1).status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.05)
+            assert self.proc.poll() is None, f"web tier exited: {self.log.read_text()[-2000:]}"
+        raise AssertionError("web tier did not come up")
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(self.url + "status", timeout=5) as r:
+            return json.load(r)
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.stop()
+
+
+class StatusWatcher(threading.Thread):
+    """Polls /status every `every` seconds, keeping every answer."""
+
+    def __init__(self, stack: Stack, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.stack, self.every = stack, every
+        self.seen: list[dict] = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                self.seen.append(self.stack.status())
+            except OSError:
+                pass
+            time.sleep(self.every)
+
+    def stop(self) -> list[dict]:
+        self.stopped.set()
+        self.join(5)
+        return self.seen
+
+
+def wait_until(what: str, predicate, timeout: float, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting until {what}")
+
+
+def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None = None, timeout: float = 300):
+    cmd = [str(LOADGEN), "--url", url, "--concurrency", str(concurrency), "--json"]
+    if expected:
+        cmd += ["--expected", str(expected)]
+    result = subprocess.run(cmd + [str(i) for i in inputs], capture_output=True, text=True, timeout=timeout)
+    return json.loads(result.stdout), result
