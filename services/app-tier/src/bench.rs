@@ -77,15 +77,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let same: Vec<&Array3<f32>> = tensors.iter().filter(|t| t.dim() == shape).collect();
         let batches: Vec<Array4<f32>> = same
             .chunks_exact(batch_size)
-            .map(|chunk| {
-                ndarray::stack(Axis(0), &chunk.iter().map(|t| t.view()).collect::<Vec<_>>())
-            })
+            .map(|chunk| ndarray::stack(Axis(0), &chunk.iter().map(|t| t.view()).collect::<Vec<_>>()))
             .collect::<Result<_, _>>()?;
         let Some(first) = batches.first() else {
-            per_batch.insert(
-                format!("infer_batch{batch_size}_ms"),
-                serde_json::Value::Null,
-            );
+            per_batch.insert(format!("infer_batch{batch_size}_ms"), serde_json::Value::Null);
             continue;
         };
         classifier.logits(first.view())?; // warm-up
@@ -97,10 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 per_image_ms.push(start.elapsed().as_secs_f64() * 1e3 / batch_size as f64);
             }
         }
-        per_batch.insert(
-            format!("infer_batch{batch_size}_ms"),
-            median(per_image_ms).into(),
-        );
+        per_batch.insert(format!("infer_batch{batch_size}_ms"), median(per_image_ms).into());
     }
     let mut report = serde_json::Map::new();
     report.insert("prepare_ms".into(), median(prepare_ms).into());

@@ -42,8 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     for chunk in args.files.chunks(usize::from(args.batch)) {
         let names: Vec<String> = chunk.iter().map(|p| file_name(p)).collect();
-        let contents: Vec<Result<Vec<u8>, std::io::Error>> =
-            chunk.iter().map(std::fs::read).collect();
+        let contents: Vec<Result<Vec<u8>, std::io::Error>> = chunk.iter().map(std::fs::read).collect();
         let readable: Vec<&[u8]> = contents.iter().filter_map(|c| c.as_deref().ok()).collect();
         let mut results = classifier.classify(&readable).into_iter();
         let mut out = stdout.lock();
@@ -78,17 +77,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    path.file_name()
+        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn dump(classifier: &mut Classifier, bytes: &[u8], stem: &Path) -> anyhow::Result<()> {
-    let tensor = classifier
-        .preprocessor()
-        .prepare(bytes)
-        .map_err(ClassifyError::from)?;
+    let tensor = classifier.preprocessor().prepare(bytes).map_err(ClassifyError::from)?;
     let batch = tensor.clone().insert_axis(ndarray::Axis(0));
     let logits = classifier.logits(batch.view())?;
     let write = |suffix: &str, values: &mut dyn Iterator<Item = f32>| -> anyhow::Result<()> {

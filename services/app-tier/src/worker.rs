@@ -11,9 +11,7 @@ use futures::future::join_all;
 use imgrec_core::backend::{self, Ports};
 use imgrec_core::classifier::{Classifier, ClassifyError};
 use imgrec_core::config::Settings;
-use imgrec_core::messages::{
-    result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION,
-};
+use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received};
 use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
@@ -57,13 +55,12 @@ struct Worker {
 }
 
 async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
-    let mut shutdown = shutdown_signal()?;
+    let shutdown = shutdown_signal()?;
     let status = backend::instance_status(&settings, &name).await?;
     status.report(InstanceState::Pending, false).await?;
     let ports = Ports::connect(&settings).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
-    let classifier =
-        tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
+    let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
     let worker = Worker {
         name,
         settings,
@@ -81,10 +78,9 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
     let mut busy = false;
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        let received = tokio::select! {
-            r = worker.ports.requests.receive(batch, visibility, wait) => r,
-            _ = shutdown.changed() => break,
-        };
+        // Not cancelled by the shutdown signal: a receive cut short could leave messages taken
+        // but unprocessed until their visibility timeout. It returns within `poll_wait_s`.
+        let received = worker.ports.requests.receive(batch, visibility, wait).await;
         let messages = match received {
             Ok(m) => {
                 backoff = Duration::from_millis(100);
@@ -121,7 +117,15 @@ async fn report(status: &dyn InstanceStatus, state: InstanceState, busy: bool) {
 struct Job {
     receipt: Receipt,
     request: ClassifyRequest,
-    image: Result<Bytes, String>,
+    image: Result<Bytes, Fetch>,
+}
+
+/// Why an image is not in hand.
+enum Fetch {
+    /// It never will be (no such object, bad key): answer the client.
+    Missing(String),
+    /// The store failed this time: leave the request for a retry.
+    Unavailable,
 }
 
 impl Worker {
@@ -157,10 +161,7 @@ impl Worker {
             })
             .collect();
 
-        let inputs: Vec<Bytes> = jobs
-            .iter()
-            .filter_map(|j| j.image.as_ref().ok().cloned())
-            .collect();
+        let inputs: Vec<Bytes> = jobs.iter().filter_map(|j| j.image.as_ref().ok().cloned()).collect();
         let classifier = self.classifier.clone();
         let results = tokio::task::spawn_blocking(move || {
             let views: Vec<&[u8]> = inputs.iter().map(|b| b.as_ref()).collect();
@@ -178,7 +179,8 @@ impl Worker {
         };
         let answers = jobs.iter().map(|job| {
             let outcome = match &job.image {
-                Err(reason) => Err(reason.clone()),
+                Err(Fetch::Missing(reason)) => Err(reason.clone()),
+                Err(Fetch::Unavailable) => return None,
                 Ok(_) => match results.next().expect("one result per fetched image") {
                     Ok(p) => Ok(p),
                     Err(ClassifyError::Image(e)) => Err(format!("not a usable image: {e}")),
@@ -191,44 +193,31 @@ impl Worker {
             Some((job, outcome))
         });
         let answers: Vec<_> = answers.flatten().collect();
-        join_all(
-            answers
-                .into_iter()
-                .map(|(job, outcome)| self.answer(job, outcome)),
-        )
-        .await;
+        join_all(answers.into_iter().map(|(job, outcome)| self.answer(job, outcome))).await;
         keeper.abort();
     }
 
-    async fn fetch(&self, request: &ClassifyRequest) -> Result<Bytes, String> {
-        let key =
-            ObjectKey::new(request.key.as_str()).map_err(|e| format!("bad input key: {e}"))?;
+    async fn fetch(&self, request: &ClassifyRequest) -> Result<Bytes, Fetch> {
+        let key = ObjectKey::new(request.key.as_str()).map_err(|e| Fetch::Missing(format!("bad input key: {e}")))?;
+        let input = &self.settings.buckets.input;
         match self
             .ports
             .store
-            .get(
-                &self.settings.buckets.input,
-                &key,
-                request.object_version.as_deref(),
-            )
+            .get(input, &key, request.object_version.as_deref())
             .await
         {
             Ok(Some(bytes)) => Ok(bytes),
-            Ok(None) => Err(format!("input object {key} not found")),
+            Ok(None) => Err(Fetch::Missing(format!("input object {key} not found"))),
             Err(e) => {
-                warn!(error = %format!("{e:#}"), %key, "cannot fetch input");
-                Err(format!("cannot fetch input object {key}"))
+                warn!(error = %format!("{e:#}"), %key, "cannot fetch input; will retry");
+                Err(Fetch::Unavailable)
             }
         }
     }
 
     /// Stores the result, sends the response, then deletes the request. A failure before the
     /// delete leaves the request to come back after its visibility timeout.
-    async fn answer(
-        &self,
-        job: &Job,
-        outcome: Result<imgrec_core::classifier::Prediction, String>,
-    ) {
+    async fn answer(&self, job: &Job, outcome: Result<imgrec_core::classifier::Prediction, String>) {
         let outcome = match outcome {
             Ok(prediction) => {
                 let (key, value) = result_object(&job.request.key, &prediction.label);

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Backend, Settings};
-use crate::local::{
-    DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteQueue, WorkerCommand,
-};
+use crate::local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteQueue, WorkerCommand};
 use crate::ports::{Fleet, InstanceStatus, ObjectStore, WorkQueue};
 
 /// The storage and queues every tier uses.
@@ -55,14 +53,8 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Resu
 }
 
 /// How the app-tier instance `name` reports its state to the fleet.
-pub async fn instance_status(
-    settings: &Settings,
-    name: &str,
-) -> anyhow::Result<Arc<dyn InstanceStatus>> {
+pub async fn instance_status(settings: &Settings, name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     match settings.backend {
-        Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(
-            &settings.queue_db(),
-            name,
-        )?)),
+        Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.queue_db(), name)?)),
     }
 }

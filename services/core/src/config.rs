@@ -84,8 +84,7 @@ impl ScalerSettings {
             min: self.min,
             max: self.max,
             backlog_per_instance: self.backlog_per_instance,
-            scale_in_after: Duration::try_from_secs_f64(self.scale_in_after_s)
-                .context("scaler.scale_in_after_s")?,
+            scale_in_after: Duration::try_from_secs_f64(self.scale_in_after_s).context("scaler.scale_in_after_s")?,
         };
         policy.validate()?;
         Ok(policy)
@@ -153,10 +152,7 @@ mod tests {
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> Environment {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Environment::with_prefix("IMGREC").source(Some(map))
     }
 
@@ -164,10 +160,7 @@ mod tests {
     fn defaults_load() {
         let s = Settings::load_from(None, env(&[]), None, None).unwrap();
         assert_eq!(s.inference.threads, 1);
-        assert_eq!(
-            s.inference.model_dir,
-            Path::new("models/efficientnet-lite0")
-        );
+        assert_eq!(s.inference.model_dir, Path::new("models/efficientnet-lite0"));
         assert_eq!(s.image_limits, ImageLimits::default());
         assert_eq!(
             (s.buckets.input.as_str(), s.buckets.output.as_str()),
@@ -182,10 +175,7 @@ mod tests {
     fn environment_overrides_defaults() {
         let s = Settings::load_from(
             None,
-            env(&[
-                ("IMGREC__INFERENCE__THREADS", "3"),
-                ("IMGREC__SCALER__MAX", "4"),
-            ]),
+            env(&[("IMGREC__INFERENCE__THREADS", "3"), ("IMGREC__SCALER__MAX", "4")]),
             Some("9000".into()),
             Some("/tmp/d".into()),
         )

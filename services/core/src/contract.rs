@@ -43,10 +43,7 @@ pub async fn queue_send_receive_delete<Q: WorkQueue>(q: Q) {
     let bodies: HashSet<Vec<u8>> = got.iter().map(|m| m.body.clone()).collect();
     assert_eq!(
         bodies,
-        ["m0", "m1", "m2"]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect()
+        ["m0", "m1", "m2"].iter().map(|s| s.as_bytes().to_vec()).collect()
     );
     assert!(got.iter().all(|m| m.receive_count == 1));
     let depth = q.depth().await.expect("depth");
@@ -55,11 +52,7 @@ pub async fn queue_send_receive_delete<Q: WorkQueue>(q: Q) {
         q.delete(&m.receipt).await.expect("delete");
     }
     assert_eq!(q.depth().await.expect("depth").total(), 0);
-    assert!(q
-        .receive(10, SHORT, NO_WAIT)
-        .await
-        .expect("receive")
-        .is_empty());
+    assert!(q.receive(10, SHORT, NO_WAIT).await.expect("receive").is_empty());
 }
 
 /// A message not deleted comes back after its visibility timeout, with a new receipt; the old
@@ -73,10 +66,7 @@ pub async fn queue_redelivery<Q: WorkQueue>(q: Q) {
         .pop()
         .expect("a message");
     assert!(
-        q.receive(1, SHORT, NO_WAIT)
-            .await
-            .expect("receive")
-            .is_empty(),
+        q.receive(1, SHORT, NO_WAIT).await.expect("receive").is_empty(),
         "invisible message delivered twice"
     );
     tokio::time::sleep(SHORT + Duration::from_millis(300)).await;
@@ -135,10 +125,7 @@ pub async fn queue_dead_letter<Q: WorkQueue>(pair: QueuePair<Q>) {
         .await
         .expect("receive")
         .pop();
-    assert_eq!(
-        dead.expect("message in the dead-letter queue").body,
-        b"poison"
-    );
+    assert_eq!(dead.expect("message in the dead-letter queue").body, b"poison");
 }
 
 /// Concurrent receivers never get the same invisible message, and together get them all.
@@ -176,10 +163,7 @@ pub async fn queue_long_poll<Q: WorkQueue + Clone>(q: Q) {
         sender.send(b"late").await.expect("send");
     });
     let start = Instant::now();
-    let got = q
-        .receive(1, SHORT, Duration::from_secs(5))
-        .await
-        .expect("receive");
+    let got = q.receive(1, SHORT, Duration::from_secs(5)).await.expect("receive");
     assert_eq!(got.len(), 1, "long poll returned empty");
     assert!(
         start.elapsed() < Duration::from_secs(4),
@@ -207,27 +191,16 @@ pub async fn object_store_contract<S: ObjectStore>(store: S, bucket: &str) {
     if let (Some(a), Some(b)) = (&v1.version, &v2.version) {
         assert_ne!(a, b);
         assert_eq!(
-            store
-                .get(bucket, &key, Some(a))
-                .await
-                .expect("get")
-                .as_deref(),
+            store.get(bucket, &key, Some(a)).await.expect("get").as_deref(),
             Some(&b"first"[..])
         );
         assert_eq!(
-            store
-                .get(bucket, &key, Some(b))
-                .await
-                .expect("get")
-                .as_deref(),
+            store.get(bucket, &key, Some(b)).await.expect("get").as_deref(),
             Some(&b"second"[..])
         );
     }
     let nested = ObjectKey::new("dir/test_1.png").expect("key");
-    store
-        .put(bucket, &nested, Bytes::from_static(b"x"))
-        .await
-        .expect("put");
+    store.put(bucket, &nested, Bytes::from_static(b"x")).await.expect("put");
     let keys: Vec<String> = store
         .list(bucket)
         .await
@@ -255,13 +228,7 @@ pub fn object_keys_are_validated() {
         assert!(ObjectKey::new(bad).is_err(), "accepted {bad:?}");
     }
     assert!(ObjectKey::new("x".repeat(ObjectKey::MAX_LEN + 1)).is_err());
-    for good in [
-        "test_0.JPEG",
-        "a/b/c.png",
-        "with space.jpg",
-        "ünïcode.jpg",
-        "..hidden",
-    ] {
+    for good in ["test_0.JPEG", "a/b/c.png", "with space.jpg", "ünïcode.jpg", "..hidden"] {
         assert!(ObjectKey::new(good).is_ok(), "rejected {good:?}");
     }
 }
@@ -282,10 +249,7 @@ where
 pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration) {
     fleet.launch("app-instance1").await.expect("launch");
     fleet.launch("app-instance2").await.expect("launch");
-    assert!(
-        fleet.launch("app-instance1").await.is_err(),
-        "duplicate name accepted"
-    );
+    assert!(fleet.launch("app-instance1").await.is_err(), "duplicate name accepted");
     let names = |f: Arc<dyn Fleet>| async move {
         f.instances()
             .await

@@ -114,18 +114,9 @@ mod tests {
             result_object("test_0.JPEG", "bathtub"),
             ("test_0".into(), "(test_0, bathtub)".into())
         );
-        assert_eq!(
-            result_object("a.b.png", "x"),
-            ("a.b".into(), "(a.b, x)".into())
-        );
-        assert_eq!(
-            result_object("noext", "x"),
-            ("noext".into(), "(noext, x)".into())
-        );
-        assert_eq!(
-            result_object(".hidden", "x"),
-            (".hidden".into(), "(.hidden, x)".into())
-        );
+        assert_eq!(result_object("a.b.png", "x"), ("a.b".into(), "(a.b, x)".into()));
+        assert_eq!(result_object("noext", "x"), ("noext".into(), "(noext, x)".into()));
+        assert_eq!(result_object(".hidden", "x"), (".hidden".into(), "(.hidden, x)".into()));
     }
 
     #[test]

@@ -46,16 +46,8 @@ pub const INSTANCE_PREFIX: &str = "app-instance";
 
 impl BacklogPolicy {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.min <= self.max,
-            "scaler min {} exceeds max {}",
-            self.min,
-            self.max
-        );
-        anyhow::ensure!(
-            self.backlog_per_instance > 0.0,
-            "backlog_per_instance must be positive"
-        );
+        anyhow::ensure!(self.min <= self.max, "scaler min {} exceeds max {}", self.min, self.max);
+        anyhow::ensure!(self.backlog_per_instance > 0.0, "backlog_per_instance must be positive");
         Ok(())
     }
 
@@ -131,8 +123,7 @@ pub fn instance_number(name: &str) -> (u64, String) {
 
 /// The `count` lowest `app-instanceK` names not held by any instance (stopping ones included).
 pub fn free_names(instances: &[Instance], count: usize) -> Vec<String> {
-    let taken: std::collections::HashSet<&str> =
-        instances.iter().map(|i| i.name.as_str()).collect();
+    let taken: std::collections::HashSet<&str> = instances.iter().map(|i| i.name.as_str()).collect();
     (1..)
         .map(|k| format!("{INSTANCE_PREFIX}{k}"))
         .filter(|name| !taken.contains(name.as_str()))
@@ -197,12 +188,7 @@ mod tests {
         assert_eq!(d.desired, 4);
         assert_eq!(
             d.launch,
-            [
-                "app-instance1",
-                "app-instance2",
-                "app-instance3",
-                "app-instance4"
-            ]
+            ["app-instance1", "app-instance2", "app-instance3", "app-instance4"]
         );
         let fleet: Vec<Instance> = (1..=4).map(|k| instance(k, false, k as u64)).collect();
         for s in 1..=10 {
@@ -290,10 +276,6 @@ mod tests {
                 changes.push((s, fleet.len()));
             }
         }
-        assert_eq!(
-            changes,
-            [(0, 3), (2, 5)],
-            "the pool should settle at the peak"
-        );
+        assert_eq!(changes, [(0, 3), (2, 5)], "the pool should settle at the peak");
     }
 }

@@ -3,18 +3,13 @@
 use std::path::PathBuf;
 
 use imgrec_core::classifier::runtime::library_path;
-use imgrec_core::classifier::{
-    Classifier, ClassifyError, ImageError, ImageLimits, InferenceSettings,
-};
+use imgrec_core::classifier::{Classifier, ClassifyError, ImageError, ImageLimits, InferenceSettings};
 
 const JPEG: &[u8] = include_bytes!("fixtures/small.jpg");
 const PNG: &[u8] = include_bytes!("fixtures/small.png");
 
 fn settings() -> InferenceSettings {
-    let model_dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../models/efficientnet-lite0"
-    ));
+    let model_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/efficientnet-lite0"));
     assert!(
         model_dir.join("model.onnx").exists(),
         "{} missing: run `make model`",
@@ -38,10 +33,7 @@ fn a_bad_image_fails_alone_in_its_batch() {
         results[1],
         Err(ClassifyError::Image(ImageError::UnsupportedFormat(_)))
     ));
-    assert!(matches!(
-        results[3],
-        Err(ClassifyError::Image(ImageError::Empty))
-    ));
+    assert!(matches!(results[3], Err(ClassifyError::Image(ImageError::Empty))));
     assert!((0.0..=1.0).contains(&jpeg.probability) && jpeg.probability > 0.0);
     assert_eq!(classifier.labels()[jpeg.index], jpeg.label);
     assert_eq!(classifier.labels().len(), 1000);
@@ -82,10 +74,6 @@ fn missing_onnxruntime_library_is_a_clear_error() {
     if std::env::var_os("ORT_DYLIB_PATH").is_some() {
         return; // the environment variable wins over the configured path, by design
     }
-    let err =
-        library_path(Some(std::path::Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
-    assert!(
-        err.to_string().contains("/nonexistent/libonnxruntime.so"),
-        "{err}"
-    );
+    let err = library_path(Some(std::path::Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/libonnxruntime.so"), "{err}");
 }

@@ -47,11 +47,7 @@ fn every_truncation_is_an_error() {
     for (bytes, trailer) in [(JPEG, 2), (PNG, 12)] {
         for cut in 1..bytes.len() - trailer {
             let result = decode_rgb(&bytes[..cut], &limits());
-            assert!(
-                result.is_err(),
-                "accepted a file cut at {cut} of {}",
-                bytes.len()
-            );
+            assert!(result.is_err(), "accepted a file cut at {cut} of {}", bytes.len());
         }
     }
     assert_eq!(
@@ -63,10 +59,7 @@ fn every_truncation_is_an_error() {
 /// Rewrites the frame size in the JPEG's SOF0 segment.
 fn jpeg_with_size(width: u16, height: u16) -> Vec<u8> {
     let mut bytes = JPEG.to_vec();
-    let sof = bytes
-        .windows(2)
-        .position(|w| w == [0xFF, 0xC0])
-        .expect("baseline JPEG");
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG");
     bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
     bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
     bytes
@@ -97,19 +90,13 @@ fn huge_dimensions_are_refused_from_the_header() {
             ),
             "{err:?}"
         );
-        assert!(matches!(
-            probe(&bytes, &limits()),
-            Err(ImageError::TooLarge { .. })
-        ));
+        assert!(matches!(probe(&bytes, &limits()), Err(ImageError::TooLarge { .. })));
     }
     let tight = ImageLimits {
         max_side: 8,
         max_pixels: 1000,
     };
-    assert!(matches!(
-        decode_rgb(JPEG, &tight),
-        Err(ImageError::TooLarge { .. })
-    ));
+    assert!(matches!(decode_rgb(JPEG, &tight), Err(ImageError::TooLarge { .. })));
 }
 
 #[test]

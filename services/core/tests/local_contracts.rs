@@ -85,17 +85,11 @@ async fn fs_object_store_refuses_bad_bucket_names_and_versions() {
     let key = ObjectKey::new("a.jpg").unwrap();
     for bucket in ["..", "../x", "a/b", "UP", ""] {
         assert!(
-            store
-                .put(bucket, &key, bytes::Bytes::from_static(b"x"))
-                .await
-                .is_err(),
+            store.put(bucket, &key, bytes::Bytes::from_static(b"x")).await.is_err(),
             "bucket {bucket:?}"
         );
     }
-    assert!(store
-        .get("input-bucket", &key, Some("../../etc/passwd"))
-        .await
-        .is_err());
+    assert!(store.get("input-bucket", &key, Some("../../etc/passwd")).await.is_err());
     let mut left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -112,8 +106,7 @@ async fn process_fleet_contract() {
         args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
         env: vec![],
     };
-    let fleet: Arc<dyn Fleet> =
-        Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap());
+    let fleet: Arc<dyn Fleet> = Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap());
     contract::fleet_contract(fleet, Duration::from_secs(10)).await;
 }
 
@@ -129,10 +122,7 @@ async fn process_fleet_notices_a_crashed_instance() {
     fleet.launch("app-instance1").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !fleet.instances().await.unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "crashed instance still listed"
-        );
+        assert!(std::time::Instant::now() < deadline, "crashed instance still listed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The name is free again for its replacement.

@@ -105,12 +105,7 @@ struct Outcome {
     result: Result<String, String>,
 }
 
-async fn upload(
-    client: &reqwest::Client,
-    url: &str,
-    path: &Path,
-    bytes: Vec<u8>,
-) -> Result<String, String> {
+async fn upload(client: &reqwest::Client, url: &str, path: &Path, bytes: Vec<u8>) -> Result<String, String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -145,18 +140,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             std::fs::read(path).with_context(|| path.display().to_string())?,
         ));
     }
-    let jobs: Vec<(PathBuf, Vec<u8>)> = (0..args.repeat)
-        .flat_map(|_| payloads.iter().cloned())
-        .collect();
+    let jobs: Vec<(PathBuf, Vec<u8>)> = (0..args.repeat).flat_map(|_| payloads.iter().cloned()).collect();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.timeout))
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     let bar = ProgressBar::new(jobs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
-            .expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}").expect("valid template"));
 
     let start = Instant::now();
     let outcomes: Vec<Outcome> = futures::stream::iter(jobs)

@@ -108,11 +108,7 @@ impl Scaler {
     }
 
     /// Ticks until `shutdown` turns true, then stops the fleet.
-    pub async fn run(
-        mut self,
-        tick: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    pub async fn run(mut self, tick: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*shutdown.borrow() {
@@ -124,10 +120,7 @@ impl Scaler {
             if let Err(e) = self.tick().await {
                 let message = format!("{e:#}");
                 warn!(error = %message, "scaler tick failed");
-                self.status
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .last_error = Some(message);
+                self.status.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(message);
             }
         }
         info!("stopping the app tier");

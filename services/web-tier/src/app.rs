@@ -47,11 +47,7 @@ fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
 }
 
 impl App {
-    pub fn new(
-        settings: Settings,
-        ports: Ports,
-        scaler: Option<(SharedStatus, Arc<Notify>)>,
-    ) -> Arc<Self> {
+    pub fn new(settings: Settings, ports: Ports, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
         Arc::new(Self {
             settings,
             ports,
@@ -83,11 +79,7 @@ impl App {
         reply
     }
 
-    async fn handle_upload(
-        &self,
-        form: FormData,
-        wants_json: bool,
-    ) -> Result<Reply, (&'static str, Rejection)> {
+    async fn handle_upload(&self, form: FormData, wants_json: bool) -> Result<Reply, (&'static str, Rejection)> {
         let bad = |r| ("bad_request", r);
         let up = upload::read(form).await.map_err(bad)?;
         upload::validate(up.bytes.clone(), self.settings.image_limits)
@@ -98,10 +90,7 @@ impl App {
             warn!(error = %format!("{e:#}"), "{what}");
             (
                 "unavailable",
-                Rejection::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{what}; try again later"),
-                ),
+                Rejection::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}; try again later")),
             )
         };
         let stored = self
@@ -144,10 +133,9 @@ impl App {
                 } else {
                     text(StatusCode::OK, label)
                 }),
-                Outcome::Rejected { reason } => Err((
-                    "rejected",
-                    Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, reason),
-                )),
+                Outcome::Rejected { reason } => {
+                    Err(("rejected", Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, reason)))
+                }
             },
             Ok(Ok(Answer::DeadLettered)) => Err((
                 "failed",
@@ -192,9 +180,7 @@ impl App {
                 let instances: Vec<_> = s
                     .instances
                     .iter()
-                    .map(
-                        |i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }),
-                    )
+                    .map(|i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }))
                     .collect();
                 (Some(s.desired), instances, s.last_error.clone())
             }
@@ -223,23 +209,12 @@ impl App {
         if let Some((s, _)) = &self.scaler {
             let s = s.read().unwrap_or_else(|p| p.into_inner());
             m.desired_capacity.set(s.desired as i64);
-            for state in [
-                InstanceState::Pending,
-                InstanceState::Running,
-                InstanceState::Stopping,
-            ] {
+            for state in [InstanceState::Pending, InstanceState::Running, InstanceState::Stopping] {
                 let n = s.instances.iter().filter(|i| i.state == state).count();
-                m.instances
-                    .with_label_values(&[state_name(state)])
-                    .set(n as i64);
+                m.instances.with_label_values(&[state_name(state)]).set(n as i64);
             }
         }
-        reply::with_header(
-            m.render(),
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
+        reply::with_header(m.render(), header::CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
     }
 }
 

@@ -66,11 +66,7 @@ impl Waiters {
 }
 
 /// Consumes the response queue until shutdown.
-pub async fn responses(
-    queue: Arc<dyn WorkQueue>,
-    waiters: Waiters,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
         let got = tokio::select! {
@@ -109,11 +105,7 @@ pub async fn responses(
 
 /// Tells waiting clients about their requests that landed in the dead-letter queue. The messages
 /// stay there for an operator; each is looked at once a day at most.
-pub async fn dead_letters(
-    queue: Arc<dyn WorkQueue>,
-    waiters: Waiters,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn dead_letters(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
     const HIDE: Duration = Duration::from_secs(24 * 3600);
     while !*shutdown.borrow() {
         let got = tokio::select! {

@@ -27,9 +27,7 @@ const PAGE: &str = include_str!("page.html");
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = tokio::runtime::Runtime::new()
@@ -58,10 +56,7 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, reason) = if err.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_string())
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "upload too large".to_string(),
-        )
+        (StatusCode::PAYLOAD_TOO_LARGE, "upload too large".to_string())
     } else if err.find::<warp::reject::UnsupportedMediaType>().is_some()
         || err.find::<warp::reject::InvalidHeader>().is_some()
     {
@@ -70,10 +65,7 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
             "send the image as multipart/form-data in the field \"myfile\"".to_string(),
         )
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed".to_string(),
-        )
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_string())
     } else {
         (StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
     };
@@ -118,9 +110,7 @@ async fn run() -> anyhow::Result<()> {
         .and(warp::multipart::form().max_length(max_body))
         .and(wants_json())
         .then(|app: Arc<App>, form, json| app.classify(form, json));
-    let page = warp::get()
-        .and(warp::path::end())
-        .map(|| warp::reply::html(PAGE));
+    let page = warp::get().and(warp::path::end()).map(|| warp::reply::html(PAGE));
     let status = warp::get()
         .and(warp::path("status"))
         .and(warp::path::end())
@@ -179,10 +169,7 @@ async fn run() -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }

@@ -1,8 +1,7 @@
 //! Prometheus metrics of the web tier (and of the scaler it hosts).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,65 +19,33 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "imgrec_requests_total",
-                "Classification requests by outcome",
-            ),
+            Opts::new("imgrec_requests_total", "Classification requests by outcome"),
             &["outcome"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "imgrec_request_duration_seconds",
-                "Time from upload to answer",
-            )
-            .buckets(vec![
+            HistogramOpts::new("imgrec_request_duration_seconds", "Time from upload to answer").buckets(vec![
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
             ]),
             &["outcome"],
         )
         .expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let queue_pending = gauge(
-            "imgrec_queue_pending",
-            "Requests waiting in the request queue",
-        );
+        let queue_pending = gauge("imgrec_queue_pending", "Requests waiting in the request queue");
         let queue_in_flight = gauge(
             "imgrec_queue_in_flight",
             "Requests received by a worker, not yet answered",
         );
-        let desired_capacity = gauge(
-            "imgrec_desired_capacity",
-            "App-tier instances the scaler wants",
-        );
-        let waiting_requests = gauge(
-            "imgrec_waiting_requests",
-            "HTTP requests waiting for their answer",
-        );
-        let instances = IntGaugeVec::new(
-            Opts::new("imgrec_instances", "App-tier instances by state"),
-            &["state"],
-        )
-        .expect("valid metric");
-        for m in [
-            &queue_pending,
-            &queue_in_flight,
-            &desired_capacity,
-            &waiting_requests,
-        ] {
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+        let desired_capacity = gauge("imgrec_desired_capacity", "App-tier instances the scaler wants");
+        let waiting_requests = gauge("imgrec_waiting_requests", "HTTP requests waiting for their answer");
+        let instances = IntGaugeVec::new(Opts::new("imgrec_instances", "App-tier instances by state"), &["state"])
+            .expect("valid metric");
+        for m in [&queue_pending, &queue_in_flight, &desired_capacity, &waiting_requests] {
+            registry.register(Box::new(m.clone())).expect("unique metric");
         }
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(latency.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(instances.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(requests.clone())).expect("unique metric");
+        registry.register(Box::new(latency.clone())).expect("unique metric");
+        registry.register(Box::new(instances.clone())).expect("unique metric");
         Self {
             registry,
             requests,

@@ -35,35 +35,28 @@ impl Rejection {
 /// The file's base name (browsers on Windows may send a full path) as an object key.
 fn key_from_file_name(name: &str) -> Result<ObjectKey, Rejection> {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
-    ObjectKey::new(base).map_err(|e| {
-        Rejection::new(
-            StatusCode::BAD_REQUEST,
-            format!("bad file name {name:?}: {e}"),
-        )
-    })
+    ObjectKey::new(base).map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, format!("bad file name {name:?}: {e}")))
 }
 
 pub async fn read(form: FormData) -> Result<Upload, Rejection> {
     let mut parts = Box::pin(form);
     let mut found = None;
-    while let Some(part) = parts.try_next().await.map_err(|e| {
-        Rejection::new(
-            StatusCode::BAD_REQUEST,
-            format!("malformed multipart body: {e}"),
-        )
-    })? {
+    while let Some(part) = parts
+        .try_next()
+        .await
+        .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, format!("malformed multipart body: {e}")))?
+    {
         if !FIELDS.contains(&part.name()) || found.is_some() {
             continue; // other fields are ignored; their data is skipped by the stream
         }
         let name = part.filename().unwrap_or_default().to_owned();
         let mut buf = BytesMut::new();
         let mut stream = Box::pin(part.stream());
-        while let Some(chunk) = stream.try_next().await.map_err(|e| {
-            Rejection::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the upload: {e}"),
-            )
-        })? {
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, format!("cannot read the upload: {e}")))?
+        {
             buf.put(chunk.chunk());
         }
         found = Some((name, buf.freeze()));
@@ -97,9 +90,7 @@ pub async fn validate(bytes: Bytes, limits: ImageLimits) -> Result<(), Rejection
             ImageError::Empty => StatusCode::BAD_REQUEST,
             ImageError::UnsupportedFormat(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ImageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ImageError::ZeroSize | ImageError::Truncated | ImageError::Corrupt(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ImageError::ZeroSize | ImageError::Truncated | ImageError::Corrupt(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Rejection::new(status, e.to_string())
     })
@@ -111,20 +102,12 @@ mod tests {
 
     #[test]
     fn file_names_become_base_name_keys() {
+        assert_eq!(key_from_file_name("test_0.JPEG").unwrap().as_str(), "test_0.JPEG");
         assert_eq!(
-            key_from_file_name("test_0.JPEG").unwrap().as_str(),
-            "test_0.JPEG"
-        );
-        assert_eq!(
-            key_from_file_name("C:\\Users\\me\\cat.png")
-                .unwrap()
-                .as_str(),
+            key_from_file_name("C:\\Users\\me\\cat.png").unwrap().as_str(),
             "cat.png"
         );
-        assert_eq!(
-            key_from_file_name("/etc/../x.jpg").unwrap().as_str(),
-            "x.jpg"
-        );
+        assert_eq!(key_from_file_name("/etc/../x.jpg").unwrap().as_str(), "x.jpg");
         assert!(key_from_file_name("..").is_err());
         assert!(key_from_file_name("dir/").is_err());
         assert!(key_from_file_name("a\0b.jpg").is_err());

@@ -91,8 +91,7 @@ impl Manifest {
 
     pub fn load(model_dir: &Path) -> anyhow::Result<Self> {
         let path = model_dir.join("manifest.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| path.display().to_string())
     }
 
@@ -103,19 +102,13 @@ impl Manifest {
                 self.format_version
             );
         }
-        ensure!(
-            self.input.shape.len() == 4,
-            "input shape must be [N, 3, H, W]"
-        );
+        ensure!(self.input.shape.len() == 4, "input shape must be [N, 3, H, W]");
         ensure!(
             self.input.shape[1] == serde_json::json!(3),
             "input must have 3 channels"
         );
         if let Some(r) = self.resize {
-            ensure!(
-                r.width > 0 && r.height > 0,
-                "resize target must be non-empty"
-            );
+            ensure!(r.width > 0 && r.height > 0, "resize target must be non-empty");
             for (dim, want) in [(2, r.height), (3, r.width)] {
                 if let Some(n) = self.input.shape[dim].as_u64() {
                     ensure!(
@@ -133,10 +126,7 @@ impl Manifest {
             );
         }
         ensure!(
-            self.normalize
-                .std
-                .iter()
-                .all(|s| s.is_finite() && *s != 0.0)
+            self.normalize.std.iter().all(|s| s.is_finite() && *s != 0.0)
                 && self.normalize.mean.iter().all(|m| m.is_finite()),
             "normalize.std must be non-zero and finite"
         );
@@ -174,10 +164,7 @@ mod tests {
     #[test]
     fn parses_a_native_size_manifest() {
         let text = LITE0
-            .replace(
-                r#"{"width": 224, "height": 224, "filter": "bilinear"}"#,
-                "null",
-            )
+            .replace(r#"{"width": 224, "height": 224, "filter": "bilinear"}"#, "null")
             .replace(r#"224, 224]"#, r#""H", "W"]"#);
         assert_eq!(Manifest::parse(&text).unwrap().resize, None);
     }
@@ -190,19 +177,13 @@ mod tests {
             (r#""width": 224, "height""#, r#""width": 200, "height""#),
             (r#"[128.0, 128.0, 128.0]"#, r#"[128.0, 0.0, 128.0]"#),
             (r#""layout": "NCHW""#, r#""layout": "NHWC""#),
-            (
-                r#""labels": "labels.json""#,
-                r#""labels": "labels.json", "extra": 1"#,
-            ),
+            (r#""labels": "labels.json""#, r#""labels": "labels.json", "extra": 1"#),
         ] {
             let text = LITE0.replace(from, to);
             assert_ne!(text, LITE0, "test edit {from} did not apply");
             assert!(Manifest::parse(&text).is_err(), "accepted {to}");
         }
-        let native = LITE0.replace(
-            r#"{"width": 224, "height": 224, "filter": "bilinear"}"#,
-            "null",
-        );
+        let native = LITE0.replace(r#"{"width": 224, "height": 224, "filter": "bilinear"}"#, "null");
         assert!(
             Manifest::parse(&native).is_err(),
             "fixed-size model without resize accepted"

@@ -64,10 +64,7 @@ impl Classifier {
         let dir = &settings.model_dir;
         let manifest = Manifest::load(dir)?;
         let labels = load_labels(&dir.join(&manifest.labels))?;
-        ensure!(
-            settings.threads >= 1,
-            "inference threads must be at least 1"
-        );
+        ensure!(settings.threads >= 1, "inference threads must be at least 1");
         let env = runtime::environment(settings.onnxruntime_lib.as_deref())?;
         let model = dir.join("model.onnx");
         let configure = |e: ort::Error<_>| anyhow!("cannot configure ONNX Runtime session: {e}");
@@ -114,8 +111,7 @@ impl Classifier {
 
     /// Runs one batch `[N, 3, H, W]` and returns the logits `[N, classes]`.
     pub fn logits(&mut self, batch: ArrayView4<'_, f32>) -> anyhow::Result<Array2<f32>> {
-        let input =
-            TensorRef::from_array_view(batch).map_err(|e| anyhow!("bad input tensor: {e}"))?;
+        let input = TensorRef::from_array_view(batch).map_err(|e| anyhow!("bad input tensor: {e}"))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])
@@ -167,14 +163,9 @@ impl Classifier {
 
     /// Classifies a batch of uploads; a bad image fails alone, the others still get labels.
     pub fn classify(&mut self, images: &[&[u8]]) -> Vec<Result<Prediction, ClassifyError>> {
-        let prepared: Vec<Result<Array3<f32>, ImageError>> = images
-            .iter()
-            .map(|bytes| self.preprocessor.prepare(bytes))
-            .collect();
-        let tensors: Vec<Array3<f32>> = prepared
-            .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
-            .collect();
+        let prepared: Vec<Result<Array3<f32>, ImageError>> =
+            images.iter().map(|bytes| self.preprocessor.prepare(bytes)).collect();
+        let tensors: Vec<Array3<f32>> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
         let mut predicted = match self.predict(&tensors) {
             Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {
@@ -208,24 +199,22 @@ impl Classifier {
 
 /// Index and value of the largest element; the first one on ties, as numpy's argmax.
 pub fn argmax(values: &[f32]) -> (usize, f32) {
-    values
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+    values.iter().copied().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |best, (i, v)| {
             if v > best.1 {
                 (i, v)
             } else {
                 best
             }
-        })
+        },
+    )
 }
 
 fn load_labels(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let labels: Vec<String> = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a JSON list of names", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let labels: Vec<String> =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of names", path.display()))?;
     ensure!(!labels.is_empty(), "{} has no labels", path.display());
     Ok(labels)
 }

@@ -48,9 +48,8 @@ impl Preprocessor {
         );
         let norm = self.manifest.normalize;
         // A 256-entry table per channel: the same f32 division as numpy, done once per value.
-        let tables: [[f32; 256]; 3] = std::array::from_fn(|c| {
-            std::array::from_fn(|v| (v as f32 - norm.mean[c]) / norm.std[c])
-        });
+        let tables: [[f32; 256]; 3] =
+            std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 - norm.mean[c]) / norm.std[c]));
         for c in 0..3 {
             let table = &tables[c];
             let plane = out.index_axis_mut(ndarray::Axis(0), c);

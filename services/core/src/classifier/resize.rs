@@ -58,11 +58,7 @@ impl Coefficients {
             }
             bounds.push((xmin, xmax));
         }
-        Self {
-            weights,
-            bounds,
-            ksize,
-        }
+        Self { weights, bounds, ksize }
     }
 
     fn get(&self, out: usize) -> (usize, &[i32]) {
@@ -93,8 +89,7 @@ pub fn resize_bilinear(src: &RgbImage, width: usize, height: usize) -> RgbImage 
         let rows = last_row - first_row;
         let mut out = vec![0u8; width * rows * 3];
         for y in 0..rows {
-            let line =
-                &src.pixels[(y + first_row) * src.width * 3..(y + first_row + 1) * src.width * 3];
+            let line = &src.pixels[(y + first_row) * src.width * 3..(y + first_row + 1) * src.width * 3];
             for xx in 0..width {
                 let (xmin, k) = horiz.get(xx);
                 let mut ss = [ROUNDING; 3];

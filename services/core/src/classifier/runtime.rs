@@ -9,10 +9,7 @@ use ort::environment::Environment;
 /// The library file name in the PyPI wheel `onnxruntime==1.31.1`, the ABI ort 2.0.0-rc.15 targets.
 pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
 /// Where `make ort` installs it, relative to the workspace root.
-pub const WORKSPACE_LIBRARY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../.ort/libonnxruntime.so.1.31.1"
-);
+pub const WORKSPACE_LIBRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ort/libonnxruntime.so.1.31.1");
 
 /// Finds the library: `ORT_DYLIB_PATH`, else the configured path, else next to the executable
 /// (how packaged installs ship it), else the copy `make` installed in the workspace.
@@ -27,10 +24,7 @@ pub fn library_path(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     if let Some(p) = configured {
         if !p.is_file() {
-            bail!(
-                "configured ONNX Runtime library {} is not a file",
-                p.display()
-            );
+            bail!("configured ONNX Runtime library {} is not a file", p.display());
         }
         return Ok(p.to_path_buf());
     }

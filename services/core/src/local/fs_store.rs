@@ -27,11 +27,7 @@ fn check_bucket(bucket: &str) -> anyhow::Result<()> {
 
 fn check_version(version: &str) -> anyhow::Result<()> {
     ensure!(
-        !version.is_empty()
-            && version.len() <= 64
-            && version
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        !version.is_empty() && version.len() <= 64 && version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
         "invalid object version {version:?}"
     );
     Ok(())
@@ -39,54 +35,33 @@ fn check_version(version: &str) -> anyhow::Result<()> {
 
 impl FsObjectStore {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            root: data_dir.into(),
-        }
+        Self { root: data_dir.into() }
     }
 
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.root.join("s3").join(bucket)
     }
 
-    fn put_blocking(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        bytes: &[u8],
-    ) -> anyhow::Result<StoredObject> {
+    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> anyhow::Result<StoredObject> {
         check_bucket(bucket)?;
         let target = self.bucket_dir(bucket).join(key.as_str());
         let versions = self.root.join("versions").join(bucket);
         let tmp_dir = self.root.join("tmp");
-        for dir in [
-            target.parent().expect("key has a parent"),
-            &versions,
-            &tmp_dir,
-        ] {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+        for dir in [target.parent().expect("key has a parent"), &versions, &tmp_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         let version = uuid::Uuid::new_v4().simple().to_string();
-        std::fs::hard_link(tmp.path(), versions.join(&version))
-            .context("cannot record the object version")?;
+        std::fs::hard_link(tmp.path(), versions.join(&version)).context("cannot record the object version")?;
         tmp.persist(&target)
             .with_context(|| format!("cannot write {}", target.display()))?;
         sync_dir(target.parent().expect("key has a parent"))?;
-        Ok(StoredObject {
-            version: Some(version),
-        })
+        Ok(StoredObject { version: Some(version) })
     }
 
-    fn get_blocking(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        version: Option<&str>,
-    ) -> anyhow::Result<Option<Bytes>> {
+    fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> anyhow::Result<Option<Bytes>> {
         check_bucket(bucket)?;
         let path = match version {
             Some(v) => {
@@ -137,38 +112,19 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("storage task failed")?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.context("storage task failed")?
 }
 
 #[async_trait]
 impl ObjectStore for FsObjectStore {
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        bytes: Bytes,
-    ) -> anyhow::Result<StoredObject> {
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> anyhow::Result<StoredObject> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
         blocking(move || this.put_blocking(&bucket, &key, &bytes)).await
     }
 
-    async fn get(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        version: Option<&str>,
-    ) -> anyhow::Result<Option<Bytes>> {
-        let (this, bucket, key, version) = (
-            self.clone(),
-            bucket.to_owned(),
-            key.clone(),
-            version.map(str::to_owned),
-        );
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> anyhow::Result<Option<Bytes>> {
+        let (this, bucket, key, version) = (self.clone(), bucket.to_owned(), key.clone(), version.map(str::to_owned));
         blocking(move || this.get_blocking(&bucket, &key, version.as_deref())).await
     }
 

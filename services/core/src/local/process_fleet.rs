@@ -50,8 +50,7 @@ impl ProcessFleet {
 
     fn reported(&self) -> anyhow::Result<HashMap<String, (String, bool, u64)>> {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt =
-            conn.prepare_cached("SELECT name, state, busy, updated_at_ms FROM instances")?;
+        let mut stmt = conn.prepare_cached("SELECT name, state, busy, updated_at_ms FROM instances")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -105,14 +104,10 @@ impl Fleet for ProcessFleet {
                     .map_or(0, |d| d.as_millis() as u64)
             };
             for (name, w) in workers.iter() {
-                let report = reported
-                    .get(name)
-                    .filter(|(_, _, at)| *at >= launched_ms(w));
+                let report = reported.get(name).filter(|(_, _, at)| *at >= launched_ms(w));
                 let (state, busy) = match (w.retiring, report) {
                     (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.1)),
-                    (false, Some((s, busy, _))) if s == "running" => {
-                        (InstanceState::Running, *busy)
-                    }
+                    (false, Some((s, busy, _))) if s == "running" => (InstanceState::Running, *busy),
                     (false, _) => (InstanceState::Pending, false),
                 };
                 instances.push(Instance {
@@ -154,11 +149,7 @@ impl Fleet for ProcessFleet {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", self.command.program.display()))?;
-        tracing::info!(
-            instance = name,
-            pid = child.id(),
-            "launched app-tier instance"
-        );
+        tracing::info!(instance = name, pid = child.id(), "launched app-tier instance");
         workers.insert(
             name.to_owned(),
             Worker {
@@ -172,9 +163,7 @@ impl Fleet for ProcessFleet {
 
     async fn retire(&self, name: &str) -> anyhow::Result<()> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        let worker = workers
-            .get_mut(name)
-            .with_context(|| format!("no instance {name}"))?;
+        let worker = workers.get_mut(name).with_context(|| format!("no instance {name}"))?;
         if !worker.retiring {
             worker.retiring = true;
             Self::signal(worker, libc::SIGTERM);
@@ -198,10 +187,7 @@ impl Fleet for ProcessFleet {
                 workers.retain(|_, w| !matches!(w.child.try_wait(), Ok(Some(_))));
                 if Instant::now() >= deadline {
                     for w in workers.values_mut() {
-                        tracing::warn!(
-                            pid = w.child.id(),
-                            "app-tier instance did not stop in time; killing it"
-                        );
+                        tracing::warn!(pid = w.child.id(), "app-tier instance did not stop in time; killing it");
                         let _ = w.child.kill();
                         let _ = w.child.wait();
                     }

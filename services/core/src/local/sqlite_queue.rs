@@ -55,12 +55,7 @@ impl SqliteQueue {
         .with_context(|| format!("queue {}", self.name))
     }
 
-    fn try_receive(
-        &self,
-        conn: &mut Connection,
-        max: usize,
-        visibility: Duration,
-    ) -> anyhow::Result<Vec<Received>> {
+    fn try_receive(&self, conn: &mut Connection, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
         let now = now_ms() as i64;
         // A cheap read first: polling receivers then take no write lock while the queue is empty.
         let ready: bool = conn.query_row(
@@ -131,12 +126,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn receive(
-        &self,
-        max: usize,
-        visibility: Duration,
-        wait: Duration,
-    ) -> anyhow::Result<Vec<Received>> {
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -170,11 +160,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn change_visibility(
-        &self,
-        receipt: &Receipt,
-        visibility: Duration,
-    ) -> anyhow::Result<()> {
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()> {
         let id = message_id(receipt)?;
         let receipt = receipt.0.clone();
         self.blocking(move |conn, q| {
@@ -182,13 +168,7 @@ impl WorkQueue for SqliteQueue {
             let changed = conn.execute(
                 "UPDATE messages SET visible_at_ms = ?1
                  WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
-                params![
-                    now + visibility.as_millis() as i64,
-                    id,
-                    receipt,
-                    q.name,
-                    now
-                ],
+                params![now + visibility.as_millis() as i64, id, receipt, q.name, now],
             )?;
             if changed == 0 {
                 bail!("receipt {receipt} is no longer valid (deleted, expired or received again)");
@@ -209,7 +189,10 @@ impl WorkQueue for SqliteQueue {
                 )
                 .optional()?
                 .unwrap_or((None, None));
-            Ok(QueueDepth { visible: visible.unwrap_or(0) as u64, in_flight: in_flight.unwrap_or(0) as u64 })
+            Ok(QueueDepth {
+                visible: visible.unwrap_or(0) as u64,
+                in_flight: in_flight.unwrap_or(0) as u64,
+            })
         })
         .await
     }

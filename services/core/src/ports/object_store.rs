@@ -13,9 +13,7 @@ pub enum KeyError {
     TooLong { max: usize },
     #[error("object key contains a control character")]
     ControlCharacter,
-    #[error(
-        "object key must be relative, without '.', '..' or empty path segments or backslashes"
-    )]
+    #[error("object key must be relative, without '.', '..' or empty path segments or backslashes")]
     BadPath,
 }
 
@@ -34,11 +32,7 @@ impl ObjectKey {
         if key.chars().any(char::is_control) {
             return Err(KeyError::ControlCharacter);
         }
-        if key.contains('\\')
-            || key
-                .split('/')
-                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        {
+        if key.contains('\\') || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
             return Err(KeyError::BadPath);
         }
         Ok(Self(key))
@@ -65,19 +59,9 @@ pub struct StoredObject {
 /// Buckets of objects: folders locally, S3 on AWS.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        bytes: Bytes,
-    ) -> anyhow::Result<StoredObject>;
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> anyhow::Result<StoredObject>;
     /// The object's bytes (that version's when given); `None` if there is no such object.
-    async fn get(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        version: Option<&str>,
-    ) -> anyhow::Result<Option<Bytes>>;
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> anyhow::Result<Option<Bytes>>;
     /// Every key in the bucket, sorted.
     async fn list(&self, bucket: &str) -> anyhow::Result<Vec<ObjectKey>>;
 }

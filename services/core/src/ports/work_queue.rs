@@ -36,18 +36,9 @@ pub trait WorkQueue: Send + Sync + 'static {
     async fn send(&self, body: &[u8]) -> anyhow::Result<()>;
     /// Up to `max` messages, each hidden from other receivers for `visibility`; waits up to `wait`
     /// for the first one (long polling).
-    async fn receive(
-        &self,
-        max: usize,
-        visibility: Duration,
-        wait: Duration,
-    ) -> anyhow::Result<Vec<Received>>;
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>>;
     async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()>;
     /// Hides a received message for `visibility` from now (zero makes it visible at once).
-    async fn change_visibility(
-        &self,
-        receipt: &Receipt,
-        visibility: Duration,
-    ) -> anyhow::Result<()>;
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()>;
     async fn depth(&self) -> anyhow::Result<QueueDepth>;
 }

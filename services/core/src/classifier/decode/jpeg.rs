@@ -75,31 +75,22 @@ fn io(e: std::io::Error) -> ImageError {
 
 pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
     guarded(|| {
-        let decompress = Decompress::with_err(error_manager())
-            .from_mem(bytes)
-            .map_err(io)?;
+        let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
         Ok(decompress.size())
     })
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     guarded(|| {
-        let decompress = Decompress::with_err(error_manager())
-            .from_mem(bytes)
-            .map_err(io)?;
+        let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
         let (width, height) = decompress.size();
         limits.check(width, height)?;
-        let cmyk = matches!(
-            decompress.color_space(),
-            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
-        );
+        let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
         let pixels = if cmyk {
             let mut started = decompress.to_colorspace(ColorSpace::JCS_CMYK).map_err(io)?;
             let cmyk: Vec<[u8; 4]> = started.read_scanlines().map_err(io)?;
             started.finish().map_err(io)?;
-            cmyk.iter()
-                .flat_map(|&px| inverted_cmyk_to_rgb(px))
-                .collect()
+            cmyk.iter().flat_map(|&px| inverted_cmyk_to_rgb(px)).collect()
         } else {
             let mut started = decompress.rgb().map_err(io)?;
             let rgb: Vec<u8> = started.read_scanlines().map_err(io)?;

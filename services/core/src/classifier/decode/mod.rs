@@ -27,11 +27,7 @@ impl RgbImage {
             width * height * 3,
             "pixel buffer does not match dimensions"
         );
-        Self {
-            width,
-            height,
-            pixels,
-        }
+        Self { width, height, pixels }
     }
 }
 
@@ -79,10 +75,7 @@ impl ImageLimits {
         if width == 0 || height == 0 {
             return Err(ImageError::ZeroSize);
         }
-        if width > self.max_side
-            || height > self.max_side
-            || width.saturating_mul(height) > self.max_pixels
-        {
+        if width > self.max_side || height > self.max_side || width.saturating_mul(height) > self.max_pixels {
             return Err(ImageError::TooLarge {
                 width,
                 height,
@@ -108,12 +101,8 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Ok(Format::Png),
         [b'G', b'I', b'F', b'8', ..] => Err(ImageError::UnsupportedFormat("GIF")),
         [b'B', b'M', ..] => Err(ImageError::UnsupportedFormat("BMP")),
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => {
-            Err(ImageError::UnsupportedFormat("WebP"))
-        }
-        [b'I', b'I', 42, 0, ..] | [b'M', b'M', 0, 42, ..] => {
-            Err(ImageError::UnsupportedFormat("TIFF"))
-        }
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Err(ImageError::UnsupportedFormat("WebP")),
+        [b'I', b'I', 42, 0, ..] | [b'M', b'M', 0, 42, ..] => Err(ImageError::UnsupportedFormat("TIFF")),
         _ => Err(ImageError::UnsupportedFormat("not an image")),
     }
 }

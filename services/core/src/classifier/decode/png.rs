@@ -9,12 +9,8 @@ use super::{ImageError, ImageLimits, RgbImage};
 
 fn error(e: png::DecodingError) -> ImageError {
     match e {
-        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated
-        }
-        png::DecodingError::LimitsExceeded => {
-            ImageError::Corrupt("PNG exceeds decoder memory limits".into())
-        }
+        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => ImageError::Truncated,
+        png::DecodingError::LimitsExceeded => ImageError::Corrupt("PNG exceeds decoder memory limits".into()),
         other => ImageError::Corrupt(other.to_string()),
     }
 }
@@ -67,13 +63,9 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     for row in buf[..frame.buffer_size()].chunks_exact(frame.line_size) {
         for px in row[..width * channels].chunks_exact(channels) {
             match color {
-                ColorType::Grayscale | ColorType::GrayscaleAlpha => {
-                    pixels.extend_from_slice(&[px[0]; 3])
-                }
+                ColorType::Grayscale | ColorType::GrayscaleAlpha => pixels.extend_from_slice(&[px[0]; 3]),
                 ColorType::Rgb | ColorType::Rgba => pixels.extend_from_slice(&px[..3]),
-                ColorType::Indexed => {
-                    return Err(ImageError::Corrupt("palette was not expanded".into()))
-                }
+                ColorType::Indexed => return Err(ImageError::Corrupt("palette was not expanded".into())),
             }
         }
     }
