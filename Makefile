@@ -89,6 +89,7 @@ test-python: $(ORT_LIB) $(DEFAULT_MODEL) $(DARKNET)/dog.jpg
 bench: $(ORT_LIB) $(DEFAULT_MODEL)
 	$(CARGO) build --release --workspace
 	$(PY) tools/bench.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
+	$(PY) tools/bench_service.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 
 lint:
 	$(CARGO) fmt --all --check

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from stack import Stack, StatusWatcher, loadgen, stack_processes, wait_until, worker_pids
+from local_stack import Stack, StatusWatcher, loadgen, stack_processes, wait_until, worker_pids
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
 FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}

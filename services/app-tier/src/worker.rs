@@ -1,6 +1,9 @@
 //! `app-tier run --name app-instanceK`: the worker loop. Receive up to a batch of requests, fetch
 //! the images, classify them in one model run, store each result, answer, and only then delete
 //! the request, so a worker that dies mid-batch loses nothing.
+//!
+//! Answering batch N (storing, sending, deleting: I/O) overlaps with classifying batch N+1, so the
+//! core stays busy; at most one batch is being answered at a time.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -9,11 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use imgrec_core::backend::{self, Ports};
-use imgrec_core::classifier::{Classifier, ClassifyError};
+use imgrec_core::classifier::{Classifier, ClassifyError, Prediction};
 use imgrec_core::config::Settings;
 use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
 
 #[derive(clap::Args)]
@@ -61,27 +65,25 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
     let ports = Ports::connect(&settings).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
-    let worker = Worker {
+    let worker = Arc::new(Worker {
         name,
         settings,
         ports,
         classifier: Arc::new(Mutex::new(classifier)),
-    };
+    });
     status.report(InstanceState::Running, false).await?;
     info!("ready");
 
-    let (batch, wait) = (
-        worker.settings.app_tier.batch_size,
-        Duration::from_secs(worker.settings.app_tier.poll_wait_s),
-    );
+    let app = &worker.settings.app_tier;
+    let (batch, wait) = (app.batch_size, Duration::from_millis(app.poll_wait_ms));
     let visibility = worker.settings.queues.visibility_timeout();
     let mut busy = false;
     let mut backoff = Duration::from_millis(100);
+    let mut answering: Option<JoinHandle<()>> = None;
     while !*shutdown.borrow() {
         // Not cancelled by the shutdown signal: a receive cut short could leave messages taken
-        // but unprocessed until their visibility timeout. It returns within `poll_wait_s`.
-        let received = worker.ports.requests.receive(batch, visibility, wait).await;
-        let messages = match received {
+        // but unprocessed until their visibility timeout. It returns within `poll_wait_ms`.
+        let messages = match worker.ports.requests.receive(batch, visibility, wait).await {
             Ok(m) => {
                 backoff = Duration::from_millis(100);
                 m
@@ -93,14 +95,32 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let has_work = !messages.is_empty();
+        let has_work = !messages.is_empty() || answering.as_ref().is_some_and(|h| !h.is_finished());
         if busy != has_work {
             busy = has_work;
             report(&*status, InstanceState::Running, busy).await;
         }
-        if !messages.is_empty() {
-            worker.process(messages).await;
+        if messages.is_empty() {
+            continue;
         }
+        let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt.clone()).collect();
+        // Keep the batch hidden from other workers until it is answered.
+        let keeper = tokio::spawn(keep_invisible(worker.ports.clone(), receipts, visibility));
+        let answers = worker.classify(messages).await;
+        if let Some(previous) = answering.take() {
+            let _ = previous.await;
+        }
+        let w = worker.clone();
+        answering = Some(tokio::spawn(
+            async move {
+                w.answer_all(answers).await;
+                keeper.abort();
+            }
+            .in_current_span(),
+        ));
+    }
+    if let Some(last) = answering {
+        let _ = last.await;
     }
     report(&*status, InstanceState::Stopping, false).await;
     info!("stopped");
@@ -113,13 +133,6 @@ async fn report(status: &dyn InstanceStatus, state: InstanceState, busy: bool) {
     }
 }
 
-/// One request of a batch on its way through.
-struct Job {
-    receipt: Receipt,
-    request: ClassifyRequest,
-    image: Result<Bytes, Fetch>,
-}
-
 /// Why an image is not in hand.
 enum Fetch {
     /// It never will be (no such object, bad key): answer the client.
@@ -128,73 +141,68 @@ enum Fetch {
     Unavailable,
 }
 
-impl Worker {
-    async fn process(&self, messages: Vec<Received>) {
-        // Keep the batch hidden from other workers for as long as it takes.
-        let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt.clone()).collect();
-        let keeper = tokio::spawn(keep_invisible(
-            self.ports.clone(),
-            receipts,
-            self.settings.queues.visibility_timeout(),
-        ));
+/// A request that is ready to be answered: its label or the reason it has none.
+struct Answer {
+    receipt: Receipt,
+    request: ClassifyRequest,
+    outcome: Result<Prediction, String>,
+}
 
-        let mut jobs = Vec::with_capacity(messages.len());
+impl Worker {
+    /// Fetches and classifies a batch. Requests that should be retried (transient failures) get
+    /// no answer and stay in the queue.
+    async fn classify(&self, messages: Vec<Received>) -> Vec<Answer> {
+        let mut requests = Vec::with_capacity(messages.len());
+        let mut malformed = Vec::new();
         for m in messages {
             match ClassifyRequest::decode(&m.body) {
-                Ok(request) => jobs.push((m.receipt, request)),
+                Ok(request) => requests.push((m.receipt, request)),
                 Err(e) => {
                     // Without a request id nobody can be answered; keeping it would only retry it.
                     error!(error = %e, "dropping a malformed request message");
-                    self.delete(&m.receipt).await;
+                    malformed.push(m.receipt);
                 }
             }
         }
-        let fetches = jobs.iter().map(|(_, r)| self.fetch(r));
-        let images = join_all(fetches).await;
-        let jobs: Vec<Job> = jobs
-            .into_iter()
-            .zip(images)
-            .map(|((receipt, request), image)| Job {
-                receipt,
-                request,
-                image,
-            })
-            .collect();
-
-        let inputs: Vec<Bytes> = jobs.iter().filter_map(|j| j.image.as_ref().ok().cloned()).collect();
+        if !malformed.is_empty() {
+            self.delete(&malformed).await;
+        }
+        let images = join_all(requests.iter().map(|(_, r)| self.fetch(r))).await;
+        let inputs: Vec<Bytes> = images.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
         let classifier = self.classifier.clone();
         let results = tokio::task::spawn_blocking(move || {
             let views: Vec<&[u8]> = inputs.iter().map(|b| b.as_ref()).collect();
-            let mut classifier = classifier.lock().unwrap_or_else(|p| p.into_inner());
-            classifier.classify(&views)
+            classifier.lock().unwrap_or_else(|p| p.into_inner()).classify(&views)
         })
         .await;
         let mut results = match results {
             Ok(r) => r.into_iter(),
             Err(e) => {
                 error!(error = %e, "classification task failed; the batch will be retried");
-                keeper.abort();
-                return;
+                return Vec::new();
             }
         };
-        let answers = jobs.iter().map(|job| {
-            let outcome = match &job.image {
-                Err(Fetch::Missing(reason)) => Err(reason.clone()),
-                Err(Fetch::Unavailable) => return None,
+        let mut answers = Vec::with_capacity(requests.len());
+        for ((receipt, request), image) in requests.into_iter().zip(images) {
+            let outcome = match image {
+                Err(Fetch::Missing(reason)) => Err(reason),
+                Err(Fetch::Unavailable) => continue,
                 Ok(_) => match results.next().expect("one result per fetched image") {
                     Ok(p) => Ok(p),
                     Err(ClassifyError::Image(e)) => Err(format!("not a usable image: {e}")),
                     Err(ClassifyError::Inference(e)) => {
-                        error!(error = %format!("{e:#}"), key = %job.request.key, "inference failed; will retry");
-                        return None;
+                        error!(error = %format!("{e:#}"), key = %request.key, "inference failed; will retry");
+                        continue;
                     }
                 },
             };
-            Some((job, outcome))
-        });
-        let answers: Vec<_> = answers.flatten().collect();
-        join_all(answers.into_iter().map(|(job, outcome)| self.answer(job, outcome))).await;
-        keeper.abort();
+            answers.push(Answer {
+                receipt,
+                request,
+                outcome,
+            });
+        }
+        answers
     }
 
     async fn fetch(&self, request: &ClassifyRequest) -> Result<Bytes, Fetch> {
@@ -215,12 +223,27 @@ impl Worker {
         }
     }
 
-    /// Stores the result, sends the response, then deletes the request. A failure before the
-    /// delete leaves the request to come back after its visibility timeout.
-    async fn answer(&self, job: &Job, outcome: Result<imgrec_core::classifier::Prediction, String>) {
-        let outcome = match outcome {
+    /// Stores the results, sends the responses, then deletes the requests. A failure before the
+    /// delete leaves a request to come back after its visibility timeout.
+    async fn answer_all(&self, answers: Vec<Answer>) {
+        let stored = join_all(answers.into_iter().map(|a| self.store_result(a))).await;
+        let ready: Vec<(Receipt, ClassifyResponse)> = stored.into_iter().flatten().collect();
+        if ready.is_empty() {
+            return;
+        }
+        let bodies: Vec<Vec<u8>> = ready.iter().map(|(_, r)| r.encode()).collect();
+        if let Err(e) = self.ports.responses.send_batch(&bodies).await {
+            warn!(error = %format!("{e:#}"), "cannot send responses; the requests will be retried");
+            return;
+        }
+        let receipts: Vec<Receipt> = ready.into_iter().map(|(r, _)| r).collect();
+        self.delete(&receipts).await;
+    }
+
+    async fn store_result(&self, answer: Answer) -> Option<(Receipt, ClassifyResponse)> {
+        let outcome = match answer.outcome {
             Ok(prediction) => {
-                let (key, value) = result_object(&job.request.key, &prediction.label);
+                let (key, value) = result_object(&answer.request.key, &prediction.label);
                 let stored = match ObjectKey::new(key) {
                     Ok(key) => {
                         self.ports
@@ -231,8 +254,8 @@ impl Worker {
                     Err(e) => Err(anyhow::anyhow!("bad output key: {e}")),
                 };
                 if let Err(e) = stored {
-                    warn!(error = %format!("{e:#}"), key = %job.request.key, "cannot store result; will retry");
-                    return;
+                    warn!(error = %format!("{e:#}"), key = %answer.request.key, "cannot store result; will retry");
+                    return None;
                 }
                 Outcome::Label {
                     label: prediction.label,
@@ -243,21 +266,17 @@ impl Worker {
         };
         let response = ClassifyResponse {
             version: VERSION,
-            request_id: job.request.request_id,
-            key: job.request.key.clone(),
+            request_id: answer.request.request_id,
+            key: answer.request.key,
             outcome,
             instance: self.name.clone(),
         };
-        if let Err(e) = self.ports.responses.send(&response.encode()).await {
-            warn!(error = %format!("{e:#}"), key = %job.request.key, "cannot send response; will retry");
-            return;
-        }
-        self.delete(&job.receipt).await;
+        Some((answer.receipt, response))
     }
 
-    async fn delete(&self, receipt: &Receipt) {
-        if let Err(e) = self.ports.requests.delete(receipt).await {
-            warn!(error = %format!("{e:#}"), "cannot delete request; it will be answered again");
+    async fn delete(&self, receipts: &[Receipt]) {
+        if let Err(e) = self.ports.requests.delete_batch(receipts).await {
+            warn!(error = %format!("{e:#}"), "cannot delete requests; they will be answered again");
         }
     }
 }

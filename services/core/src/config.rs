@@ -65,7 +65,7 @@ pub struct WebSettings {
 #[serde(deny_unknown_fields)]
 pub struct AppTierSettings {
     pub batch_size: usize,
-    pub poll_wait_s: u64,
+    pub poll_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

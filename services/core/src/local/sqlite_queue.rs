@@ -114,13 +114,23 @@ fn message_id(receipt: &Receipt) -> anyhow::Result<i64> {
 #[async_trait]
 impl WorkQueue for SqliteQueue {
     async fn send(&self, body: &[u8]) -> anyhow::Result<()> {
-        let body = body.to_vec();
+        self.send_batch(&[body.to_vec()]).await
+    }
+
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+        let bodies = bodies.to_vec();
         self.blocking(move |conn, q| {
             let now = now_ms() as i64;
-            conn.execute(
-                "INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES (?1, ?2, ?3, ?3)",
-                params![q.name, body, now],
-            )?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES (?1, ?2, ?3, ?3)",
+                )?;
+                for body in &bodies {
+                    insert.execute(params![q.name, body, now])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -147,14 +157,25 @@ impl WorkQueue for SqliteQueue {
     }
 
     async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()> {
-        let id = message_id(receipt)?;
-        let receipt = receipt.0.clone();
+        self.delete_batch(std::slice::from_ref(receipt)).await
+    }
+
+    async fn delete_batch(&self, receipts: &[Receipt]) -> anyhow::Result<()> {
+        let receipts: Vec<(i64, String)> = receipts
+            .iter()
+            .map(|r| Ok((message_id(r)?, r.0.clone())))
+            .collect::<anyhow::Result<_>>()?;
         self.blocking(move |conn, q| {
-            // A stale receipt (the message was received again since) deletes nothing, as on SQS.
-            conn.execute(
-                "DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND queue = ?3",
-                params![id, receipt, q.name],
-            )?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                // A stale receipt (the message was received again since) deletes nothing, as on SQS.
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND queue = ?3")?;
+                for (id, receipt) in &receipts {
+                    delete.execute(params![id, receipt, q.name])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -34,10 +34,24 @@ impl QueueDepth {
 #[async_trait]
 pub trait WorkQueue: Send + Sync + 'static {
     async fn send(&self, body: &[u8]) -> anyhow::Result<()>;
+    /// Sends several messages in as few round trips as the backend allows.
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+        for body in bodies {
+            self.send(body).await?;
+        }
+        Ok(())
+    }
     /// Up to `max` messages, each hidden from other receivers for `visibility`; waits up to `wait`
     /// for the first one (long polling).
     async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>>;
     async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()>;
+    /// Deletes several received messages in as few round trips as the backend allows.
+    async fn delete_batch(&self, receipts: &[Receipt]) -> anyhow::Result<()> {
+        for receipt in receipts {
+            self.delete(receipt).await?;
+        }
+        Ok(())
+    }
     /// Hides a received message for `visibility` from now (zero makes it visible at once).
     async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()>;
     async fn depth(&self) -> anyhow::Result<QueueDepth>;

@@ -1,4 +1,5 @@
-"""Starts and stops the local stack (web tier + hosted scaler + app-tier processes) for tests."""
+"""Starts and stops the local stack (web tier + hosted scaler + app-tier processes) for tests and
+benchmarks."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT
-
+ROOT = Path(__file__).resolve().parent.parent
 WEB_TIER = ROOT / "target" / "release" / "web-tier"
 LOADGEN = ROOT / "target" / "release" / "loadgen"
 
