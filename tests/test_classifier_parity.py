@@ -81,3 +81,18 @@ def test_rust_and_reference_agree_on_every_image(app_tier, images, tmp_path):
     assert not disagree, disagree
     assert not tensor_mismatch, tensor_mismatch
     assert worst_logit < 1e-4
+
+
+def test_classify_reports_unreadable_files_and_still_classifies_the_rest(app_tier, datasets, tmp_path):
+    good = datasets / "imagenet-100" / "test_0.JPEG"
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"definitely not a jpeg")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:400])
+    result = run([app_tier, "classify", "--model", MODEL, garbage, good, tmp_path / "missing.png", truncated])
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("test_0.JPEG,")
+    errors = result.stderr.strip().splitlines()
+    assert [e.split(":")[0] for e in errors] == ["garbage.jpg", "missing.png", "truncated.jpg"], errors
+    assert "panicked" not in result.stderr

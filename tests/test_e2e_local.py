@@ -174,3 +174,29 @@ def test_bad_uploads_get_a_clear_4xx_and_reach_no_worker(tmp_path, thumbs):
         status = stack.status()
         assert status["instances"] == [] and status["queue"]["pending"] == 0
     assert not (tmp_path / "data" / "s3" / "input-bucket").exists()
+
+
+def test_make_run_stops_everything_on_ctrl_c(tmp_path, thumbs):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group of `make run`."""
+    from local_stack import free_port
+
+    data, port = tmp_path / "data", free_port()
+    env = {**__import__("os").environ, "PORT": str(port), "DATA_DIR": str(data), "IMGREC__SCALER__MIN": "2"}
+    proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until("make run serves", lambda: _answers(url + "healthz"), 300)
+        wait_until("the minimum pool is up", lambda: len(worker_pids(data)) == 2, 30)
+        assert urllib.request.urlopen(url, timeout=5).status == 200  # the upload page
+    finally:
+        __import__("os").killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+    wait_until("nothing is left", lambda: stack_processes(data) == [], 20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    except OSError:
+        return False

@@ -58,7 +58,7 @@ def rust_round(model: Path, files: list[Path]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "classifier.json")
     parser.add_argument("images", type=Path)
     args = parser.parse_args()

@@ -78,3 +78,7 @@ def test_real_resnet18_gives_the_course_answers(tmp_path):
     )
     got = dict(line.split(",", 1) for line in result.stdout.splitlines())
     assert got == expected
+    app_tier = Path("target/release/app-tier")
+    rust = subprocess.run([str(app_tier), "classify", "--model", str(out), *map(str, files)],
+                          check=True, capture_output=True, text=True)
+    assert dict(line.split(",", 1) for line in rust.stdout.splitlines()) == expected
