@@ -17,7 +17,7 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build run load test test-rust test-python bench lint fmt clean
+.PHONY: help venv ort model build run run-aws-emulated load test test-rust test-python bench lint fmt clean
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -25,6 +25,7 @@ export PORT DATA_DIR
 
 help:
 	@echo "make run     the service on http://127.0.0.1:\$$PORT (default 8000), data in \$$DATA_DIR"
+	@echo "make run-aws-emulated  the same on S3 + SQS in a local moto server (MOTO_PORT, default 5000)"
 	@echo "make load    100 images, 100 connections, against make run's service"
 	@echo "make build   release binaries in target/release"
 	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
@@ -58,6 +59,11 @@ build: $(ORT_LIB)
 # The local stack in the foreground; Ctrl-C stops it, workers included.
 run: build $(DEFAULT_MODEL)
 	exec target/release/web-tier
+
+# The same stack with buckets and queues on S3 + SQS in a local moto server (MOTO_PORT, default 5000).
+MOTO_PORT ?= 5000
+run-aws-emulated: build $(DEFAULT_MODEL) $(VENV)/.installed
+	MOTO_PORT=$(MOTO_PORT) tools/run_aws_emulated.sh
 
 # What the reference classifier says of the test images: the expected answers of `make load`.
 target/expected-%.csv: models/%/manifest.json $(VENV)/.installed

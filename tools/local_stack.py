@@ -54,7 +54,7 @@ def worker_pids(data_dir: Path) -> list[int]:
 
 
 class Stack:
-    def __init__(self, data_dir: Path, **settings: str):
+    def __init__(self, data_dir: Path, extra_env: dict | None = None, **settings: str):
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -65,6 +65,7 @@ class Stack:
             "IMGREC__INFERENCE__MODEL_DIR": str(ROOT / "models" / "efficientnet-lite0"),
             "RUST_LOG": "info",
             **{f"IMGREC__{k.upper()}": str(v) for k, v in settings.items()},
+            **(extra_env or {}),
         }
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"{data_dir.name}-web-tier.log"
@@ -143,3 +144,36 @@ def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None =
         cmd += ["--expected", str(expected)]
     result = subprocess.run(cmd + [str(i) for i in inputs], capture_output=True, text=True, timeout=timeout)
     return json.loads(result.stdout), result
+
+
+class MotoServer:
+    """moto server (the venv's moto_server) on a free loopback port."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "MotoServer":
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until("moto answers", lambda: _answers(self.endpoint + "/moto-api/"), 30)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def env(self) -> dict:
+        return {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+            "IMGREC__AWS__ENDPOINT_URL": self.endpoint,
+        }
+
+
+def _answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    except OSError:
+        return False

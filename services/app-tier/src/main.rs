@@ -29,10 +29,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    imgrec_core::logging::init();
     let result = match Cli::parse().command {
         Command::Run(args) => worker::run(args),
         Command::Classify(args) => classify::run(args),

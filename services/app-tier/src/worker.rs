@@ -123,7 +123,8 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
         let _ = last.await;
     }
     report(&*status, InstanceState::Stopping, false).await;
-    info!("stopped");
+    let calls = imgrec_core::aws::calls();
+    info!(aws_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::{anyhow, Context};
+
+use crate::aws::{self, AsgFleet, AsgInstanceStatus, CloudWatchSink, S3ObjectStore, SqsQueue};
 use crate::config::{Backend, Settings};
 use crate::local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteQueue, WorkerCommand};
-use crate::ports::{Fleet, InstanceStatus, ObjectStore, WorkQueue};
+use crate::ports::{Fleet, InstanceStatus, MetricsSink, ObjectStore, WorkQueue};
 
 /// The storage and queues every tier uses.
 #[derive(Clone)]
@@ -18,11 +21,12 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Connects, checking that every bucket and queue exists and is accessible.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let q = &settings.queues;
         match settings.backend {
             Backend::Local => {
                 let db = settings.queue_db();
-                let q = &settings.queues;
                 let dead_letter = DeadLetter {
                     queue: q.dead_letter.clone(),
                     max_receives: q.max_receives,
@@ -34,13 +38,25 @@ impl Ports {
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
                 })
             }
+            Backend::Aws => {
+                let sdk = aws::sdk_config(&settings.aws).await;
+                let store = S3ObjectStore::new(&sdk);
+                store.check_bucket(&settings.buckets.input).await?;
+                store.check_bucket(&settings.buckets.output).await?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    requests: Arc::new(SqsQueue::open(&sdk, &q.requests).await?),
+                    responses: Arc::new(SqsQueue::open(&sdk, &q.responses).await?),
+                    dead_letter: Arc::new(SqsQueue::open(&sdk, &q.dead_letter).await?),
+                })
+            }
         }
     }
 }
 
 /// The app-tier fleet the scaler drives. Locally, workers are `worker_program run --name ...`.
 pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Result<Arc<dyn Fleet>> {
-    match settings.backend {
+    match settings.fleet.backend {
         Backend::Local => {
             let command = WorkerCommand {
                 program: worker_program,
@@ -49,12 +65,56 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Resu
             };
             Ok(Arc::new(ProcessFleet::new(command, &settings.queue_db())?))
         }
+        Backend::Aws => {
+            let sdk = aws::sdk_config(&settings.aws).await;
+            Ok(Arc::new(AsgFleet::open(&sdk, &settings.aws.auto_scaling_group).await?))
+        }
+    }
+}
+
+/// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`
+/// and `/metrics` show them).
+pub async fn metrics_sink(settings: &Settings) -> Option<Arc<dyn MetricsSink>> {
+    match settings.fleet.backend {
+        Backend::Local => None,
+        Backend::Aws => {
+            let sdk = aws::sdk_config(&settings.aws).await;
+            let aws = &settings.aws;
+            Some(Arc::new(CloudWatchSink::new(
+                &sdk,
+                &aws.metric_namespace,
+                &aws.auto_scaling_group,
+            )))
+        }
     }
 }
 
 /// How the app-tier instance `name` reports its state to the fleet.
 pub async fn instance_status(settings: &Settings, name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
-    match settings.backend {
+    match settings.fleet.backend {
         Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.queue_db(), name)?)),
+        Backend::Aws => {
+            let sdk = aws::sdk_config(&settings.aws).await;
+            let id = match settings.aws.instance_id.clone().filter(|i| !i.is_empty()) {
+                Some(id) => id,
+                None => own_instance_id().await?,
+            };
+            Ok(Arc::new(AsgInstanceStatus::new(
+                &sdk,
+                &settings.aws.auto_scaling_group,
+                &id,
+            )))
+        }
     }
+}
+
+/// This EC2 instance's id, from the instance metadata service (IMDSv2, as Terraform requires).
+async fn own_instance_id() -> anyhow::Result<String> {
+    let imds = aws_config::imds::Client::builder().build();
+    let id = imds
+        .get("/latest/meta-data/instance-id")
+        .await
+        .map_err(|e| anyhow!("cannot read the instance id from IMDS: {e}"))
+        .context("set aws.instance_id when not running on EC2")?;
+    Ok(id.as_ref().to_owned())
 }

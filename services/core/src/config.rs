@@ -18,6 +18,7 @@ const DEFAULTS: &str = include_str!("../../../config/default.toml");
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Local,
+    Aws,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -30,8 +31,27 @@ pub struct Settings {
     pub web: WebSettings,
     pub app_tier: AppTierSettings,
     pub scaler: ScalerSettings,
+    pub fleet: FleetSettings,
+    pub aws: AwsSettings,
     pub inference: InferenceSettings,
     pub image_limits: ImageLimits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub auto_scaling_group: String,
+    pub metric_namespace: String,
+    pub instance_id: Option<String>,
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -55,8 +55,9 @@ pub async fn queue_send_receive_delete<Q: WorkQueue>(q: Q) {
     assert!(q.receive(10, SHORT, NO_WAIT).await.expect("receive").is_empty());
 }
 
-/// A message not deleted comes back after its visibility timeout, with a new receipt; the old
-/// receipt no longer deletes it; changing visibility to zero releases it at once.
+/// A message not deleted comes back after its visibility timeout, with a new receipt; changing
+/// visibility to zero releases it at once. (Whether a stale receipt still deletes is left open, as
+/// SQS leaves it: "the message might not be deleted".)
 pub async fn queue_redelivery<Q: WorkQueue>(q: Q) {
     q.send(b"again").await.expect("send");
     let first = q
@@ -89,12 +90,6 @@ pub async fn queue_redelivery<Q: WorkQueue>(q: Q) {
         .pop()
         .expect("released");
     assert_eq!(third.receive_count, 3);
-    q.delete(&first.receipt).await.ok();
-    assert_eq!(
-        q.depth().await.expect("depth").total(),
-        1,
-        "a stale receipt deleted the message"
-    );
     q.delete(&third.receipt).await.expect("delete");
     assert_eq!(q.depth().await.expect("depth").total(), 0);
 }
@@ -245,8 +240,8 @@ where
     }
 }
 
-/// Launch by name, list, retire, shutdown.
-pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration) {
+/// Launch by name, list, retire, and (for fleets that own their instances) shutdown.
+pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration, stops_on_shutdown: bool) {
     fleet.launch("app-instance1").await.expect("launch");
     fleet.launch("app-instance2").await.expect("launch");
     assert!(fleet.launch("app-instance1").await.is_err(), "duplicate name accepted");
@@ -270,10 +265,80 @@ pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration) {
         async move { names(f).await == ["app-instance2"] }
     })
     .await;
+    if !stops_on_shutdown {
+        return;
+    }
     fleet.shutdown().await.expect("shutdown");
     eventually("no instance is left", timeout, || {
         let f = fleet.clone();
         async move { f.instances().await.expect("instances").is_empty() }
     })
     .await;
+}
+
+/// A moto server (PyPI `moto[server]`, installed in the project venv) on a free loopback port,
+/// stopped when dropped: the local AWS endpoint the AWS adapters are tested against.
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let bin = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/moto_server"));
+        assert!(bin.exists(), "{} missing: run `make venv`", bin.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !moto.answers(port) {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn answers(&self, port: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+    }
+
+    /// SDK configuration for this endpoint with moto's dummy credentials.
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        let credentials = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "moto");
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(credentials)
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -51,6 +51,34 @@ async fn sqlite_queue_concurrent_receivers_in_separate_connections() {
 }
 
 #[tokio::test]
+async fn sqlite_queue_ignores_stale_receipts() {
+    use imgrec_core::ports::WorkQueue;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), "requests");
+    q.send(b"x").await.unwrap();
+    let first = q
+        .receive(1, Duration::from_millis(200), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = q
+        .receive(1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    q.delete(&first.receipt).await.unwrap();
+    assert_eq!(
+        q.depth().await.unwrap().total(),
+        1,
+        "a stale receipt deleted the message"
+    );
+    assert!(q.change_visibility(&first.receipt, Duration::ZERO).await.is_err());
+    q.delete(&second.receipt).await.unwrap();
+    assert_eq!(q.depth().await.unwrap().total(), 0);
+}
+
+#[tokio::test]
 async fn sqlite_queues_are_separate_and_durable() {
     let dir = tempfile::tempdir().unwrap();
     queue(dir.path(), "a").send(b"kept").await.unwrap();
@@ -107,7 +135,7 @@ async fn process_fleet_contract() {
         env: vec![],
     };
     let fleet: Arc<dyn Fleet> = Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap());
-    contract::fleet_contract(fleet, Duration::from_secs(10)).await;
+    contract::fleet_contract(fleet, Duration::from_secs(10), true).await;
 }
 
 #[tokio::test]

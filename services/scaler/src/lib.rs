@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use imgrec_core::policy::{BacklogPolicy, Decision, Observation, PolicyMemory};
-use imgrec_core::ports::{Fleet, Instance, QueueDepth, WorkQueue};
+use imgrec_core::ports::{Fleet, Instance, InstanceState, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
@@ -30,6 +30,7 @@ pub struct Scaler {
     memory: PolicyMemory,
     requests: Arc<dyn WorkQueue>,
     fleet: Arc<dyn Fleet>,
+    metrics: Option<Arc<dyn MetricsSink>>,
     status: SharedStatus,
     nudge: Arc<Notify>,
     started: Instant,
@@ -48,10 +49,17 @@ impl Scaler {
             memory: PolicyMemory::default(),
             requests,
             fleet,
+            metrics: None,
             status: Arc::new(RwLock::new(status)),
             nudge: Arc::new(Notify::new()),
             started: Instant::now(),
         }
+    }
+
+    /// Publishes each tick's figures there too.
+    pub fn with_metrics(mut self, sink: Option<Arc<dyn MetricsSink>>) -> Self {
+        self.metrics = sink;
+        self
     }
 
     pub fn status(&self) -> SharedStatus {
@@ -68,12 +76,18 @@ impl Scaler {
     pub async fn tick(&mut self) -> anyhow::Result<Decision> {
         let backlog = self.requests.depth().await?;
         let instances = self.fleet.instances().await?;
+        // The fleet's own bound (an Auto Scaling group's MaxSize) caps the configured maximum.
+        let mut policy = self.policy.clone();
+        if let Some(limit) = self.fleet.max_size().await? {
+            policy.max = policy.max.min(limit);
+            policy.min = policy.min.min(policy.max);
+        }
         let obs = Observation {
             now: self.started.elapsed(),
             backlog,
             instances: &instances,
         };
-        let decision = self.policy.decide(&mut self.memory, &obs);
+        let decision = policy.decide(&mut self.memory, &obs);
         let mut actions = 0;
         for name in &decision.launch {
             self.fleet.launch(name).await?;
@@ -98,8 +112,21 @@ impl Scaler {
         } else {
             instances
         };
+        if let Some(sink) = &self.metrics {
+            let running = instances.iter().filter(|i| i.state == InstanceState::Running).count();
+            let metrics = ScalingMetrics {
+                backlog: backlog.total(),
+                backlog_per_instance: backlog.total() as f64 / running.max(1) as f64,
+                desired: decision.desired,
+                running,
+            };
+            if let Err(e) = sink.publish(&metrics).await {
+                warn!(error = %format!("{e:#}"), "cannot publish scaling metrics");
+            }
+        }
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.desired = decision.desired;
+        status.max = policy.max;
         status.backlog = backlog;
         status.instances = instances;
         status.scaling_actions += actions;

@@ -1,5 +1,8 @@
 //! `scaler`: the scaler as its own process (the web instance runs it beside the web tier on AWS;
 //! locally the web tier hosts it unless `web.run_scaler = false`).
+//!
+//! `scaler bootstrap` creates the configured buckets, queues and group on an emulated AWS endpoint
+//! (`make run-aws-emulated`, tests); on AWS, Terraform creates them.
 
 use std::process::ExitCode;
 
@@ -9,10 +12,7 @@ use scaler::Scaler;
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    imgrec_core::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -29,12 +29,60 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(clap::Parser)]
+#[command(name = "scaler", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run the scaler until SIGTERM (the default).
+    Run,
+    /// Create the configured buckets, queues and Auto Scaling group on aws.endpoint_url.
+    Bootstrap {
+        /// MaxSize of the Auto Scaling group to create (none when the fleet is local).
+        #[arg(long, default_value_t = 20)]
+        group_max_size: usize,
+    },
+}
+
+async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result<()> {
+    use imgrec_core::aws::{self, bootstrap};
+    use imgrec_core::config::Backend;
+    let sdk = aws::sdk_config(&settings.aws).await;
+    let (b, q) = (&settings.buckets, &settings.queues);
+    let group =
+        (settings.fleet.backend == Backend::Aws).then(|| (settings.aws.auto_scaling_group.as_str(), group_max_size));
+    bootstrap::create(
+        &sdk,
+        &bootstrap::Resources {
+            buckets: &[&b.input, &b.output],
+            requests_queue: &q.requests,
+            dead_letter_queue: &q.dead_letter,
+            other_queues: &[&q.responses],
+            max_receives: q.max_receives,
+            visibility_timeout_s: q.visibility_timeout_s,
+            group,
+        },
+    )
+    .await?;
+    tracing::info!(endpoint = ?settings.aws.endpoint_url, "created buckets {} and {}, queues {}, {}, {}", b.input, b.output, q.requests, q.responses, q.dead_letter);
+    Ok(())
+}
+
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    let cli = <Cli as clap::Parser>::parse();
+    if let Some(Command::Bootstrap { group_max_size }) = cli.command {
+        return bootstrap(&settings, group_max_size).await;
+    }
     let ports = Ports::connect(&settings).await?;
     let worker = std::env::current_exe()?.with_file_name("app-tier");
     let fleet = backend::fleet(&settings, worker).await?;
-    let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet);
+    let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
+        .with_metrics(backend::metrics_sink(&settings).await);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

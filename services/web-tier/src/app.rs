@@ -173,10 +173,11 @@ impl App {
             }
         };
         let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
-        let (min, max) = (self.settings.scaler.min, self.settings.scaler.max);
+        let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
         let (desired, instances, error) = match &self.scaler {
             Some((s, _)) => {
                 let s = s.read().unwrap_or_else(|p| p.into_inner());
+                max = s.max;
                 let instances: Vec<_> = s
                     .instances
                     .iter()

@@ -85,6 +85,7 @@ pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown
                 continue;
             }
         };
+        let mut receipts = Vec::with_capacity(messages.len());
         for m in messages {
             match ClassifyResponse::decode(&m.body) {
                 Ok(response) => {
@@ -96,8 +97,11 @@ pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown
                 }
                 Err(e) => warn!(error = %e, "dropping a malformed response message"),
             }
-            if let Err(e) = queue.delete(&m.receipt).await {
-                warn!(error = %format!("{e:#}"), "cannot delete a response");
+            receipts.push(m.receipt);
+        }
+        if !receipts.is_empty() {
+            if let Err(e) = queue.delete_batch(&receipts).await {
+                warn!(error = %format!("{e:#}"), "cannot delete responses");
             }
         }
     }

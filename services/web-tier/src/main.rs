@@ -26,10 +26,7 @@ use crate::app::App;
 const PAGE: &str = include_str!("page.html");
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    imgrec_core::logging::init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run()));
@@ -80,7 +77,8 @@ async fn run() -> anyhow::Result<()> {
     let scaler_task = if settings.web.run_scaler {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
         let fleet = backend::fleet(&settings, worker).await?;
-        let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet);
+        let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
+            .with_metrics(backend::metrics_sink(&settings).await);
         let view = (scaler.status(), scaler.nudge());
         let task = tokio::spawn(scaler.run(settings.scaler.tick(), stop_rx.clone()));
         Some((task, view))

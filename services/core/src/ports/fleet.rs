@@ -30,6 +30,11 @@ pub trait Fleet: Send + Sync + 'static {
     async fn launch(&self, name: &str) -> anyhow::Result<()>;
     /// Asks the instance to finish what it holds and stop.
     async fn retire(&self, name: &str) -> anyhow::Result<()>;
+    /// The most instances this fleet can hold, if it has its own bound (an Auto Scaling group's
+    /// MaxSize); the scaler never asks for more.
+    async fn max_size(&self) -> anyhow::Result<Option<usize>> {
+        Ok(None)
+    }
     /// Stops every instance (on shutdown of the stack).
     async fn shutdown(&self) -> anyhow::Result<()> {
         Ok(())

@@ -2,9 +2,11 @@
 //! implement them and pass the same contract tests (`crate::contract`).
 
 mod fleet;
+mod metrics;
 mod object_store;
 mod work_queue;
 
 pub use fleet::{Fleet, Instance, InstanceState, InstanceStatus};
+pub use metrics::{MetricsSink, ScalingMetrics};
 pub use object_store::{KeyError, ObjectKey, ObjectStore, StoredObject};
 pub use work_queue::{QueueDepth, Receipt, Received, WorkQueue};

@@ -1,0 +1,130 @@
+//! Creates the buckets, queues (with the dead-letter redrive) and Auto Scaling group on an
+//! AWS-compatible endpoint, the way Terraform does on AWS. Used by the tests and by
+//! `make run-aws-emulated`; never against real AWS (Terraform owns those resources).
+
+use anyhow::{anyhow, ensure, Context};
+use aws_config::SdkConfig;
+use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
+use aws_sdk_ec2::types::RequestLaunchTemplateData;
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::describe;
+
+pub struct Resources<'a> {
+    pub buckets: &'a [&'a str],
+    pub requests_queue: &'a str,
+    pub dead_letter_queue: &'a str,
+    pub other_queues: &'a [&'a str],
+    pub max_receives: u32,
+    /// Seconds a received request stays invisible (the queue's default).
+    pub visibility_timeout_s: u64,
+    /// `(name, max size)` of the app tier's Auto Scaling group, if one is wanted.
+    pub group: Option<(&'a str, usize)>,
+}
+
+pub async fn create(sdk: &SdkConfig, r: &Resources<'_>) -> anyhow::Result<()> {
+    ensure!(
+        sdk.endpoint_url().is_some(),
+        "bootstrap only creates resources on an emulated endpoint (aws.endpoint_url)"
+    );
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
+    for bucket in r.buckets {
+        s3.create_bucket()
+            .bucket(*bucket)
+            .send()
+            .await
+            .map_err(|e| anyhow!("CreateBucket {bucket}: {}", describe(&e)))?;
+        s3.put_bucket_versioning()
+            .bucket(*bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| anyhow!("PutBucketVersioning {bucket}: {}", describe(&e)))?;
+    }
+
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let visibility = r.visibility_timeout_s.to_string();
+    let create_queue = |name: &str, redrive: Option<String>| {
+        let mut req = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility.clone())
+            .attributes(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "20");
+        if let Some(policy) = redrive {
+            req = req.attributes(QueueAttributeName::RedrivePolicy, policy);
+        }
+        req.send()
+    };
+    let dlq = create_queue(r.dead_letter_queue, None)
+        .await
+        .map_err(|e| anyhow!("CreateQueue {}: {}", r.dead_letter_queue, describe(&e)))?;
+    let dlq_url = dlq.queue_url().context("no dead-letter queue URL")?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow!("GetQueueAttributes: {}", describe(&e)))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("no dead-letter queue ARN")?;
+    let redrive = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": r.max_receives.to_string() });
+    create_queue(r.requests_queue, Some(redrive.to_string()))
+        .await
+        .map_err(|e| anyhow!("CreateQueue {}: {}", r.requests_queue, describe(&e)))?;
+    for name in r.other_queues {
+        create_queue(name, None)
+            .await
+            .map_err(|e| anyhow!("CreateQueue {name}: {}", describe(&e)))?;
+    }
+
+    if let Some((group, max_size)) = r.group {
+        let ec2 = aws_sdk_ec2::Client::new(sdk);
+        let image = ec2
+            .describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .map_err(|e| anyhow!("DescribeImages: {}", describe(&e)))?
+            .images()
+            .iter()
+            .find_map(|i| i.image_id().map(str::to_owned))
+            .context("the endpoint offers no machine image")?;
+        let template = format!("{group}-template");
+        ec2.create_launch_template()
+            .launch_template_name(&template)
+            .launch_template_data(
+                RequestLaunchTemplateData::builder()
+                    .image_id(image)
+                    .instance_type("t3.micro".into())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| anyhow!("CreateLaunchTemplate: {}", describe(&e)))?;
+        let autoscaling = aws_sdk_autoscaling::Client::new(sdk);
+        autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(group)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_name(&template)
+                    .version("$Latest")
+                    .build(),
+            )
+            .min_size(0)
+            .max_size(max_size as i32)
+            .desired_capacity(0)
+            .availability_zones(format!("{}a", sdk.region().map_or("us-east-1", |r| r.as_ref())))
+            .send()
+            .await
+            .map_err(|e| anyhow!("CreateAutoScalingGroup {group}: {}", describe(&e)))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The scaler driving an Auto Scaling group on moto: up to the cap, names, back to min, metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use imgrec_core::aws::bootstrap::{self, Resources};
+use imgrec_core::aws::{AsgFleet, CloudWatchSink, SqsQueue};
+use imgrec_core::contract::Moto;
+use imgrec_core::policy::BacklogPolicy;
+use imgrec_core::ports::{Fleet, InstanceState, WorkQueue};
+use scaler::Scaler;
+
+/// Instance id -> Name tag, straight from EC2.
+async fn name_tags(ec2: &aws_sdk_ec2::Client) -> HashMap<String, String> {
+    let out = ec2
+        .describe_tags()
+        .filters(Filter::builder().name("key").values("Name").build())
+        .send()
+        .await
+        .unwrap();
+    out.tags()
+        .iter()
+        .map(|t| (t.resource_id().unwrap().to_owned(), t.value().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    let resources = Resources {
+        buckets: &[],
+        requests_queue: "requests",
+        dead_letter_queue: "requests-dlq",
+        other_queues: &[],
+        max_receives: 3,
+        visibility_timeout_s: 30,
+        group: Some(("app-tier", 20)),
+    };
+    bootstrap::create(&sdk, &resources).await.unwrap();
+    let queue = SqsQueue::open(&sdk, "requests").await.unwrap();
+    let bodies: Vec<Vec<u8>> = (0..200).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    queue.send_batch(&bodies).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap().visible, 200);
+
+    let fleet = Arc::new(AsgFleet::open(&sdk, "app-tier").await.unwrap());
+    // Configured max 25 above the group's MaxSize 20: the group's bound wins.
+    let policy = BacklogPolicy {
+        min: 0,
+        max: 25,
+        backlog_per_instance: 5.0,
+        scale_in_after: Duration::from_secs(2),
+    };
+    let sink = CloudWatchSink::new(&sdk, "imgrec-test", "app-tier");
+    let mut scaler = Scaler::new(policy, Arc::new(queue.clone()), fleet.clone()).with_metrics(Some(Arc::new(sink)));
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let autoscaling = aws_sdk_autoscaling_client(&sdk);
+
+    let mut names_by_id: HashMap<String, String> = HashMap::new();
+    for _ in 0..25 {
+        let decision = scaler.tick().await.unwrap();
+        assert!(decision.desired <= 20, "desired {} above the cap", decision.desired);
+        let desired = group_desired(&autoscaling).await;
+        assert!(desired <= 20, "group desired capacity {desired} above MaxSize");
+        fleet.instances().await.unwrap(); // names newcomers
+        let tags = name_tags(&ec2).await;
+        for (id, name) in &tags {
+            if let Some(before) = names_by_id.insert(id.clone(), name.clone()) {
+                assert_eq!(&before, name, "instance {id} was renamed");
+            }
+        }
+        let live: Vec<String> = fleet.instances().await.unwrap().into_iter().map(|i| i.name).collect();
+        let unique: HashSet<&String> = live.iter().collect();
+        assert_eq!(unique.len(), live.len(), "duplicate names: {live:?}");
+        if live.len() == 20 {
+            break;
+        }
+    }
+    let live: HashSet<String> = fleet.instances().await.unwrap().into_iter().map(|i| i.name).collect();
+    let want: HashSet<String> = (1..=20).map(|k| format!("app-instance{k}")).collect();
+    assert_eq!(live, want);
+
+    // Backlog gone: nothing changes within the window, then back to the minimum.
+    aws_sdk_sqs::Client::new(&sdk)
+        .purge_queue()
+        .queue_url(queue.url())
+        .send()
+        .await
+        .unwrap();
+    scaler.tick().await.unwrap();
+    assert_eq!(
+        fleet.instances().await.unwrap().len(),
+        20,
+        "scaled in before the window"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        scaler.tick().await.unwrap();
+        let active = fleet
+            .instances()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Stopping)
+            .count();
+        if active == 0 && group_desired(&autoscaling).await == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not return to min ({active} left)"
+        );
+    }
+
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&sdk);
+    let metrics = cloudwatch.list_metrics().namespace("imgrec-test").send().await.unwrap();
+    let names: HashSet<&str> = metrics.metrics().iter().filter_map(|m| m.metric_name()).collect();
+    for name in ["Backlog", "BacklogPerInstance", "DesiredCapacity", "InServiceInstances"] {
+        assert!(names.contains(name), "{name} not published: {names:?}");
+    }
+    let dims: Vec<_> = metrics.metrics().iter().flat_map(|m| m.dimensions()).collect();
+    assert!(dims
+        .iter()
+        .all(|d| d.name() == Some("AutoScalingGroupName") && d.value() == Some("app-tier")));
+}
+
+fn aws_sdk_autoscaling_client(sdk: &aws_config::SdkConfig) -> aws_sdk_autoscaling::Client {
+    aws_sdk_autoscaling::Client::new(sdk)
+}
+
+async fn group_desired(client: &aws_sdk_autoscaling::Client) -> i32 {
+    let out = client
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("app-tier")
+        .send()
+        .await
+        .unwrap();
+    out.auto_scaling_groups()[0].desired_capacity().unwrap()
+}

@@ -1,0 +1,66 @@
+"""The web and app tiers on S3 + SQS (a moto server), workers as local processes: the hybrid
+end-to-end test of the AWS adapters, with the SDK calls it took per image."""
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from collections import Counter
+
+import boto3
+import pytest
+
+from conftest import ROOT
+from local_stack import MotoServer, Stack, loadgen, stack_processes
+
+SCALER = ROOT / "target" / "release" / "scaler"
+MODEL = ROOT / "models" / "efficientnet-lite0"
+
+
+def test_100_images_over_s3_and_sqs(tmp_path, datasets):
+    thumbs = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    ref = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, thumbs)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = tmp_path / "expected.csv"
+    expected.write_text(ref.stdout)
+    want = dict(line.split(",", 1) for line in ref.stdout.splitlines())
+
+    with MotoServer() as moto:
+        env = {**moto.env(), "IMGREC__BACKEND": "aws", "IMGREC__FLEET__BACKEND": "local"}
+        boot = subprocess.run([str(SCALER), "bootstrap"], env={**__import__("os").environ, **env},
+                              capture_output=True, text=True, timeout=60)
+        assert boot.returncode == 0, boot.stderr
+        data = tmp_path / "data"
+        stack = Stack(data, extra_env=env, scaler__scale_in_after_s="2", scaler__tick_ms="200", app_tier__batch_size="10")
+        with stack:
+            summary, run = loadgen(stack.url, thumbs, concurrency=100, expected=expected)
+            assert (summary["ok"], summary["errors"], summary["wrong"]) == (100, 0, 0), summary["error_samples"]
+            metrics = urllib.request.urlopen(stack.url + "metrics").read().decode()
+        assert stack.proc.returncode == 0
+        assert stack_processes(data) == []
+        assert not (data / "s3").exists(), "the AWS backend wrote local buckets"
+
+        s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        outputs = {o["Key"]: s3.get_object(Bucket="output-bucket", Key=o["Key"])["Body"].read().decode()
+                   for o in s3.list_objects_v2(Bucket="output-bucket")["Contents"]}
+        assert outputs == {f.stem: f"({f.stem}, {want[f.name]})" for f in thumbs}
+        inputs = {o["Key"] for o in s3.list_objects_v2(Bucket="input-bucket")["Contents"]}
+        assert inputs == {f.name for f in thumbs}
+        for f in thumbs[:10]:
+            assert s3.get_object(Bucket="input-bucket", Key=f.name)["Body"].read() == f.read_bytes()
+
+    # SDK calls per image: the web tier's from /metrics, the workers' from their exit log lines.
+    web = Counter({m[0]: int(m[1]) for m in re.findall(r'imgrec_aws_calls_total\{operation="(\w+)"\} (\d+)', metrics)})
+    workers = Counter()
+    for line in stack.logs().splitlines():
+        if "aws_calls=" in line:
+            workers.update(json.loads(line.split("aws_calls=", 1)[1].split(" ")[0].strip()))
+    per_image = {op: round(n / 100, 2) for op, n in sorted((web + workers).items())}
+    print(f"\nweb tier calls: {dict(web)}\nworker calls: {dict(workers)}\nper image: {per_image}")
+    assert web["PutObject"] == 100 and web["SendMessage"] == 100
+    assert workers["GetObject"] == 100 and workers["PutObject"] == 100
+    # Batching: a handful of receive/send/delete calls per ten images, not one each.
+    batched = workers["SendMessageBatch"] + workers["DeleteMessageBatch"] + web["DeleteMessageBatch"]
+    assert batched < 100, (web, workers)
