@@ -54,7 +54,7 @@ async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result
     let sdk = aws::sdk_config(&settings.aws).await;
     let (b, q) = (&settings.buckets, &settings.queues);
     let group =
-        (settings.fleet.backend == Backend::Aws).then(|| (settings.aws.auto_scaling_group.as_str(), group_max_size));
+        (settings.fleet.backend == Backend::Aws).then_some((settings.aws.auto_scaling_group.as_str(), group_max_size));
     bootstrap::create(
         &sdk,
         &bootstrap::Resources {

@@ -63,6 +63,15 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
+        let calls = imgrec_core::aws::calls();
+        if !calls.is_empty() {
+            text.push_str("# HELP imgrec_aws_calls_total AWS SDK calls of this process, by operation\n");
+            text.push_str("# TYPE imgrec_aws_calls_total counter\n");
+            for (operation, n) in calls {
+                text.push_str(&format!("imgrec_aws_calls_total{{operation=\"{operation}\"}} {n}\n"));
+            }
+        }
+        text
     }
 }
