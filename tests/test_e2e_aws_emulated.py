@@ -64,3 +64,25 @@ def test_100_images_over_s3_and_sqs(tmp_path, datasets):
     # Batching: a handful of receive/send/delete calls per ten images, not one each.
     batched = workers["SendMessageBatch"] + workers["DeleteMessageBatch"] + web["DeleteMessageBatch"]
     assert batched < 100, (web, workers)
+
+
+def test_endpoint_down_gives_503_and_no_crash(tmp_path, datasets):
+    image = datasets / "imagenet-100" / "test_0.JPEG"
+    with MotoServer() as moto:
+        env = {**moto.env(), "IMGREC__BACKEND": "aws", "IMGREC__AWS__MAX_ATTEMPTS": "2"}
+        boot = subprocess.run([str(SCALER), "bootstrap"], env={**__import__("os").environ, **env},
+                              capture_output=True, text=True, timeout=60)
+        assert boot.returncode == 0, boot.stderr
+        stack = Stack(tmp_path / "data", extra_env=env, scaler__min="1", scaler__tick_ms="200")
+        with stack:
+            summary, _ = loadgen(stack.url, [image], concurrency=1)
+            assert summary["ok"] == 1
+            moto.proc.terminate()
+            moto.proc.wait(10)
+            summary, run = loadgen(stack.url, [image], concurrency=1, timeout=120)
+            assert summary["errors"] == 1
+            assert summary["error_samples"][0].startswith(f"{image.name}: 503"), summary["error_samples"]
+            # The web tier and its worker keep running, retrying with backoff.
+            assert stack.proc.poll() is None
+            assert urllib.request.urlopen(stack.url + "healthz", timeout=5).status == 200
+        assert stack.proc.returncode == 0, stack.logs()[-2000:]
