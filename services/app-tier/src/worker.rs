@@ -16,7 +16,6 @@ use imgrec_core::classifier::{Classifier, ClassifyError, Prediction};
 use imgrec_core::config::Settings;
 use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
 
@@ -38,19 +37,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A receiver of SIGTERM or SIGINT: stop receiving, finish the batch in hand, exit.
-fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (tx, rx) = watch::channel(false);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        let _ = tx.send(true);
-    });
-    Ok(rx)
-}
-
 struct Worker {
     name: String,
     settings: Settings,
@@ -59,7 +45,7 @@ struct Worker {
 }
 
 async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+    let shutdown = imgrec_core::shutdown::on_signal()?;
     let status = backend::instance_status(&settings, &name).await?;
     status.report(InstanceState::Pending, false).await?;
     let ports = Ports::connect(&settings).await?;

@@ -11,3 +11,4 @@ pub mod logging;
 pub mod messages;
 pub mod policy;
 pub mod ports;
+pub mod shutdown;

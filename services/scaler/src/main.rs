@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use imgrec_core::backend::{self, Ports};
 use imgrec_core::config::Settings;
 use scaler::Scaler;
-use tokio::sync::watch;
 
 fn main() -> ExitCode {
     imgrec_core::logging::init();
@@ -83,13 +82,7 @@ async fn run() -> anyhow::Result<()> {
     let fleet = backend::fleet(&settings, worker).await?;
     let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
         .with_metrics(backend::metrics_sink(&settings).await);
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
-        let _ = tx.send(true);
-    });
-    scaler.run(settings.scaler.tick(), rx).await
+    scaler
+        .run(settings.scaler.tick(), imgrec_core::shutdown::on_signal()?)
+        .await
 }

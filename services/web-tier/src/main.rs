@@ -71,6 +71,7 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    let mut signals = imgrec_core::shutdown::on_signal()?;
     let ports = Ports::connect(&settings).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -152,7 +153,7 @@ async fn run() -> anyhow::Result<()> {
         });
     let server = tokio::spawn(server.run());
 
-    shutdown_signal().await;
+    let _ = signals.changed().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
@@ -163,14 +164,4 @@ async fn run() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
-        _ => std::future::pending().await,
-    }
 }
