@@ -48,13 +48,7 @@ impl MetricsSink for CloudWatchSink {
             .metric_data(datum("InServiceInstances", m.running as f64))
             .send()
             .await
-            .map_err(|e| anyhow!("CloudWatch PutMetricData: {}", describe_cw(&e)))?;
+            .map_err(|e| anyhow!("CloudWatch PutMetricData: {}", super::describe(&e)))?;
         Ok(())
     }
-}
-
-fn describe_cw<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: &aws_sdk_cloudwatch::error::SdkError<E, R>,
-) -> String {
-    format!("{}", aws_smithy_types::error::display::DisplayErrorContext(e))
 }
