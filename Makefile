@@ -17,7 +17,7 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build run run-aws-emulated load test test-rust test-python bench lint fmt clean
+.PHONY: help venv ort model build run run-aws-emulated load test test-rust test-python bench lint fmt clean deploy destroy
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -32,6 +32,8 @@ help:
 	@echo "make test    every test (what CI runs)"
 	@echo "make bench   classifier speed: Rust vs Python onnxruntime"
 	@echo "make lint    rustfmt and clippy"
+	@echo "make deploy  AMI (Packer) + infrastructure (Terraform) on AWS; MODEL=resnet18 REGION=us-east-1"
+	@echo "make destroy terraform destroy, then the AMI"
 
 $(VENV)/.installed: tools/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,13 @@ $(VENV)/.installed: tools/requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# checkov pins boto3 and friends: its own venv keeps them away from moto's.
+IAC_VENV := .venv-iac
+$(IAC_VENV)/.installed: tools/requirements-iac.txt
+	$(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-iac.txt
+	touch $@
 
 # ONNX Runtime's shared library, from the same PyPI wheel the reference classifier uses.
 $(ORT_LIB): $(VENV)/.installed
@@ -88,9 +97,10 @@ test-rust: $(ORT_LIB) $(DEFAULT_MODEL)
 	$(CARGO) build --release --workspace
 	$(CARGO) test --release --workspace
 
-test-python: $(ORT_LIB) $(DEFAULT_MODEL) $(DARKNET)/dog.jpg
+test-python: $(ORT_LIB) $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_VENV)/.installed
 	$(CARGO) build --release --workspace
-	DATASETS=$(abspath $(DATASETS)) DARKNET=$(abspath $(DARKNET)) $(PY) -m pytest -q -rs tools/tests tests
+	DATASETS=$(abspath $(DATASETS)) DARKNET=$(abspath $(DARKNET)) CHECKOV=$(abspath $(IAC_VENV))/bin/checkov \
+		$(PY) -m pytest -q -rs tools/tests tests
 
 bench: $(ORT_LIB) $(DEFAULT_MODEL)
 	$(CARGO) build --release --workspace
@@ -103,6 +113,15 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# AWS: needs credentials, packer and terraform (see README). MODEL defaults to the course's resnet18.
+DEPLOY_MODEL := $(if $(filter command line environment,$(origin MODEL)),$(MODEL),resnet18)
+SMOKE_IMAGE ?= $(firstword $(wildcard $(DATASETS)/imagenet-100/test_0.JPEG) $(DARKNET)/dog.jpg)
+deploy: build models/$(DEPLOY_MODEL)/manifest.json $(SMOKE_IMAGE)
+	MODEL=$(DEPLOY_MODEL) SMOKE_IMAGE=$(SMOKE_IMAGE) tools/deploy.sh
+
+destroy:
+	tools/destroy.sh
 
 clean:
 	rm -rf target models .ort

@@ -4,6 +4,7 @@
 //! `scaler bootstrap` creates the configured buckets, queues and group on an emulated AWS endpoint
 //! (`make run-aws-emulated`, tests); on AWS, Terraform creates them.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use imgrec_core::backend::{self, Ports};
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         group_max_size: usize,
     },
+    /// Load the configuration (defaults, IMGREC_CONFIG file, environment), print it and exit:
+    /// errors name the bad key.
+    CheckConfig,
 }
 
 async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result<()> {
@@ -74,8 +78,14 @@ async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let cli = <Cli as clap::Parser>::parse();
-    if let Some(Command::Bootstrap { group_max_size }) = cli.command {
-        return bootstrap(&settings, group_max_size).await;
+    match cli.command {
+        Some(Command::Bootstrap { group_max_size }) => return bootstrap(&settings, group_max_size).await,
+        Some(Command::CheckConfig) => {
+            // Not println!: a closed pipe (`| head`) is an error to report, not a panic.
+            writeln!(std::io::stdout(), "{settings:#?}")?;
+            return Ok(());
+        }
+        Some(Command::Run) | None => {}
     }
     let ports = Ports::connect(&settings).await?;
     let worker = std::env::current_exe()?.with_file_name("app-tier");

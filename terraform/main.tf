@@ -1,0 +1,115 @@
+# The whole AWS deployment. The Rust services read one configuration file, rendered here from the
+# resources themselves (templates/imgrec.toml.tftpl) and delivered by user data: Terraform is the
+# single source of truth for names, URLs, the group and the region.
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+
+  # One instance of the budget is web-instance1; the app tier may use the rest.
+  web_instances  = 1
+  app_max_size   = var.instance_budget - local.web_instances
+  app_group_name = "${var.name_prefix}-app-tier"
+  # CloudWatch namespace of the scaler's metrics (its IAM policy is limited to it).
+  metric_namespace = var.name_prefix
+
+  service_config = templatefile("${path.module}/templates/imgrec.toml.tftpl", {
+    region               = var.region
+    input_bucket         = module.input_bucket.name
+    output_bucket        = module.output_bucket.name
+    request_queue        = module.queues.request_queue_name
+    response_queue       = module.queues.response_queue_name
+    dead_letter_queue    = module.queues.dead_letter_queue_name
+    max_receives         = var.max_receives
+    visibility_timeout_s = var.visibility_timeout_s
+    batch_size           = var.batch_size
+    app_min_size         = var.app_min_size
+    app_max_size         = local.app_max_size
+    auto_scaling_group   = local.app_group_name
+    metric_namespace     = local.metric_namespace
+  })
+}
+
+module "input_bucket" {
+  source = "./modules/storage"
+
+  name          = "${var.name_prefix}-${local.account_id}-input"
+  force_destroy = var.force_destroy
+}
+
+module "output_bucket" {
+  source = "./modules/storage"
+
+  name          = "${var.name_prefix}-${local.account_id}-output"
+  force_destroy = var.force_destroy
+}
+
+module "queues" {
+  source = "./modules/queues"
+
+  name_prefix          = var.name_prefix
+  visibility_timeout_s = var.visibility_timeout_s
+  max_receives         = var.max_receives
+}
+
+module "network" {
+  source = "./modules/network"
+
+  name_prefix        = var.name_prefix
+  vpc_cidr           = var.vpc_cidr
+  http_ingress_cidrs = var.http_ingress_cidrs
+}
+
+module "iam" {
+  source = "./modules/iam"
+
+  name_prefix        = var.name_prefix
+  partition          = data.aws_partition.current.partition
+  region             = var.region
+  account_id         = local.account_id
+  input_bucket_arn   = module.input_bucket.arn
+  output_bucket_arn  = module.output_bucket.arn
+  request_queue_arn  = module.queues.request_queue_arn
+  response_queue_arn = module.queues.response_queue_arn
+  dead_letter_arn    = module.queues.dead_letter_queue_arn
+  app_group_name     = local.app_group_name
+  metric_namespace   = local.metric_namespace
+  enable_ssm         = var.enable_ssm
+}
+
+module "app_tier" {
+  source = "./modules/app_tier"
+
+  group_name          = local.app_group_name
+  ami_id              = var.ami_id
+  instance_type       = var.app_instance_type
+  instance_profile    = module.iam.app_tier_instance_profile
+  security_group_id   = module.network.app_tier_security_group_id
+  subnet_ids          = module.network.subnet_ids
+  min_size            = var.app_min_size
+  max_size            = local.app_max_size
+  termination_drain_s = var.termination_drain_s
+  user_data           = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, units = "imgrec-app-tier.service" })
+}
+
+module "web_tier" {
+  source = "./modules/web_tier"
+
+  ami_id            = var.ami_id
+  instance_type     = var.web_instance_type
+  instance_profile  = module.iam.web_tier_instance_profile
+  security_group_id = module.network.web_tier_security_group_id
+  subnet_id         = module.network.subnet_ids[0]
+  user_data         = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, units = "imgrec-web-tier.service imgrec-scaler.service" })
+}
+
+module "monitoring" {
+  source = "./modules/monitoring"
+
+  name_prefix       = var.name_prefix
+  region            = var.region
+  app_group_name    = module.app_tier.group_name
+  metric_namespace  = local.metric_namespace
+  request_queue     = module.queues.request_queue_name
+  response_queue    = module.queues.response_queue_name
+  dead_letter_queue = module.queues.dead_letter_queue_name
+}

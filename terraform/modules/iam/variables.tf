@@ -1,0 +1,59 @@
+variable "name_prefix" {
+  description = "Prefix of role and profile names."
+  type        = string
+}
+
+variable "partition" {
+  description = "AWS partition (aws, aws-cn, aws-us-gov) for ARNs."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the Auto Scaling group and instances."
+  type        = string
+}
+
+variable "account_id" {
+  description = "Account of the Auto Scaling group and instances."
+  type        = string
+}
+
+variable "input_bucket_arn" {
+  description = "ARN of the input bucket."
+  type        = string
+}
+
+variable "output_bucket_arn" {
+  description = "ARN of the output bucket."
+  type        = string
+}
+
+variable "request_queue_arn" {
+  description = "ARN of the request queue."
+  type        = string
+}
+
+variable "response_queue_arn" {
+  description = "ARN of the response queue."
+  type        = string
+}
+
+variable "dead_letter_arn" {
+  description = "ARN of the dead-letter queue."
+  type        = string
+}
+
+variable "app_group_name" {
+  description = "Name of the app tier's Auto Scaling group."
+  type        = string
+}
+
+variable "metric_namespace" {
+  description = "CloudWatch namespace the scaler publishes to."
+  type        = string
+}
+
+variable "enable_ssm" {
+  description = "Attach AmazonSSMManagedInstanceCore to both roles."
+  type        = bool
+}

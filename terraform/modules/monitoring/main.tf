@@ -1,0 +1,70 @@
+# One dashboard for the whole service, and an alarm when requests start to dead-letter.
+
+locals {
+  group = var.app_group_name
+
+  widgets = [
+    {
+      title = "Request queue"
+      metrics = [
+        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.request_queue, { label = "waiting" }],
+        ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", "QueueName", var.request_queue, { label = "in flight" }],
+        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.response_queue, { label = "responses" }],
+        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.dead_letter_queue, { label = "dead letters" }],
+      ]
+    },
+    {
+      title = "Backlog per instance (scaler)"
+      metrics = [
+        [var.metric_namespace, "BacklogPerInstance", "AutoScalingGroupName", local.group],
+        [var.metric_namespace, "Backlog", "AutoScalingGroupName", local.group],
+      ]
+    },
+    {
+      title = "App-tier instances"
+      metrics = [
+        [var.metric_namespace, "DesiredCapacity", "AutoScalingGroupName", local.group, { label = "desired (scaler)" }],
+        [var.metric_namespace, "InServiceInstances", "AutoScalingGroupName", local.group, { label = "in service (scaler)" }],
+        ["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", local.group, { label = "in service (group)" }],
+        ["AWS/AutoScaling", "GroupPendingInstances", "AutoScalingGroupName", local.group, { label = "pending (group)" }],
+      ]
+    },
+  ]
+}
+
+resource "aws_cloudwatch_dashboard" "this" {
+  dashboard_name = var.name_prefix
+
+  dashboard_body = jsonencode({
+    widgets = [for i, w in local.widgets : {
+      type   = "metric"
+      x      = (i % 2) * 12
+      y      = floor(i / 2) * 6
+      width  = 12
+      height = 6
+      properties = {
+        title   = w.title
+        region  = var.region
+        view    = "timeSeries"
+        stat    = "Maximum"
+        period  = 60
+        metrics = w.metrics
+      }
+    }]
+  })
+}
+
+resource "aws_cloudwatch_metric_alarm" "dead_letters" {
+  alarm_name          = "${var.name_prefix}-dead-letters"
+  alarm_description   = "Requests moved to ${var.dead_letter_queue} after failing again and again: their clients got an error."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = var.dead_letter_queue }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+}

@@ -1,0 +1,14 @@
+variable "name_prefix" {
+  description = "Prefix of network resource names."
+  type        = string
+}
+
+variable "vpc_cidr" {
+  description = "Address range of the VPC."
+  type        = string
+}
+
+variable "http_ingress_cidrs" {
+  description = "Client networks allowed to reach the web tier on port 80."
+  type        = list(string)
+}

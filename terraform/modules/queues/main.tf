@@ -1,0 +1,76 @@
+# Requests (with a dead-letter queue) and responses. Server-side encryption with SQS-owned keys;
+# long polling by default so that no client pays for empty receives.
+
+resource "aws_sqs_queue" "dead_letter" {
+  name                      = "${var.name_prefix}-requests-dlq"
+  message_retention_seconds = 1209600
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_sqs_queue" "requests" {
+  name                       = "${var.name_prefix}-requests"
+  visibility_timeout_seconds = var.visibility_timeout_s
+  receive_wait_time_seconds  = 20
+  message_retention_seconds  = var.request_retention_s
+  sqs_managed_sse_enabled    = true
+
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dead_letter.arn
+    maxReceiveCount     = var.max_receives
+  })
+}
+
+# Only the request queue may move messages into the dead-letter queue.
+resource "aws_sqs_queue_redrive_allow_policy" "dead_letter" {
+  queue_url = aws_sqs_queue.dead_letter.id
+
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.requests.arn]
+  })
+}
+
+resource "aws_sqs_queue" "responses" {
+  name                      = "${var.name_prefix}-responses"
+  receive_wait_time_seconds = 20
+  # A response outlives a restart of the web tier, not much more: its client has gone by then.
+  message_retention_seconds = 3600
+  sqs_managed_sse_enabled   = true
+}
+
+locals {
+  queues = {
+    requests    = aws_sqs_queue.requests
+    responses   = aws_sqs_queue.responses
+    dead_letter = aws_sqs_queue.dead_letter
+  }
+}
+
+data "aws_iam_policy_document" "tls_only" {
+  for_each = local.queues
+
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["sqs:*"]
+    resources = [each.value.arn]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "tls_only" {
+  for_each = local.queues
+
+  queue_url = each.value.id
+  policy    = data.aws_iam_policy_document.tls_only[each.key].json
+}

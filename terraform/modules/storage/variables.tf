@@ -1,0 +1,25 @@
+variable "name" {
+  description = "Bucket name (globally unique)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.name))
+    error_message = "name must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens."
+  }
+}
+
+variable "force_destroy" {
+  description = "Let destroy delete the bucket with every object version in it."
+  type        = bool
+}
+
+variable "noncurrent_version_days" {
+  description = "Days a replaced object version is kept."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.noncurrent_version_days >= 1
+    error_message = "noncurrent_version_days must be at least 1."
+  }
+}

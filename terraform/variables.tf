@@ -1,0 +1,143 @@
+variable "region" {
+  description = "AWS region of every resource (and of the Packer AMI)."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "region must look like us-east-1."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name; bucket names add the account id to be globally unique."
+  type        = string
+  default     = "imgrec"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,19}$", var.name_prefix))
+    error_message = "name_prefix must be 2-20 characters: lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "ami_id" {
+  description = "The AMI built by Packer (packer/); `make deploy` sets it."
+  type        = string
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "ami_id must be an AMI id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "instance_budget" {
+  description = "Instances the whole service may run at once, web tier included: the app tier gets the rest."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.instance_budget >= 2 && var.instance_budget <= 20 && floor(var.instance_budget) == var.instance_budget
+    error_message = "instance_budget must be a whole number from 2 to 20 (one web instance plus at least one app instance)."
+  }
+}
+
+variable "app_min_size" {
+  description = "App-tier instances kept when idle (0: none, the first request waits for a boot)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.app_min_size >= 0 && floor(var.app_min_size) == var.app_min_size
+    error_message = "app_min_size must be a whole number, 0 or more."
+  }
+}
+
+variable "app_instance_type" {
+  description = "EC2 instance type of the app tier (CPU inference)."
+  type        = string
+  default     = "c7i.large"
+}
+
+variable "web_instance_type" {
+  description = "EC2 instance type of web-instance1 (web tier and scaler)."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "http_ingress_cidrs" {
+  description = "Client networks allowed to reach the web tier on port 80."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = length(var.http_ingress_cidrs) > 0 && alltrue([for c in var.http_ingress_cidrs : can(cidrnetmask(c))])
+    error_message = "http_ingress_cidrs must be a non-empty list of IPv4 CIDR blocks."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "Address range of the service's VPC (two public subnets are carved from it)."
+  type        = string
+  default     = "10.42.0.0/16"
+
+  validation {
+    condition     = can(cidrnetmask(var.vpc_cidr))
+    error_message = "vpc_cidr must be an IPv4 CIDR block."
+  }
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete the buckets with every image and result in them (all versions)."
+  type        = bool
+  default     = false
+}
+
+variable "batch_size" {
+  description = "Requests an app-tier worker receives and classifies in one model run (SQS allows at most 10 per receive)."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.batch_size >= 1 && var.batch_size <= 10
+    error_message = "batch_size must be from 1 to 10."
+  }
+}
+
+variable "visibility_timeout_s" {
+  description = "Seconds a received request stays hidden: at least one batch of work (workers extend it while they work)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.visibility_timeout_s >= 10 && var.visibility_timeout_s <= 43200
+    error_message = "visibility_timeout_s must be from 10 to 43200 seconds."
+  }
+}
+
+variable "max_receives" {
+  description = "Receives of one request before it moves to the dead-letter queue."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.max_receives >= 1 && var.max_receives <= 1000
+    error_message = "max_receives must be from 1 to 1000."
+  }
+}
+
+variable "termination_drain_s" {
+  description = "When above 0, a termination lifecycle hook holds a retiring app instance this long so its worker can finish."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.termination_drain_s == 0 || (var.termination_drain_s >= 30 && var.termination_drain_s <= 7200)
+    error_message = "termination_drain_s must be 0 (no hook) or from 30 to 7200 seconds."
+  }
+}
+
+variable "enable_ssm" {
+  description = "Attach AmazonSSMManagedInstanceCore so instances can be reached with Session Manager (no SSH, no key pair)."
+  type        = bool
+  default     = true
+}
