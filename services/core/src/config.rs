@@ -10,7 +10,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::classifier::{ImageLimits, InferenceSettings};
-use crate::policy::BacklogPolicy;
+use crate::policy::{PolicyConfig, PolicyKind, ScalingPolicy};
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
@@ -91,23 +91,36 @@ pub struct AppTierSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScalerSettings {
+    pub policy: PolicyKind,
     pub min: usize,
     pub max: usize,
-    pub backlog_per_instance: f64,
+    pub target_latency_s: f64,
+    pub service_time_s: f64,
+    pub boot_time_s: f64,
     pub scale_in_after_s: f64,
     pub tick_ms: u64,
 }
 
 impl ScalerSettings {
-    pub fn policy(&self) -> anyhow::Result<BacklogPolicy> {
-        let policy = BacklogPolicy {
+    pub fn policy_config(&self) -> anyhow::Result<PolicyConfig> {
+        let seconds = |value: f64, key: &str| {
+            Duration::try_from_secs_f64(value).with_context(|| format!("scaler.{key} must be seconds, 0 or more"))
+        };
+        let config = PolicyConfig {
             min: self.min,
             max: self.max,
-            backlog_per_instance: self.backlog_per_instance,
-            scale_in_after: Duration::try_from_secs_f64(self.scale_in_after_s).context("scaler.scale_in_after_s")?,
+            target_latency: seconds(self.target_latency_s, "target_latency_s")?,
+            service_time: seconds(self.service_time_s, "service_time_s")?,
+            boot_time: seconds(self.boot_time_s, "boot_time_s")?,
+            scale_in_after: seconds(self.scale_in_after_s, "scale_in_after_s")?,
         };
-        policy.validate()?;
-        Ok(policy)
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configured policy, ready to decide.
+    pub fn policy(&self) -> anyhow::Result<Box<dyn ScalingPolicy>> {
+        Ok(self.policy.build(self.policy_config()?))
     }
 
     pub fn tick(&self) -> Duration {
@@ -151,7 +164,7 @@ impl Settings {
             .build()
             .and_then(Config::try_deserialize)
             .context("invalid configuration")?;
-        settings.scaler.policy()?;
+        settings.scaler.policy_config()?;
         anyhow::ensure!(
             settings.app_tier.batch_size >= 1,
             "app_tier.batch_size must be at least 1"

@@ -1,10 +1,15 @@
-//! The scaler: every tick, observe the request backlog and the fleet, ask the pure
-//! `BacklogPolicy` what to do, apply it through `Fleet`, and publish what it saw.
+//! The scaler: every tick, observe the request backlog and the fleet, ask the pure scaling
+//! policy what to do, apply it through `Fleet`, and publish what it saw. `sim` runs the same
+//! policies against a simulated queue and fleet.
 
+pub mod sim;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use imgrec_core::policy::{BacklogPolicy, Decision, Observation, PolicyMemory};
+use imgrec_core::policy::{Decision, Observation, ScalingPolicy};
 use imgrec_core::ports::{Fleet, Instance, InstanceState, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
@@ -26,34 +31,64 @@ pub struct ScalerStatus {
 pub type SharedStatus = Arc<RwLock<ScalerStatus>>;
 
 pub struct Scaler {
-    policy: BacklogPolicy,
-    memory: PolicyMemory,
+    policy: Box<dyn ScalingPolicy>,
     requests: Arc<dyn WorkQueue>,
     fleet: Arc<dyn Fleet>,
     metrics: Option<Arc<dyn MetricsSink>>,
+    completions: Option<CompletionRate>,
     status: SharedStatus,
     nudge: Arc<Notify>,
-    started: Instant,
+}
+
+/// Requests completed per second over the last minute, from a counter the web tier advances.
+struct CompletionRate {
+    counter: Arc<AtomicU64>,
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl CompletionRate {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn sample(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        self.samples.push_back((now, self.counter.load(Ordering::Relaxed)));
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
+            self.samples.pop_front();
+        }
+        let (first, last) = (self.samples.front()?, self.samples.back()?);
+        let elapsed = last.0.duration_since(first.0).as_secs_f64();
+        (elapsed > 0.0).then(|| (last.1 - first.1) as f64 / elapsed)
+    }
 }
 
 impl Scaler {
-    pub fn new(policy: BacklogPolicy, requests: Arc<dyn WorkQueue>, fleet: Arc<dyn Fleet>) -> Self {
+    pub fn new(policy: Box<dyn ScalingPolicy>, requests: Arc<dyn WorkQueue>, fleet: Arc<dyn Fleet>) -> Self {
+        let config = policy.config();
         let status = ScalerStatus {
-            min: policy.min,
-            max: policy.max,
-            desired: policy.min,
+            min: config.min,
+            max: config.max,
+            desired: config.min,
             ..ScalerStatus::default()
         };
         Self {
             policy,
-            memory: PolicyMemory::default(),
             requests,
             fleet,
             metrics: None,
+            completions: None,
             status: Arc::new(RwLock::new(status)),
             nudge: Arc::new(Notify::new()),
-            started: Instant::now(),
         }
+    }
+
+    /// A count of completed requests (the web tier counts delivered answers): the policy then
+    /// also sees the completion rate.
+    pub fn with_completions(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.completions = Some(CompletionRate {
+            counter,
+            samples: VecDeque::new(),
+        });
+        self
     }
 
     /// Publishes each tick's figures there too.
@@ -77,17 +112,16 @@ impl Scaler {
         let backlog = self.requests.depth().await?;
         let instances = self.fleet.instances().await?;
         // The fleet's own bound (an Auto Scaling group's MaxSize) caps the configured maximum.
-        let mut policy = self.policy.clone();
         if let Some(limit) = self.fleet.max_size().await? {
-            policy.max = policy.max.min(limit);
-            policy.min = policy.min.min(policy.max);
+            self.policy.cap(limit);
         }
         let obs = Observation {
-            now: self.started.elapsed(),
+            now: SystemTime::now(),
             backlog,
             instances: &instances,
+            completion_rate: self.completions.as_mut().and_then(CompletionRate::sample),
         };
-        let decision = policy.decide(&mut self.memory, &obs);
+        let decision = self.policy.decide(&obs);
         let mut actions = 0;
         for name in &decision.launch {
             self.fleet.launch(name).await?;
@@ -126,7 +160,7 @@ impl Scaler {
         }
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.desired = decision.desired;
-        status.max = policy.max;
+        status.max = self.policy.config().max;
         status.backlog = backlog;
         status.instances = instances;
         status.scaling_actions += actions;

@@ -3,6 +3,7 @@
 //! so that a request that failed again and again gets a clear error instead of a timeout.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,8 +66,13 @@ impl Waiters {
     }
 }
 
-/// Consumes the response queue until shutdown.
-pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
+/// Consumes the response queue until shutdown, counting the responses in `completed`.
+pub async fn responses(
+    queue: Arc<dyn WorkQueue>,
+    waiters: Waiters,
+    completed: Arc<AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
         let got = tokio::select! {
@@ -89,6 +95,7 @@ pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown
         for m in messages {
             match ClassifyResponse::decode(&m.body) {
                 Ok(response) => {
+                    completed.fetch_add(1, Ordering::Relaxed);
                     let id = response.request_id;
                     if !waiters.deliver(id, Answer::Response(response)) {
                         // Its client gave up or an earlier web tier sent it; the result is in the bucket.

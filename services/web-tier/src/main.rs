@@ -11,6 +11,7 @@ mod upload;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -75,11 +76,13 @@ async fn run() -> anyhow::Result<()> {
     let ports = Ports::connect(&settings).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let completed = Arc::new(AtomicU64::new(0));
     let scaler_task = if settings.web.run_scaler {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
         let fleet = backend::fleet(&settings, worker).await?;
         let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
-            .with_metrics(backend::metrics_sink(&settings).await);
+            .with_metrics(backend::metrics_sink(&settings).await)
+            .with_completions(completed.clone());
         let view = (scaler.status(), scaler.nudge());
         let task = tokio::spawn(scaler.run(settings.scaler.tick(), stop_rx.clone()));
         Some((task, view))
@@ -94,6 +97,7 @@ async fn run() -> anyhow::Result<()> {
     let responses = tokio::spawn(dispatch::responses(
         ports.responses.clone(),
         app.waiters.clone(),
+        completed,
         stop_rx.clone(),
     ));
     let dead = tokio::spawn(dispatch::dead_letters(
