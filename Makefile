@@ -17,7 +17,7 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build run run-aws-emulated load test test-rust test-python bench lint fmt clean deploy destroy
+.PHONY: help venv ort model build run run-aws-emulated load test test-rust test-python bench sim lint fmt clean deploy destroy
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -31,6 +31,7 @@ help:
 	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
 	@echo "make test    every test (what CI runs)"
 	@echo "make bench   classifier speed: Rust vs Python onnxruntime"
+	@echo "make sim     scaling policies compared on simulated bursts: target/sim/report.json + plots"
 	@echo "make lint    rustfmt and clippy"
 	@echo "make deploy  AMI (Packer) + infrastructure (Terraform) on AWS; MODEL=resnet18 REGION=us-east-1"
 	@echo "make destroy terraform destroy, then the AMI"
@@ -106,6 +107,11 @@ bench: $(ORT_LIB) $(DEFAULT_MODEL)
 	$(CARGO) build --release --workspace
 	$(PY) tools/bench.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/bench_service.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
+
+# The scaling simulator: every policy on every scenario, local and EC2 boot times.
+sim:
+	$(CARGO) build --release -p scaler
+	target/release/scaler simulate --out target/sim
 
 lint:
 	$(CARGO) fmt --all --check

@@ -11,6 +11,8 @@ use imgrec_core::backend::{self, Ports};
 use imgrec_core::config::Settings;
 use scaler::Scaler;
 
+mod simulate;
+
 fn main() -> ExitCode {
     imgrec_core::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -49,6 +51,14 @@ enum Command {
     /// Load the configuration (defaults, IMGREC_CONFIG file, environment), print it and exit:
     /// errors name the bad key.
     CheckConfig,
+    /// Compare the scaling policies on simulated bursts (make sim): report.json and plots.
+    Simulate {
+        /// Where report.json and the plots go.
+        #[arg(long, default_value = "target/sim")]
+        out: std::path::PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
 async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result<()> {
@@ -83,6 +93,13 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::CheckConfig) => {
             // Not println!: a closed pipe (`| head`) is an error to report, not a panic.
             writeln!(std::io::stdout(), "{settings:#?}")?;
+            return Ok(());
+        }
+        Some(Command::Simulate { out, seed }) => {
+            anyhow::ensure!(
+                simulate::run(&settings, &out, seed)?,
+                "the default policy misses the bar"
+            );
             return Ok(());
         }
         Some(Command::Run) | None => {}

@@ -66,10 +66,11 @@ impl BacklogPolicy {
         } else {
             counted + ((work - supply) / (deadline - boot)).ceil() as usize
         };
-        // What keeps up with the current rate at a sustainable utilization.
-        let for_rate = obs
-            .completion_rate
-            .map_or(0, |rate| (rate * service / TARGET_UTILIZATION).ceil() as usize);
+        // What keeps up with the current rate at a sustainable utilization. Without a count of
+        // completions, busy instances tell the rate: each completes one request per service time.
+        let busy = obs.instances.iter().filter(|i| i.busy).count() as f64;
+        let rate = obs.completion_rate.unwrap_or(busy / service);
+        let for_rate = (rate * service / TARGET_UTILIZATION).ceil() as usize;
         for_backlog.max(for_rate).max(1)
     }
 
@@ -115,7 +116,12 @@ impl ScalingPolicy for BacklogPolicy {
             self.recommendations.pop_front();
         }
         let current = active(obs.instances).len();
-        let peak = self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(recommendation);
+        let peak = self
+            .recommendations
+            .iter()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(recommendation);
 
         let desired = if recommendation > current {
             self.last_scale_out = Some(obs.now);

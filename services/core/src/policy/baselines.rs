@@ -108,7 +108,11 @@ impl ScalingPolicy for TargetTracking {
         if self.period.due(obs.now) {
             let target = self.config.backlog_per_instance();
             let visible = obs.backlog.visible as f64;
-            let in_service = obs.instances.iter().filter(|i| i.state == InstanceState::Running).count();
+            let in_service = obs
+                .instances
+                .iter()
+                .filter(|i| i.state == InstanceState::Running)
+                .count();
             let capacity = active(obs.instances).len();
             if in_service == 0 {
                 // The step policy: backlog and no capacity at all -> one instance.
@@ -197,7 +201,11 @@ impl ScalingPolicy for Keda {
             } else if recommendation > self.desired {
                 recommendation
             } else {
-                self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(recommendation)
+                self.recommendations
+                    .iter()
+                    .map(|(_, r)| *r)
+                    .max()
+                    .unwrap_or(recommendation)
             };
         }
         toward(self.desired, &self.config, obs.instances)

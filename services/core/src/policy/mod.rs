@@ -60,7 +60,10 @@ impl PolicyConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.min <= self.max, "scaler min {} exceeds max {}", self.min, self.max);
         anyhow::ensure!(!self.service_time.is_zero(), "scaler service_time_s must be positive");
-        anyhow::ensure!(!self.target_latency.is_zero(), "scaler target_latency_s must be positive");
+        anyhow::ensure!(
+            !self.target_latency.is_zero(),
+            "scaler target_latency_s must be positive"
+        );
         Ok(())
     }
 
@@ -112,7 +115,10 @@ impl PolicyKind {
 
 /// Instances that count toward capacity: all but those already stopping.
 pub fn active(instances: &[Instance]) -> Vec<&Instance> {
-    instances.iter().filter(|i| i.state != InstanceState::Stopping).collect()
+    instances
+        .iter()
+        .filter(|i| i.state != InstanceState::Stopping)
+        .collect()
 }
 
 /// The launches or retirements that move the pool to `desired` (clamped to the config).
@@ -231,7 +237,10 @@ mod tests {
     fn names_fill_the_lowest_free_numbers() {
         let mut fleet = vec![instance(1, false, 1.0), instance(3, false, 1.0)];
         fleet[1].state = InstanceState::Stopping;
-        assert_eq!(free_names(&fleet, 3), ["app-instance2", "app-instance4", "app-instance5"]);
+        assert_eq!(
+            free_names(&fleet, 3),
+            ["app-instance2", "app-instance4", "app-instance5"]
+        );
     }
 
     #[test]
@@ -253,7 +262,11 @@ mod tests {
     #[test]
     fn every_policy_stays_within_min_and_max() {
         for kind in PolicyKind::ALL {
-            let mut policy = kind.build(PolicyConfig { min: 2, max: 5, ..config() });
+            let mut policy = kind.build(PolicyConfig {
+                min: 2,
+                max: 5,
+                ..config()
+            });
             let mut fleet = Vec::new();
             for t in 0..400 {
                 let backlog = if t < 200 { 10_000 } else { 0 };

@@ -1,1 +1,227 @@
-//! placeholder
+//! The scaling simulator (`scaler simulate`, `make sim`): the very policies the scaler runs,
+//! driven by a deterministic discrete-event model of the queue and the fleet, on the same
+//! scenarios and seeds for every policy.
+
+mod engine;
+mod plot;
+mod scenarios;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use imgrec_core::policy::{PolicyConfig, PolicyKind};
+use serde::Serialize;
+
+pub use engine::{simulate, Outcome};
+pub use scenarios::{scenarios, Scenario};
+
+/// Instance start-up time: normal, floored.
+#[derive(Debug, Clone)]
+pub struct BootTime {
+    pub mean_s: f64,
+    pub sd_s: f64,
+    pub min_s: f64,
+}
+
+/// Where the service runs: how instances boot, how fast they work, what the scaler sees.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: &'static str,
+    pub boot: BootTime,
+    /// Per image, at the batch size below (`make bench`).
+    pub service_time_s: f64,
+    pub batch_size: usize,
+    pub tick_s: f64,
+    /// Whether the scaler counts completions (the local web tier does; the scaler on AWS runs
+    /// alone and does not).
+    pub completion_rate_known: bool,
+    /// Our policy's settings, and the target the baselines are given.
+    pub policy: PolicyConfig,
+}
+
+impl Profile {
+    /// The local stack: workers are processes that start and load the model in ~0.3 s.
+    pub fn local(policy: PolicyConfig, tick: Duration) -> Self {
+        Self {
+            name: "local",
+            boot: BootTime {
+                mean_s: 0.3,
+                sd_s: 0.05,
+                min_s: 0.15,
+            },
+            service_time_s: policy.service_time.as_secs_f64(),
+            batch_size: 8,
+            tick_s: tick.as_secs_f64(),
+            completion_rate_known: true,
+            policy,
+        }
+    }
+
+    /// EC2: 25-40 s from launch to a running service (pending->running alone ~16 s).
+    pub fn aws(policy: PolicyConfig, tick: Duration) -> Self {
+        Self {
+            name: "aws",
+            boot: BootTime {
+                mean_s: 30.0,
+                sd_s: 5.0,
+                min_s: 16.0,
+            },
+            service_time_s: policy.service_time.as_secs_f64(),
+            batch_size: 8,
+            tick_s: tick.as_secs_f64(),
+            completion_rate_known: false,
+            policy,
+        }
+    }
+}
+
+/// What Terraform ships for AWS (terraform/templates/imgrec.toml.tftpl holds the same values).
+pub fn aws_profile() -> Profile {
+    let policy = PolicyConfig {
+        min: 0,
+        max: 19,
+        target_latency: Duration::from_secs(45),
+        service_time: Duration::from_millis(15),
+        boot_time: Duration::from_secs(30),
+        scale_in_after: Duration::from_secs(15),
+    };
+    Profile::aws(policy, Duration::from_secs(2))
+}
+
+/// One scenario under one policy: the rows of `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub profile: String,
+    pub policy: String,
+    pub requests: usize,
+    pub completed: usize,
+    pub p50_latency_s: f64,
+    pub p99_latency_s: f64,
+    /// First arrival to last completion.
+    pub completion_s: f64,
+    /// Launch to termination, summed over instances (what EC2 bills).
+    pub instance_seconds: f64,
+    pub peak_instances: usize,
+    /// Launches plus retirements.
+    pub scaling_actions: u64,
+    /// Most requests waiting while the pool was at the cap.
+    pub max_waiting_at_cap: usize,
+    /// From the last completion until the pool was back at the minimum (null: never).
+    pub back_at_min_s: Option<f64>,
+}
+
+/// Pool size and backlog over time, one point per scaler tick.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    pub t: Vec<f64>,
+    pub instances: Vec<usize>,
+    pub backlog: Vec<usize>,
+}
+
+impl Series {
+    fn push(&mut self, t: f64, instances: usize, backlog: usize) {
+        self.t.push(t);
+        self.instances.push(instances);
+        self.backlog.push(backlog);
+    }
+}
+
+/// Every policy on every scenario of a profile.
+pub fn run_profile(profile: &Profile, seed: u64) -> Vec<(Scenario, Vec<Outcome>)> {
+    scenarios(seed)
+        .into_iter()
+        .map(|scenario| {
+            let outcomes = PolicyKind::ALL
+                .iter()
+                .map(|&kind| simulate(profile, &scenario, kind, seed))
+                .collect();
+            (scenario, outcomes)
+        })
+        .collect()
+}
+
+/// Where ours falls short of the bar on a scenario: p99 within 1.05x target tracking's,
+/// instance-seconds at most naive's, never above the cap, back at the minimum.
+pub fn shortfalls(rows: &[Row]) -> Vec<String> {
+    let find = |policy: &str| rows.iter().find(|r| r.policy == policy);
+    let (Some(ours), Some(tt), Some(naive)) = (find("default"), find("target_tracking"), find("naive")) else {
+        return vec!["missing policies".into()];
+    };
+    let mut out = Vec::new();
+    if ours.p99_latency_s > 1.05 * tt.p99_latency_s {
+        out.push(format!(
+            "{}: p99 {:.2} s > 1.05 x target tracking's {:.2} s",
+            ours.scenario, ours.p99_latency_s, tt.p99_latency_s
+        ));
+    }
+    if ours.instance_seconds > naive.instance_seconds {
+        out.push(format!(
+            "{}: {:.0} instance-seconds > naive's {:.0}",
+            ours.scenario, ours.instance_seconds, naive.instance_seconds
+        ));
+    }
+    for r in rows {
+        if r.peak_instances > INSTANCE_CAP {
+            out.push(format!("{} {}: {} instances", r.scenario, r.policy, r.peak_instances));
+        }
+        if r.back_at_min_s.is_none() || r.completed != r.requests {
+            out.push(format!("{} {}: not back at the minimum", r.scenario, r.policy));
+        }
+    }
+    out
+}
+
+/// The product's cap on app-tier instances.
+pub const INSTANCE_CAP: usize = 20;
+
+/// Candidate scale-in windows, in boot times (rent-or-buy says about one).
+pub const SCALE_IN_CANDIDATES: [f64; 7] = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+
+/// The scale-in window the simulator ships: of the candidates that meet the bar on every
+/// scenario, the cheapest in instance-seconds over all scenarios (ties: lower p99).
+pub fn pick_scale_in(profile: &Profile, seed: u64) -> Option<(f64, f64)> {
+    let mut best: Option<(f64, f64, f64)> = None;
+    let baseline = run_profile(profile, seed);
+    for factor in SCALE_IN_CANDIDATES {
+        let window = (profile.boot.mean_s * factor).max(2.0 * profile.tick_s);
+        let mut candidate = profile.clone();
+        candidate.policy.scale_in_after = Duration::from_secs_f64(window);
+        let (mut cost, mut p99, mut ok) = (0.0, 0.0, true);
+        for (scenario, outcomes) in &baseline {
+            let ours = simulate(&candidate, scenario, PolicyKind::Default, seed).row;
+            let mut rows: Vec<Row> = outcomes
+                .iter()
+                .map(|o| o.row.clone())
+                .filter(|r| r.policy != "default")
+                .collect();
+            cost += ours.instance_seconds;
+            p99 += ours.p99_latency_s;
+            rows.push(ours);
+            ok &= shortfalls(&rows).is_empty();
+        }
+        let better = best.is_none_or(|(_, c, p)| cost < c - 1e-9 || ((cost - c).abs() < 1e-9 && p99 < p));
+        if ok && better {
+            best = Some((window, cost, p99));
+        }
+    }
+    best.map(|(window, cost, _)| (window, cost))
+}
+
+/// Writes `report.json` and one SVG per scenario under `out`; returns the rows.
+pub fn write_report(out: &Path, results: &[(Profile, Vec<(Scenario, Vec<Outcome>)>)]) -> anyhow::Result<Vec<Row>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut rows = Vec::new();
+    for (profile, scenarios) in results {
+        for (scenario, outcomes) in scenarios {
+            let file = out.join(format!("{}-{}.svg", profile.name, scenario.name));
+            plot::scenario(&file, &format!("{}/{}", profile.name, scenario.name), outcomes)?;
+            rows.extend(outcomes.iter().map(|o| o.row.clone()));
+        }
+    }
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(rows)
+}
