@@ -13,6 +13,8 @@ use crate::ports::InstanceState;
 const TARGET_UTILIZATION: f64 = 0.8;
 /// Idle gaps remembered to predict the next one.
 const GAPS_REMEMBERED: usize = 3;
+/// The backlog's growth is measured over this long (Poisson noise averages out).
+const GROWTH_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct BacklogPolicy {
@@ -24,6 +26,8 @@ pub struct BacklogPolicy {
     idle_since: Option<SystemTime>,
     /// Lengths of the last few empty-backlog spells.
     gaps: VecDeque<Duration>,
+    /// Recent backlog sizes, for its growth rate.
+    backlogs: VecDeque<(SystemTime, u64)>,
 }
 
 impl BacklogPolicy {
@@ -34,6 +38,7 @@ impl BacklogPolicy {
             last_scale_out: None,
             idle_since: None,
             gaps: VecDeque::new(),
+            backlogs: VecDeque::new(),
         }
     }
 
@@ -66,23 +71,50 @@ impl BacklogPolicy {
         } else {
             counted + ((work - supply) / (deadline - boot)).ceil() as usize
         };
-        // What keeps up with the current rate at a sustainable utilization. Without a count of
-        // completions, busy instances tell the rate: each completes one request per service time.
+        // What keeps up with the arrival rate at a sustainable utilization: arrivals are what
+        // completes plus what the backlog grows by. Without a count of completions, busy instances
+        // tell the rate: each completes one request per service time.
         let busy = obs.instances.iter().filter(|i| i.busy).count() as f64;
-        let rate = obs.completion_rate.unwrap_or(busy / service);
-        let for_rate = (rate * service / TARGET_UTILIZATION).ceil() as usize;
+        let completions = obs.completion_rate.unwrap_or(busy / service);
+        let arrivals = (completions + self.backlog_growth(obs)).max(0.0);
+        let for_rate = (arrivals * service / TARGET_UTILIZATION).ceil() as usize;
         for_backlog.max(for_rate).max(1)
+    }
+
+    /// Requests per second the backlog grew by over the growth window (negative when draining).
+    fn backlog_growth(&self, obs: &Observation<'_>) -> f64 {
+        let Some(&(then, before)) = self.backlogs.front() else {
+            return 0.0;
+        };
+        let elapsed = since(obs.now, then).as_secs_f64();
+        if elapsed <= 0.0 {
+            return 0.0;
+        }
+        (obs.backlog.total() as f64 - before as f64) / elapsed
+    }
+
+    fn remember_backlog(&mut self, obs: &Observation<'_>) {
+        self.backlogs.push_back((obs.now, obs.backlog.total()));
+        while self.backlogs.len() > 2
+            && self
+                .backlogs
+                .front()
+                .is_some_and(|(t, _)| since(obs.now, *t) > GROWTH_WINDOW)
+        {
+            self.backlogs.pop_front();
+        }
     }
 
     /// Whether the next request is expected later than a new instance would take to boot: then an
     /// idle instance costs more waiting than a relaunch (rent-or-buy with a predicted gap; with
-    /// memoryless arrivals keeping one idle pays off exactly when the mean gap is shorter).
-    fn next_request_is_far(&self) -> bool {
-        if self.gaps.is_empty() {
-            return true;
-        }
-        let mean = self.gaps.iter().sum::<Duration>() / self.gaps.len() as u32;
-        mean > self.config.boot_time
+    /// memoryless arrivals keeping one idle pays off exactly when the mean gap is shorter). The
+    /// gaps seen between ticks say so, and so does the completion rate when it is counted (a tick
+    /// longer than a boot cannot see gaps that short).
+    fn next_request_is_far(&self, obs: &Observation<'_>) -> bool {
+        let boot = self.config.boot_time;
+        let by_gaps = self.gaps.is_empty() || self.gaps.iter().sum::<Duration>() / self.gaps.len() as u32 > boot;
+        let by_rate = obs.completion_rate.is_none_or(|rate| rate * boot.as_secs_f64() < 1.0);
+        by_gaps && by_rate
     }
 
     fn remember_gaps(&mut self, obs: &Observation<'_>) {
@@ -104,8 +136,9 @@ impl BacklogPolicy {
 impl ScalingPolicy for BacklogPolicy {
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
         self.remember_gaps(obs);
+        let recommendation = self.recommend(obs).clamp(self.config.min, self.config.max);
+        self.remember_backlog(obs);
         let c = &self.config;
-        let recommendation = self.recommend(obs).clamp(c.min, c.max);
         let window = c.scale_in_after;
         self.recommendations.push_back((obs.now, recommendation));
         while self
@@ -126,11 +159,13 @@ impl ScalingPolicy for BacklogPolicy {
         let desired = if recommendation > current {
             self.last_scale_out = Some(obs.now);
             recommendation
-        } else if obs.backlog.total() == 0 && self.next_request_is_far() {
+        } else if obs.backlog.total() == 0 && self.next_request_is_far(obs) {
             c.min
-        } else if peak < current && self.last_scale_out.is_none_or(|t| since(obs.now, t) >= window) {
-            // Down only once the whole window agrees, and not within a window of going up: at
-            // most one change of direction per window under steady load.
+        } else if (peak <= c.min || peak + 1 < current)
+            && self.last_scale_out.is_none_or(|t| since(obs.now, t) >= window)
+        {
+            // Down only once the whole window agrees, not within a window of going up, and not by
+            // a single instance while work remains: a noisy rate would otherwise flap around it.
             peak
         } else {
             current
@@ -210,14 +245,14 @@ mod tests {
             p.decide(&observe(t, depth(backlog, 0), &[]));
         }
         let mut fleet = Vec::new();
-        let d = p.decide(&observe(3.0, depth(100, 0), &fleet));
+        let d = p.decide(&observe(30.0, depth(100, 0), &fleet));
         assert_eq!(d.launch, ["app-instance1", "app-instance2"]);
-        apply(&mut fleet, &d, 3.0);
-        for t in 4..=13 {
+        apply(&mut fleet, &d, 30.0);
+        for t in 31..=40 {
             let d = p.decide(&observe(t as f64, depth(0, 0), &fleet));
             assert_eq!((d.desired, d.retire.len()), (2, 0), "scaled in at {t}s");
         }
-        let d = p.decide(&observe(13.5, depth(0, 0), &fleet));
+        let d = p.decide(&observe(40.5, depth(0, 0), &fleet));
         assert_eq!((d.desired, d.retire.len()), (0, 2));
     }
 
@@ -246,8 +281,10 @@ mod tests {
             instance(3, true, 30.0),
             instance(4, false, 20.0),
         ];
-        // 2 requests in flight, 0.2 s of work: one instance would do.
-        let d = p.decide(&observe(100.0, depth(0, 2), &fleet));
+        // 2 requests in flight, 0.2 s of work, 1 completion a second: one instance would do.
+        let mut obs = observe(100.0, depth(0, 2), &fleet);
+        obs.completion_rate = Some(1.0);
+        let d = p.decide(&obs);
         assert_eq!(d.desired, 1);
         // Idle ones first (newest first), then the newest busy one.
         assert_eq!(d.retire, ["app-instance2", "app-instance4", "app-instance1"]);
