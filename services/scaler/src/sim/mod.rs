@@ -128,8 +128,11 @@ impl Series {
     }
 }
 
+/// Each scenario with one outcome per policy (in `PolicyKind::ALL` order).
+pub type Runs = Vec<(Scenario, Vec<Outcome>)>;
+
 /// Every policy on every scenario of a profile.
-pub fn run_profile(profile: &Profile, seed: u64) -> Vec<(Scenario, Vec<Outcome>)> {
+pub fn run_profile(profile: &Profile, seed: u64) -> Runs {
     scenarios(seed)
         .into_iter()
         .map(|scenario| {
@@ -210,7 +213,7 @@ pub fn pick_scale_in(profile: &Profile, seed: u64) -> Option<(f64, f64)> {
 }
 
 /// Writes `report.json` and one SVG per scenario under `out`; returns the rows.
-pub fn write_report(out: &Path, results: &[(Profile, Vec<(Scenario, Vec<Outcome>)>)]) -> anyhow::Result<Vec<Row>> {
+pub fn write_report(out: &Path, results: &[(Profile, Runs)]) -> anyhow::Result<Vec<Row>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut rows = Vec::new();
     for (profile, scenarios) in results {
