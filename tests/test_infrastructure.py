@@ -273,8 +273,14 @@ def test_requests_dead_letter_and_every_queue_is_encrypted():
 
 
 def iam_statements() -> dict:
+    """Each role's statements, those it takes from the shared document included."""
     docs = blocks(module_doc("iam"), "data", "aws_iam_policy_document")
-    return {role: docs[role]["statement"] for role in ("web_tier", "app_tier")}
+    statements = {}
+    for role in ("web_tier", "app_tier"):
+        shared = [ref(d).removeprefix("data.aws_iam_policy_document.").removesuffix(".json")
+                  for d in docs[role].get("source_policy_documents", [])]
+        statements[role] = [s for name in shared for s in docs[name]["statement"]] + docs[role]["statement"]
+    return statements
 
 
 def comment_above(source: str, sid: str) -> str:
@@ -343,7 +349,7 @@ def test_names_and_network_exposure():
     tags = group.get("tag", [])
     assert all(t["key"] != "Name" for t in tags), "the scaler names app instances; the group must not"
     assert any(t["propagate_at_launch"] is True for t in tags)
-    assert 'format!("app-instance{' in (ROOT / "services/core/src/policy.rs").read_text().replace(" ", "")
+    assert 'format!("app-instance{' in (ROOT / "services/core/src/policy/mod.rs").read_text().replace(" ", "")
     network = module_doc("network")
     ingress = blocks(network, "resource", "aws_vpc_security_group_ingress_rule")
     assert list(ingress) == ["web_http"]

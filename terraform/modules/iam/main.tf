@@ -26,8 +26,8 @@ data "aws_iam_policy_document" "ec2_assume" {
   }
 }
 
-data "aws_iam_policy_document" "web_tier" {
-  # Every tier checks at startup that its buckets and queues exist (HeadBucket needs ListBucket).
+# Every tier checks at startup that its buckets and queues exist (HeadBucket needs ListBucket).
+data "aws_iam_policy_document" "find_resources" {
   statement {
     sid       = "FindBuckets"
     actions   = ["s3:ListBucket"]
@@ -39,6 +39,10 @@ data "aws_iam_policy_document" "web_tier" {
     actions   = ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
     resources = local.all_queue_arns
   }
+}
+
+data "aws_iam_policy_document" "web_tier" {
+  source_policy_documents = [data.aws_iam_policy_document.find_resources.json]
 
   statement {
     sid       = "StoreUploads"
@@ -107,17 +111,7 @@ data "aws_iam_policy_document" "web_tier" {
 }
 
 data "aws_iam_policy_document" "app_tier" {
-  statement {
-    sid       = "FindBuckets"
-    actions   = ["s3:ListBucket"]
-    resources = [var.input_bucket_arn, var.output_bucket_arn]
-  }
-
-  statement {
-    sid       = "FindQueues"
-    actions   = ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
-    resources = local.all_queue_arns
-  }
+  source_policy_documents = [data.aws_iam_policy_document.find_resources.json]
 
   statement {
     sid       = "FetchImages"

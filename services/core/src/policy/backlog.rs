@@ -177,9 +177,8 @@ impl ScalingPolicy for BacklogPolicy {
         &self.config
     }
 
-    fn cap(&mut self, max: usize) {
-        self.config.max = self.config.max.min(max);
-        self.config.min = self.config.min.min(self.config.max);
+    fn config_mut(&mut self) -> &mut PolicyConfig {
+        &mut self.config
     }
 }
 

@@ -28,11 +28,6 @@ impl Period {
     }
 }
 
-fn cap(config: &mut PolicyConfig, max: usize) {
-    config.max = config.max.min(max);
-    config.min = config.min.min(config.max);
-}
-
 /// The typical course implementation: every few seconds, one new instance per queued message up
 /// to the cap; everything terminated once the queue is empty.
 #[derive(Debug, Clone)]
@@ -71,8 +66,8 @@ impl ScalingPolicy for Naive {
         &self.config
     }
 
-    fn cap(&mut self, max: usize) {
-        cap(&mut self.config, max);
+    fn config_mut(&mut self) -> &mut PolicyConfig {
+        &mut self.config
     }
 }
 
@@ -145,8 +140,8 @@ impl ScalingPolicy for TargetTracking {
         &self.config
     }
 
-    fn cap(&mut self, max: usize) {
-        cap(&mut self.config, max);
+    fn config_mut(&mut self) -> &mut PolicyConfig {
+        &mut self.config
     }
 }
 
@@ -215,8 +210,8 @@ impl ScalingPolicy for Keda {
         &self.config
     }
 
-    fn cap(&mut self, max: usize) {
-        cap(&mut self.config, max);
+    fn config_mut(&mut self) -> &mut PolicyConfig {
+        &mut self.config
     }
 }
 

@@ -78,8 +78,14 @@ impl PolicyConfig {
 pub trait ScalingPolicy: Send + Sync {
     fn decide(&mut self, obs: &Observation<'_>) -> Decision;
     fn config(&self) -> &PolicyConfig;
+    fn config_mut(&mut self) -> &mut PolicyConfig;
+
     /// Lowers the cap (an Auto Scaling group's MaxSize may be below the configured max).
-    fn cap(&mut self, max: usize);
+    fn cap(&mut self, max: usize) {
+        let config = self.config_mut();
+        config.max = config.max.min(max);
+        config.min = config.min.min(config.max);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
