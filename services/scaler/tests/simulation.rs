@@ -32,8 +32,11 @@ fn row<'a>(rows: &'a [Vec<Row>], scenario: &str, policy: &str) -> &'a Row {
 
 #[test]
 fn shipped_defaults_meet_the_bar_on_every_scenario() {
-    for profile in [local(), sim::aws_profile()] {
-        let all = rows(&profile, SEED);
+    for (profile, seed) in [local(), sim::aws_profile()]
+        .into_iter()
+        .flat_map(|p| [(p.clone(), SEED), (p.clone(), 11), (p, 23)])
+    {
+        let all = rows(&profile, seed);
         assert_eq!(all.len(), 6, "six scenarios");
         for scenario in &all {
             assert_eq!(scenario.len(), PolicyKind::ALL.len());
@@ -52,9 +55,13 @@ fn shipped_defaults_meet_the_bar_on_every_scenario() {
         // Where ours wins: the 1,000 burst finishes sooner than under target tracking, and the
         // sparse requests cost less than the naive pool.
         let burst = |p| row(&all, "/burst-1000", p).completion_s;
-        assert!(burst("default") < burst("target_tracking"), "{}", profile.name);
+        assert!(
+            burst("default") < burst("target_tracking"),
+            "{} seed {seed}",
+            profile.name
+        );
         let sparse = |p| row(&all, "/sparse", p).instance_seconds;
-        assert!(sparse("default") < sparse("naive"), "{}", profile.name);
+        assert!(sparse("default") < sparse("naive"), "{} seed {seed}", profile.name);
     }
 }
 

@@ -179,7 +179,8 @@ pub fn shortfalls(rows: &[Row]) -> Vec<String> {
 /// The product's cap on app-tier instances.
 pub const INSTANCE_CAP: usize = 20;
 
-/// Candidate scale-in windows, in boot times (rent-or-buy says about one).
+/// Candidate scale-in windows, in boot times: rent-or-buy says about one; below half a boot the
+/// window would rest on the model's finest details (a quarter boot on EC2 is two ticks).
 pub const SCALE_IN_CANDIDATES: [f64; 7] = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 
 /// The scale-in window the simulator ships: of the candidates that meet the bar on every
