@@ -81,15 +81,14 @@ impl BacklogPolicy {
         for_backlog.max(for_rate).max(1)
     }
 
-    /// Requests per second the backlog grew by over the growth window (negative when draining).
+    /// Requests per second the backlog grew by, averaged over at least the growth window
+    /// (negative when draining). A sudden burst is the backlog term's to size: spread over the
+    /// window it does not read as a lasting rate.
     fn backlog_growth(&self, obs: &Observation<'_>) -> f64 {
         let Some(&(then, before)) = self.backlogs.front() else {
             return 0.0;
         };
-        let elapsed = since(obs.now, then).as_secs_f64();
-        if elapsed <= 0.0 {
-            return 0.0;
-        }
+        let elapsed = since(obs.now, then).max(GROWTH_WINDOW).as_secs_f64();
         (obs.backlog.total() as f64 - before as f64) / elapsed
     }
 
@@ -231,6 +230,23 @@ mod tests {
         obs.completion_rate = Some(40.0);
         // 40/s x 0.1 s = 4 instances of work, at 80 % utilization: 5.
         assert_eq!(p.recommend(&obs), 5);
+    }
+
+    #[test]
+    fn a_sudden_burst_is_sized_by_its_backlog_not_read_as_a_rate() {
+        // The web tier nudges the scaler on every upload: ticks 10 ms apart while a burst lands.
+        let mut p = BacklogPolicy::new(PolicyConfig {
+            target_latency: Duration::from_secs(10),
+            ..config()
+        });
+        let mut desired = 0;
+        for (k, backlog) in (0..=100).step_by(10).enumerate() {
+            let mut obs = observe(k as f64 * 0.01, depth(backlog, 0), &[]);
+            obs.completion_rate = Some(0.0);
+            desired = desired.max(p.decide(&obs).desired);
+        }
+        // 100 x 0.1 s within 10 s on instances booting in 2 s: 2, not the cap.
+        assert_eq!(desired, 2);
     }
 
     #[test]
