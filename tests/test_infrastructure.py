@@ -236,7 +236,10 @@ def test_imdsv2_is_required_everywhere():
 
 def test_buckets_are_private_encrypted_versioned_and_tls_only():
     doc = module_doc("storage")
-    resources = lambda t: list(blocks(doc, "resource", t).values())  # noqa: E731
+
+    def resources(type_: str) -> list:
+        return list(blocks(doc, "resource", type_).values())
+
     (block,) = resources("aws_s3_bucket_public_access_block")
     for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
         assert block[flag] is True, flag
