@@ -30,11 +30,14 @@ pub struct ScalerStatus {
 
 pub type SharedStatus = Arc<RwLock<ScalerStatus>>;
 
+const PUBLISH_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Scaler {
     policy: Box<dyn ScalingPolicy>,
     requests: Arc<dyn WorkQueue>,
     fleet: Arc<dyn Fleet>,
     metrics: Option<Arc<dyn MetricsSink>>,
+    last_published: Option<Instant>,
     completions: Option<CompletionRate>,
     status: SharedStatus,
     nudge: Arc<Notify>,
@@ -75,6 +78,7 @@ impl Scaler {
             requests,
             fleet,
             metrics: None,
+            last_published: None,
             completions: None,
             status: Arc::new(RwLock::new(status)),
             nudge: Arc::new(Notify::new()),
@@ -91,7 +95,8 @@ impl Scaler {
         self
     }
 
-    /// Publishes each tick's figures there too.
+    /// Publishes the figures there too: once a minute (CloudWatch's standard resolution; each
+    /// PutMetricData is billed) and whenever the pool changes.
     pub fn with_metrics(mut self, sink: Option<Arc<dyn MetricsSink>>) -> Self {
         self.metrics = sink;
         self
@@ -146,7 +151,9 @@ impl Scaler {
         } else {
             instances
         };
-        if let Some(sink) = &self.metrics {
+        let due = self.last_published.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) || actions > 0;
+        if let Some(sink) = self.metrics.as_ref().filter(|_| due) {
+            self.last_published = Some(Instant::now());
             let running = instances.iter().filter(|i| i.state == InstanceState::Running).count();
             let metrics = ScalingMetrics {
                 backlog: backlog.total(),
