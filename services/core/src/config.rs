@@ -232,6 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn bad_scaling_settings_are_errors_naming_the_key() {
+        for (key, value, named) in [
+            ("IMGREC__SCALER__POLICY", "fastest", "policy"),
+            ("IMGREC__SCALER__SERVICE_TIME_S", "0", "service_time_s"),
+            ("IMGREC__SCALER__TARGET_LATENCY_S", "0", "target_latency_s"),
+            ("IMGREC__SCALER__BOOT_TIME_S", "-1", "boot_time_s"),
+            ("IMGREC__SCALER__SCALE_IN_AFTER_S", "NaN", "scale_in_after_s"),
+            ("IMGREC__SCALER__TARGET_LATENCY_S", "1e300", "target_latency_s"),
+        ] {
+            let err = Settings::load_from(None, env(&[(key, value)]), None, None).expect_err(key);
+            assert!(format!("{err:#}").contains(named), "{key}={value}: {err:#}");
+        }
+    }
+
+    #[test]
     fn file_overrides_defaults_and_typos_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.toml");

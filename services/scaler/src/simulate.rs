@@ -54,7 +54,7 @@ pub fn run(settings: &Settings, out: &Path, seed: u64) -> anyhow::Result<bool> {
             )?;
         }
         let shipped = profile.policy.scale_in_after.as_secs_f64();
-        match sim::pick_scale_in(&profile, seed) {
+        match sim::pick_scale_in(&profile, &outcomes, seed) {
             Some((window, cost)) => writeln!(
                 stdout,
                 "{}: picked scale_in_after_s = {window} ({cost:.0} instance-seconds in all); shipped: {shipped}",

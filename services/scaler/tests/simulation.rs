@@ -68,7 +68,8 @@ fn shipped_defaults_meet_the_bar_on_every_scenario() {
 #[test]
 fn shipped_scale_in_windows_are_the_simulators_pick() {
     for profile in [local(), sim::aws_profile()] {
-        let (window, _) = sim::pick_scale_in(&profile, SEED).expect("a window meets the bar");
+        let runs = sim::run_profile(&profile, SEED);
+        let (window, _) = sim::pick_scale_in(&profile, &runs, SEED).expect("a window meets the bar");
         let shipped = profile.policy.scale_in_after.as_secs_f64();
         assert!(
             (window - shipped).abs() < 1e-9,

@@ -24,6 +24,11 @@ fn seconds(t: Micros) -> f64 {
     t as f64 / 1e6
 }
 
+/// Simulated time as the wall clock the policy reads.
+fn clock(t: Micros) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000) + Duration::from_micros(t)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     // Order among simultaneous events: arrivals first, so a tick sees them.
@@ -148,7 +153,6 @@ impl Sim<'_> {
     }
 
     fn observe(&mut self, now: Micros) -> (QueueDepth, Vec<Instance>, Option<f64>) {
-        let origin = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let instances = self
             .live()
             .map(|i| Instance {
@@ -158,7 +162,7 @@ impl Sim<'_> {
                     (false, Phase::Booting) => InstanceState::Pending,
                     _ => InstanceState::Running,
                 },
-                launched_at: origin + Duration::from_micros(i.launched),
+                launched_at: clock(i.launched),
                 busy: i.phase == Phase::Busy,
             })
             .collect();
@@ -180,7 +184,6 @@ impl Sim<'_> {
 
 /// Runs `kind` on `scenario`: the same seed gives the same arrivals, boots and service times.
 pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> Outcome {
-    let origin = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let mut policy = kind.build(profile.policy.clone());
     let boot = &profile.boot;
     let mut sim = Sim {
@@ -222,7 +225,7 @@ pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: 
             Event::Tick => {
                 let (backlog, instances, completion_rate) = sim.observe(now);
                 let decision = policy.decide(&Observation {
-                    now: origin + Duration::from_micros(now),
+                    now: clock(now),
                     backlog,
                     instances: &instances,
                     completion_rate,

@@ -184,16 +184,16 @@ pub const INSTANCE_CAP: usize = 20;
 pub const SCALE_IN_CANDIDATES: [f64; 7] = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 
 /// The scale-in window the simulator ships: of the candidates that meet the bar on every
-/// scenario, the cheapest in instance-seconds over all scenarios (ties: lower p99).
-pub fn pick_scale_in(profile: &Profile, seed: u64) -> Option<(f64, f64)> {
+/// scenario, the cheapest in instance-seconds over all scenarios (ties: lower p99). `baseline` is
+/// `run_profile(profile, seed)`: the other policies' rows are taken from it.
+pub fn pick_scale_in(profile: &Profile, baseline: &Runs, seed: u64) -> Option<(f64, f64)> {
     let mut best: Option<(f64, f64, f64)> = None;
-    let baseline = run_profile(profile, seed);
     for factor in SCALE_IN_CANDIDATES {
         let window = (profile.boot.mean_s * factor).max(2.0 * profile.tick_s);
         let mut candidate = profile.clone();
         candidate.policy.scale_in_after = Duration::from_secs_f64(window);
         let (mut cost, mut p99, mut ok) = (0.0, 0.0, true);
-        for (scenario, outcomes) in &baseline {
+        for (scenario, outcomes) in baseline {
             let ours = simulate(&candidate, scenario, PolicyKind::Default, seed).row;
             let mut rows: Vec<Row> = outcomes
                 .iter()
