@@ -104,13 +104,13 @@ variable "batch_size" {
 }
 
 variable "visibility_timeout_s" {
-  description = "Seconds a received request stays hidden: at least one batch of work (workers extend it while they work)."
+  description = "Seconds a received request stays hidden. Workers extend it every third of it while they make progress, so this bounds how long a dead or hung worker's requests wait before another takes them. max_receives x this must stay below the web tier's 120 s response timeout (checked at startup)."
   type        = number
-  default     = 60
+  default     = 15
 
   validation {
-    condition     = var.visibility_timeout_s >= 10 && var.visibility_timeout_s <= 43200
-    error_message = "visibility_timeout_s must be from 10 to 43200 seconds."
+    condition     = var.visibility_timeout_s >= 5 && var.visibility_timeout_s <= 36
+    error_message = "visibility_timeout_s must be from 5 to 36 seconds (3 receives x 36 s + 10 s < the 120 s response timeout)."
   }
 }
 

@@ -5,6 +5,7 @@
 
 mod bench;
 mod classify;
+mod poison;
 mod worker;
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -15,8 +15,10 @@ use imgrec_core::backend::{self, Ports};
 use imgrec_core::classifier::{Classifier, ClassifyError, Prediction};
 use imgrec_core::config::Settings;
 use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received};
+use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
 use tokio::task::JoinHandle;
+
+use crate::poison::{self, Job};
 use tracing::{error, info, warn, Instrument};
 
 #[derive(clap::Args)]
@@ -42,12 +44,17 @@ struct Worker {
     settings: Settings,
     ports: Ports,
     classifier: Arc<Mutex<Classifier>>,
+    progress: Progress,
 }
 
 async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
     let shutdown = imgrec_core::shutdown::on_signal()?;
     let status = backend::instance_status(&settings, &name).await?;
     status.report(InstanceState::Pending, false).await?;
+    let app = settings.app_tier.clone();
+    let progress = Progress::new(app.stall_timeout());
+    // Beats until the end of this function: stopping (the last batch answered) is progress too.
+    let heartbeats = tokio::spawn(heartbeat(status.clone(), progress.clone(), app.heartbeat()));
     let ports = Ports::connect(&settings).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
@@ -56,11 +63,12 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
         settings,
         ports,
         classifier: Arc::new(Mutex::new(classifier)),
+        progress: progress.clone(),
     });
     status.report(InstanceState::Running, false).await?;
+    progress.mark();
     info!("ready");
 
-    let app = &worker.settings.app_tier;
     let (batch, wait) = (app.batch_size, Duration::from_millis(app.poll_wait_ms));
     let visibility = worker.settings.queues.visibility_timeout();
     let mut busy = false;
@@ -81,37 +89,109 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
                 continue;
             }
         };
+        progress.mark();
         let has_work = !messages.is_empty() || answering.as_ref().is_some_and(|h| !h.is_finished());
         if busy != has_work {
             busy = has_work;
             report(&*status, InstanceState::Running, busy).await;
         }
-        if messages.is_empty() {
-            continue;
-        }
-        let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt.clone()).collect();
-        // Keep the batch hidden from other workers until it is answered.
-        let keeper = tokio::spawn(keep_invisible(worker.ports.clone(), receipts, visibility));
-        let answers = worker.classify(messages).await;
-        if let Some(previous) = answering.take() {
-            let _ = previous.await;
-        }
-        let w = worker.clone();
-        answering = Some(tokio::spawn(
-            async move {
-                w.answer_all(answers).await;
-                keeper.abort();
+        let plan = poison::plan(worker.decode(messages).await, worker.settings.queues.max_receives);
+        let mut alone = plan.alone;
+        alone.extend(worker.requeue(plan.requeue).await);
+        // Every request held stays hidden from other workers until answered, for as long as this
+        // worker makes progress.
+        let groups: Vec<(bool, Vec<Job>)> = std::iter::once((false, plan.batch))
+            .filter(|(_, batch)| !batch.is_empty())
+            .chain(alone.into_iter().map(|job| (true, vec![job])))
+            .collect();
+        let mut keepers: Vec<JoinHandle<()>> = groups
+            .iter()
+            .map(|(_, jobs)| {
+                let receipts = jobs.iter().map(|j| j.receipt.clone()).collect();
+                tokio::spawn(keep_invisible(worker.clone(), receipts, visibility))
+            })
+            .collect();
+        for (suspect, jobs) in groups {
+            let keeper = keepers.remove(0);
+            if suspect {
+                // What was classified before is answered before a suspect may bring this worker down.
+                if let Some(previous) = answering.take() {
+                    let _ = previous.await;
+                }
+                warn!(key = %jobs[0].request.key, receives = jobs[0].receive_count, "classifying a retried request alone");
             }
-            .in_current_span(),
-        ));
+            let answers = worker.classify(jobs).await;
+            progress.mark();
+            if let Some(previous) = answering.take() {
+                let _ = previous.await;
+            }
+            let w = worker.clone();
+            answering = Some(tokio::spawn(
+                async move {
+                    w.answer_all(answers).await;
+                    keeper.abort();
+                }
+                .in_current_span(),
+            ));
+        }
     }
     if let Some(last) = answering {
         let _ = last.await;
     }
+    heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
     let calls = imgrec_core::aws::calls();
     info!(aws_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
+}
+
+/// When the worker loop last moved. A worker whose loop stalls (a hung model run, a deadlock)
+/// stops heartbeating and stops extending its requests' visibility, so the fleet replaces it and
+/// other workers take its requests.
+#[derive(Clone)]
+struct Progress {
+    last: Arc<Mutex<Instant>>,
+    stall: Duration,
+}
+
+impl Progress {
+    fn new(stall: Duration) -> Self {
+        Self {
+            last: Arc::new(Mutex::new(Instant::now())),
+            stall,
+        }
+    }
+
+    fn mark(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn stalled(&self) -> bool {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > self.stall
+    }
+}
+
+async fn heartbeat(status: Arc<dyn InstanceStatus>, progress: Progress, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        if progress.stalled() {
+            if !warned {
+                error!(
+                    "the worker loop made no progress for {:?}; no more heartbeats",
+                    progress.stall
+                );
+                warned = true;
+            }
+            continue;
+        }
+        if let Err(e) = status.heartbeat().await {
+            warn!(error = %format!("{e:#}"), "cannot send a heartbeat");
+        }
+        imgrec_core::watchdog::notify();
+    }
 }
 
 async fn report(status: &dyn InstanceStatus, state: InstanceState, busy: bool) {
@@ -136,14 +216,17 @@ struct Answer {
 }
 
 impl Worker {
-    /// Fetches and classifies a batch. Requests that should be retried (transient failures) get
-    /// no answer and stay in the queue.
-    async fn classify(&self, messages: Vec<Received>) -> Vec<Answer> {
-        let mut requests = Vec::with_capacity(messages.len());
+    /// Decodes received messages; malformed ones are deleted.
+    async fn decode(&self, messages: Vec<Received>) -> Vec<Job> {
+        let mut jobs = Vec::with_capacity(messages.len());
         let mut malformed = Vec::new();
         for m in messages {
             match ClassifyRequest::decode(&m.body) {
-                Ok(request) => requests.push((m.receipt, request)),
+                Ok(request) => jobs.push(Job {
+                    receipt: m.receipt,
+                    request,
+                    receive_count: m.receive_count,
+                }),
                 Err(e) => {
                     // Without a request id nobody can be answered; keeping it would only retry it.
                     error!(error = %e, "dropping a malformed request message");
@@ -154,21 +237,64 @@ impl Worker {
         if !malformed.is_empty() {
             self.delete(&malformed).await;
         }
+        jobs
+    }
+
+    /// Sends each job back as a new message (so that its receive count starts over) and deletes
+    /// the one received. Returns the jobs that could not be requeued: they are classified alone.
+    async fn requeue(&self, jobs: Vec<Job>) -> Vec<Job> {
+        if jobs.is_empty() {
+            return jobs;
+        }
+        let bodies: Vec<Vec<u8>> = jobs
+            .iter()
+            .map(|j| {
+                ClassifyRequest {
+                    requeued: j.request.requeued + 1,
+                    ..j.request.clone()
+                }
+                .encode()
+            })
+            .collect();
+        if let Err(e) = self.ports.requests.send_batch(&bodies).await {
+            warn!(error = %format!("{e:#}"), "cannot requeue suspect requests; classifying them alone");
+            return jobs;
+        }
+        info!(
+            requests = jobs.len(),
+            "requeued retried requests so that this worker holds one at a time"
+        );
+        let receipts: Vec<Receipt> = jobs.into_iter().map(|j| j.receipt).collect();
+        // A failed delete leaves a duplicate: both are answered, the client takes the first.
+        self.delete(&receipts).await;
+        Vec::new()
+    }
+
+    /// Fetches and classifies a batch. Requests that should be retried (transient failures) get
+    /// no answer and stay in the queue.
+    async fn classify(&self, jobs: Vec<Job>) -> Vec<Answer> {
+        let requests: Vec<(Receipt, ClassifyRequest)> = jobs.into_iter().map(|j| (j.receipt, j.request)).collect();
         let images = join_all(requests.iter().map(|(_, r)| self.fetch(r))).await;
         let inputs: Vec<Bytes> = images.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
         let classifier = self.classifier.clone();
+        let max_pixels = self.settings.app_tier.max_batch_pixels;
         let results = tokio::task::spawn_blocking(move || {
             let views: Vec<&[u8]> = inputs.iter().map(|b| b.as_ref()).collect();
-            classifier.lock().unwrap_or_else(|p| p.into_inner()).classify(&views)
+            classifier
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .classify_within(&views, max_pixels)
         })
         .await;
         let mut results = match results {
             Ok(r) => r.into_iter(),
             Err(e) => {
-                error!(error = %e, "classification task failed; the batch will be retried");
+                error!(error = %e, "classification task failed; the batch will be retried one by one");
+                self.release(requests.iter().map(|(r, _)| r)).await;
                 return Vec::new();
             }
         };
+        let mut failed = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
         for ((receipt, request), image) in requests.into_iter().zip(images) {
             let outcome = match image {
@@ -178,7 +304,8 @@ impl Worker {
                     Ok(p) => Ok(p),
                     Err(ClassifyError::Image(e)) => Err(format!("not a usable image: {e}")),
                     Err(ClassifyError::Inference(e)) => {
-                        error!(error = %format!("{e:#}"), key = %request.key, "inference failed; will retry");
+                        error!(error = %format!("{e:#}"), key = %request.key, "inference failed; will retry alone");
+                        failed.push(receipt);
                         continue;
                     }
                 },
@@ -189,7 +316,17 @@ impl Worker {
                 outcome,
             });
         }
+        self.release(failed.iter()).await;
         answers
+    }
+
+    /// Makes requests visible again at once, to be retried (alone: see `poison`).
+    async fn release(&self, receipts: impl Iterator<Item = &Receipt>) {
+        for r in receipts {
+            if let Err(e) = self.ports.requests.change_visibility(r, Duration::ZERO).await {
+                warn!(error = %format!("{e:#}"), "cannot release a request; it returns after its visibility timeout");
+            }
+        }
     }
 
     async fn fetch(&self, request: &ClassifyRequest) -> Result<Bytes, Fetch> {
@@ -203,6 +340,7 @@ impl Worker {
         {
             Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err(Fetch::Missing(format!("input object {key} not found"))),
+            Err(e) if !e.is_transient() => Err(Fetch::Missing(format!("cannot fetch input {key}: {e}"))),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), %key, "cannot fetch input; will retry");
                 Err(Fetch::Unavailable)
@@ -238,15 +376,24 @@ impl Worker {
                             .put(&self.settings.buckets.output, &key, Bytes::from(value))
                             .await
                     }
-                    Err(e) => Err(anyhow::anyhow!("bad output key: {e}")),
+                    Err(e) => Err(StoreError::Invalid(format!("bad output key: {e}"))),
                 };
-                if let Err(e) = stored {
-                    warn!(error = %format!("{e:#}"), key = %answer.request.key, "cannot store result; will retry");
-                    return None;
-                }
-                Outcome::Label {
-                    label: prediction.label,
-                    probability: prediction.probability,
+                match stored {
+                    Ok(_) => Outcome::Label {
+                        label: prediction.label,
+                        probability: prediction.probability,
+                    },
+                    // Retrying cannot store it: tell the client instead of cycling to the dead-letter queue.
+                    Err(StoreError::Invalid(reason)) => {
+                        warn!(%reason, key = %answer.request.key, "cannot store result");
+                        Outcome::Rejected {
+                            reason: format!("the result cannot be stored: {reason}"),
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), key = %answer.request.key, "cannot store result; will retry");
+                        return None;
+                    }
                 }
             }
             Err(reason) => Outcome::Rejected { reason },
@@ -268,13 +415,17 @@ impl Worker {
     }
 }
 
-async fn keep_invisible(ports: Ports, receipts: Vec<Receipt>, visibility: Duration) {
-    let mut tick = tokio::time::interval(visibility / 2);
+async fn keep_invisible(worker: Arc<Worker>, receipts: Vec<Receipt>, visibility: Duration) {
+    // Three extensions per timeout: one lost or late call does not let the requests go.
+    let mut tick = tokio::time::interval(visibility / 3);
     tick.tick().await;
     loop {
         tick.tick().await;
+        if worker.progress.stalled() {
+            continue;
+        }
         for r in &receipts {
-            if let Err(e) = ports.requests.change_visibility(r, visibility).await {
+            if let Err(e) = worker.ports.requests.change_visibility(r, visibility).await {
                 warn!(error = %format!("{e:#}"), "cannot extend visibility");
             }
         }

@@ -31,8 +31,14 @@ impl Ports {
                     queue: q.dead_letter.clone(),
                     max_receives: q.max_receives,
                 };
+                let store = FsObjectStore::new(&settings.data_dir);
+                match store.sweep_temp_files(std::time::Duration::from_secs(600)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(files = n, "removed temp files left by interrupted writes"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep temp files"),
+                }
                 Ok(Self {
-                    store: Arc::new(FsObjectStore::new(&settings.data_dir)),
+                    store: Arc::new(store),
                     requests: Arc::new(SqliteQueue::open(&db, &q.requests, Some(dead_letter))?),
                     responses: Arc::new(SqliteQueue::open(&db, &q.responses, None)?),
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
@@ -42,6 +48,7 @@ impl Ports {
                 let sdk = aws::sdk_config(&settings.aws).await;
                 let store = S3ObjectStore::new(&sdk);
                 store.check_bucket(&settings.buckets.input).await?;
+                store.check_versioning(&settings.buckets.input).await?;
                 store.check_bucket(&settings.buckets.output).await?;
                 Ok(Self {
                     store: Arc::new(store),
@@ -62,8 +69,13 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Resu
                 program: worker_program,
                 args: vec!["run".into()],
                 env: Vec::new(),
+                memory_max_bytes: Some(settings.fleet.worker_memory_max_bytes).filter(|&b| b > 0),
             };
-            Ok(Arc::new(ProcessFleet::new(command, &settings.queue_db())?))
+            Ok(Arc::new(ProcessFleet::new(
+                command,
+                &settings.queue_db(),
+                settings.fleet.heartbeat_timeout(),
+            )?))
         }
         Backend::Aws => {
             let sdk = aws::sdk_config(&settings.aws).await;

@@ -41,6 +41,14 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
     pub backend: Backend,
+    pub heartbeat_timeout_s: u64,
+    pub worker_memory_max_bytes: u64,
+}
+
+impl FleetSettings {
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_s.max(1))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -78,14 +86,51 @@ pub struct WebSettings {
     pub port: u16,
     pub max_upload_bytes: u64,
     pub response_timeout_s: u64,
+    pub header_timeout_s: u64,
+    pub body_timeout_s: u64,
+    pub max_connections: usize,
+    pub upload_buffer_bytes: u64,
+    pub decode_budget_bytes: u64,
+    pub drain_timeout_s: u64,
     pub run_scaler: bool,
+}
+
+impl WebSettings {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_s.max(1))
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_s.max(1))
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_secs(self.response_timeout_s.max(1))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AppTierSettings {
     pub batch_size: usize,
+    pub max_batch_pixels: usize,
     pub poll_wait_ms: u64,
+    pub heartbeat_ms: u64,
+    pub stall_timeout_s: u64,
+}
+
+impl AppTierSettings {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(10))
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.stall_timeout_s.max(1))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -165,11 +210,42 @@ impl Settings {
             .and_then(Config::try_deserialize)
             .context("invalid configuration")?;
         settings.scaler.policy_config()?;
+        settings.check_timeouts()?;
         anyhow::ensure!(
             settings.app_tier.batch_size >= 1,
             "app_tier.batch_size must be at least 1"
         );
         Ok(settings)
+    }
+
+    /// Timeouts that only work together: a request that fails on every receive must reach the
+    /// dead-letter queue (and its client its 500) before the client's own wait runs out, and a
+    /// live worker must beat more often than the fleet gives up on it.
+    fn check_timeouts(&self) -> anyhow::Result<()> {
+        let q = &self.queues;
+        anyhow::ensure!(q.max_receives >= 1, "queues.max_receives must be at least 1");
+        // Each failed receive costs up to one visibility timeout; then one long poll of the
+        // dead-letter watcher (2 s) and slack for the worker's stall detection.
+        let to_dead_letter = u64::from(q.max_receives) * q.visibility_timeout_s + 10;
+        anyhow::ensure!(
+            to_dead_letter < self.web.response_timeout_s,
+            "queues.max_receives x queues.visibility_timeout_s ({} x {} s, plus 10 s) must be shorter than \
+             web.response_timeout_s ({} s), so that a request that keeps failing is answered before its client gives up",
+            q.max_receives,
+            q.visibility_timeout_s,
+            self.web.response_timeout_s
+        );
+        anyhow::ensure!(
+            self.app_tier.heartbeat() * 2 <= self.fleet.heartbeat_timeout(),
+            "app_tier.heartbeat_ms ({}) must be at most half of fleet.heartbeat_timeout_s ({} s)",
+            self.app_tier.heartbeat_ms,
+            self.fleet.heartbeat_timeout_s
+        );
+        anyhow::ensure!(
+            self.app_tier.max_batch_pixels >= 1,
+            "app_tier.max_batch_pixels must be at least 1"
+        );
+        Ok(())
     }
 
     /// The local stack's shared database (queues and instance status).

@@ -12,3 +12,4 @@ pub mod messages;
 pub mod policy;
 pub mod ports;
 pub mod shutdown;
+pub mod watchdog;

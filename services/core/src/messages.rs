@@ -18,6 +18,14 @@ pub struct ClassifyRequest {
     /// uploads share a file name.
     pub object_version: Option<String>,
     pub submitted_at_ms: u64,
+    /// How many times a worker put this request back as a new message instead of holding it
+    /// beside another suspect one (poison isolation); absent in first sends.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requeued: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// App tier -> web tier.
@@ -127,6 +135,7 @@ mod tests {
             key: "test_0.JPEG".into(),
             object_version: Some("v1".into()),
             submitted_at_ms: 5,
+            requeued: 0,
         };
         assert_eq!(ClassifyRequest::decode(&req.encode()).unwrap(), req);
         let mut future = serde_json::to_value(&req).unwrap();

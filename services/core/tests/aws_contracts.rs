@@ -34,6 +34,13 @@ async fn s3_object_store_contract() {
     contract::object_store_contract(store.clone(), "input-bucket").await;
     let missing = ObjectKey::new("missing.jpg").unwrap();
     assert!(store.get("input-bucket", &missing, None).await.unwrap().is_none());
+
+    // Same-name uploads rely on versions: a bucket without them is refused at startup.
+    store.check_versioning("input-bucket").await.unwrap();
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+    s3.create_bucket().bucket("plain-bucket").send().await.unwrap();
+    let err = store.check_versioning("plain-bucket").await.unwrap_err();
+    assert!(err.to_string().contains("does not keep versions"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

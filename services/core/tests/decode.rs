@@ -1,6 +1,6 @@
 //! Decoding: Pillow's pixels on good files, a clear error and no panic on bad ones.
 
-use imgrec_core::classifier::decode::{decode_rgb, probe, Format};
+use imgrec_core::classifier::decode::{decode_rgb, inspect, probe, verify, Format};
 use imgrec_core::classifier::{ImageError, ImageLimits};
 
 const JPEG: &[u8] = include_bytes!("fixtures/small.jpg");
@@ -136,4 +136,84 @@ fn mutated_files_never_panic() {
         ok > 0 && failed > 0,
         "mutations should produce both outcomes ({ok} ok, {failed} errors)"
     );
+}
+
+/// `verify` (row by row, JPEG at 1/8 scale) accepts exactly what `decode_rgb` accepts: on the
+/// fixtures, every truncation and thousands of mutations.
+#[test]
+fn verify_reports_what_decode_reports() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for original in [
+        JPEG,
+        PNG,
+        &encode_jpeg(64, 48, true)[..],
+        &encode_jpeg(64, 48, false)[..],
+    ] {
+        let mut cases: Vec<Vec<u8>> = (1..original.len()).map(|cut| original[..cut].to_vec()).collect();
+        for _ in 0..2000 {
+            let mut bytes = original.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            cases.push(bytes);
+        }
+        cases.push(original.to_vec());
+        for bytes in cases {
+            let decoded = decode_rgb(&bytes, &limits());
+            let verified = verify(&bytes, &limits());
+            assert_eq!(
+                verified.is_ok(),
+                decoded.is_ok(),
+                "verify {verified:?} but decode {:?}",
+                decoded.map(|i| (i.width, i.height))
+            );
+            if let (Ok(p), Ok(image)) = (verified, decoded) {
+                assert_eq!((p.width, p.height), (image.width, image.height));
+            }
+        }
+    }
+}
+
+/// A gradient JPEG from libjpeg-turbo's encoder, progressive or baseline.
+fn encode_jpeg(width: usize, height: usize, progressive: bool) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i % 251) as u8).collect();
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    c.set_size(width, height);
+    c.set_quality(85.0);
+    if progressive {
+        c.set_progressive_mode();
+    } else {
+        c.set_fastest_defaults();
+    }
+    let mut started = c.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(&pixels).unwrap();
+    let bytes = started.finish().unwrap();
+    let sof = if progressive { [0xFF, 0xC2] } else { [0xFF, 0xC0] };
+    assert!(bytes.windows(2).any(|w| w == sof), "not the JPEG kind asked for");
+    bytes
+}
+
+/// Checking a progressive JPEG holds every DCT coefficient (libjpeg buffers the whole image for
+/// its several scans): it is charged for them; a baseline one needs a few rows.
+#[test]
+fn progressive_jpegs_are_charged_for_their_coefficient_buffers() {
+    let (w, h) = (640, 480);
+    let progressive = inspect(&encode_jpeg(w, h, true), &limits()).unwrap();
+    let baseline = inspect(&encode_jpeg(w, h, false), &limits()).unwrap();
+    // 4:2:0: 80 x 60 luma blocks and 40 x 30 per chroma plane, 128 bytes each.
+    assert!(
+        progressive.verify_bytes >= (80 * 60 + 2 * 40 * 30) * 128,
+        "{progressive:?}"
+    );
+    assert!(baseline.verify_bytes < progressive.verify_bytes, "{baseline:?}");
+    assert!(baseline.verify_bytes < 2 << 20, "{baseline:?}");
+    let png = inspect(PNG, &limits()).unwrap();
+    assert!(png.verify_bytes < 2 << 20, "{png:?}");
 }

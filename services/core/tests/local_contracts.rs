@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use imgrec_core::contract::{self, QueuePair};
 use imgrec_core::local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteQueue, WorkerCommand};
-use imgrec_core::ports::{Fleet, ObjectKey, ObjectStore};
+use imgrec_core::ports::{Fleet, InstanceState, ObjectKey, ObjectStore};
 
 fn queue(dir: &Path, name: &str) -> SqliteQueue {
     SqliteQueue::open(&dir.join("queue.sqlite3"), name, None).unwrap()
@@ -98,7 +98,56 @@ async fn fs_object_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     contract::object_store_contract(FsObjectStore::new(dir.path()), "input-bucket").await;
     assert!(dir.path().join("s3/input-bucket/test_0.JPEG").is_file());
-    assert!(dir.path().join("s3/input-bucket/dir/test_1.png").is_file());
+    assert!(dir.path().join("s3/input-bucket/dir%2Ftest_1.png").is_file());
+    // Nothing left behind: no temp file, one version per put.
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("versions/input-bucket"))
+            .unwrap()
+            .count(),
+        9
+    );
+}
+
+#[test]
+fn fs_object_store_sweeps_old_temp_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (old, fresh) = (tmp.join("old"), tmp.join("fresh"));
+    std::fs::write(&old, b"x").unwrap();
+    std::fs::write(&fresh, b"x").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let store = FsObjectStore::new(dir.path());
+    assert_eq!(store.sweep_temp_files(Duration::from_secs(600)).unwrap(), 1);
+    assert!(!old.exists() && fresh.exists());
+}
+
+#[tokio::test]
+async fn fs_object_store_failed_puts_leave_nothing_and_are_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsObjectStore::new(dir.path());
+    let key = ObjectKey::new("target.jpg").unwrap();
+    // A folder where the object's file should go: the rename fails after the version was linked.
+    std::fs::create_dir_all(dir.path().join("s3/input-bucket/target.jpg/x")).unwrap();
+    let err = store
+        .put("input-bucket", &key, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("versions/input-bucket"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -112,12 +161,17 @@ async fn fs_object_store_refuses_bad_bucket_names_and_versions() {
     let store = FsObjectStore::new(dir.path());
     let key = ObjectKey::new("a.jpg").unwrap();
     for bucket in ["..", "../x", "a/b", "UP", ""] {
-        assert!(
-            store.put(bucket, &key, bytes::Bytes::from_static(b"x")).await.is_err(),
-            "bucket {bucket:?}"
-        );
+        let err = store
+            .put(bucket, &key, bytes::Bytes::from_static(b"x"))
+            .await
+            .expect_err(bucket);
+        assert!(!err.is_transient(), "bucket {bucket:?}: {err}");
     }
-    assert!(store.get("input-bucket", &key, Some("../../etc/passwd")).await.is_err());
+    let err = store
+        .get("input-bucket", &key, Some("../../etc/passwd"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
     let mut left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -133,8 +187,11 @@ async fn process_fleet_contract() {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
         env: vec![],
+        memory_max_bytes: None,
     };
-    let fleet: Arc<dyn Fleet> = Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap());
+    // `sleep` sends no heartbeats: a timeout far beyond the test.
+    let fleet: Arc<dyn Fleet> =
+        Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3"), Duration::from_secs(3600)).unwrap());
     contract::fleet_contract(fleet, Duration::from_secs(10), true).await;
 }
 
@@ -145,8 +202,9 @@ async fn process_fleet_notices_a_crashed_instance() {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), "exit 3".into(), "w".into()],
         env: vec![],
+        memory_max_bytes: None,
     };
-    let fleet = ProcessFleet::new(command, &dir.path().join("queue.sqlite3")).unwrap();
+    let fleet = ProcessFleet::new(command, &dir.path().join("queue.sqlite3"), Duration::from_secs(3600)).unwrap();
     fleet.launch("app-instance1").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !fleet.instances().await.unwrap().is_empty() {
@@ -156,4 +214,40 @@ async fn process_fleet_notices_a_crashed_instance() {
     // The name is free again for its replacement.
     fleet.launch("app-instance1").await.unwrap();
     fleet.shutdown().await.unwrap();
+}
+
+/// A worker that stops heartbeating (here: one that stops itself, as SIGSTOP does, and one that
+/// never beats) is sent SIGTERM, then SIGKILL, and dropped so that the scaler replaces it.
+#[tokio::test]
+async fn process_fleet_kills_instances_that_miss_their_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    for script in ["kill -STOP $$", "exec sleep 60"] {
+        let command = WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "w".into()],
+            env: vec![],
+            memory_max_bytes: None,
+        };
+        let fleet = ProcessFleet::new(command, &dir.path().join("queue.sqlite3"), Duration::from_millis(500)).unwrap();
+        fleet.launch("app-instance1").await.unwrap();
+        let start = std::time::Instant::now();
+        let mut seen_stopping = false;
+        loop {
+            let instances = fleet.instances().await.unwrap();
+            if instances.is_empty() {
+                break;
+            }
+            seen_stopping |= instances[0].state == InstanceState::Stopping;
+            assert!(
+                start.elapsed() < Duration::from_secs(6),
+                "{script}: silent instance still alive"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen_stopping, "{script}: never shown as stopping");
+        assert!(
+            start.elapsed() >= Duration::from_millis(500),
+            "{script}: stopped before its timeout"
+        );
+    }
 }

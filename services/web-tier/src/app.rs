@@ -1,32 +1,40 @@
 //! The web tier's handlers: upload -> store -> queue -> await the answer; status and metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use imgrec_core::backend::Ports;
 use imgrec_core::config::Settings;
 use imgrec_core::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
-use imgrec_core::ports::InstanceState;
+use imgrec_core::ports::{InstanceState, StoreError};
 use scaler::SharedStatus;
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::warn;
 use uuid::Uuid;
 use warp::http::{header, StatusCode};
-use warp::multipart::FormData;
 use warp::reply::{self, Reply as _, Response};
 
 use crate::dispatch::{Answer, Waiters};
 use crate::metrics::Metrics;
-use crate::upload::{self, Rejection};
+use crate::upload::{self, Refusal, UploadLimits};
 
 pub struct App {
     pub settings: Settings,
     pub ports: Ports,
     pub waiters: Waiters,
     pub metrics: Metrics,
+    pub upload_limits: UploadLimits,
     /// The hosted scaler's view, and its nudge, when this process runs it.
     pub scaler: Option<(SharedStatus, Arc<Notify>)>,
+}
+
+/// A `POST /` as it arrives: the headers the upload needs and the body, not yet read.
+pub struct UploadRequest<S> {
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub body: S,
+    pub wants_json: bool,
 }
 
 type Reply = Response;
@@ -48,19 +56,33 @@ fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
 
 impl App {
     pub fn new(settings: Settings, ports: Ports, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
+        let web = &settings.web;
+        let upload_limits = UploadLimits {
+            max_file_bytes: web.max_upload_bytes,
+            body_timeout: web.body_timeout(),
+            image: settings.image_limits,
+            body_budget: upload::Budget::new(web.upload_buffer_bytes),
+            decode_budget: upload::Budget::new(web.decode_budget_bytes),
+        };
         Arc::new(Self {
             settings,
             ports,
             waiters: Waiters::default(),
             metrics: Metrics::new(),
+            upload_limits,
             scaler,
         })
     }
 
     /// `POST /`.
-    pub async fn classify(self: Arc<Self>, form: FormData, wants_json: bool) -> Reply {
+    pub async fn classify<S, B>(self: Arc<Self>, request: UploadRequest<S>) -> Reply
+    where
+        S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
         let start = Instant::now();
-        let (outcome, reply) = match self.handle_upload(form, wants_json).await {
+        let wants_json = request.wants_json;
+        let (outcome, reply) = match self.handle_upload(request).await {
             Ok(reply) => ("ok", reply),
             Err((outcome, r)) => {
                 let reply = if wants_json {
@@ -79,32 +101,61 @@ impl App {
         reply
     }
 
-    async fn handle_upload(&self, form: FormData, wants_json: bool) -> Result<Reply, (&'static str, Rejection)> {
+    async fn handle_upload<S, B>(&self, request: UploadRequest<S>) -> Result<Reply, (&'static str, Refusal)>
+    where
+        S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
+        let shutting_down = || {
+            (
+                "unavailable",
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the service is shutting down; try again",
+                ),
+            )
+        };
+        if self.waiters.is_closed() {
+            return Err(shutting_down());
+        }
         let bad = |r| ("bad_request", r);
-        let up = upload::read(form).await.map_err(bad)?;
-        upload::validate(up.bytes.clone(), self.settings.image_limits)
+        let limits = &self.upload_limits;
+        let up = upload::read(request.content_type, request.content_length, request.body, limits)
             .await
             .map_err(bad)?;
+        upload::validate(up.bytes.clone(), limits).await.map_err(bad)?;
 
         let unavailable = |what: &str, e: anyhow::Error| {
             warn!(error = %format!("{e:#}"), "{what}");
             (
                 "unavailable",
-                Rejection::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}; try again later")),
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}; try again later")),
             )
         };
-        let stored = self
+        let stored = match self
             .ports
             .store
             .put(&self.settings.buckets.input, &up.key, up.bytes)
             .await
-            .map_err(|e| unavailable("cannot store the upload", e))?;
+        {
+            Ok(stored) => stored,
+            Err(StoreError::Invalid(reason)) => {
+                return Err(bad(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot store this upload: {reason}"),
+                )))
+            }
+            Err(StoreError::Unavailable(e)) => return Err(unavailable("cannot store the upload", e)),
+        };
+        drop(up.reservation);
+        let wants_json = request.wants_json;
         let request = ClassifyRequest {
             version: VERSION,
             request_id: Uuid::new_v4(),
             key: up.key.to_string(),
             object_version: stored.version,
             submitted_at_ms: now_ms(),
+            requeued: 0,
         };
         let mut waiting = self.waiters.register(request.request_id);
         self.metrics.waiting_requests.set(self.waiters.len() as i64);
@@ -117,7 +168,7 @@ impl App {
             nudge.notify_one();
         }
 
-        let timeout = Duration::from_secs(self.settings.web.response_timeout_s);
+        let timeout = self.settings.web.response_timeout();
         let answer = tokio::time::timeout(timeout, &mut waiting.answer).await;
         let (image, _) = result_object(&request.key, "");
         match answer {
@@ -134,12 +185,19 @@ impl App {
                     text(StatusCode::OK, label)
                 }),
                 Outcome::Rejected { reason } => {
-                    Err(("rejected", Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, reason)))
+                    Err(("rejected", Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, reason)))
                 }
             },
+            Ok(Ok(Answer::ShuttingDown)) => Err((
+                "unavailable",
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the service is shutting down; the result will still be stored as {image}"),
+                ),
+            )),
             Ok(Ok(Answer::DeadLettered)) => Err((
                 "failed",
-                Rejection::new(
+                Refusal::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!(
                         "the request failed {} times and was set aside",
@@ -149,7 +207,7 @@ impl App {
             )),
             Ok(Err(_)) | Err(_) => Err((
                 "timeout",
-                Rejection::new(
+                Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
                         "no label within {}s; the result will still be stored as {image}",

@@ -17,12 +17,21 @@ use uuid::Uuid;
 pub enum Answer {
     Response(ClassifyResponse),
     DeadLettered,
+    /// The web tier stopped before the answer came (the result still lands in the bucket).
+    ShuttingDown,
 }
 
 /// Requests waiting for their answer, by request id.
 #[derive(Default, Clone)]
 pub struct Waiters {
-    inner: Arc<Mutex<HashMap<Uuid, oneshot::Sender<Answer>>>>,
+    inner: Arc<Mutex<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
+    waiting: HashMap<Uuid, oneshot::Sender<Answer>>,
+    /// Set on shutdown: later registrations are answered `ShuttingDown` at once.
+    closed: bool,
 }
 
 /// Removes its entry when dropped, so a timed-out or cancelled request leaves nothing behind.
@@ -34,19 +43,25 @@ pub struct Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.waiters.lock().remove(&self.id);
+        self.waiters.lock().waiting.remove(&self.id);
     }
 }
 
 impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Answer>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers `id` before its request is sent, so that no answer can arrive unclaimed.
     pub fn register(&self, id: Uuid) -> Waiting {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(id, tx);
+        let mut table = self.lock();
+        if table.closed {
+            let _ = tx.send(Answer::ShuttingDown);
+        } else {
+            table.waiting.insert(id, tx);
+        }
+        drop(table);
         Waiting {
             id,
             waiters: self.clone(),
@@ -55,14 +70,32 @@ impl Waiters {
     }
 
     fn deliver(&self, id: Uuid, answer: Answer) -> bool {
-        match self.lock().remove(&id) {
+        match self.lock().waiting.remove(&id) {
             Some(tx) => tx.send(answer).is_ok(),
             None => false,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().waiting.len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Answers every request still waiting, and any registered later, with `ShuttingDown`.
+    pub fn shut_down_all(&self) -> usize {
+        let waiting: Vec<_> = {
+            let mut table = self.lock();
+            table.closed = true;
+            table.waiting.drain().collect()
+        };
+        let n = waiting.len();
+        for (_, tx) in waiting {
+            let _ = tx.send(Answer::ShuttingDown);
+        }
+        n
     }
 }
 

@@ -6,6 +6,7 @@
 mod app;
 mod dispatch;
 mod metrics;
+mod server;
 mod upload;
 
 use std::convert::Infallible;
@@ -13,18 +14,22 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use imgrec_core::backend::{self, Ports};
 use imgrec_core::config::Settings;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::app::App;
+use crate::app::{App, UploadRequest};
+use crate::server::ServerLimits;
 
 const PAGE: &str = include_str!("page.html");
+/// After the drain deadline, how long connections get to send their last (503) answers.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     imgrec_core::logging::init();
@@ -49,21 +54,14 @@ fn wants_json() -> impl Filter<Extract = (bool,), Error = Rejection> + Clone {
         .map(|accept: Option<String>| accept.is_some_and(|a| a.contains("application/json")))
 }
 
-/// Maps warp's own rejections (body too large, not multipart, unknown path) to one-line answers.
+/// Maps warp's own rejections (unknown path, wrong method) to one-line answers.
 async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, reason) = if err.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_string())
-    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "upload too large".to_string())
-    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some()
-        || err.find::<warp::reject::InvalidHeader>().is_some()
-    {
-        (
-            StatusCode::BAD_REQUEST,
-            "send the image as multipart/form-data in the field \"myfile\"".to_string(),
-        )
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_string())
+    } else if err.find::<warp::reject::InvalidHeader>().is_some() {
+        (StatusCode::BAD_REQUEST, "bad request header".to_string())
     } else {
         (StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
     };
@@ -106,27 +104,36 @@ async fn run() -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
 
-    let max_body = settings.web.max_upload_bytes + 64 * 1024; // room for the multipart framing
-    let upload = warp::post()
-        .and(warp::path::end())
+    // Paths before methods, so that an unknown path is 404 rather than the POST route's 405.
+    let upload = warp::path::end()
+        .and(warp::post())
         .and(with_app(app.clone()))
-        .and(warp::multipart::form().max_length(max_body))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
         .and(wants_json())
-        .then(|app: Arc<App>, form, json| app.classify(form, json));
-    let page = warp::get().and(warp::path::end()).map(|| warp::reply::html(PAGE));
-    let status = warp::get()
-        .and(warp::path("status"))
+        .then(|app: Arc<App>, content_type, content_length, body, wants_json| {
+            app.classify(UploadRequest {
+                content_type,
+                content_length,
+                body: Box::pin(body),
+                wants_json,
+            })
+        });
+    let page = warp::path::end().and(warp::get()).map(|| warp::reply::html(PAGE));
+    let status = warp::path("status")
         .and(warp::path::end())
+        .and(warp::get())
         .and(with_app(app.clone()))
         .then(App::status);
-    let metrics = warp::get()
-        .and(warp::path("metrics"))
+    let metrics = warp::path("metrics")
         .and(warp::path::end())
+        .and(warp::get())
         .and(with_app(app.clone()))
         .then(App::metrics);
-    let health = warp::get()
-        .and(warp::path("healthz"))
+    let health = warp::path("healthz")
         .and(warp::path::end())
+        .and(warp::get())
         .map(|| "ok\n");
     let routes = upload
         .or(page)
@@ -149,18 +156,34 @@ async fn run() -> anyhow::Result<()> {
         listener.local_addr()?,
         settings.data_dir.display()
     );
-    let mut stop = stop_rx.clone();
-    let server = warp::serve(routes.map(Reply::into_response))
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop.changed().await;
-        });
-    let server = tokio::spawn(server.run());
+    let limits = ServerLimits {
+        header_timeout: settings.web.header_timeout(),
+        max_connections: server::connection_limit(settings.web.max_connections),
+    };
+    info!(max_connections = limits.max_connections, "accepting connections");
+    let (close_tx, close_rx) = watch::channel(false);
+    let routes = routes.map(Reply::into_response);
+    let mut server = tokio::spawn(server::serve(listener, routes, limits, close_rx));
 
     let _ = signals.changed().await;
-    info!("shutting down");
+    let drain = settings.web.drain_timeout();
+    info!(
+        waiting = app.waiters.len(),
+        "shutting down: accepting nothing new, answering waiting requests for up to {}s",
+        drain.as_secs()
+    );
+    let _ = close_tx.send(true);
+    // Workers, the scaler and the response dispatcher keep running while the waiting are answered.
+    if tokio::time::timeout(drain, &mut server).await.is_err() {
+        let rest = app.waiters.shut_down_all();
+        warn!(requests = rest, "drain deadline passed; answered the rest 503");
+        if tokio::time::timeout(CLOSE_GRACE, &mut server).await.is_err() {
+            warn!("connections still open after the drain; closing them");
+            server.abort();
+        }
+    }
+    app.waiters.shut_down_all();
     let _ = stop_tx.send(true);
-    let _ = server.await;
     let _ = responses.await;
     let _ = dead.await;
     if let Some((task, _)) = scaler_task {

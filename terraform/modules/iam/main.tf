@@ -26,12 +26,19 @@ data "aws_iam_policy_document" "ec2_assume" {
   }
 }
 
-# Every tier checks at startup that its buckets and queues exist (HeadBucket needs ListBucket).
+# Every tier checks at startup that its buckets and queues exist (HeadBucket needs ListBucket),
+# and that the input bucket keeps versions (uploads that share a file name rely on it).
 data "aws_iam_policy_document" "find_resources" {
   statement {
     sid       = "FindBuckets"
     actions   = ["s3:ListBucket"]
     resources = [var.input_bucket_arn, var.output_bucket_arn]
+  }
+
+  statement {
+    sid       = "CheckVersioning"
+    actions   = ["s3:GetBucketVersioning"]
+    resources = [var.input_bucket_arn]
   }
 
   statement {

@@ -55,13 +55,36 @@ resource "aws_cloudwatch_dashboard" "this" {
 }
 
 resource "aws_cloudwatch_metric_alarm" "dead_letters" {
-  alarm_name          = "${var.name_prefix}-dead-letters"
-  alarm_description   = "Requests moved to ${var.dead_letter_queue} after failing again and again: their clients got an error."
-  namespace           = "AWS/SQS"
-  metric_name         = "ApproximateNumberOfMessagesVisible"
-  dimensions          = { QueueName = var.dead_letter_queue }
-  statistic           = "Maximum"
-  period              = 300
+  alarm_name        = "${var.name_prefix}-dead-letters"
+  alarm_description = "Requests moved to ${var.dead_letter_queue} after failing again and again: their clients got an error."
+  # The web tier reads each dead letter once (to answer its client) and leaves it in flight for a
+  # day, so visible messages alone drop back to 0: count visible + in flight.
+  metric_query {
+    id          = "dead"
+    expression  = "visible + in_flight"
+    label       = "dead letters"
+    return_data = true
+  }
+  metric_query {
+    id = "visible"
+    metric {
+      namespace   = "AWS/SQS"
+      metric_name = "ApproximateNumberOfMessagesVisible"
+      dimensions  = { QueueName = var.dead_letter_queue }
+      stat        = "Maximum"
+      period      = 300
+    }
+  }
+  metric_query {
+    id = "in_flight"
+    metric {
+      namespace   = "AWS/SQS"
+      metric_name = "ApproximateNumberOfMessagesNotVisible"
+      dimensions  = { QueueName = var.dead_letter_queue }
+      stat        = "Maximum"
+      period      = 300
+    }
+  }
   evaluation_periods  = 1
   threshold           = 0
   comparison_operator = "GreaterThanThreshold"

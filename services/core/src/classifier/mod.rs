@@ -161,7 +161,33 @@ impl Classifier {
         Ok(predictions)
     }
 
-    /// Classifies a batch of uploads; a bad image fails alone, the others still get labels.
+    /// Classifies uploads in model runs of at most `max_pixels` input pixels each (an image
+    /// larger than that runs alone), so that a batch of large photos on a native-size model
+    /// holds a bounded number of tensors at once.
+    pub fn classify_within(&mut self, images: &[&[u8]], max_pixels: usize) -> Vec<Result<Prediction, ClassifyError>> {
+        let limits = *self.preprocessor.limits();
+        // A header that does not parse costs nothing here: `prepare` reports it.
+        let costs: Vec<usize> = images
+            .iter()
+            .map(|bytes| decode::probe(bytes, &limits).map_or(0, |(_, w, h)| self.preprocessor.input_pixels(w, h)))
+            .collect();
+        let mut results = Vec::with_capacity(images.len());
+        let mut start = 0;
+        while start < images.len() {
+            let mut end = start + 1;
+            let mut pixels = costs[start];
+            while end < images.len() && pixels + costs[end] <= max_pixels {
+                pixels += costs[end];
+                end += 1;
+            }
+            results.extend(self.classify(&images[start..end]));
+            start = end;
+        }
+        results
+    }
+
+    /// Classifies a batch of uploads in one model run per input shape; a bad image fails alone,
+    /// the others still get labels.
     pub fn classify(&mut self, images: &[&[u8]]) -> Vec<Result<Prediction, ClassifyError>> {
         let prepared: Vec<Result<Array3<f32>, ImageError>> =
             images.iter().map(|bytes| self.preprocessor.prepare(bytes)).collect();

@@ -22,6 +22,14 @@ impl Preprocessor {
         &self.limits
     }
 
+    /// Pixels of the model input for an image of `width` x `height`.
+    pub fn input_pixels(&self, width: usize, height: usize) -> usize {
+        match self.manifest.resize {
+            Some(r) => r.width * r.height,
+            None => width * height,
+        }
+    }
+
     /// Image bytes -> CHW float tensor.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Array3<f32>, ImageError> {
         let image = self.resize(decode_rgb(bytes, &self.limits)?);

@@ -2,6 +2,7 @@
 //! processes, durable across restarts), OS processes as the app-tier fleet.
 
 mod db;
+mod file_names;
 mod fs_store;
 mod process_fleet;
 mod sqlite_queue;

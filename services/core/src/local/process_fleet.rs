@@ -13,18 +13,26 @@ use rusqlite::{params, Connection};
 use crate::messages::now_ms;
 use crate::ports::{Fleet, Instance, InstanceState, InstanceStatus};
 
+/// How long a worker asked to stop (SIGTERM) gets before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How to start one app-tier worker; the scaler adds `--name app-instanceK`.
 #[derive(Debug, Clone)]
 pub struct WorkerCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
+    /// A worker's data segment at most (RLIMIT_DATA: heap and private mappings), the local form of
+    /// systemd's `MemoryMax`: past it an allocation fails and the worker dies, its requests retried.
+    pub memory_max_bytes: Option<u64>,
 }
 
 struct Worker {
     child: Child,
     launched_at: SystemTime,
     retiring: bool,
+    /// Set when the worker missed its heartbeats and was sent SIGTERM: SIGKILL after this.
+    kill_at: Option<Instant>,
 }
 
 /// App-tier instances as child processes of this one. Workers report readiness and busyness in
@@ -34,10 +42,14 @@ pub struct ProcessFleet {
     command: WorkerCommand,
     workers: Mutex<HashMap<String, Worker>>,
     db: Arc<Mutex<Connection>>,
+    heartbeat_timeout: Duration,
 }
 
+/// How long a worker that missed its heartbeats gets between SIGTERM and SIGKILL.
+const UNHEALTHY_GRACE: Duration = Duration::from_secs(2);
+
 impl ProcessFleet {
-    pub fn new(command: WorkerCommand, db: &Path) -> anyhow::Result<Self> {
+    pub fn new(command: WorkerCommand, db: &Path, heartbeat_timeout: Duration) -> anyhow::Result<Self> {
         let conn = super::db::open(db)?;
         // Rows of an earlier run describe processes that no longer exist.
         conn.execute("DELETE FROM instances", [])?;
@@ -45,7 +57,36 @@ impl ProcessFleet {
             command,
             workers: Mutex::new(HashMap::new()),
             db: Arc::new(Mutex::new(conn)),
+            heartbeat_timeout,
         })
+    }
+
+    /// SIGTERM to a worker silent for longer than the heartbeat timeout (stopped, hung, stuck
+    /// starting), SIGKILL once its grace has passed: it exits, is dropped, and the scaler
+    /// replaces it. Its requests come back when their visibility lapses, no longer extended.
+    fn stop_silent(&self, name: &str, w: &mut Worker, last_beat_ms: u64, now_ms: u64) {
+        if let Some(kill_at) = w.kill_at {
+            if Instant::now() >= kill_at {
+                tracing::warn!(
+                    instance = name,
+                    "app-tier instance still alive after SIGTERM; killing it"
+                );
+                Self::signal(w, libc::SIGKILL);
+                w.kill_at = Some(Instant::now() + UNHEALTHY_GRACE);
+            }
+            return;
+        }
+        let silent = Duration::from_millis(now_ms.saturating_sub(last_beat_ms));
+        if silent > self.heartbeat_timeout {
+            tracing::warn!(
+                instance = name,
+                silent_ms = silent.as_millis() as u64,
+                "app-tier instance missed its heartbeats; stopping it"
+            );
+            w.retiring = true;
+            w.kill_at = Some(Instant::now() + UNHEALTHY_GRACE);
+            Self::signal(w, libc::SIGTERM);
+        }
     }
 
     fn reported(&self) -> anyhow::Result<HashMap<String, (String, bool, u64)>> {
@@ -103,8 +144,11 @@ impl Fleet for ProcessFleet {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64)
             };
-            for (name, w) in workers.iter() {
+            let now = now_ms();
+            for (name, w) in workers.iter_mut() {
                 let report = reported.get(name).filter(|(_, _, at)| *at >= launched_ms(w));
+                let last_beat = report.map_or(launched_ms(w), |r| r.2);
+                self.stop_silent(name, w, last_beat, now);
                 let (state, busy) = match (w.retiring, report) {
                     (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.1)),
                     (false, Some((s, busy, _))) if s == "running" => (InstanceState::Running, *busy),
@@ -136,12 +180,24 @@ impl Fleet for ProcessFleet {
             .arg(name)
             .envs(self.command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe. A worker gets SIGTERM when the process that started
-        // it dies, so none outlives the stack even after a SIGKILL of the parent.
+        let memory_max = self.command.memory_max_bytes;
+        // SAFETY: prctl, setpgid and setrlimit are async-signal-safe. A worker gets SIGTERM when
+        // the process that started it dies, so none outlives the stack even after a SIGKILL of the
+        // parent. Its own process group keeps a terminal's Ctrl-C to the web tier, which drains
+        // the waiting requests (workers still answering them) before it stops the workers.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(bytes) = memory_max {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -156,6 +212,7 @@ impl Fleet for ProcessFleet {
                 child,
                 launched_at: SystemTime::now(),
                 retiring: false,
+                kill_at: None,
             },
         );
         Ok(())
@@ -173,7 +230,8 @@ impl Fleet for ProcessFleet {
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // A worker finishes its batch in well under a second; a stopped or stuck one is killed.
+        let deadline = Instant::now() + STOP_GRACE;
         {
             let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             for w in workers.values_mut() {
@@ -223,9 +281,12 @@ pub struct SqliteInstanceStatus {
 
 impl SqliteInstanceStatus {
     pub fn open(db: &Path, name: &str) -> anyhow::Result<Self> {
+        let conn = super::db::open(db)?;
+        // Status and heartbeats need not survive a power loss: no fsync per beat.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(Self {
             name: name.to_owned(),
-            db: Arc::new(Mutex::new(super::db::open(db)?)),
+            db: Arc::new(Mutex::new(conn)),
         })
     }
 }
@@ -245,6 +306,20 @@ impl InstanceStatus for SqliteInstanceStatus {
                 "INSERT INTO instances (name, state, busy, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4",
                 params![name, state, busy, now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await
+        .context("status task failed")?
+    }
+
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            conn.execute(
+                "UPDATE instances SET updated_at_ms = ?2 WHERE name = ?1",
+                params![name, now_ms() as i64],
             )?;
             Ok(())
         })

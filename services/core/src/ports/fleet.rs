@@ -41,8 +41,15 @@ pub trait Fleet: Send + Sync + 'static {
     }
 }
 
-/// How an app-tier instance tells the fleet it is ready or busy (so scale-in retires idle ones).
+/// How an app-tier instance tells the fleet it is ready or busy (so scale-in retires idle ones),
+/// and that it is alive and making progress.
 #[async_trait]
 pub trait InstanceStatus: Send + Sync + 'static {
     async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()>;
+    /// Called every `app_tier.heartbeat_ms` while the worker makes progress; a fleet that watches
+    /// heartbeats replaces an instance that misses them. (On EC2 the systemd watchdog does, so
+    /// there is nothing to send to the group.)
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

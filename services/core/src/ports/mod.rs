@@ -8,5 +8,5 @@ mod work_queue;
 
 pub use fleet::{Fleet, Instance, InstanceState, InstanceStatus};
 pub use metrics::{MetricsSink, ScalingMetrics};
-pub use object_store::{KeyError, ObjectKey, ObjectStore, StoredObject};
+pub use object_store::{KeyError, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
 pub use work_queue::{QueueDepth, Receipt, Received, WorkQueue};

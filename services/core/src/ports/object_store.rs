@@ -1,7 +1,9 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-/// A validated object key: what S3 accepts and what cannot escape a bucket folder.
+/// A validated object key: S3's keys (1 to 1,024 bytes of UTF-8) less those its REST API cannot
+/// carry unchanged: control characters (XML 1.0 cannot hold them in listings) and `.` or `..`
+/// path segments (HTTP clients normalize them away). Every adapter stores every `ObjectKey`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey(String);
 
@@ -13,8 +15,8 @@ pub enum KeyError {
     TooLong { max: usize },
     #[error("object key contains a control character")]
     ControlCharacter,
-    #[error("object key must be relative, without '.', '..' or empty path segments or backslashes")]
-    BadPath,
+    #[error("object key has a '.' or '..' path segment")]
+    DotSegment,
 }
 
 impl ObjectKey {
@@ -32,8 +34,8 @@ impl ObjectKey {
         if key.chars().any(char::is_control) {
             return Err(KeyError::ControlCharacter);
         }
-        if key.contains('\\') || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-            return Err(KeyError::BadPath);
+        if key.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(KeyError::DotSegment);
         }
         Ok(Self(key))
     }
@@ -56,12 +58,31 @@ pub struct StoredObject {
     pub version: Option<String>,
 }
 
+/// Why a store call failed: the request itself (retrying cannot help: a bad bucket name or version,
+/// an object too large), or the store (an outage, a full disk, throttling: retry later).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    /// Worth retrying: the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
 /// Buckets of objects: folders locally, S3 on AWS.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> anyhow::Result<StoredObject>;
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject>;
     /// The object's bytes (that version's when given); `None` if there is no such object.
-    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> anyhow::Result<Option<Bytes>>;
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>>;
     /// Every key in the bucket, sorted.
-    async fn list(&self, bucket: &str) -> anyhow::Result<Vec<ObjectKey>>;
+    async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>>;
 }

@@ -119,6 +119,45 @@ pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<(Format, usize, usize
     Ok((format, width, height))
 }
 
+/// What checking an image costs: the decoder's working memory (not a full frame), so that callers
+/// can bound how many checks run at once by memory rather than by count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: Format,
+    pub width: usize,
+    pub height: usize,
+    /// Bytes `verify` allocates at most for this image (libjpeg's whole-image coefficient buffers
+    /// for progressive JPEGs; a few rows otherwise).
+    pub verify_bytes: usize,
+}
+
+/// The header, checked against `limits`, and what verifying the whole image will cost.
+pub fn inspect(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, ImageError> {
+    let (format, width, height) = probe(bytes, limits)?;
+    let verify_bytes = match format {
+        Format::Jpeg => jpeg::verify_bytes(bytes, width, height),
+        Format::Png => png::verify_bytes(width),
+    };
+    Ok(Probe {
+        format,
+        width,
+        height,
+        verify_bytes,
+    })
+}
+
+/// Decodes the whole image without keeping its pixels: every error `decode_rgb` reports (truncated,
+/// corrupt, over the limits) is reported here, with a few rows of memory instead of a full frame
+/// (JPEG at 1/8 scale: the same entropy decoding, an eighth of the IDCT work per side).
+pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, ImageError> {
+    let probe = inspect(bytes, limits)?;
+    match probe.format {
+        Format::Jpeg => jpeg::verify(bytes, limits)?,
+        Format::Png => png::verify(bytes, limits)?,
+    }
+    Ok(probe)
+}
+
 /// Decodes JPEG or PNG bytes into RGB, refusing anything over `limits` before allocating for it.
 pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     match sniff(bytes)? {

@@ -38,6 +38,31 @@ pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
     Ok((info.width as usize, info.height as usize))
 }
 
+/// Decodes every row (every pass of an interlaced image) into the decoder's own row buffer: the
+/// same errors as `decode`, without a frame.
+pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
+    let mut decoder = decoder(bytes, limits);
+    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(error)?;
+    let (width, height) = (reader.info().width as usize, reader.info().height as usize);
+    limits.check(width, height)?;
+    let passes = if reader.info().interlaced { 7 } else { 1 };
+    let mut rows = 0usize;
+    while reader.next_row().map_err(error)?.is_some() {
+        rows += 1;
+    }
+    // An interlaced image has fewer rows in its passes than 7 x height; any image has at least height.
+    if rows < height || rows > height * passes {
+        return Err(ImageError::Truncated);
+    }
+    Ok(())
+}
+
+/// What `verify` allocates: two rows of up to 16-bit RGBA, and zlib's window.
+pub fn verify_bytes(width: usize) -> usize {
+    width.saturating_mul(8 * 2) + (1 << 20)
+}
+
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     let mut decoder = decoder(bytes, limits);
     decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);

@@ -1,0 +1,97 @@
+//! Poison isolation. A request received more than once may be what brought a worker down (a
+//! crash, an out-of-memory kill, a failed batch), so it is classified alone: one bad image never
+//! takes its batch-mates down with it again. A worker also holds at most one such request at a
+//! time, because every request it holds when it dies comes back with one more receive and would
+//! reach the dead-letter queue beside the culprit: the other suspects it received are put back
+//! as new messages (`requeued` counts how often, so that this too is bounded).
+
+use imgrec_core::messages::ClassifyRequest;
+use imgrec_core::ports::Receipt;
+
+/// A received request, decoded.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub receipt: Receipt,
+    pub request: ClassifyRequest,
+    pub receive_count: u32,
+}
+
+impl Job {
+    pub fn is_suspect(&self) -> bool {
+        self.receive_count > 1 || self.request.requeued > 0
+    }
+}
+
+/// What a worker does with one receive.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// First-time requests, classified together.
+    pub batch: Vec<Job>,
+    /// Suspects, each classified alone, after the batch is answered.
+    pub alone: Vec<Job>,
+    /// Suspects to send back as new messages instead of holding them.
+    pub requeue: Vec<Job>,
+}
+
+/// Splits a receive. A suspect already requeued `max_requeues` times is kept (and classified
+/// alone) instead of being requeued again.
+pub fn plan(jobs: Vec<Job>, max_requeues: u32) -> Plan {
+    let mut plan = Plan::default();
+    for job in jobs {
+        if !job.is_suspect() {
+            plan.batch.push(job);
+        } else if plan.alone.is_empty() || job.request.requeued >= max_requeues {
+            plan.alone.push(job);
+        } else {
+            plan.requeue.push(job);
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u32, receive_count: u32, requeued: u32) -> Job {
+        Job {
+            receipt: Receipt(n.to_string()),
+            request: ClassifyRequest {
+                version: imgrec_core::messages::VERSION,
+                request_id: uuid::Uuid::new_v4(),
+                key: format!("{n}.jpg"),
+                object_version: None,
+                submitted_at_ms: 0,
+                requeued,
+            },
+            receive_count,
+        }
+    }
+
+    fn keys(jobs: &[Job]) -> Vec<&str> {
+        jobs.iter().map(|j| j.request.key.as_str()).collect()
+    }
+
+    #[test]
+    fn first_receives_are_batched_together() {
+        let p = plan((0..8).map(|n| job(n, 1, 0)).collect(), 3);
+        assert_eq!(p.batch.len(), 8);
+        assert!(p.alone.is_empty() && p.requeue.is_empty());
+    }
+
+    #[test]
+    fn a_worker_holds_one_suspect_and_requeues_the_others() {
+        let jobs = vec![job(0, 2, 0), job(1, 1, 0), job(2, 2, 0), job(3, 1, 1), job(4, 3, 0)];
+        let p = plan(jobs, 3);
+        assert_eq!(keys(&p.batch), ["1.jpg"]);
+        assert_eq!(keys(&p.alone), ["0.jpg"]);
+        assert_eq!(keys(&p.requeue), ["2.jpg", "3.jpg", "4.jpg"]);
+    }
+
+    #[test]
+    fn requeues_are_bounded() {
+        let p = plan(vec![job(0, 2, 0), job(1, 1, 3), job(2, 2, 2)], 3);
+        assert_eq!(keys(&p.alone), ["0.jpg", "1.jpg"]);
+        assert_eq!(keys(&p.requeue), ["2.jpg"]);
+    }
+}

@@ -1,0 +1,117 @@
+"""Helpers of the fault and hostile-input suite: raw multipart bodies, uploads that return the
+status instead of raising, decompression bombs, peak RSS of a process."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import uuid
+import zlib
+import struct
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def multipart(name: str, body: bytes, field: str = "myfile") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + body + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload(url: str, name: str, body: bytes, *, chunked: bool = False, timeout: float = 120,
+           json_answer: bool = False) -> tuple[int, str]:
+    """POSTs one file; returns (status, body text). Names may be any UTF-8."""
+    payload, content_type = multipart(name, body)
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    headers = {"Content-Type": content_type}
+    if json_answer:
+        headers["Accept"] = "application/json"
+    try:
+        if chunked:
+            pieces = (payload[i:i + 65536] for i in range(0, len(payload), 65536))
+            conn.request("POST", "/", body=pieces, headers=headers, encode_chunked=True)
+        else:
+            conn.request("POST", "/", body=payload, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def request(url: str, method: str, path: str) -> int:
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """An all-zero RGBA PNG: a few hundred KB that inflate to width x height x 4 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = zlib.compressobj(9)
+    row = b"\0" + b"\0" * (width * 4)
+    data = b"".join(raw.compress(row) for _ in range(height)) + raw.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def jpeg_bomb(width: int, height: int, progressive: bool) -> bytes:
+    """A flat gray JPEG of width x height (Pillow), baseline or progressive."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(out, "JPEG", quality=50, progressive=progressive)
+    return out.getvalue()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM) so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def open_sockets(pid: int) -> int:
+    n = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if fd.readlink().name.startswith("socket:"):
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+def connect(url: str) -> socket.socket:
+    u = urlparse(url)
+    return socket.create_connection((u.hostname, u.port), timeout=10)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes (or resets) the connection within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def label_of(answer: str) -> str:
+    return json.loads(answer)["label"] if answer.startswith("{") else answer.strip()

@@ -1,0 +1,132 @@
+"""Faults behind the web tier: odd and long file names, workers killed or stopped mid-batch, a
+poison image inside a batch. Each test ends with every accepted request answered with its correct
+label (or a clear 4xx/500), nothing lost, nothing orphaned, no process left."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from hostile import label_of, png_bomb, upload
+from local_stack import Stack, stack_processes, wait_until, worker_pids
+
+MODEL = ROOT / "models" / "efficientnet-lite0"
+FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
+
+
+@pytest.fixture(scope="module")
+def thumbs(datasets) -> list[Path]:
+    return sorted((datasets / "imagenet-100").glob("*.JPEG"))
+
+
+@pytest.fixture(scope="module")
+def want(thumbs) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, thumbs)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(line.split(",", 1) for line in out.splitlines())
+
+
+def bucket_files(data: Path, bucket: str) -> list[Path]:
+    root = data / "s3" / bucket
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_odd_and_long_names_are_stored_or_refused_before_anything_is_stored(tmp_path, thumbs, want):
+    image, label = thumbs[0].read_bytes(), want[thumbs[0].name]
+    accepted = [
+        "plain.jpg", "with space.jpg", "100% real.jpg", "ünïcode ファイル.png", "....png", ".hidden",
+        "back\\slash\\name.jpg",  # a Windows path: its base name is kept
+        "a" * 300 + ".jpg",  # longer than a file name may be
+        "ñ" * 500 + ".jpg",  # 1,004 bytes of UTF-8
+        "C:\\fakepath\\" + "%" * 200 + ".jpeg",
+    ]
+    refused = ["..jpg", "...png", "..", "x" * 1100 + ".jpg", "tab\tname.jpg", "new\nline.jpg"]
+    data = tmp_path / "data"
+    with Stack(data, **FAST) as stack:
+        with ThreadPoolExecutor(8) as pool:
+            got = dict(zip(accepted, pool.map(lambda n: upload(stack.url, n, image, json_answer=True), accepted)))
+        for name, (status, body) in got.items():
+            assert status == 200 and label_of(body) == label, (name[:40], status, body[:200])
+        stems = {json.loads(body)["image"] for _, body in got.values()}
+        for name in refused:
+            status, reason = upload(stack.url, name, image)
+            assert status == 400 and reason.count("\n") == 1 and len(reason) < 200, (name[:40], status, reason)
+    # Every accepted name has its input and its output object; the refused ones left nothing.
+    inputs, outputs = bucket_files(data, "input-bucket"), bucket_files(data, "output-bucket")
+    assert len(inputs) == len(accepted)
+    assert len(outputs) == len(stems)
+    assert len(list((data / "versions" / "input-bucket").iterdir())) == len(accepted)
+    assert list((data / "tmp").iterdir()) == []
+    assert all(p.read_text().endswith(f", {label})") for p in outputs)
+    assert stack_processes(data) == []
+
+
+def test_a_killed_workers_requests_are_answered_by_another_within_seconds(tmp_path, thumbs, want):
+    data = tmp_path / "data"
+    visibility = 5
+    with Stack(data, **FAST, scaler__max="2", queues__visibility_timeout_s=str(visibility)) as stack:
+        answers = {}
+        with ThreadPoolExecutor(40) as pool:
+            futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in thumbs[:40]}
+            wait_until("a worker holds requests", lambda: stack.status()["queue"]["in_flight"] > 0, 30, every=0.02)
+            victim = worker_pids(data)[0]
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            for f, fut in futures.items():
+                answers[f.name] = fut.result(timeout=60)
+            recovered = time.monotonic() - killed
+    assert answers == {f.name: (200, want[f.name] + "\n") for f in thumbs[:40]}
+    assert recovered < visibility + 5, f"the last answer came {recovered:.1f}s after the kill"
+    assert "exited unexpectedly" in stack.logs()
+    assert stack_processes(data) == []
+
+
+def test_a_stopped_worker_is_replaced_and_its_requests_answered(tmp_path, thumbs, want):
+    """SIGSTOP: the process is alive but makes no progress. It stops heartbeating, the fleet kills
+    it (SIGTERM, then SIGKILL) and the scaler starts another, which takes its requests."""
+    data = tmp_path / "data"
+    settings = {**FAST, "scaler__max": "1", "queues__visibility_timeout_s": "5"}
+    with Stack(data, **settings) as stack:
+        with ThreadPoolExecutor(40) as pool:
+            futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in thumbs[:40]}
+            wait_until("a worker holds requests", lambda: stack.status()["queue"]["in_flight"] > 0, 30, every=0.02)
+            victim = worker_pids(data)[0]
+            stopped = time.monotonic()
+            os.kill(victim, signal.SIGSTOP)
+            answers = {f.name: fut.result(timeout=60) for f, fut in futures.items()}
+            recovered = time.monotonic() - stopped
+        wait_until("the stopped worker is killed", lambda: victim not in worker_pids(data), 10)
+    assert answers == {f.name: (200, want[f.name] + "\n") for f in thumbs[:40]}
+    assert recovered < 20, f"the last answer came {recovered:.1f}s after the stop"
+    assert "missed its heartbeats" in stack.logs()
+    assert stack_processes(data) == []
+
+
+def test_a_poison_image_fails_alone_and_its_batch_mates_get_their_labels(tmp_path, thumbs, want):
+    """A worker memory limit (the local form of systemd's MemoryMax) turns a valid 40 MP PNG into an
+    image that kills every worker that decodes it. Its batch-mates are retried one by one and
+    answered; the poison one reaches the dead-letter queue and its client gets a 500 in time."""
+    data = tmp_path / "data"
+    poison = png_bomb(8192, 4882)
+    settings = {**FAST, "scaler__max": "1", "queues__visibility_timeout_s": "3",
+                "fleet__worker_memory_max_bytes": str(280 * 2**20)}
+    good = thumbs[:7]
+    with Stack(data, **settings) as stack:
+        with ThreadPoolExecutor(8) as pool:
+            bad = pool.submit(upload, stack.url, "poison.png", poison, timeout=120)
+            time.sleep(0.05)
+            futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes(), timeout=120) for f in good}
+            answers = {f.name: fut.result() for f, fut in futures.items()}
+            status, reason = bad.result()
+        assert answers == {f.name: (200, want[f.name] + "\n") for f in good}
+        assert status == 500 and "set aside" in reason, (status, reason)
+        assert stack.status()["queue"]["dead_letter"] == 1
+    assert stack_processes(data) == []

@@ -1,0 +1,159 @@
+"""The HTTP front under hostile clients: size boundaries, chunked bodies, slow and idle sockets,
+connection floods, unknown paths, decompression bombs and SIGTERM with hundreds waiting. Each test
+ends with every accepted request answered correctly (or refused with a clear 4xx/503), and no
+process left."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from hostile import (closed_within, connect, jpeg_bomb, label_of, open_sockets, peak_rss_mib, png_bomb, request,
+                     upload)
+from local_stack import Stack, stack_processes, wait_until
+
+MODEL = ROOT / "models" / "efficientnet-lite0"
+FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
+
+
+def reference_labels(files: list[Path]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, files)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(line.split(",", 1) for line in out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def thumb(datasets) -> Path:
+    return datasets / "imagenet-100" / "test_0.JPEG"
+
+
+@pytest.fixture(scope="module")
+def thumb_label(thumb) -> str:
+    return reference_labels([thumb])[thumb.name]
+
+
+def test_unknown_paths_are_404_and_wrong_methods_405(tmp_path):
+    with Stack(tmp_path / "data", **FAST) as stack:
+        for path in ("/favicon.ico", "/nope", "/status/x", "/healthz/more"):
+            assert request(stack.url, "GET", path) == 404, path
+        assert request(stack.url, "PUT", "/") == 405
+        assert request(stack.url, "DELETE", "/status") == 405
+        assert request(stack.url, "GET", "/healthz") == 200
+
+
+def test_the_size_limit_is_exact_per_file_and_chunked_uploads_work(tmp_path, thumb, thumb_label):
+    image = thumb.read_bytes()
+    limit = len(image) + 1000
+    # Bytes after a JPEG's end-of-image marker are ignored by every decoder: the file stays valid.
+    at_limit = image + b"\0" * (limit - len(image))
+    over = at_limit + b"\0"
+    with Stack(tmp_path / "data", **FAST, web__max_upload_bytes=str(limit)) as stack:
+        assert upload(stack.url, "exact.jpg", at_limit) == (200, thumb_label + "\n")
+        status, reason = upload(stack.url, "over.jpg", over)
+        assert status == 413 and str(limit) in reason and reason.count("\n") == 1, reason
+        assert upload(stack.url, "chunked.jpg", at_limit, chunked=True) == (200, thumb_label + "\n")
+        status, _ = upload(stack.url, "chunked_over.jpg", over, chunked=True)
+        assert status == 413
+    inputs = sorted(p.name for p in (tmp_path / "data" / "s3" / "input-bucket").iterdir())
+    assert inputs == ["chunked.jpg", "exact.jpg"], "a refused upload was stored"
+
+
+def test_slow_and_idle_clients_are_cut_off_and_connections_are_bounded(tmp_path, thumb, thumb_label):
+    settings = {**FAST, "web__header_timeout_s": "1", "web__body_timeout_s": "2", "web__max_connections": "20"}
+    with Stack(tmp_path / "data", **settings) as stack:
+        # Half a request header, then nothing.
+        slow = connect(stack.url)
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n")
+        assert closed_within(slow, 4), "a client that never finished its headers was kept"
+
+        # A keep-alive connection left idle after its answer.
+        idle = connect(stack.url)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(1024).startswith(b"HTTP/1.1 200")
+        assert closed_within(idle, 4), "an idle keep-alive connection was kept"
+
+        # A body that trickles: the upload is refused 408 at the deadline.
+        trickle = connect(stack.url)
+        trickle.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+        trickle.settimeout(6)
+        started = time.monotonic()
+        answer = trickle.recv(1024)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 5
+
+        # A flood of silent connections: the web tier never holds more than its bound, and answers
+        # real clients once the silent ones time out.
+        pid = stack.proc.pid
+        flood = [connect(stack.url) for _ in range(200)]
+        time.sleep(0.5)
+        held = open_sockets(pid)
+        assert held <= 20 + 10, f"{held} sockets open with max_connections 20"
+        assert upload(stack.url, "after_flood.jpg", thumb.read_bytes(), timeout=30) == (200, thumb_label + "\n")
+        for s in flood + [slow, idle, trickle]:
+            s.close()
+        assert stack.proc.poll() is None
+    assert stack.proc.returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "progressive_jpeg"])
+def test_decompression_bombs_are_checked_within_the_memory_budget(tmp_path, kind):
+    width, height = 8192, 4882  # 40 MP, the default image_limits.max_pixels
+    bomb = png_bomb(width, height) if kind == "png" else jpeg_bomb(width, height, kind == "progressive_jpeg")
+    path = tmp_path / f"bomb.{'png' if kind == 'png' else 'jpg'}"
+    path.write_bytes(bomb)
+    want = reference_labels([path])[path.name]
+    concurrent = 12
+    with Stack(tmp_path / "data", **FAST, scaler__max="2") as stack:
+        with ThreadPoolExecutor(concurrent) as pool:
+            answers = list(pool.map(lambda i: upload(stack.url, f"bomb{i}{path.suffix}", bomb, timeout=300),
+                                    range(concurrent)))
+        assert answers == [(200, want + "\n")] * concurrent
+        peak = peak_rss_mib(stack.proc.pid)
+    # A full frame is 120-160 MB per upload: 12 at once would be 1.5-2 GB.
+    assert peak < 600, f"web tier peaked at {peak:.0f} MiB checking {concurrent} {kind} bombs"
+    assert stack_processes(tmp_path / "data") == []
+
+
+def test_sigterm_with_hundreds_waiting_answers_each_and_exits_in_time(tmp_path, datasets):
+    files = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    want = reference_labels(files)
+    drain = 4
+    data = tmp_path / "data"
+    # One worker: most of the 300 are still waiting when SIGTERM comes.
+    stack = Stack(data, **FAST, scaler__max="1", web__drain_timeout_s=str(drain)).start()
+    answers: dict[int, tuple[int, str]] = {}
+
+    def send(i: int):
+        f = files[i % len(files)]
+        answers[i] = upload(stack.url, f"r{i}_{f.name}", f.read_bytes(), timeout=120)
+
+    with ThreadPoolExecutor(300) as pool:
+        futures = [pool.submit(send, i) for i in range(300)]
+        wait_until("200 requests are waiting", lambda: stack.status()["waiting_requests"] >= 200, 60, every=0.05)
+        started = time.monotonic()
+        stack.proc.send_signal(signal.SIGTERM)
+        code = stack.proc.wait(drain + 15)
+        took = time.monotonic() - started
+        for f in futures:
+            f.result(timeout=30)
+    assert code == 0, stack.logs()[-3000:]
+    assert took < drain + 8, f"took {took:.1f}s to exit with a {drain}s drain"
+    ok = {i: a for i, a in answers.items() if a[0] == 200}
+    refused = {i: a for i, a in answers.items() if a[0] != 200}
+    assert len(answers) == 300
+    assert all(label_of(a[1]) == want[files[i % len(files)].name] for i, a in ok.items())
+    assert all(a[0] == 503 and "shutting down" in a[1] for a in refused.values()), list(refused.values())[:3]
+    assert ok, "no request was answered while draining"
+    # Every result that reached the output bucket before the exit was delivered, or its client
+    # was told it would be stored.
+    outputs = {p.name for p in (data / "s3" / "output-bucket").iterdir()}
+    assert {f"r{i}_{files[i % len(files)].stem}" for i in ok} <= outputs
+    wait_until("nothing is left", lambda: stack_processes(data) == [], 10)

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Reliability figures of the local service, for `make bench` (medians of --rounds):
+
+1. peak web-tier RSS while 24 clients upload 40 MP images at once (PNG bomb, flat baseline JPEG,
+   progressive JPEG; goal < 1 GiB);
+2. peak worker RSS on a batch of 8 large photos (12 MP JPEGs), and on a native-size model (a
+   ResNet-18 with generated weights) with the default pixel budget per model run vs none;
+3. a worker SIGKILLed mid-burst: time from the kill to the last of its requests answered by another;
+4. SIGTERM to the web tier with 300 requests waiting: time to exit, and how many were answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+
+from hostile import jpeg_bomb, peak_rss_mib, png_bomb, upload  # noqa: E402
+from local_stack import ROOT, Stack, wait_until, worker_pids  # noqa: E402
+
+FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
+
+
+def web_tier_peak(kind: str, tmp: Path, i: int) -> float:
+    width, height = 8192, 4882
+    body = png_bomb(width, height) if kind == "png" else jpeg_bomb(width, height, kind == "progressive jpeg")
+    suffix = ".png" if kind == "png" else ".jpg"
+    with Stack(tmp / f"web-{kind.replace(' ', '-')}-{i}", **FAST, scaler__max="2") as stack:
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(lambda n: upload(stack.url, f"b{n}{suffix}", body, timeout=600)[0], range(24)))
+        assert answers == [200] * 24, answers
+        return peak_rss_mib(stack.proc.pid)
+
+
+def photos(count: int, width: int, height: int) -> list[bytes]:
+    """Large JPEGs with real detail: test thumbnails scaled up, with noise."""
+    from PIL import Image
+
+    thumbs = sorted((Path(os.environ["DATASETS"]) / "imagenet-100").glob("*.JPEG"))
+    out = []
+    for n in range(count):
+        img = Image.open(thumbs[n]).convert("RGB").resize((width, height), Image.BILINEAR)
+        noise = Image.effect_noise((width, height), 20).convert("RGB")
+        img = Image.blend(img, noise, 0.1)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def worker_peak(images: list[bytes], tmp: Path, name: str, **settings: str) -> float:
+    """One worker classifies `images` as one receive (uploaded while no worker runs)."""
+    stack = Stack(tmp / name, **FAST, scaler__max="1", scaler__min="0", **settings)
+    with stack:
+        peaks: dict[int, float] = {}
+        with ThreadPoolExecutor(len(images)) as pool:
+            futures = [pool.submit(upload, stack.url, f"p{n}.jpg", body, timeout=600) for n, body in enumerate(images)]
+            while not all(f.done() for f in futures):
+                for pid in worker_pids(stack.data_dir):
+                    try:
+                        peaks[pid] = max(peaks.get(pid, 0), peak_rss_mib(pid))
+                    except (OSError, AssertionError):
+                        pass
+                time.sleep(0.05)
+            assert [f.result()[0] for f in futures] == [200] * len(images)
+        return max(peaks.values(), default=0.0)
+
+
+def resnet18_model(tmp: Path) -> Path:
+    """ResNet-18 (native size, ToTensor only) with generated weights: the converter's own path."""
+    import make_model
+    import numpy_nets
+    import torch_writer
+
+    out = tmp / "resnet18-generated"
+    if not (out / "manifest.json").exists():
+        weights = tmp / "resnet18-random.pth"
+        torch_writer.save_zip(numpy_nets.random_resnet18_state(seed=1), weights)
+        make_model.write_model("resnet18", weights, out, verify_hash=False)
+    return out
+
+
+def dead_worker_recovery(files: list[Path], tmp: Path, i: int) -> float:
+    data = tmp / f"kill{i}"
+    with Stack(data, **FAST, scaler__max="2") as stack:
+        with ThreadPoolExecutor(60) as pool:
+            futures = [pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in files[:60]]
+            wait_until("a worker holds requests", lambda: stack.status()["queue"]["in_flight"] > 0, 30, every=0.02)
+            killed = time.monotonic()
+            os.kill(worker_pids(data)[0], signal.SIGKILL)
+            assert [f.result(timeout=120)[0] for f in futures] == [200] * len(futures)
+            return time.monotonic() - killed
+
+
+def shutdown_with_300_waiting(files: list[Path], tmp: Path, i: int) -> dict:
+    stack = Stack(tmp / f"term{i}", **FAST, scaler__max="1").start()
+    with ThreadPoolExecutor(300) as pool:
+        futures = [pool.submit(upload, stack.url, f"r{n}_{files[n % len(files)].name}",
+                               files[n % len(files)].read_bytes()) for n in range(300)]
+        wait_until("250 are waiting", lambda: stack.status()["waiting_requests"] >= 250, 60, every=0.05)
+        waiting = stack.status()["waiting_requests"]
+        started = time.monotonic()
+        stack.proc.send_signal(signal.SIGTERM)
+        stack.proc.wait(60)
+        took = time.monotonic() - started
+        statuses = [f.result(timeout=30)[0] for f in futures]
+    return {"waiting": waiting, "exit_s": took, "answered": statuses.count(200), "refused_503": statuses.count(503)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "faults.json")
+    parser.add_argument("images", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("DATASETS", str(args.images.parent))
+    os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(ROOT / "models" / "efficientnet-lite0"))
+    files = sorted(args.images.glob("*.JPEG"))
+    results: dict[str, list] = {}
+
+    def record(key: str, value):
+        results.setdefault(key, []).append(value)
+
+    with tempfile.TemporaryDirectory(prefix="imgrec-faults-") as tmp:
+        tmp = Path(tmp)
+        big = photos(8, 4000, 3000)
+        resnet = resnet18_model(tmp)
+        medium = photos(6, 1632, 1224)
+        for i in range(args.rounds):
+            for kind in ("png", "jpeg", "progressive jpeg"):
+                record(f"web_peak_mib/{kind}", web_tier_peak(kind, tmp, i))
+            record("worker_peak_mib/efficientnet 8x12MP", worker_peak(big, tmp, f"w{i}"))
+            for label, budget in (("default 4 MP", "4000000"), ("unbounded", "1000000000")):
+                record(f"worker_peak_mib/resnet18 6x2MP {label}", worker_peak(
+                    medium, tmp, f"r{i}-{budget}", inference__model_dir=str(resnet), app_tier__max_batch_pixels=budget))
+            record("dead_worker_recovery_s", dead_worker_recovery(files, tmp, i))
+            record("shutdown_300", shutdown_with_300_waiting(files, tmp, i))
+            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(f"\nreliability figures, median of {args.rounds} rounds\n")
+    for kind in ("png", "jpeg", "progressive jpeg"):
+        print(f"web tier peak RSS, 24 x 40 MP {kind:17s} {statistics.median(results[f'web_peak_mib/{kind}']):8.0f} MiB  (goal < 1024)")
+    for key in [k for k in results if k.startswith("worker_peak_mib/")]:
+        print(f"worker peak RSS, {key.split('/', 1)[1]:31s} {statistics.median(results[key]):8.0f} MiB")
+    print(f"SIGKILLed worker -> its requests answered       {statistics.median(results['dead_worker_recovery_s']):8.2f} s")
+    shut = results["shutdown_300"]
+    print(f"SIGTERM with {statistics.median(s['waiting'] for s in shut):.0f} waiting -> exit"
+          f"                 {statistics.median(s['exit_s'] for s in shut):8.2f} s"
+          f"  (answered {statistics.median(s['answered'] for s in shut):.0f}/300, 503 {statistics.median(s['refused_503'] for s in shut):.0f})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
