@@ -69,20 +69,23 @@ def test_odd_and_long_names_are_stored_or_refused_before_anything_is_stored(tmp_
     assert stack_processes(data) == []
 
 
+def burst_with_a_fault(stack: Stack, files: list[Path], fault: signal.Signals) -> tuple[dict, int, float]:
+    """Uploads `files` at once, sends `fault` to a worker holding requests; returns the answers, the
+    worker's pid and the seconds from the fault to the last answer."""
+    with ThreadPoolExecutor(len(files)) as pool:
+        futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in files}
+        victim = wait_until("a worker holds requests", stack.busy_worker, 30, every=0.02)
+        hit = time.monotonic()
+        os.kill(victim, fault)
+        answers = {f.name: fut.result(timeout=60) for f, fut in futures.items()}
+        return answers, victim, time.monotonic() - hit
+
+
 def test_a_killed_workers_requests_are_answered_by_another_within_seconds(tmp_path, thumbs, want):
     data = tmp_path / "data"
     visibility = 5
     with Stack(data, **FAST, scaler__max="2", queues__visibility_timeout_s=str(visibility)) as stack:
-        answers = {}
-        with ThreadPoolExecutor(40) as pool:
-            futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in thumbs[:40]}
-            wait_until("a worker holds requests", lambda: stack.status()["queue"]["in_flight"] > 0, 30, every=0.02)
-            victim = worker_pids(data)[0]
-            killed = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
-            for f, fut in futures.items():
-                answers[f.name] = fut.result(timeout=60)
-            recovered = time.monotonic() - killed
+        answers, _, recovered = burst_with_a_fault(stack, thumbs[:40], signal.SIGKILL)
     assert answers == {f.name: (200, want[f.name] + "\n") for f in thumbs[:40]}
     assert recovered < visibility + 5, f"the last answer came {recovered:.1f}s after the kill"
     assert "exited unexpectedly" in stack.logs()
@@ -93,16 +96,8 @@ def test_a_stopped_worker_is_replaced_and_its_requests_answered(tmp_path, thumbs
     """SIGSTOP: the process is alive but makes no progress. It stops heartbeating, the fleet kills
     it (SIGTERM, then SIGKILL) and the scaler starts another, which takes its requests."""
     data = tmp_path / "data"
-    settings = {**FAST, "scaler__max": "1", "queues__visibility_timeout_s": "5"}
-    with Stack(data, **settings) as stack:
-        with ThreadPoolExecutor(40) as pool:
-            futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in thumbs[:40]}
-            wait_until("a worker holds requests", lambda: stack.status()["queue"]["in_flight"] > 0, 30, every=0.02)
-            victim = worker_pids(data)[0]
-            stopped = time.monotonic()
-            os.kill(victim, signal.SIGSTOP)
-            answers = {f.name: fut.result(timeout=60) for f, fut in futures.items()}
-            recovered = time.monotonic() - stopped
+    with Stack(data, **FAST, scaler__max="1", queues__visibility_timeout_s="5") as stack:
+        answers, victim, recovered = burst_with_a_fault(stack, thumbs[:40], signal.SIGSTOP)
         wait_until("the stopped worker is killed", lambda: victim not in worker_pids(data), 10)
     assert answers == {f.name: (200, want[f.name] + "\n") for f in thumbs[:40]}
     assert recovered < 20, f"the last answer came {recovered:.1f}s after the stop"

@@ -96,9 +96,9 @@ def dead_worker_recovery(files: list[Path], tmp: Path, i: int) -> float:
     with Stack(data, **FAST, scaler__max="2") as stack:
         with ThreadPoolExecutor(60) as pool:
             futures = [pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in files[:60]]
-            wait_until("a worker holds requests", lambda: stack.status()["queue"]["in_flight"] > 0, 30, every=0.02)
+            victim = wait_until("a worker holds requests", stack.busy_worker, 30, every=0.02)
             killed = time.monotonic()
-            os.kill(worker_pids(data)[0], signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
             assert [f.result(timeout=120)[0] for f in futures] == [200] * len(futures)
             return time.monotonic() - killed
 

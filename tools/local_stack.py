@@ -53,6 +53,18 @@ def worker_pids(data_dir: Path) -> list[int]:
     return out
 
 
+def worker_pid(data_dir: Path, name: str) -> int | None:
+    """The pid of the local app-tier instance `name` (`app-instanceK`), if it runs."""
+    for pid in worker_pids(data_dir):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if name.encode() in cmd:
+            return pid
+    return None
+
+
 class Stack:
     def __init__(self, data_dir: Path, extra_env: dict | None = None, **settings: str):
         self.data_dir = data_dir
@@ -87,6 +99,15 @@ class Stack:
     def status(self) -> dict:
         with urllib.request.urlopen(self.url + "status", timeout=5) as r:
             return json.load(r)
+
+    def busy_worker(self) -> int | None:
+        """The pid of a running app-tier instance that holds requests now, if any."""
+        for instance in self.status()["instances"]:
+            if instance["busy"] and instance["state"] == "running":
+                pid = worker_pid(self.data_dir, instance["name"])
+                if pid:
+                    return pid
+        return None
 
     def stop(self, sig=signal.SIGINT, timeout: float = 30) -> int:
         assert self.proc is not None

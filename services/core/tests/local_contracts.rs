@@ -100,13 +100,12 @@ async fn fs_object_store_contract() {
     assert!(dir.path().join("s3/input-bucket/test_0.JPEG").is_file());
     assert!(dir.path().join("s3/input-bucket/dir%2Ftest_1.png").is_file());
     // Nothing left behind: no temp file, one version per put.
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("versions/input-bucket"))
-            .unwrap()
-            .count(),
-        9
-    );
+    assert_eq!(files_in(&dir.path().join("tmp")), 0);
+    assert_eq!(files_in(&dir.path().join("versions/input-bucket")), 9);
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
 }
 
 #[test]
@@ -141,13 +140,8 @@ async fn fs_object_store_failed_puts_leave_nothing_and_are_transient() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("versions/input-bucket"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(files_in(&dir.path().join("tmp")), 0);
+    assert_eq!(files_in(&dir.path().join("versions/input-bucket")), 0);
 }
 
 #[test]
