@@ -157,3 +157,24 @@ def test_sigterm_with_hundreds_waiting_answers_each_and_exits_in_time(tmp_path, 
     outputs = {p.name for p in (data / "s3" / "output-bucket").iterdir()}
     assert {f"r{i}_{files[i % len(files)].stem}" for i in ok} <= outputs
     wait_until("nothing is left", lambda: stack_processes(data) == [], 10)
+
+
+def test_a_second_signal_stops_the_drain_at_once(tmp_path, thumb):
+    """With no worker allowed (max 0) nothing is answered; a 60 s drain would hold the exit, and
+    a second Ctrl-C cuts it short: every waiting client gets 503 with the reason."""
+    data = tmp_path / "data"
+    stack = Stack(data, **FAST, scaler__max="0", web__drain_timeout_s="60").start()
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(upload, stack.url, f"w{n}.jpg", thumb.read_bytes(), timeout=60) for n in range(20)]
+        wait_until("20 are waiting", lambda: stack.status()["waiting_requests"] == 20, 30, every=0.05)
+        started = time.monotonic()
+        stack.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert stack.proc.poll() is None, "exited before the drain"
+        stack.proc.send_signal(signal.SIGINT)
+        code = stack.proc.wait(15)
+        took = time.monotonic() - started
+        answers = [f.result(timeout=10) for f in futures]
+    assert code == 0 and took < 6, (code, took)
+    assert all(status == 503 and "shutting down" in body for status, body in answers), answers[:2]
+    assert stack_processes(data) == []

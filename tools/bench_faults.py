@@ -5,7 +5,8 @@
    progressive JPEG; goal < 1 GiB);
 2. peak worker RSS on a batch of 8 large photos (12 MP JPEGs), and on a native-size model (a
    ResNet-18 with generated weights) with the default pixel budget per model run vs none;
-3. a worker SIGKILLed mid-burst: time from the kill to the last of its requests answered by another;
+3. a busy worker SIGKILLed (or SIGSTOPped) mid-burst: time from the signal to the last of its
+   requests answered by another;
 4. SIGTERM to the web tier with 300 requests waiting: time to exit, and how many were answered.
 """
 
@@ -91,14 +92,15 @@ def resnet18_model(tmp: Path) -> Path:
     return out
 
 
-def dead_worker_recovery(files: list[Path], tmp: Path, i: int) -> float:
-    data = tmp / f"kill{i}"
+def dead_worker_recovery(files: list[Path], tmp: Path, i: int, fault: signal.Signals = signal.SIGKILL) -> float:
+    """Seconds from `fault` to a busy worker to the last of 60 requests answered."""
+    data = tmp / f"{fault.name}{i}"
     with Stack(data, **FAST, scaler__max="2") as stack:
         with ThreadPoolExecutor(60) as pool:
             futures = [pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in files[:60]]
             victim = wait_until("a worker holds requests", stack.busy_worker, 30, every=0.02)
             killed = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
+            os.kill(victim, fault)
             assert [f.result(timeout=120)[0] for f in futures] == [200] * len(futures)
             return time.monotonic() - killed
 
@@ -145,6 +147,7 @@ def main() -> int:
                 record(f"worker_peak_mib/resnet18 6x2MP {label}", worker_peak(
                     medium, tmp, f"r{i}-{budget}", inference__model_dir=str(resnet), app_tier__max_batch_pixels=budget))
             record("dead_worker_recovery_s", dead_worker_recovery(files, tmp, i))
+            record("stopped_worker_recovery_s", dead_worker_recovery(files, tmp, i, signal.SIGSTOP))
             record("shutdown_300", shutdown_with_300_waiting(files, tmp, i))
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -154,6 +157,7 @@ def main() -> int:
     for key in [k for k in results if k.startswith("worker_peak_mib/")]:
         print(f"worker peak RSS, {key.split('/', 1)[1]:31s} {statistics.median(results[key]):8.0f} MiB")
     print(f"SIGKILLed worker -> its requests answered       {statistics.median(results['dead_worker_recovery_s']):8.2f} s")
+    print(f"SIGSTOPped worker -> its requests answered      {statistics.median(results['stopped_worker_recovery_s']):8.2f} s")
     shut = results["shutdown_300"]
     print(f"SIGTERM with {statistics.median(s['waiting'] for s in shut):.0f} waiting -> exit"
           f"                 {statistics.median(s['exit_s'] for s in shut):8.2f} s"

@@ -55,7 +55,7 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
     let progress = Progress::new(app.stall_timeout());
     // Beats until the end of this function: stopping (the last batch answered) is progress too.
     let heartbeats = tokio::spawn(heartbeat(status.clone(), progress.clone(), app.heartbeat()));
-    let ports = Ports::connect(&settings).await?;
+    let ports = Ports::connect_as(&settings, Some(&name)).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
     let worker = Arc::new(Worker {

@@ -23,6 +23,12 @@ pub struct Ports {
 impl Ports {
     /// Connects, checking that every bucket and queue exists and is accessible.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        Self::connect_as(settings, None).await
+    }
+
+    /// Connects as the app-tier instance `instance`: locally, requests it receives are marked as
+    /// held by it, so that the fleet gives them back at once if it dies.
+    pub async fn connect_as(settings: &Settings, instance: Option<&str>) -> anyhow::Result<Self> {
         let q = &settings.queues;
         match settings.backend {
             Backend::Local => {
@@ -39,7 +45,13 @@ impl Ports {
                 }
                 Ok(Self {
                     store: Arc::new(store),
-                    requests: Arc::new(SqliteQueue::open(&db, &q.requests, Some(dead_letter))?),
+                    requests: Arc::new({
+                        let requests = SqliteQueue::open(&db, &q.requests, Some(dead_letter))?;
+                        match instance {
+                            Some(name) => requests.received_by(name),
+                            None => requests,
+                        }
+                    }),
                     responses: Arc::new(SqliteQueue::open(&db, &q.responses, None)?),
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
                 })

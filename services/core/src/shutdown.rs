@@ -15,3 +15,12 @@ pub fn on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     });
     Ok(rx)
 }
+
+/// Resolves on the next SIGTERM or SIGINT after this call (a second Ctrl-C: stop waiting).
+pub fn next_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    })
+}

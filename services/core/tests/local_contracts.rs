@@ -245,3 +245,38 @@ async fn process_fleet_kills_instances_that_miss_their_heartbeats() {
         );
     }
 }
+
+/// The local fleet gives back a dead instance's requests at once: the ones it received are marked
+/// as held by it, and `release_held_by` makes them visible again with their receive counts.
+#[tokio::test]
+async fn sqlite_queue_releases_what_a_gone_receiver_held() {
+    use imgrec_core::ports::WorkQueue;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let worker = SqliteQueue::open(&db, "requests", None)
+        .unwrap()
+        .received_by("app-instance1");
+    let other = SqliteQueue::open(&db, "requests", None)
+        .unwrap()
+        .received_by("app-instance2");
+    worker
+        .send_batch(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .await
+        .unwrap();
+    let long = Duration::from_secs(600);
+    let held = worker.receive(2, long, Duration::ZERO).await.unwrap();
+    let kept = other.receive(1, long, Duration::ZERO).await.unwrap();
+    assert_eq!((held.len(), kept.len()), (2, 1));
+    assert!(other.receive(10, long, Duration::ZERO).await.unwrap().is_empty());
+
+    let conn = imgrec_core::local::open_db(&db).unwrap();
+    assert_eq!(imgrec_core::local::release_held_by(&conn, "app-instance1").unwrap(), 2);
+    let again = other.receive(10, long, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 2, "only the gone instance's requests come back");
+    assert!(again.iter().all(|m| m.receive_count == 2));
+    // Nothing of app-instance2's, and nothing twice.
+    assert_eq!(imgrec_core::local::release_held_by(&conn, "app-instance1").unwrap(), 0);
+    // An old receipt no longer deletes what was given back and received again.
+    worker.delete(&held[0].receipt).await.unwrap();
+    assert_eq!(worker.depth().await.unwrap().total(), 3);
+}

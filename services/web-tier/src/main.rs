@@ -173,10 +173,19 @@ async fn run() -> anyhow::Result<()> {
         drain.as_secs()
     );
     let _ = close_tx.send(true);
-    // Workers, the scaler and the response dispatcher keep running while the waiting are answered.
-    if tokio::time::timeout(drain, &mut server).await.is_err() {
+    // Workers, the scaler and the response dispatcher keep running while the waiting are answered,
+    // until the deadline or a second signal.
+    let again = imgrec_core::shutdown::next_signal()?;
+    let drained = tokio::select! {
+        done = tokio::time::timeout(drain, &mut server) => done.is_ok(),
+        _ = again => false,
+    };
+    if !drained {
         let rest = app.waiters.shut_down_all();
-        warn!(requests = rest, "drain deadline passed; answered the rest 503");
+        warn!(
+            requests = rest,
+            "stopped draining (deadline passed or signalled again); answered the rest 503"
+        );
         if tokio::time::timeout(CLOSE_GRACE, &mut server).await.is_err() {
             warn!("connections still open after the drain; closing them");
             server.abort();

@@ -12,7 +12,9 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at_ms INTEGER NOT NULL,
     visible_at_ms INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    -- The instance that received it last (local fleet: released at once if that instance dies).
+    receiver TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at_ms, id);
 CREATE TABLE IF NOT EXISTS instances (
@@ -36,5 +38,24 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)
         .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+    add_receiver_column(&conn).with_context(|| format!("cannot upgrade the schema in {}", path.display()))?;
     Ok(conn)
+}
+
+/// `messages.receiver` (the instance holding a message) came after the first schema: databases
+/// made before it get the column once.
+fn add_receiver_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |conn: &Connection| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'receiver'")?
+            .exists([])
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    match conn.execute("ALTER TABLE messages ADD COLUMN receiver TEXT", []) {
+        Ok(_) => Ok(()),
+        // Another process added it first.
+        Err(_) if has(conn)? => Ok(()),
+        Err(e) => Err(e),
+    }
 }

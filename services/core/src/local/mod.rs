@@ -10,4 +10,4 @@ mod sqlite_queue;
 pub use db::open as open_db;
 pub use fs_store::FsObjectStore;
 pub use process_fleet::{ProcessFleet, SqliteInstanceStatus, WorkerCommand};
-pub use sqlite_queue::{DeadLetter, SqliteQueue};
+pub use sqlite_queue::{release_held_by, DeadLetter, SqliteQueue};

@@ -101,10 +101,21 @@ impl ProcessFleet {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Drops a gone instance's status and gives back at once the requests it still held (a
+    /// worker that stopped cleanly holds none), before its name can be reused.
     fn forget(&self, name: &str) {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = conn.execute("DELETE FROM instances WHERE name = ?1", params![name]) {
             tracing::warn!(instance = name, error = %e, "cannot clear instance status");
+        }
+        match super::release_held_by(&conn, name) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                instance = name,
+                requests = n,
+                "released the requests a gone instance held"
+            ),
+            Err(e) => tracing::warn!(instance = name, error = %e, "cannot release a gone instance's requests"),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct SqliteQueue {
     name: String,
     dead_letter: Option<DeadLetter>,
     poll_interval: Duration,
+    /// The app-tier instance receiving through this handle, recorded on what it receives.
+    receiver: Option<String>,
 }
 
 impl SqliteQueue {
@@ -34,7 +36,15 @@ impl SqliteQueue {
             name: name.to_owned(),
             dead_letter,
             poll_interval: Duration::from_millis(20),
+            receiver: None,
         })
+    }
+
+    /// Records `instance` as the holder of every message received through this handle, so that
+    /// the local fleet can give them back at once when the instance dies (`release_held_by`).
+    pub fn received_by(mut self, instance: &str) -> Self {
+        self.receiver = Some(instance.to_owned());
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -89,8 +99,9 @@ impl SqliteQueue {
         for (id, body, count) in rows {
             let receipt = format!("{id}.{}", uuid::Uuid::new_v4().simple());
             tx.execute(
-                "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2 WHERE id = ?3",
-                params![hidden_until, receipt, id],
+                "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2, receiver = ?4
+                 WHERE id = ?3",
+                params![hidden_until, receipt, id, self.receiver],
             )?;
             received.push(Received {
                 receipt: Receipt(receipt),
@@ -101,6 +112,17 @@ impl SqliteQueue {
         tx.commit()?;
         Ok(received)
     }
+}
+
+/// Makes every message that `instance` holds visible again now (their receive counts stay):
+/// called by the local fleet when that instance is gone, instead of waiting for the visibility
+/// timeout. Returns how many were released.
+pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<usize> {
+    let now = now_ms() as i64;
+    conn.execute(
+        "UPDATE messages SET visible_at_ms = ?2, receiver = NULL WHERE receiver = ?1 AND visible_at_ms > ?2",
+        params![instance, now],
+    )
 }
 
 fn message_id(receipt: &Receipt) -> anyhow::Result<i64> {
