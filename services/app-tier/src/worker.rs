@@ -104,15 +104,14 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
             .filter(|(_, batch)| !batch.is_empty())
             .chain(alone.into_iter().map(|job| (true, vec![job])))
             .collect();
-        let mut keepers: Vec<JoinHandle<()>> = groups
+        let keepers: Vec<JoinHandle<()>> = groups
             .iter()
             .map(|(_, jobs)| {
                 let receipts = jobs.iter().map(|j| j.receipt.clone()).collect();
                 tokio::spawn(keep_invisible(worker.clone(), receipts, visibility))
             })
             .collect();
-        for (suspect, jobs) in groups {
-            let keeper = keepers.remove(0);
+        for ((suspect, jobs), keeper) in groups.into_iter().zip(keepers) {
             if suspect {
                 // What was classified before is answered before a suspect may bring this worker down.
                 if let Some(previous) = answering.take() {
