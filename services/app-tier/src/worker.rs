@@ -17,9 +17,9 @@ use imgrec_core::config::Settings;
 use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
 use tokio::task::JoinHandle;
+use tracing::{error, info, warn, Instrument};
 
 use crate::poison::{self, Job};
-use tracing::{error, info, warn, Instrument};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -37,14 +37,8 @@ impl Ports {
                     queue: q.dead_letter.clone(),
                     max_receives: q.max_receives,
                 };
-                let store = FsObjectStore::new(&settings.data_dir);
-                match store.sweep_temp_files(std::time::Duration::from_secs(600)) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(files = n, "removed temp files left by interrupted writes"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep temp files"),
-                }
                 Ok(Self {
-                    store: Arc::new(store),
+                    store: Arc::new(local_store(settings)),
                     requests: Arc::new({
                         let requests = SqliteQueue::open(&db, &q.requests, Some(dead_letter))?;
                         match instance {
@@ -71,6 +65,18 @@ impl Ports {
             }
         }
     }
+}
+
+/// The folder store, rid of temp files that a process killed mid-write left (younger ones may be
+/// another process's writes in progress).
+fn local_store(settings: &Settings) -> FsObjectStore {
+    let store = FsObjectStore::new(&settings.data_dir);
+    match store.sweep_temp_files(std::time::Duration::from_secs(600)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed temp files left by interrupted writes"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep temp files"),
+    }
+    store
 }
 
 /// The app-tier fleet the scaler drives. Locally, workers are `worker_program run --name ...`.

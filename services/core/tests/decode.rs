@@ -105,25 +105,33 @@ fn zero_dimensions_are_errors() {
     assert!(decode_rgb(&png_with_size(16, 0), &limits()).is_err());
 }
 
-#[test]
-fn mutated_files_never_panic() {
-    // xorshift: deterministic, no dependency.
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
+/// xorshift: deterministic, no dependency.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+/// `original` with 1 to 4 random bytes overwritten.
+fn mutate(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let mut bytes = original.to_vec();
+    for _ in 0..1 + next() % 4 {
+        let i = (next() as usize) % bytes.len();
+        bytes[i] = next() as u8;
+    }
+    bytes
+}
+
+#[test]
+fn mutated_files_never_panic() {
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     let (mut ok, mut failed) = (0, 0);
     for original in [JPEG, PNG] {
         for _ in 0..3000 {
-            let mut bytes = original.to_vec();
-            for _ in 0..1 + next() % 4 {
-                let i = (next() as usize) % bytes.len();
-                bytes[i] = next() as u8;
-            }
-            match decode_rgb(&bytes, &limits()) {
+            match decode_rgb(&mutate(original, &mut next), &limits()) {
                 Ok(image) => {
                     assert_eq!(image.pixels.len(), image.width * image.height * 3);
                     ok += 1;
@@ -142,13 +150,7 @@ fn mutated_files_never_panic() {
 /// fixtures, every truncation and thousands of mutations.
 #[test]
 fn verify_reports_what_decode_reports() {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     for original in [
         JPEG,
         PNG,
@@ -156,14 +158,7 @@ fn verify_reports_what_decode_reports() {
         &encode_jpeg(64, 48, false)[..],
     ] {
         let mut cases: Vec<Vec<u8>> = (1..original.len()).map(|cut| original[..cut].to_vec()).collect();
-        for _ in 0..2000 {
-            let mut bytes = original.to_vec();
-            for _ in 0..1 + next() % 4 {
-                let i = (next() as usize) % bytes.len();
-                bytes[i] = next() as u8;
-            }
-            cases.push(bytes);
-        }
+        cases.extend((0..2000).map(|_| mutate(original, &mut next)));
         cases.push(original.to_vec());
         for bytes in cases {
             let decoded = decode_rgb(&bytes, &limits());

@@ -106,17 +106,14 @@ impl App {
         S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
         B: bytes::Buf + Send + 'static,
     {
-        let shutting_down = || {
-            (
+        if self.waiters.is_closed() {
+            return Err((
                 "unavailable",
                 Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the service is shutting down; try again",
                 ),
-            )
-        };
-        if self.waiters.is_closed() {
-            return Err(shutting_down());
+            ));
         }
         let bad = |r| ("bad_request", r);
         let limits = &self.upload_limits;

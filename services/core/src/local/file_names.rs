@@ -89,10 +89,11 @@ pub fn key_of(relative: &Path) -> Option<ObjectKey> {
     let path = relative.to_str()?;
     let name = match path.strip_prefix(LONG_DIR).and_then(|p| p.strip_prefix('/')) {
         Some(pieces) => pieces.strip_suffix('%')?.replace('/', ""),
-        None if !path.contains('/') => path.to_owned(),
-        None => return None,
+        None => path.to_owned(),
     };
-    ObjectKey::new(unescape(&name)?).ok()
+    let key = ObjectKey::new(unescape(&name)?).ok()?;
+    // Only the one path each key maps to: a foreign `%2f` or `%+1` is not the file of any key.
+    (relative_path(&key).as_path() == relative).then_some(key)
 }
 
 #[cfg(test)]
@@ -174,7 +175,7 @@ mod tests {
 
     #[test]
     fn foreign_files_are_not_keys() {
-        for path in ["a/b", "%zz", "%L/x", "%"] {
+        for path in ["a/b", "%zz", "%L/x", "%", "a%2fb", "%+1", "x%2E"] {
             assert_eq!(key_of(Path::new(path)), None, "{path}");
         }
     }

@@ -302,39 +302,48 @@ impl SqliteInstanceStatus {
     }
 }
 
-#[async_trait]
-impl InstanceStatus for SqliteInstanceStatus {
-    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+impl SqliteInstanceStatus {
+    /// Runs `update` on the shared database off the async threads, with this instance's name.
+    async fn write(
+        &self,
+        update: impl FnOnce(&Connection, &str) -> rusqlite::Result<usize> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (db, name) = (self.db.clone(), self.name.clone());
-        let state = match state {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-        };
         tokio::task::spawn_blocking(move || {
             let conn = db.lock().unwrap_or_else(|p| p.into_inner());
-            conn.execute(
-                "INSERT INTO instances (name, state, busy, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4",
-                params![name, state, busy, now_ms() as i64],
-            )?;
+            update(&conn, &name)?;
             Ok(())
         })
         .await
         .context("status task failed")?
     }
+}
+
+#[async_trait]
+impl InstanceStatus for SqliteInstanceStatus {
+    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+        let state = match state {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+        };
+        self.write(move |conn, name| {
+            conn.execute(
+                "INSERT INTO instances (name, state, busy, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4",
+                params![name, state, busy, now_ms() as i64],
+            )
+        })
+        .await
+    }
 
     async fn heartbeat(&self) -> anyhow::Result<()> {
-        let (db, name) = (self.db.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || {
-            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
+        self.write(|conn, name| {
             conn.execute(
                 "UPDATE instances SET updated_at_ms = ?2 WHERE name = ?1",
                 params![name, now_ms() as i64],
-            )?;
-            Ok(())
+            )
         })
         .await
-        .context("status task failed")?
     }
 }
