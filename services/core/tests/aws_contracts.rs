@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use imgrec_core::aws::bootstrap::{self, Resources};
 use imgrec_core::aws::{AsgFleet, S3ObjectStore, SqsQueue};
-use imgrec_core::contract::{self, Moto, QueuePair};
+use imgrec_core::contract::{self, Delivery, Moto, QueuePair};
 use imgrec_core::ports::{Fleet, ObjectKey, ObjectStore};
 
 fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Resources<'a> {
@@ -59,7 +59,7 @@ async fn sqs_queue_contracts() {
     assert!(missing.to_string().contains("no-such-queue"), "{missing}");
     contract::queue_send_receive_delete(open("a").await).await;
     contract::queue_redelivery(open("b").await).await;
-    contract::queue_concurrent_receivers(open("c").await).await;
+    contract::queue_concurrent_receivers(open("c").await, Delivery::AtLeastOnce).await;
     contract::queue_long_poll(open("d").await).await;
     let pair = QueuePair {
         main: open("requests").await,

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgrec_core::contract::{self, QueuePair};
+use imgrec_core::contract::{self, Delivery, QueuePair};
 use imgrec_core::local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteQueue, WorkerCommand};
 use imgrec_core::ports::{Fleet, InstanceState, ObjectKey, ObjectStore};
 
@@ -45,7 +45,7 @@ async fn sqlite_queue_concurrent_receivers_in_separate_connections() {
     let dir = tempfile::tempdir().unwrap();
     // Clones share a connection; separate opens behave like separate processes.
     let sender = queue(dir.path(), "requests");
-    contract::queue_concurrent_receivers(sender.clone()).await;
+    contract::queue_concurrent_receivers(sender.clone(), Delivery::ExactlyOnce).await;
     let other = queue(dir.path(), "requests");
     contract::queue_long_poll(other).await;
 }
