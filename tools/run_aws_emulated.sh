@@ -26,5 +26,5 @@ PY
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 export IMGREC__BACKEND=aws IMGREC__AWS__ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
 target/release/scaler bootstrap
-echo "moto server on http://127.0.0.1:$MOTO_PORT (buckets input-bucket, output-bucket; queues requests, responses, requests-dlq)"
+echo "moto server on http://127.0.0.1:$MOTO_PORT (buckets input-bucket, output-bucket; queues requests, responses-web-instance1, requests-dlq)"
 target/release/web-tier

@@ -63,6 +63,7 @@ mod tests {
                 object_version: None,
                 submitted_at_ms: 0,
                 requeued,
+                reply_to: None,
             },
             receive_count,
         }

@@ -5,6 +5,7 @@
 //! Answering batch N (storing, sending, deleting: I/O) overlaps with classifying batch N+1, so the
 //! core stays busy; at most one batch is being answered at a time.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -347,24 +348,51 @@ impl Worker {
         }
     }
 
-    /// Stores the results, sends the responses, then deletes the requests. A failure before the
-    /// delete leaves a request to come back after its visibility timeout.
+    /// Stores the results, sends the responses (each to the web tier that waits for it), then
+    /// deletes the requests. A failure before the delete leaves a request to come back after its
+    /// visibility timeout.
     async fn answer_all(&self, answers: Vec<Answer>) {
         let stored = join_all(answers.into_iter().map(|a| self.store_result(a))).await;
-        let ready: Vec<(Receipt, ClassifyResponse)> = stored.into_iter().flatten().collect();
-        if ready.is_empty() {
-            return;
+        let mut by_queue: HashMap<String, Vec<(Receipt, ClassifyResponse)>> = HashMap::new();
+        for (receipt, reply_to, response) in stored.into_iter().flatten() {
+            by_queue.entry(reply_to).or_default().push((receipt, response));
         }
-        let bodies: Vec<Vec<u8>> = ready.iter().map(|(_, r)| r.encode()).collect();
-        if let Err(e) = self.ports.responses.send_batch(&bodies).await {
-            warn!(error = %format!("{e:#}"), "cannot send responses; the requests will be retried");
-            return;
+        let sent = join_all(by_queue.into_iter().map(|(queue, ready)| async move {
+            let bodies: Vec<Vec<u8>> = ready.iter().map(|(_, r)| r.encode()).collect();
+            let sent = match self.ports.response_queues.open(&queue).await {
+                Ok(q) => q.send_batch(&bodies).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => ready.into_iter().map(|(r, _)| r).collect(),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), %queue, "cannot send responses; the requests will be retried");
+                    Vec::new()
+                }
+            }
+        }))
+        .await;
+        let receipts: Vec<Receipt> = sent.into_iter().flatten().collect();
+        if !receipts.is_empty() {
+            self.delete(&receipts).await;
         }
-        let receipts: Vec<Receipt> = ready.into_iter().map(|(r, _)| r).collect();
-        self.delete(&receipts).await;
     }
 
-    async fn store_result(&self, answer: Answer) -> Option<(Receipt, ClassifyResponse)> {
+    /// The response queue a request's answer goes to: the one it names if that is a web tier's
+    /// response queue, else the shared one.
+    fn reply_queue(&self, request: &ClassifyRequest) -> String {
+        let queues = &self.settings.queues;
+        match &request.reply_to {
+            Some(q) if queues.is_response_queue(q) => q.clone(),
+            Some(q) => {
+                warn!(reply_to = %q, request_id = %request.request_id, "request names no response queue; answering on the shared one");
+                queues.responses.clone()
+            }
+            None => queues.responses.clone(),
+        }
+    }
+
+    async fn store_result(&self, answer: Answer) -> Option<(Receipt, String, ClassifyResponse)> {
         let outcome = match answer.outcome {
             Ok(prediction) => {
                 let (key, value) = result_object(&answer.request.key, &prediction.label);
@@ -397,6 +425,7 @@ impl Worker {
             }
             Err(reason) => Outcome::Rejected { reason },
         };
+        let reply_to = self.reply_queue(&answer.request);
         let response = ClassifyResponse {
             version: VERSION,
             request_id: answer.request.request_id,
@@ -404,7 +433,7 @@ impl Worker {
             outcome,
             instance: self.name.clone(),
         };
-        Some((answer.receipt, response))
+        Some((answer.receipt, reply_to, response))
     }
 
     async fn delete(&self, receipts: &[Receipt]) {

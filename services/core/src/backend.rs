@@ -6,17 +6,21 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-use crate::aws::{self, AsgFleet, AsgInstanceStatus, CloudWatchSink, S3ObjectStore, SqsQueue};
+use crate::aws::{self, AsgFleet, AsgInstanceStatus, CloudWatchSink, S3ObjectStore, SqsQueue, SqsResponseQueues};
 use crate::config::{Backend, Settings};
-use crate::local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteQueue, WorkerCommand};
-use crate::ports::{Fleet, InstanceStatus, MetricsSink, ObjectStore, WorkQueue};
+use crate::local::{
+    DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
+    WorkerCommand,
+};
+use crate::ports::{Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue};
 
 /// The storage and queues every tier uses.
 #[derive(Clone)]
 pub struct Ports {
     pub store: Arc<dyn ObjectStore>,
     pub requests: Arc<dyn WorkQueue>,
-    pub responses: Arc<dyn WorkQueue>,
+    /// Each web tier's own response queue, by name.
+    pub response_queues: Arc<dyn ResponseQueues>,
     pub dead_letter: Arc<dyn WorkQueue>,
 }
 
@@ -46,7 +50,7 @@ impl Ports {
                             None => requests,
                         }
                     }),
-                    responses: Arc::new(SqliteQueue::open(&db, &q.responses, None)?),
+                    response_queues: Arc::new(SqliteResponseQueues::open(&db)?),
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
                 })
             }
@@ -59,7 +63,7 @@ impl Ports {
                 Ok(Self {
                     store: Arc::new(store),
                     requests: Arc::new(SqsQueue::open(&sdk, &q.requests).await?),
-                    responses: Arc::new(SqsQueue::open(&sdk, &q.responses).await?),
+                    response_queues: Arc::new(SqsResponseQueues::new(&sdk)),
                     dead_letter: Arc::new(SqsQueue::open(&sdk, &q.dead_letter).await?),
                 })
             }
@@ -79,8 +83,9 @@ fn local_store(settings: &Settings) -> FsObjectStore {
     store
 }
 
-/// The app-tier fleet the scaler drives. Locally, workers are `worker_program run --name ...`.
-pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Result<Arc<dyn Fleet>> {
+/// The app-tier fleet the scaler of `host` (a web tier's name, or `scaler`) drives. Locally,
+/// workers are `worker_program run --name ...`.
+pub async fn fleet(settings: &Settings, worker_program: PathBuf, host: &str) -> anyhow::Result<Arc<dyn Fleet>> {
     match settings.fleet.backend {
         Backend::Local => {
             let command = WorkerCommand {
@@ -93,6 +98,7 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Resu
                 command,
                 &settings.queue_db(),
                 settings.fleet.heartbeat_timeout(),
+                host,
             )?))
         }
         Backend::Aws => {
@@ -100,6 +106,81 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf) -> anyhow::Resu
             Ok(Arc::new(AsgFleet::open(&sdk, &settings.aws.auto_scaling_group).await?))
         }
     }
+}
+
+/// What the scaler of `host` must hold to act, where several could run. Locally every web tier
+/// hosts one, and a lease in the shared database picks the one that acts. On AWS the scaler runs
+/// as its own service on web-instance1 only (Terraform), so it needs none.
+pub fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Option<Arc<dyn Lease>>> {
+    match settings.fleet.backend {
+        Backend::Local => {
+            let holder = format!("{host} (pid {})", std::process::id());
+            Ok(Some(Arc::new(SqliteLease::open(
+                &settings.queue_db(),
+                "scaler",
+                &holder,
+            )?)))
+        }
+        Backend::Aws => Ok(None),
+    }
+}
+
+/// A web tier's name (`web-instanceK`), held while this lives: locally a lease in the shared
+/// database, renewed in the background, so that web tiers on one data folder get distinct names
+/// and a new one can reuse a gone one's name.
+pub struct WebTierName {
+    pub name: String,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for WebTierName {
+    fn drop(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+        }
+    }
+}
+
+const WEB_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
+    let configured = settings.web.name.clone().filter(|n| !n.is_empty());
+    if settings.backend == Backend::Aws {
+        return Ok(WebTierName {
+            name: configured.unwrap_or_else(|| "web-instance1".into()),
+            keeper: None,
+        });
+    }
+    let db = settings.queue_db();
+    let holder = format!("pid {} {}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let mut conn = crate::local::open_db(&db)?;
+    let name = match configured {
+        Some(name) => {
+            anyhow::ensure!(
+                crate::local::lease::try_hold(&conn, &name, &holder, WEB_NAME_TTL)?,
+                "a web tier named {name} is already running on {}",
+                settings.data_dir.display()
+            );
+            name
+        }
+        None => crate::local::lease::claim_lowest(&mut conn, "web-instance", &holder, WEB_NAME_TTL)?,
+    };
+    let lease = SqliteLease::open(&db, &name, &holder)?;
+    let keeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WEB_NAME_TTL / 5);
+        loop {
+            tick.tick().await;
+            match lease.hold(WEB_NAME_TTL).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(holder = lease.holder(), "another web tier took this web tier's name"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew this web tier's name"),
+            }
+        }
+    });
+    Ok(WebTierName {
+        name,
+        keeper: Some(keeper),
+    })
 }
 
 /// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`

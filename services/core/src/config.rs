@@ -79,6 +79,28 @@ pub struct Queues {
     pub visibility_timeout_s: u64,
 }
 
+impl Queues {
+    /// The response queue of the web tier `web_tier` (`responses-web-instance1`).
+    pub fn response_queue_of(&self, web_tier: &str) -> String {
+        format!("{}-{web_tier}", self.responses)
+    }
+
+    /// Whether a request may ask for its answer in `name`: a web tier's response queue, or the
+    /// shared one of older web tiers, never a request or dead-letter queue.
+    pub fn is_response_queue(&self, name: &str) -> bool {
+        name == self.responses
+            || name
+                .strip_prefix(&self.responses)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|web_tier| {
+                    !web_tier.is_empty()
+                        && web_tier
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WebSettings {
@@ -93,6 +115,10 @@ pub struct WebSettings {
     pub decode_budget_bytes: u64,
     pub drain_timeout_s: u64,
     pub run_scaler: bool,
+    /// This web tier's name (`web-instanceK`). Unset: locally, the lowest name no running web
+    /// tier on the same data folder holds; on AWS, Terraform sets it per instance.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl WebSettings {
@@ -278,6 +304,25 @@ mod tests {
         assert_eq!((s.scaler.min, s.scaler.max), (0, 20));
         assert_eq!(s.web.port, 8000);
         assert_eq!(s.data_dir, Path::new("data"));
+    }
+
+    #[test]
+    fn response_queues_are_named_after_their_web_tier() {
+        let s = Settings::load_from(None, env(&[]), None, None).unwrap();
+        let q = &s.queues;
+        assert_eq!(q.response_queue_of("web-instance2"), "responses-web-instance2");
+        assert!(q.is_response_queue("responses-web-instance2"));
+        assert!(q.is_response_queue("responses"));
+        for other in [
+            "requests",
+            "requests-dlq",
+            "responses-",
+            "responsesX",
+            "responses-a/b",
+            "",
+        ] {
+            assert!(!q.is_response_queue(other), "{other:?}");
+        }
     }
 
     #[test]

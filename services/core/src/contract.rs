@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::ports::{Fleet, InstanceState, ObjectKey, ObjectStore, WorkQueue};
+use crate::ports::{Fleet, ObjectKey, ObjectStore, WorkQueue};
 
 /// A request queue with its dead-letter queue, as the adapter under test configures them.
 pub struct QueuePair<Q> {
@@ -273,17 +273,23 @@ where
     }
 }
 
-/// Launch by name, list, retire, and (for fleets that own their instances) shutdown.
+/// Told a count, a fleet launches under names it picks (the lowest free), counts the launches it
+/// has asked for so that the same count again launches nothing, never has more than `max` alive,
+/// retires the surplus, and (for fleets that own their instances) stops them all on shutdown.
 pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration, stops_on_shutdown: bool) {
-    fleet.launch("app-instance1").await.expect("launch");
-    fleet.launch("app-instance2").await.expect("launch");
-    assert!(fleet.launch("app-instance1").await.is_err(), "duplicate name accepted");
+    let resize = fleet.scale_to(2, 3).await.expect("scale out");
+    assert_eq!(resize.launch, ["app-instance1", "app-instance2"]);
+    assert!(resize.retire.is_empty());
+    assert!(
+        fleet.scale_to(2, 3).await.expect("scale_to").is_empty(),
+        "launched again for instances not yet started"
+    );
     let names = |f: Arc<dyn Fleet>| async move {
         f.instances()
             .await
             .expect("instances")
             .into_iter()
-            .filter(|i| i.state != InstanceState::Stopping)
+            .filter(|i| i.serves())
             .map(|i| i.name)
             .collect::<Vec<_>>()
     };
@@ -292,10 +298,20 @@ pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration, stops_on_s
         async move { names(f).await == ["app-instance1", "app-instance2"] }
     })
     .await;
-    fleet.retire("app-instance1").await.expect("retire");
-    eventually("the retired instance is gone", timeout, || {
+    let resize = fleet.scale_to(10, 3).await.expect("scale out past the cap");
+    assert_eq!(resize.launch, ["app-instance3"], "the cap is 3");
+    eventually("three instances are listed", timeout, || {
         let f = fleet.clone();
-        async move { names(f).await == ["app-instance2"] }
+        async move { names(f).await.len() == 3 }
+    })
+    .await;
+    let resize = fleet.scale_to(1, 3).await.expect("scale in");
+    assert_eq!(resize.retire.len(), 2);
+    let alive = fleet.instances().await.expect("instances").len();
+    assert!(alive <= 3, "{alive} alive with a cap of 3");
+    eventually("the retired instances are gone", timeout, || {
+        let f = fleet.clone();
+        async move { f.instances().await.expect("instances").len() == 1 }
     })
     .await;
     if !stops_on_shutdown {

@@ -22,6 +22,10 @@ pub struct ClassifyRequest {
     /// beside another suspect one (poison isolation); absent in first sends.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub requeued: u32,
+    /// The response queue of the web tier waiting for the answer (each web tier has its own).
+    /// Absent in requests of older web tiers: the answer goes to `queues.responses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -50,6 +54,11 @@ pub enum Outcome {
     /// The image could not be classified; `reason` is one line for the client.
     Rejected {
         reason: String,
+    },
+    /// The request failed on every receive and was set aside in the dead-letter queue (sent by
+    /// whichever web tier read it there).
+    DeadLettered {
+        receives: u32,
     },
 }
 
@@ -136,6 +145,7 @@ mod tests {
             object_version: Some("v1".into()),
             submitted_at_ms: 5,
             requeued: 0,
+            reply_to: Some("responses-web-instance2".into()),
         };
         assert_eq!(ClassifyRequest::decode(&req.encode()).unwrap(), req);
         let mut future = serde_json::to_value(&req).unwrap();
@@ -144,5 +154,14 @@ mod tests {
         let err = ClassifyRequest::decode(future.to_string().as_bytes()).unwrap_err();
         assert!(matches!(err, MessageError::Version(2)));
         assert!(ClassifyRequest::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn requests_of_older_web_tiers_still_decode() {
+        let old = r#"{"version":1,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","key":"a.png","object_version":null,"submitted_at_ms":1}"#;
+        let request = ClassifyRequest::decode(old.as_bytes()).unwrap();
+        assert_eq!((request.requeued, request.reply_to.as_deref()), (0, None));
+        let encoded = String::from_utf8(request.encode()).unwrap();
+        assert!(!encoded.contains("reply_to") && !encoded.contains("requeued"));
     }
 }

@@ -184,8 +184,15 @@ async fn process_fleet_contract() {
         memory_max_bytes: None,
     };
     // `sleep` sends no heartbeats: a timeout far beyond the test.
-    let fleet: Arc<dyn Fleet> =
-        Arc::new(ProcessFleet::new(command, &dir.path().join("queue.sqlite3"), Duration::from_secs(3600)).unwrap());
+    let fleet: Arc<dyn Fleet> = Arc::new(
+        ProcessFleet::new(
+            command,
+            &dir.path().join("queue.sqlite3"),
+            Duration::from_secs(3600),
+            "web-instance1",
+        )
+        .unwrap(),
+    );
     contract::fleet_contract(fleet, Duration::from_secs(10), true).await;
 }
 
@@ -198,7 +205,13 @@ async fn process_fleet_notices_a_crashed_instance() {
         env: vec![],
         memory_max_bytes: None,
     };
-    let fleet = ProcessFleet::new(command, &dir.path().join("queue.sqlite3"), Duration::from_secs(3600)).unwrap();
+    let fleet = ProcessFleet::new(
+        command,
+        &dir.path().join("queue.sqlite3"),
+        Duration::from_secs(3600),
+        "web-instance1",
+    )
+    .unwrap();
     fleet.launch("app-instance1").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !fleet.instances().await.unwrap().is_empty() {
@@ -222,7 +235,13 @@ async fn process_fleet_kills_instances_that_miss_their_heartbeats() {
             env: vec![],
             memory_max_bytes: None,
         };
-        let fleet = ProcessFleet::new(command, &dir.path().join("queue.sqlite3"), Duration::from_millis(500)).unwrap();
+        let fleet = ProcessFleet::new(
+            command,
+            &dir.path().join("queue.sqlite3"),
+            Duration::from_millis(500),
+            "web-instance1",
+        )
+        .unwrap();
         fleet.launch("app-instance1").await.unwrap();
         let start = std::time::Instant::now();
         let mut seen_stopping = false;

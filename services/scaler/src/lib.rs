@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use imgrec_core::policy::{Decision, Observation, ScalingPolicy};
-use imgrec_core::ports::{Fleet, Instance, InstanceState, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
+use imgrec_core::ports::{Fleet, Instance, InstanceState, Lease, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
@@ -26,6 +26,8 @@ pub struct ScalerStatus {
     pub instances: Vec<Instance>,
     pub scaling_actions: u64,
     pub last_error: Option<String>,
+    /// Whether this scaler acts on the fleet (holds the lease); others only watch.
+    pub acting: bool,
 }
 
 pub type SharedStatus = Arc<RwLock<ScalerStatus>>;
@@ -41,7 +43,14 @@ pub struct Scaler {
     completions: Option<CompletionRate>,
     status: SharedStatus,
     nudge: Arc<Notify>,
+    /// Held while this scaler acts on the fleet; without one it always acts.
+    lease: Option<Arc<dyn Lease>>,
+    acting: bool,
 }
+
+/// How long the scaler's lease lasts unrenewed: another host takes the scaler over this long
+/// after the holder stops renewing it (it renews every tick).
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Requests completed per second over the last minute, from a counter the web tier advances.
 struct CompletionRate {
@@ -82,7 +91,17 @@ impl Scaler {
             completions: None,
             status: Arc::new(RwLock::new(status)),
             nudge: Arc::new(Notify::new()),
+            lease: None,
+            acting: true,
         }
+    }
+
+    /// Acts on the fleet only while holding `lease`, so that of several hosts running a scaler
+    /// one acts at a time; the others watch and take over when the holder stops renewing it.
+    pub fn with_lease(mut self, lease: Arc<dyn Lease>) -> Self {
+        self.lease = Some(lease);
+        self.acting = false;
+        self
     }
 
     /// A count of completed requests (the web tier counts delivered answers): the policy then
@@ -112,10 +131,40 @@ impl Scaler {
         self.nudge.clone()
     }
 
-    /// One observe-decide-apply round.
+    /// Takes or renews the lease; on losing it, stops the instances this host started.
+    async fn hold_lease(&mut self) -> anyhow::Result<bool> {
+        let Some(lease) = &self.lease else {
+            return Ok(true);
+        };
+        let held = lease.hold(LEASE_TTL).await?;
+        if held && !self.acting {
+            info!(holder = lease.holder(), "acting as the scaler");
+        } else if !held && self.acting {
+            warn!(
+                holder = lease.holder(),
+                "lost the scaler lease; stopping this host's instances"
+            );
+            self.fleet.shutdown().await?;
+        }
+        self.acting = held;
+        Ok(held)
+    }
+
+    /// One observe-decide-apply round (only observe while another scaler acts).
     pub async fn tick(&mut self) -> anyhow::Result<Decision> {
+        let acting = self.hold_lease().await?;
         let backlog = self.requests.depth().await?;
         let instances = self.fleet.instances().await?;
+        if !acting {
+            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+            status.desired = instances.iter().filter(|i| i.serves()).count();
+            status.backlog = backlog;
+            status.instances = instances;
+            status.acting = false;
+            return Ok(Decision {
+                desired: status.desired,
+            });
+        }
         // The fleet's own bound (an Auto Scaling group's MaxSize) caps the configured maximum.
         if let Some(limit) = self.fleet.max_size().await? {
             self.policy.cap(limit);
@@ -127,22 +176,16 @@ impl Scaler {
             completion_rate: self.completions.as_mut().and_then(CompletionRate::sample),
         };
         let decision = self.policy.decide(&obs);
-        let mut actions = 0;
-        for name in &decision.launch {
-            self.fleet.launch(name).await?;
-            actions += 1;
-        }
-        for name in &decision.retire {
-            self.fleet.retire(name).await?;
-            actions += 1;
-        }
-        if actions > 0 {
+        let max = self.policy.config().max;
+        let resize = self.fleet.scale_to(decision.desired, max).await?;
+        let actions = (resize.launch.len() + resize.retire.len()) as u64;
+        if !resize.is_empty() {
             info!(
                 desired = decision.desired,
                 visible = backlog.visible,
                 in_flight = backlog.in_flight,
-                launch = ?decision.launch,
-                retire = ?decision.retire,
+                launch = ?resize.launch,
+                retire = ?resize.retire,
                 "scaling"
             );
         }
@@ -167,11 +210,12 @@ impl Scaler {
         }
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.desired = decision.desired;
-        status.max = self.policy.config().max;
+        status.max = max;
         status.backlog = backlog;
         status.instances = instances;
         status.scaling_actions += actions;
         status.last_error = None;
+        status.acting = true;
         Ok(decision)
     }
 
@@ -192,6 +236,13 @@ impl Scaler {
             }
         }
         info!("stopping the app tier");
-        self.fleet.shutdown().await
+        let stopped = self.fleet.shutdown().await;
+        if let Some(lease) = &self.lease {
+            // Another host takes over now rather than when the lease expires.
+            if let Err(e) = lease.release().await {
+                warn!(error = %format!("{e:#}"), "cannot release the scaler lease");
+            }
+        }
+        stopped
     }
 }

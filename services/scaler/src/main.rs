@@ -47,6 +47,9 @@ enum Command {
         /// MaxSize of the Auto Scaling group to create (none when the fleet is local).
         #[arg(long, default_value_t = 20)]
         group_max_size: usize,
+        /// Web tiers to create response queues for (web-instance1..N).
+        #[arg(long, default_value_t = 1)]
+        web_tiers: usize,
     },
     /// Load the configuration (defaults, IMGREC_CONFIG file, environment), print it and exit:
     /// errors name the bad key.
@@ -61,11 +64,15 @@ enum Command {
     },
 }
 
-async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result<()> {
+async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize) -> anyhow::Result<()> {
     use imgrec_core::aws::{self, bootstrap};
     use imgrec_core::config::Backend;
     let sdk = aws::sdk_config(&settings.aws).await;
     let (b, q) = (&settings.buckets, &settings.queues);
+    let response_queues: Vec<String> = (1..=web_tiers)
+        .map(|k| q.response_queue_of(&format!("web-instance{k}")))
+        .collect();
+    let response_queues: Vec<&str> = response_queues.iter().map(String::as_str).collect();
     let group =
         (settings.fleet.backend == Backend::Aws).then_some((settings.aws.auto_scaling_group.as_str(), group_max_size));
     bootstrap::create(
@@ -74,14 +81,14 @@ async fn bootstrap(settings: &Settings, group_max_size: usize) -> anyhow::Result
             buckets: &[&b.input, &b.output],
             requests_queue: &q.requests,
             dead_letter_queue: &q.dead_letter,
-            other_queues: &[&q.responses],
+            other_queues: &response_queues,
             max_receives: q.max_receives,
             visibility_timeout_s: q.visibility_timeout_s,
             group,
         },
     )
     .await?;
-    tracing::info!(endpoint = ?settings.aws.endpoint_url, "created buckets {} and {}, queues {}, {}, {}", b.input, b.output, q.requests, q.responses, q.dead_letter);
+    tracing::info!(endpoint = ?settings.aws.endpoint_url, "created buckets {} and {}, queues {}, {}, {}", b.input, b.output, q.requests, response_queues.join(", "), q.dead_letter);
     Ok(())
 }
 
@@ -89,7 +96,10 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let cli = <Cli as clap::Parser>::parse();
     match cli.command {
-        Some(Command::Bootstrap { group_max_size }) => return bootstrap(&settings, group_max_size).await,
+        Some(Command::Bootstrap {
+            group_max_size,
+            web_tiers,
+        }) => return bootstrap(&settings, group_max_size, web_tiers).await,
         Some(Command::CheckConfig) => {
             // Not println!: a closed pipe (`| head`) is an error to report, not a panic.
             writeln!(std::io::stdout(), "{settings:#?}")?;
@@ -106,9 +116,12 @@ async fn run() -> anyhow::Result<()> {
     }
     let ports = Ports::connect(&settings).await?;
     let worker = std::env::current_exe()?.with_file_name("app-tier");
-    let fleet = backend::fleet(&settings, worker).await?;
-    let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
+    let fleet = backend::fleet(&settings, worker, "scaler").await?;
+    let mut scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
         .with_metrics(backend::metrics_sink(&settings).await);
+    if let Some(lease) = backend::scaler_lease(&settings, "scaler")? {
+        scaler = scaler.with_lease(lease);
+    }
     scaler
         .run(settings.scaler.tick(), imgrec_core::shutdown::on_signal()?)
         .await

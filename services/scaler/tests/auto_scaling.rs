@@ -62,10 +62,22 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let autoscaling = aws_sdk_autoscaling_client(&sdk);
 
     let mut names_by_id: HashMap<String, String> = HashMap::new();
+    let set_desired = || {
+        imgrec_core::aws::calls()
+            .get("SetDesiredCapacity")
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut first_step = None;
     for _ in 0..25 {
+        let before = (set_desired(), group_desired(&autoscaling).await);
         let decision = scaler.tick().await.unwrap();
+        // One decision, one SetDesiredCapacity, however many instances it launches.
+        let calls = set_desired() - before.0;
+        assert!(calls <= 1, "{calls} SetDesiredCapacity calls in one decision");
         assert!(decision.desired <= 20, "desired {} above the cap", decision.desired);
         let desired = group_desired(&autoscaling).await;
+        first_step.get_or_insert((calls, desired - before.1));
         assert!(desired <= 20, "group desired capacity {desired} above MaxSize");
         fleet.instances().await.unwrap(); // names newcomers
         let tags = name_tags(&ec2).await;
@@ -84,6 +96,11 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let live: HashSet<String> = fleet.instances().await.unwrap().into_iter().map(|i| i.name).collect();
     let want: HashSet<String> = (1..=20).map(|k| format!("app-instance{k}")).collect();
     assert_eq!(live, want);
+    assert_eq!(
+        first_step,
+        Some((1, 20)),
+        "the first decision asks for all 20 in one call"
+    );
 
     // Backlog gone: back to the minimum (the policy's scale-in window is unit-tested).
     aws_sdk_sqs::Client::new(&sdk)

@@ -22,6 +22,9 @@ use crate::upload::{self, Refusal, UploadLimits};
 pub struct App {
     pub settings: Settings,
     pub ports: Ports,
+    /// This web tier's name (`web-instanceK`) and the response queue its answers come back on.
+    pub name: String,
+    pub reply_to: String,
     pub waiters: Waiters,
     pub metrics: Metrics,
     pub upload_limits: UploadLimits,
@@ -55,7 +58,7 @@ fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
 }
 
 impl App {
-    pub fn new(settings: Settings, ports: Ports, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
+    pub fn new(settings: Settings, ports: Ports, name: &str, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
         let web = &settings.web;
         let upload_limits = UploadLimits {
             max_file_bytes: web.max_upload_bytes,
@@ -64,9 +67,12 @@ impl App {
             body_budget: upload::Budget::new(web.upload_buffer_bytes),
             decode_budget: upload::Budget::new(web.decode_budget_bytes),
         };
+        let reply_to = settings.queues.response_queue_of(name);
         Arc::new(Self {
             settings,
             ports,
+            name: name.to_owned(),
+            reply_to,
             waiters: Waiters::default(),
             metrics: Metrics::new(),
             upload_limits,
@@ -153,6 +159,7 @@ impl App {
             object_version: stored.version,
             submitted_at_ms: now_ms(),
             requeued: 0,
+            reply_to: Some(self.reply_to.clone()),
         };
         let mut waiting = self.waiters.register(request.request_id);
         self.metrics.waiting_requests.set(self.waiters.len() as i64);
@@ -184,22 +191,19 @@ impl App {
                 Outcome::Rejected { reason } => {
                     Err(("rejected", Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, reason)))
                 }
+                Outcome::DeadLettered { receives } => Err((
+                    "failed",
+                    Refusal::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the request failed {receives} times and was set aside"),
+                    ),
+                )),
             },
             Ok(Ok(Answer::ShuttingDown)) => Err((
                 "unavailable",
                 Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the service is shutting down; the result will still be stored as {image}"),
-                ),
-            )),
-            Ok(Ok(Answer::DeadLettered)) => Err((
-                "failed",
-                Refusal::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "the request failed {} times and was set aside",
-                        self.settings.queues.max_receives
-                    ),
                 ),
             )),
             Ok(Err(_)) | Err(_) => Err((
@@ -229,7 +233,7 @@ impl App {
         };
         let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
         let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
-        let (desired, instances, error) = match &self.scaler {
+        let (desired, instances, error, acting) = match &self.scaler {
             Some((s, _)) => {
                 let s = s.read().unwrap_or_else(|p| p.into_inner());
                 max = s.max;
@@ -238,9 +242,9 @@ impl App {
                     .iter()
                     .map(|i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }))
                     .collect();
-                (Some(s.desired), instances, s.last_error.clone())
+                (Some(s.desired), instances, s.last_error.clone(), s.acting)
             }
-            None => (None, Vec::new(), None),
+            None => (None, Vec::new(), None, false),
         };
         json_reply(
             StatusCode::OK,
@@ -250,6 +254,7 @@ impl App {
                 "instances": instances,
                 "waiting_requests": self.waiters.len(),
                 "scaler_error": error,
+                "web_tier": { "name": self.name, "scaler_acting": acting },
             }),
         )
     }

@@ -1,14 +1,16 @@
-//! Responses back to the HTTP requests waiting for them: one background consumer of the response
-//! queue hands each response to the request with its id; a second watches the dead-letter queue
-//! so that a request that failed again and again gets a clear error instead of a timeout.
+//! Responses back to the HTTP requests waiting for them: one background consumer of this web
+//! tier's own response queue hands each response to the request with its id; a second watches the
+//! dead-letter queue so that a request that failed again and again gets a clear error instead of
+//! a timeout, whichever web tier it waits on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imgrec_core::messages::{ClassifyRequest, ClassifyResponse, Message};
-use imgrec_core::ports::WorkQueue;
+use imgrec_core::config::Queues;
+use imgrec_core::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
+use imgrec_core::ports::{ResponseQueues, WorkQueue};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -16,7 +18,6 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub enum Answer {
     Response(ClassifyResponse),
-    DeadLettered,
     /// The web tier stopped before the answer came (the result still lands in the bucket).
     ShuttingDown,
 }
@@ -131,7 +132,8 @@ pub async fn responses(
                     completed.fetch_add(1, Ordering::Relaxed);
                     let id = response.request_id;
                     if !waiters.deliver(id, Answer::Response(response)) {
-                        // Its client gave up or an earlier web tier sent it; the result is in the bucket.
+                        // Its client gave up, or it was sent to an earlier web tier of this name;
+                        // the result is in the bucket.
                         debug!(%id, "response with nobody waiting");
                     }
                 }
@@ -147,27 +149,56 @@ pub async fn responses(
     }
 }
 
-/// Tells waiting clients about their requests that landed in the dead-letter queue. The messages
-/// stay there for an operator; each is looked at once a day at most.
-pub async fn dead_letters(queue: Arc<dyn WorkQueue>, waiters: Waiters, mut shutdown: watch::Receiver<bool>) {
+/// Tells waiting clients about their requests that landed in the dead-letter queue: whichever web
+/// tier reads one sends a `DeadLettered` answer to the response queue the request names (its own
+/// included). The messages stay there for an operator; each is read once a day at most.
+pub async fn dead_letters(
+    queue: Arc<dyn WorkQueue>,
+    response_queues: Arc<dyn ResponseQueues>,
+    queues: Queues,
+    web_tier: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
     const HIDE: Duration = Duration::from_secs(24 * 3600);
+    const RETRY: Duration = Duration::from_secs(5);
     while !*shutdown.borrow() {
         let got = tokio::select! {
             r = queue.receive(10, HIDE, Duration::from_secs(2)) => r,
             _ = shutdown.changed() => break,
         };
-        match got {
-            Ok(messages) => {
-                for m in messages {
-                    if let Ok(request) = ClassifyRequest::decode(&m.body) {
-                        warn!(request_id = %request.request_id, key = %request.key, "request dead-lettered");
-                        waiters.deliver(request.request_id, Answer::DeadLettered);
-                    }
-                }
-            }
+        let messages = match got {
+            Ok(messages) => messages,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot read the dead-letter queue");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        for m in messages {
+            let Ok(request) = ClassifyRequest::decode(&m.body) else {
+                continue;
+            };
+            warn!(request_id = %request.request_id, key = %request.key, "request dead-lettered");
+            let reply_to = request
+                .reply_to
+                .filter(|q| queues.is_response_queue(q))
+                .unwrap_or_else(|| queues.responses.clone());
+            let answer = ClassifyResponse {
+                version: VERSION,
+                request_id: request.request_id,
+                key: request.key,
+                outcome: Outcome::DeadLettered {
+                    receives: queues.max_receives,
+                },
+                instance: web_tier.clone(),
+            };
+            let sent = match response_queues.open(&reply_to).await {
+                Ok(q) => q.send(&answer.encode()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                warn!(error = %format!("{e:#}"), %reply_to, "cannot pass on a dead letter; retrying");
+                let _ = queue.change_visibility(&m.receipt, RETRY).await;
             }
         }
     }

@@ -72,15 +72,20 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let mut signals = imgrec_core::shutdown::on_signal()?;
     let ports = Ports::connect(&settings).await?;
+    let web_tier = backend::web_tier_name(&settings).await?;
+    let name = web_tier.name.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let completed = Arc::new(AtomicU64::new(0));
     let scaler_task = if settings.web.run_scaler {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
-        let fleet = backend::fleet(&settings, worker).await?;
-        let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
+        let fleet = backend::fleet(&settings, worker, &name).await?;
+        let mut scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
             .with_metrics(backend::metrics_sink(&settings).await)
             .with_completions(completed.clone());
+        if let Some(lease) = backend::scaler_lease(&settings, &name)? {
+            scaler = scaler.with_lease(lease);
+        }
         let view = (scaler.status(), scaler.nudge());
         let task = tokio::spawn(scaler.run(settings.scaler.tick(), stop_rx.clone()));
         Some((task, view))
@@ -90,17 +95,21 @@ async fn run() -> anyhow::Result<()> {
     let app = App::new(
         settings.clone(),
         ports.clone(),
+        &name,
         scaler_task.as_ref().map(|(_, view)| view.clone()),
     );
+    let own_responses = ports.response_queues.open(&app.reply_to).await?;
     let responses = tokio::spawn(dispatch::responses(
-        ports.responses.clone(),
+        own_responses,
         app.waiters.clone(),
         completed,
         stop_rx.clone(),
     ));
     let dead = tokio::spawn(dispatch::dead_letters(
         ports.dead_letter.clone(),
-        app.waiters.clone(),
+        ports.response_queues.clone(),
+        settings.queues.clone(),
+        name.clone(),
         stop_rx.clone(),
     ));
 
@@ -152,7 +161,7 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     info!(
-        "web-instance1 listening on http://{} (data in {})",
+        "{name} listening on http://{} (data in {})",
         listener.local_addr()?,
         settings.data_dir.display()
     );
@@ -198,6 +207,7 @@ async fn run() -> anyhow::Result<()> {
     if let Some((task, _)) = scaler_task {
         task.await.context("scaler task")??;
     }
+    drop(web_tier);
     info!("stopped");
     Ok(())
 }

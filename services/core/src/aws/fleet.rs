@@ -2,32 +2,39 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_ec2::types::{Filter, Tag};
+use tracing::warn;
 
 use super::describe;
-use crate::policy::free_names;
-use crate::ports::{Fleet, Instance, InstanceState, InstanceStatus};
+use crate::ports::fleet::{instance_name, instance_number, plan};
+use crate::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
 
 /// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
-/// `Name` tags `app-instanceK` as they appear (the lowest free K, freed numbers reused).
+/// `Name` tags `app-instanceK` as they appear (the names `plan` chose for them, freed numbers
+/// reused).
 ///
-/// Scale-in: the scaler picks the instances to retire (idle ones first) and terminates exactly
-/// those with TerminateInstanceInAutoScalingGroup, decrementing the desired capacity, rather than
-/// lowering the desired capacity and letting the group choose. Busy workers also set scale-in
-/// protection on themselves (`AsgInstanceStatus`), which is how the scaler sees that they are busy
-/// and which keeps any other scale-in (an operator, a second policy) off them.
+/// Scale-out is one SetDesiredCapacity per decision. Scale-in terminates exactly the instances
+/// `plan` picks (idle ones first) with TerminateInstanceInAutoScalingGroup, decrementing the
+/// desired capacity, rather than lowering it and letting the group choose. Busy workers also set
+/// scale-in protection on themselves (`AsgInstanceStatus`), which is how the fleet sees that they
+/// are busy and which keeps any other scale-in (an operator, a second policy) off them.
+///
+/// Terminating instances are still alive: they count against the cap and keep their names, so
+/// the group is never asked for more than `max` instances in all.
 pub struct AsgFleet {
     autoscaling: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
     group: String,
-    /// Names chosen by the scaler for instances the group has not started yet.
-    pending_names: Mutex<VecDeque<String>>,
+    /// Names chosen for launches the group has not started yet, oldest first, with when asked.
+    pending_names: Mutex<VecDeque<(String, SystemTime)>>,
     /// When an instance was first seen (the group's API has no launch time).
     first_seen: Mutex<HashMap<String, SystemTime>>,
+    /// The last cap the scaler gave (the group's MaxSize until then): no name goes above it.
+    cap: Mutex<Option<usize>>,
 }
 
 struct Group {
@@ -46,6 +53,7 @@ impl AsgFleet {
             group: group.to_owned(),
             pending_names: Mutex::new(VecDeque::new()),
             first_seen: Mutex::new(HashMap::new()),
+            cap: Mutex::new(None),
         };
         fleet.group().await?;
         Ok(fleet)
@@ -120,68 +128,37 @@ impl AsgFleet {
         Ok(())
     }
 
-    async fn id_of(&self, name: &str) -> anyhow::Result<String> {
-        let group = self.group().await?;
-        let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
-        let names = self.names(&ids).await?;
-        names
-            .into_iter()
-            .find(|(_, n)| n == name)
-            .map(|(id, _)| id)
-            .with_context(|| format!("no instance named {name}"))
-    }
-}
-
-fn state(lifecycle: &LifecycleState) -> Option<InstanceState> {
-    use LifecycleState as L;
-    match lifecycle {
-        L::Pending | L::PendingWait | L::PendingProceed => Some(InstanceState::Pending),
-        L::InService => Some(InstanceState::Running),
-        L::Terminated => None,
-        // Terminating*, Detaching, Standby, EnteringStandby, ...: not taking work.
-        _ => Some(InstanceState::Stopping),
-    }
-}
-
-#[async_trait]
-impl Fleet for AsgFleet {
-    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
-        let group = self.group().await?;
+    /// The group's instances by name, newcomers named, plus the launches it has been asked for
+    /// and not started yet (as pending, under the names chosen for them).
+    async fn list(&self, group: &Group) -> anyhow::Result<(Vec<Instance>, HashMap<String, String>)> {
         let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
         let mut names = self.names(&ids).await?;
-        // Name the newcomers: the scaler's chosen names first, then the lowest free numbers.
+        let cap = self
+            .cap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(group.max_size.max(0) as usize);
         let unnamed: Vec<&String> = ids.iter().filter(|id| !names.contains_key(*id)).collect();
-        if !unnamed.is_empty() {
-            let taken: Vec<Instance> = names
-                .values()
-                .map(|n| Instance {
-                    name: n.clone(),
-                    state: InstanceState::Running,
-                    launched_at: SystemTime::now(),
-                    busy: false,
-                })
-                .collect();
-            let mut fallback = free_names(&taken, unnamed.len() * 2).into_iter();
-            for id in unnamed {
-                let taken_now: HashSet<&String> = names.values().collect();
-                let chosen = {
-                    let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
-                    loop {
-                        match pending.pop_front() {
-                            Some(n) if taken_now.contains(&n) => continue,
-                            Some(n) => break Some(n),
-                            None => break None,
-                        }
-                    }
-                };
-                let name = match chosen {
-                    Some(n) => n,
-                    None => fallback
-                        .find(|n| !taken_now.contains(n))
-                        .context("no free instance name")?,
-                };
-                self.tag(id, &name).await?;
-                names.insert(id.clone(), name);
+        for id in unnamed {
+            let taken: HashSet<&String> = names.values().collect();
+            let chosen = {
+                let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+                pending.retain(|(n, _)| !taken.contains(n));
+                pending.pop_front().map(|(n, _)| n)
+            };
+            // One the scaler did not ask for (an operator raised the capacity): the lowest free
+            // name within the cap, or none until one frees.
+            let name = chosen.or_else(|| {
+                (1..=cap)
+                    .map(instance_name)
+                    .find(|n| !taken.contains(n) && !self.is_pending(n))
+            });
+            match name {
+                Some(name) => {
+                    self.tag(id, &name).await?;
+                    names.insert(id.clone(), name);
+                }
+                None => warn!(instance = %id, cap, "no free instance name within the cap; left unnamed"),
             }
         }
         let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,63 +168,103 @@ impl Fleet for AsgFleet {
             .iter()
             .filter_map(|(id, lifecycle, protected)| {
                 Some(Instance {
-                    name: names.get(id)?.clone(),
+                    name: names.get(id).cloned().unwrap_or_else(|| id.clone()),
                     state: state(lifecycle)?,
                     launched_at: *first_seen.entry(id.clone()).or_insert_with(SystemTime::now),
                     busy: *protected,
                 })
             })
             .collect();
-        instances.sort_by_key(|i| crate::policy::instance_number(&i.name));
-        Ok(instances)
+        // The group counts launches it has not started in its desired capacity.
+        let serving = instances.iter().filter(|i| i.serves()).count();
+        let unseen = (group.desired.max(0) as usize).saturating_sub(serving);
+        let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        pending.truncate(unseen);
+        instances.extend(pending.iter().map(|(name, asked)| Instance {
+            name: name.clone(),
+            state: InstanceState::Pending,
+            launched_at: *asked,
+            busy: false,
+        }));
+        instances.sort_by_key(|i| instance_number(&i.name));
+        Ok((instances, names))
     }
 
-    async fn launch(&self, name: &str) -> anyhow::Result<()> {
-        let pending = self
-            .pending_names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&name.to_owned());
-        if pending || self.instances().await?.iter().any(|i| i.name == name) {
-            bail!("instance {name} already exists");
-        }
-        let group = self.group().await?;
-        // The group's MaxSize bounds us even where the API would accept more (moto does).
-        if group.desired >= group.max_size {
-            bail!("Auto Scaling group {} is at its MaxSize {}", self.group, group.max_size);
-        }
+    async fn set_desired_capacity(&self, capacity: i32) -> anyhow::Result<()> {
         super::count("SetDesiredCapacity");
         self.autoscaling
             .set_desired_capacity()
             .auto_scaling_group_name(&self.group)
-            .desired_capacity(group.desired + 1)
+            .desired_capacity(capacity)
             .honor_cooldown(false)
             .send()
             .await
-            .map_err(|e| anyhow!("Auto Scaling SetDesiredCapacity: {}", describe(&e)))?;
-        self.pending_names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(name.to_owned());
+            .map_err(|e| anyhow!("Auto Scaling SetDesiredCapacity {capacity}: {}", describe(&e)))?;
         Ok(())
     }
 
-    async fn retire(&self, name: &str) -> anyhow::Result<()> {
-        let id = self.id_of(name).await?;
-        super::count("TerminateInstanceInAutoScalingGroup");
-        self.autoscaling
-            .terminate_instance_in_auto_scaling_group()
-            .instance_id(&id)
-            .should_decrement_desired_capacity(true)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "Auto Scaling TerminateInstanceInAutoScalingGroup {id}: {}",
-                    describe(&e)
-                )
-            })?;
-        Ok(())
+    fn is_pending(&self, name: &str) -> bool {
+        let pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        pending.iter().any(|(n, _)| n == name)
+    }
+}
+
+fn state(lifecycle: &LifecycleState) -> Option<InstanceState> {
+    use LifecycleState as L;
+    match lifecycle {
+        L::Pending | L::PendingWait | L::PendingProceed => Some(InstanceState::Pending),
+        L::InService => Some(InstanceState::Running),
+        L::Terminated => None,
+        // Terminating*, Detaching, Standby, EnteringStandby, ...: not taking work, still alive.
+        _ => Some(InstanceState::Stopping),
+    }
+}
+
+#[async_trait]
+impl Fleet for AsgFleet {
+    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let group = self.group().await?;
+        Ok(self.list(&group).await?.0)
+    }
+
+    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize> {
+        let group = self.group().await?;
+        // The group's MaxSize bounds us even where the API would accept more (moto does).
+        let max = max.min(group.max_size.max(0) as usize);
+        *self.cap.lock().unwrap_or_else(|p| p.into_inner()) = Some(max);
+        let (instances, names) = self.list(&group).await?;
+        let resize = plan(desired, max, &instances);
+        // Launches the group has not started yet are retired by asking for fewer.
+        let (unstarted, started): (Vec<&String>, Vec<&String>) = resize
+            .retire
+            .iter()
+            .partition(|name| !names.values().any(|n| n == *name));
+        let capacity = group.desired + resize.launch.len() as i32 - unstarted.len() as i32;
+        if capacity != group.desired {
+            self.set_desired_capacity(capacity).await?;
+            let now = SystemTime::now();
+            let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|(n, _)| !unstarted.contains(&n));
+            pending.extend(resize.launch.iter().map(|n| (n.clone(), now)));
+        }
+        for name in started {
+            let id = names.iter().find(|(_, n)| *n == name).map(|(id, _)| id);
+            let id = id.context("a started instance has an id")?;
+            super::count("TerminateInstanceInAutoScalingGroup");
+            self.autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(id)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "Auto Scaling TerminateInstanceInAutoScalingGroup {id}: {}",
+                        describe(&e)
+                    )
+                })?;
+        }
+        Ok(resize)
     }
 
     async fn max_size(&self) -> anyhow::Result<Option<usize>> {

@@ -17,7 +17,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 pub use fleet::{AsgFleet, AsgInstanceStatus};
 pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;
-pub use sqs::SqsQueue;
+pub use sqs::{SqsQueue, SqsResponseQueues};
 
 use crate::config::AwsSettings;
 

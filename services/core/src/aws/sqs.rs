@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -9,7 +11,7 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use super::describe;
-use crate::ports::{QueueDepth, Receipt, Received, WorkQueue};
+use crate::ports::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
 
 /// SQS's limit on messages per batch call.
 const BATCH: usize = 10;
@@ -212,5 +214,33 @@ impl WorkQueue for SqsQueue {
             visible: attribute(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: attribute(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         })
+    }
+}
+
+/// The web tiers' response queues, resolved by name once (GetQueueUrl) and kept.
+pub struct SqsResponseQueues {
+    sdk: SdkConfig,
+    opened: tokio::sync::Mutex<HashMap<String, Arc<dyn WorkQueue>>>,
+}
+
+impl SqsResponseQueues {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        Self {
+            sdk: sdk.clone(),
+            opened: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl ResponseQueues for SqsResponseQueues {
+    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>> {
+        let mut opened = self.opened.lock().await;
+        if let Some(queue) = opened.get(name) {
+            return Ok(queue.clone());
+        }
+        let queue: Arc<dyn WorkQueue> = Arc::new(SqsQueue::open(&self.sdk, name).await?);
+        opened.insert(name.to_owned(), queue.clone());
+        Ok(queue)
     }
 }

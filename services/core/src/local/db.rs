@@ -21,7 +21,15 @@ CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     busy INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    -- The worker process, and the web tier whose fleet launched it.
+    pid INTEGER,
+    owner TEXT
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
 );
 ";
 
@@ -38,21 +46,27 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)
         .with_context(|| format!("cannot create the schema in {}", path.display()))?;
-    add_receiver_column(&conn).with_context(|| format!("cannot upgrade the schema in {}", path.display()))?;
+    for (table, column, kind) in [
+        ("messages", "receiver", "TEXT"),
+        ("instances", "pid", "INTEGER"),
+        ("instances", "owner", "TEXT"),
+    ] {
+        add_column(&conn, table, column, kind)
+            .with_context(|| format!("cannot upgrade the schema in {}", path.display()))?;
+    }
     Ok(conn)
 }
 
-/// `messages.receiver` (the instance holding a message) came after the first schema: databases
-/// made before it get the column once.
-fn add_receiver_column(conn: &Connection) -> rusqlite::Result<()> {
+/// Columns that came after the first schema: databases made before them get them once.
+fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
     let has = |conn: &Connection| -> rusqlite::Result<bool> {
-        conn.prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'receiver'")?
-            .exists([])
+        conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+            .exists([column])
     };
     if has(conn)? {
         return Ok(());
     }
-    match conn.execute("ALTER TABLE messages ADD COLUMN receiver TEXT", []) {
+    match conn.execute(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"), []) {
         Ok(_) => Ok(()),
         // Another process added it first.
         Err(_) if has(conn)? => Ok(()),

@@ -4,10 +4,12 @@
 mod db;
 mod file_names;
 mod fs_store;
+pub mod lease;
 mod process_fleet;
 mod sqlite_queue;
 
 pub use db::open as open_db;
 pub use fs_store::FsObjectStore;
+pub use lease::SqliteLease;
 pub use process_fleet::{ProcessFleet, SqliteInstanceStatus, WorkerCommand};
-pub use sqlite_queue::{release_held_by, DeadLetter, SqliteQueue};
+pub use sqlite_queue::{release_held_by, DeadLetter, SqliteQueue, SqliteResponseQueues};

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::messages::now_ms;
-use crate::ports::{Fleet, Instance, InstanceState, InstanceStatus};
+use crate::ports::fleet::{instance_number, plan};
+use crate::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
 
 /// How long a worker asked to stop (SIGTERM) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -35,28 +36,48 @@ struct Worker {
     kill_at: Option<Instant>,
 }
 
+/// One row of the shared `instances` table.
+struct Row {
+    state: String,
+    busy: bool,
+    updated_at_ms: u64,
+    pid: Option<u32>,
+    owner: Option<String>,
+}
+
 /// App-tier instances as child processes of this one. Workers report readiness and busyness in
 /// the shared database (`SqliteInstanceStatus`); a worker that exits without being retired is
 /// logged as crashed and dropped, so the scaler starts a replacement on its next tick.
+///
+/// Several web tiers share one database, and whichever holds the scaler's lease acts on the
+/// fleet. Workers started by another web tier are listed too: as they report while that web tier
+/// is alive, and as stopping once it is gone (they got SIGTERM when it died; they are killed if
+/// they linger). So they count against the cap and keep their names until they have exited.
 pub struct ProcessFleet {
     command: WorkerCommand,
+    /// The web tier this fleet belongs to (`web-instanceK`), recorded on the workers it starts.
+    owner: String,
     workers: Mutex<HashMap<String, Worker>>,
+    /// Workers of a gone web tier, by name: when this fleet first saw them orphaned.
+    orphans: Mutex<HashMap<String, Instant>>,
     db: Arc<Mutex<Connection>>,
     heartbeat_timeout: Duration,
 }
+
+/// A claimed name's row gets its pid within this long (the spawn in between).
+const LAUNCH_RECORD_MS: u64 = 5_000;
 
 /// How long a worker that missed its heartbeats gets between SIGTERM and SIGKILL.
 const UNHEALTHY_GRACE: Duration = Duration::from_secs(2);
 
 impl ProcessFleet {
-    pub fn new(command: WorkerCommand, db: &Path, heartbeat_timeout: Duration) -> anyhow::Result<Self> {
-        let conn = super::db::open(db)?;
-        // Rows of an earlier run describe processes that no longer exist.
-        conn.execute("DELETE FROM instances", [])?;
+    pub fn new(command: WorkerCommand, db: &Path, heartbeat_timeout: Duration, owner: &str) -> anyhow::Result<Self> {
         Ok(Self {
             command,
+            owner: owner.to_owned(),
             workers: Mutex::new(HashMap::new()),
-            db: Arc::new(Mutex::new(conn)),
+            orphans: Mutex::new(HashMap::new()),
+            db: Arc::new(Mutex::new(super::db::open(db)?)),
             heartbeat_timeout,
         })
     }
@@ -89,13 +110,19 @@ impl ProcessFleet {
         }
     }
 
-    fn reported(&self) -> anyhow::Result<HashMap<String, (String, bool, u64)>> {
+    fn rows(&self) -> anyhow::Result<HashMap<String, Row>> {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare_cached("SELECT name, state, busy, updated_at_ms FROM instances")?;
+        let mut stmt = conn.prepare_cached("SELECT name, state, busy, updated_at_ms, pid, owner FROM instances")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                (r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64),
+                Row {
+                    state: r.get(1)?,
+                    busy: r.get(2)?,
+                    updated_at_ms: r.get::<_, i64>(3)? as u64,
+                    pid: r.get(4)?,
+                    owner: r.get(5)?,
+                },
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -124,63 +151,65 @@ impl ProcessFleet {
         // SAFETY: kill(2) on a child we have not reaped yet, so the pid cannot have been reused.
         unsafe { libc::kill(pid, signal) };
     }
-}
 
-#[async_trait]
-impl Fleet for ProcessFleet {
-    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
-        let reported = self.reported()?;
-        let mut gone = Vec::new();
-        let mut instances = Vec::new();
-        {
-            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-            workers.retain(|name, w| match w.child.try_wait() {
-                Ok(Some(status)) => {
-                    if !w.retiring {
-                        tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly; it will be replaced");
-                    } else {
-                        tracing::info!(instance = %name, %status, "app-tier instance stopped");
-                    }
-                    gone.push(name.clone());
-                    false
-                }
-                Ok(None) => true,
-                Err(e) => {
-                    tracing::warn!(instance = %name, error = %e, "cannot poll app-tier instance");
-                    true
-                }
+    /// Another web tier's worker, seen through its row: as it reports while that web tier is
+    /// alive, as stopping (and made to stop) once it is gone; `None` once the process is gone.
+    fn foreign(&self, name: &str, row: &Row) -> Option<Instance> {
+        let launched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(row.updated_at_ms);
+        if row.pid.is_none() && now_ms().saturating_sub(row.updated_at_ms) < LAUNCH_RECORD_MS {
+            // Claimed by another fleet that is starting it this moment.
+            return Some(Instance {
+                name: name.to_owned(),
+                state: InstanceState::Pending,
+                launched_at,
+                busy: false,
             });
-            let launched_ms = |w: &Worker| {
-                w.launched_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64)
-            };
-            let now = now_ms();
-            for (name, w) in workers.iter_mut() {
-                let report = reported.get(name).filter(|(_, _, at)| *at >= launched_ms(w));
-                let last_beat = report.map_or(launched_ms(w), |r| r.2);
-                self.stop_silent(name, w, last_beat, now);
-                let (state, busy) = match (w.retiring, report) {
-                    (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.1)),
-                    (false, Some((s, busy, _))) if s == "running" => (InstanceState::Running, *busy),
-                    (false, _) => (InstanceState::Pending, false),
-                };
-                instances.push(Instance {
-                    name: name.clone(),
-                    state,
-                    launched_at: w.launched_at,
-                    busy,
-                });
+        }
+        let pid = row.pid.filter(|&pid| is_worker(pid, name));
+        let Some(pid) = pid else {
+            self.orphans.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+            self.forget(name);
+            return None;
+        };
+        let owner_alive = row.owner.as_deref().is_some_and(|owner| {
+            owner != self.owner && {
+                let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+                super::lease::is_held(&conn, owner).unwrap_or(true)
             }
+        });
+        if owner_alive {
+            let state = match row.state.as_str() {
+                "running" => InstanceState::Running,
+                "stopping" => InstanceState::Stopping,
+                _ => InstanceState::Pending,
+            };
+            return Some(Instance {
+                name: name.to_owned(),
+                state,
+                launched_at,
+                busy: row.busy,
+            });
         }
-        for name in gone {
-            self.forget(&name);
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *orphans.entry(name.to_owned()).or_insert_with(|| {
+            tracing::info!(instance = name, pid, "stopping a worker whose web tier is gone");
+            kill_pid(pid, libc::SIGTERM);
+            Instant::now()
+        });
+        if since.elapsed() > STOP_GRACE {
+            tracing::warn!(instance = name, pid, "orphaned worker did not stop; killing it");
+            kill_pid(pid, libc::SIGKILL);
         }
-        instances.sort_by_key(|i| crate::policy::instance_number(&i.name));
-        Ok(instances)
+        Some(Instance {
+            name: name.to_owned(),
+            state: InstanceState::Stopping,
+            launched_at,
+            busy: row.busy,
+        })
     }
 
-    async fn launch(&self, name: &str) -> anyhow::Result<()> {
+    /// Starts `app-tier run --name {name}`.
+    pub async fn launch(&self, name: &str) -> anyhow::Result<()> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         if workers.contains_key(name) {
             bail!("instance {name} already exists");
@@ -213,10 +242,34 @@ impl Fleet for ProcessFleet {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.command.program.display()))?;
+        // The name is claimed in the shared table first: another web tier's scaler acting at the
+        // same moment (a lease just taken over) cannot start a second worker of that name.
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let claimed = db.execute(
+            "INSERT INTO instances (name, state, busy, updated_at_ms, pid, owner)
+             VALUES (?1, 'pending', 0, ?2, NULL, ?3)
+             ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3
+             WHERE instances.owner = ?3 OR instances.owner IS NULL",
+            params![name, now_ms() as i64, self.owner],
+        )?;
+        if claimed == 0 {
+            bail!("instance {name} belongs to another web tier");
+        }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                db.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+                return Err(e).with_context(|| format!("cannot start {}", self.command.program.display()));
+            }
+        };
         tracing::info!(instance = name, pid = child.id(), "launched app-tier instance");
+        if let Err(e) = db.execute(
+            "UPDATE instances SET pid = ?2 WHERE name = ?1 AND pid IS NULL",
+            params![name, child.id()],
+        ) {
+            tracing::warn!(instance = name, error = %e, "cannot record the instance's pid");
+        }
+        drop(db);
         workers.insert(
             name.to_owned(),
             Worker {
@@ -229,7 +282,8 @@ impl Fleet for ProcessFleet {
         Ok(())
     }
 
-    async fn retire(&self, name: &str) -> anyhow::Result<()> {
+    /// Asks `name` to finish what it holds and stop (SIGTERM).
+    pub async fn retire(&self, name: &str) -> anyhow::Result<()> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         let worker = workers.get_mut(name).with_context(|| format!("no instance {name}"))?;
         if !worker.retiring {
@@ -238,6 +292,95 @@ impl Fleet for ProcessFleet {
             tracing::info!(instance = name, "retiring app-tier instance");
         }
         Ok(())
+    }
+}
+
+/// Whether `pid` is still the worker `name` (and not a process that reused its pid).
+fn is_worker(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"--name" && w[1] == name.as_bytes())
+}
+
+fn kill_pid(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; `is_worker` checked the pid just before.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+#[async_trait]
+impl Fleet for ProcessFleet {
+    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let rows = self.rows()?;
+        let mut gone = Vec::new();
+        let mut instances = Vec::new();
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers.retain(|name, w| match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !w.retiring {
+                        tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly; it will be replaced");
+                    } else {
+                        tracing::info!(instance = %name, %status, "app-tier instance stopped");
+                    }
+                    gone.push(name.clone());
+                    false
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "cannot poll app-tier instance");
+                    true
+                }
+            });
+            let launched_ms = |w: &Worker| {
+                w.launched_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            };
+            let now = now_ms();
+            for (name, w) in workers.iter_mut() {
+                let report = rows.get(name).filter(|r| r.updated_at_ms >= launched_ms(w));
+                let last_beat = report.map_or(launched_ms(w), |r| r.updated_at_ms);
+                self.stop_silent(name, w, last_beat, now);
+                let (state, busy) = match (w.retiring, report) {
+                    (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.busy)),
+                    (false, Some(r)) if r.state == "running" => (InstanceState::Running, r.busy),
+                    (false, _) => (InstanceState::Pending, false),
+                };
+                instances.push(Instance {
+                    name: name.clone(),
+                    state,
+                    launched_at: w.launched_at,
+                    busy,
+                });
+            }
+        }
+        for name in gone {
+            self.forget(&name);
+        }
+        let own: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+        for (name, row) in &rows {
+            if !own.contains(name) {
+                instances.extend(self.foreign(name, row));
+            }
+        }
+        instances.sort_by_key(|i| instance_number(&i.name));
+        Ok(instances)
+    }
+
+    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize> {
+        let resize = plan(desired, max, &self.instances().await?);
+        for name in &resize.launch {
+            self.launch(name).await?;
+        }
+        for name in &resize.retire {
+            if self.retire(name).await.is_err() {
+                // Another web tier's, still listed as serving: its own fleet stops it.
+                tracing::debug!(instance = %name, "not this web tier's instance to retire");
+            }
+        }
+        Ok(resize)
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
@@ -270,7 +413,7 @@ impl Fleet for ProcessFleet {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute("DELETE FROM instances", [])?;
+        conn.execute("DELETE FROM instances WHERE owner = ?1", params![self.owner])?;
         Ok(())
     }
 }
@@ -329,9 +472,9 @@ impl InstanceStatus for SqliteInstanceStatus {
         };
         self.write(move |conn, name| {
             conn.execute(
-                "INSERT INTO instances (name, state, busy, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4",
-                params![name, state, busy, now_ms() as i64],
+                "INSERT INTO instances (name, state, busy, updated_at_ms, pid) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4, pid = ?5",
+                params![name, state, busy, now_ms() as i64, std::process::id()],
             )
         })
         .await

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::messages::now_ms;
-use crate::ports::{QueueDepth, Receipt, Received, WorkQueue};
+use crate::ports::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
 
 /// Where messages go after too many receives (SQS's redrive policy).
 #[derive(Debug, Clone)]
@@ -49,6 +50,16 @@ impl SqliteQueue {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Another queue of the same database over this handle's connection.
+    pub fn named(&self, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            dead_letter: None,
+            receiver: None,
+            ..self.clone()
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -238,5 +249,31 @@ impl WorkQueue for SqliteQueue {
             })
         })
         .await
+    }
+}
+
+/// The web tiers' response queues in the shared database (a queue there is just a name).
+pub struct SqliteResponseQueues {
+    base: SqliteQueue,
+    opened: Mutex<HashMap<String, Arc<dyn WorkQueue>>>,
+}
+
+impl SqliteResponseQueues {
+    pub fn open(db: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: SqliteQueue::open(db, "", None)?,
+            opened: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl ResponseQueues for SqliteResponseQueues {
+    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(opened
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(self.base.named(name)))
+            .clone())
     }
 }

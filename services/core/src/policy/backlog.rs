@@ -169,7 +169,7 @@ impl ScalingPolicy for BacklogPolicy {
         } else {
             current
         };
-        toward(desired, &self.config, obs.instances)
+        toward(desired, &self.config)
     }
 
     fn config(&self) -> &PolicyConfig {
@@ -261,14 +261,13 @@ mod tests {
         }
         let mut fleet = Vec::new();
         let d = p.decide(&observe(30.0, depth(100, 0), &fleet));
-        assert_eq!(d.launch, ["app-instance1", "app-instance2"]);
-        apply(&mut fleet, &d, 30.0);
+        assert_eq!(apply(&mut fleet, &d, 30.0).launch, ["app-instance1", "app-instance2"]);
         for t in 31..=40 {
             let d = p.decide(&observe(t as f64, depth(0, 0), &fleet));
-            assert_eq!((d.desired, d.retire.len()), (2, 0), "scaled in at {t}s");
+            assert_eq!(d.desired, 2, "scaled in at {t}s");
         }
         let d = p.decide(&observe(40.5, depth(0, 0), &fleet));
-        assert_eq!((d.desired, d.retire.len()), (0, 2));
+        assert_eq!(d.desired, 0);
     }
 
     #[test]
@@ -281,11 +280,11 @@ mod tests {
             p.decide(&observe(t + 1.0, depth(0, 0), &fleet));
         }
         let d = p.decide(&observe(601.5, depth(0, 0), &fleet));
-        assert_eq!((d.desired, d.retire.len()), (0, 1));
+        assert_eq!(d.desired, 0);
     }
 
     #[test]
-    fn never_retires_a_busy_instance_while_an_idle_one_exists() {
+    fn scales_in_below_the_busy_count_when_the_work_is_small() {
         let mut p = BacklogPolicy::new(PolicyConfig {
             scale_in_after: Duration::ZERO,
             ..config()
@@ -299,10 +298,7 @@ mod tests {
         // 2 requests in flight, 0.2 s of work, 1 completion a second: one instance would do.
         let mut obs = observe(100.0, depth(0, 2), &fleet);
         obs.completion_rate = Some(1.0);
-        let d = p.decide(&obs);
-        assert_eq!(d.desired, 1);
-        // Idle ones first (newest first), then the newest busy one.
-        assert_eq!(d.retire, ["app-instance2", "app-instance4", "app-instance1"]);
+        assert_eq!(p.decide(&obs).desired, 1);
     }
 
     #[test]

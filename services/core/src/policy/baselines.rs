@@ -59,7 +59,7 @@ impl ScalingPolicy for Naive {
                 running.max(obs.backlog.visible as usize)
             };
         }
-        toward(self.desired, &self.config, obs.instances)
+        toward(self.desired, &self.config)
     }
 
     fn config(&self) -> &PolicyConfig {
@@ -133,7 +133,7 @@ impl ScalingPolicy for TargetTracking {
             }
             self.desired = self.desired.clamp(self.config.min, self.config.max);
         }
-        toward(self.desired, &self.config, obs.instances)
+        toward(self.desired, &self.config)
     }
 
     fn config(&self) -> &PolicyConfig {
@@ -203,7 +203,7 @@ impl ScalingPolicy for Keda {
                     .unwrap_or(recommendation)
             };
         }
-        toward(self.desired, &self.config, obs.instances)
+        toward(self.desired, &self.config)
     }
 
     fn config(&self) -> &PolicyConfig {
@@ -225,11 +225,11 @@ mod tests {
         let mut p = Naive::new(config());
         let mut fleet = Vec::new();
         let d = p.decide(&observe(0.0, depth(7, 0), &fleet));
-        assert_eq!(d.launch.len(), 7);
-        apply(&mut fleet, &d, 0.0);
+        assert_eq!(apply(&mut fleet, &d, 0.0).launch.len(), 7);
         // Not due again before its period.
         assert_eq!(p.decide(&observe(1.0, depth(0, 0), &fleet)).desired, 7);
-        assert_eq!(p.decide(&observe(5.0, depth(0, 0), &fleet)).retire.len(), 7);
+        let d = p.decide(&observe(5.0, depth(0, 0), &fleet));
+        assert_eq!(apply(&mut fleet, &d, 5.0).retire.len(), 7);
     }
 
     #[test]

@@ -8,17 +8,14 @@
 mod backlog;
 mod baselines;
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::ports::{Instance, InstanceState, QueueDepth};
+use crate::ports::{Instance, QueueDepth};
 
 pub use backlog::BacklogPolicy;
 pub use baselines::{Keda, Naive, TargetTracking};
-
-pub const INSTANCE_PREFIX: &str = "app-instance";
 
 /// What the scaler saw at one tick.
 #[derive(Debug, Clone)]
@@ -32,11 +29,10 @@ pub struct Observation<'a> {
     pub completion_rate: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// How many app-tier instances should serve; the fleet picks which (`ports::fleet::plan`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Decision {
     pub desired: usize,
-    pub launch: Vec<String>,
-    pub retire: Vec<String>,
 }
 
 /// Settings every policy reads (each uses the ones its model has).
@@ -119,64 +115,16 @@ impl PolicyKind {
     }
 }
 
-/// Instances that count toward capacity: all but those already stopping.
+/// Instances that serve (or soon will): all but those already stopping.
 pub fn active(instances: &[Instance]) -> Vec<&Instance> {
-    instances
-        .iter()
-        .filter(|i| i.state != InstanceState::Stopping)
-        .collect()
+    instances.iter().filter(|i| i.serves()).collect()
 }
 
-/// The launches or retirements that move the pool to `desired` (clamped to the config).
-pub fn toward(desired: usize, config: &PolicyConfig, instances: &[Instance]) -> Decision {
-    let desired = desired.clamp(config.min, config.max);
-    let active = active(instances);
-    let mut decision = Decision {
-        desired,
-        ..Decision::default()
-    };
-    if desired > active.len() {
-        decision.launch = free_names(instances, desired - active.len());
-    } else if desired < active.len() {
-        decision.retire = retire_order(&active)
-            .into_iter()
-            .take(active.len() - desired)
-            .map(|i| i.name.clone())
-            .collect();
+/// `desired` within the configured bounds.
+pub fn toward(desired: usize, config: &PolicyConfig) -> Decision {
+    Decision {
+        desired: desired.clamp(config.min, config.max),
     }
-    decision
-}
-
-/// Idle before busy; among those, not-yet-running before running; newest first.
-fn retire_order<'a>(active: &[&'a Instance]) -> Vec<&'a Instance> {
-    let mut order = active.to_vec();
-    order.sort_by_key(|i| {
-        (
-            i.busy,
-            i.state == InstanceState::Running,
-            std::cmp::Reverse(i.launched_at),
-        )
-    });
-    order
-}
-
-/// `K` of `app-instanceK` (names sort by it: app-instance2 before app-instance10).
-pub fn instance_number(name: &str) -> (u64, String) {
-    let k = name
-        .strip_prefix(INSTANCE_PREFIX)
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(u64::MAX);
-    (k, name.to_owned())
-}
-
-/// The `count` lowest `app-instanceK` names not held by any instance (stopping ones included).
-pub fn free_names(instances: &[Instance], count: usize) -> Vec<String> {
-    let taken: HashSet<&str> = instances.iter().map(|i| i.name.as_str()).collect();
-    (1..)
-        .map(|k| format!("{INSTANCE_PREFIX}{k}"))
-        .filter(|name| !taken.contains(name.as_str()))
-        .take(count)
-        .collect()
 }
 
 fn since(now: SystemTime, then: SystemTime) -> Duration {
@@ -186,6 +134,8 @@ fn since(now: SystemTime, then: SystemTime) -> Duration {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use crate::ports::fleet::{plan, Resize};
+    use crate::ports::InstanceState;
 
     pub fn config() -> PolicyConfig {
         PolicyConfig {
@@ -224,13 +174,16 @@ pub(crate) mod test_support {
         }
     }
 
-    /// Applies a decision to a simulated pool: launches run at once, retirements leave.
-    pub fn apply(fleet: &mut Vec<Instance>, d: &Decision, now: f64) {
-        fleet.retain(|i| !d.retire.contains(&i.name));
-        fleet.extend(d.launch.iter().map(|n| Instance {
+    /// Applies a decision to a simulated pool through the fleets' plan: launches run at once,
+    /// retirements leave at once. Returns what changed.
+    pub fn apply(fleet: &mut Vec<Instance>, d: &Decision, now: f64) -> Resize {
+        let resize = plan(d.desired, 20, fleet);
+        fleet.retain(|i| !resize.retire.contains(&i.name));
+        fleet.extend(resize.launch.iter().map(|n| Instance {
             name: n.clone(),
             ..instance(0, false, now)
         }));
+        resize
     }
 }
 
@@ -238,32 +191,6 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
-
-    #[test]
-    fn names_fill_the_lowest_free_numbers() {
-        let mut fleet = vec![instance(1, false, 1.0), instance(3, false, 1.0)];
-        fleet[1].state = InstanceState::Stopping;
-        assert_eq!(
-            free_names(&fleet, 3),
-            ["app-instance2", "app-instance4", "app-instance5"]
-        );
-    }
-
-    #[test]
-    fn retirement_takes_idle_instances_first_and_respects_bounds() {
-        let fleet = [
-            instance(1, true, 50.0),
-            instance(2, false, 40.0),
-            instance(3, true, 30.0),
-            instance(4, false, 20.0),
-        ];
-        let d = toward(2, &config(), &fleet);
-        assert_eq!(d.retire, ["app-instance2", "app-instance4"]);
-        let d = toward(1, &PolicyConfig { min: 3, ..config() }, &fleet);
-        assert_eq!((d.desired, d.retire.len()), (3, 1));
-        let d = toward(50, &config(), &fleet);
-        assert_eq!((d.desired, d.launch.len()), (20, 16));
-    }
 
     #[test]
     fn every_policy_stays_within_min_and_max() {

@@ -1,6 +1,10 @@
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+
+/// App-tier instances are `app-instance1`, `app-instance2`, ...
+pub const INSTANCE_PREFIX: &str = "app-instance";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -22,14 +26,84 @@ pub struct Instance {
     pub busy: bool,
 }
 
-/// The app-tier instances: OS processes locally, an Auto Scaling group on AWS.
+impl Instance {
+    /// Takes work or soon will: not on its way out.
+    pub fn serves(&self) -> bool {
+        self.state != InstanceState::Stopping
+    }
+}
+
+/// What a fleet does to move toward a desired size: the names it launches and retires.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resize {
+    pub launch: Vec<String>,
+    pub retire: Vec<String>,
+}
+
+impl Resize {
+    pub fn is_empty(&self) -> bool {
+        self.launch.is_empty() && self.retire.is_empty()
+    }
+}
+
+/// How a fleet reaches `desired` serving instances without ever having more than `max` alive:
+/// every instance not yet gone counts against the cap, stopping ones included, so launches wait
+/// for them to leave. New names are the lowest free `app-instanceK` (so never above
+/// `app-instance{max}`); the surplus retired is idle before busy, not yet running before running,
+/// newest first.
+pub fn plan(desired: usize, max: usize, instances: &[Instance]) -> Resize {
+    let desired = desired.min(max);
+    let serving: Vec<&Instance> = instances.iter().filter(|i| i.serves()).collect();
+    let mut resize = Resize::default();
+    if desired > serving.len() {
+        let room = max.saturating_sub(instances.len());
+        let taken: HashSet<&str> = instances.iter().map(|i| i.name.as_str()).collect();
+        resize.launch = (1..=max)
+            .map(instance_name)
+            .filter(|name| !taken.contains(name.as_str()))
+            .take((desired - serving.len()).min(room))
+            .collect();
+    } else if desired < serving.len() {
+        let mut order = serving;
+        order.sort_by_key(|i| {
+            (
+                i.busy,
+                i.state == InstanceState::Running,
+                std::cmp::Reverse(i.launched_at),
+            )
+        });
+        resize.retire = order
+            .iter()
+            .take(order.len() - desired)
+            .map(|i| i.name.clone())
+            .collect();
+    }
+    resize
+}
+
+pub fn instance_name(k: usize) -> String {
+    format!("{INSTANCE_PREFIX}{k}")
+}
+
+/// `K` of `app-instanceK`, for sorting (app-instance2 before app-instance10); other names last.
+pub fn instance_number(name: &str) -> (u64, String) {
+    let k = name
+        .strip_prefix(INSTANCE_PREFIX)
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(u64::MAX);
+    (k, name.to_owned())
+}
+
+/// The app-tier instances: OS processes locally, an Auto Scaling group on AWS. The fleet names its
+/// instances; the scaler only says how many.
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
     /// Every instance not yet gone, crashed ones already noticed and dropped.
     async fn instances(&self) -> anyhow::Result<Vec<Instance>>;
-    async fn launch(&self, name: &str) -> anyhow::Result<()>;
-    /// Asks the instance to finish what it holds and stop.
-    async fn retire(&self, name: &str) -> anyhow::Result<()>;
+    /// Moves toward `desired` serving instances in one step (`plan`): launches what is missing at
+    /// once, as far as `max` instances alive in any state allows, and asks the surplus to finish
+    /// what it holds and stop. Returns what it did.
+    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize>;
     /// The most instances this fleet can hold, if it has its own bound (an Auto Scaling group's
     /// MaxSize); the scaler never asks for more.
     async fn max_size(&self) -> anyhow::Result<Option<usize>> {
@@ -51,5 +125,52 @@ pub trait InstanceStatus: Send + Sync + 'static {
     /// there is nothing to send to the group.)
     async fn heartbeat(&self) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn instance(k: usize, state: InstanceState, busy: bool, launched_s: u64) -> Instance {
+        Instance {
+            name: instance_name(k),
+            state,
+            launched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(launched_s),
+            busy,
+        }
+    }
+
+    #[test]
+    fn stopping_instances_count_against_the_cap_and_keep_their_names() {
+        use InstanceState::*;
+        let fleet = [instance(1, Running, true, 1), instance(3, Stopping, true, 2)];
+        // Room for two more under a cap of 4, named around the stopping app-instance3.
+        let r = plan(10, 4, &fleet);
+        assert_eq!(r.launch, ["app-instance2", "app-instance4"]);
+        assert!(r.retire.is_empty());
+        // At the cap nothing launches until app-instance3 is gone.
+        assert_eq!(plan(10, 2, &fleet), Resize::default());
+    }
+
+    #[test]
+    fn retires_idle_first_then_not_yet_running_then_newest() {
+        use InstanceState::*;
+        let fleet = [
+            instance(1, Running, true, 50),
+            instance(2, Running, false, 40),
+            instance(3, Running, true, 30),
+            instance(4, Running, false, 20),
+            instance(5, Pending, false, 60),
+            instance(6, Stopping, false, 70),
+        ];
+        let r = plan(1, 20, &fleet);
+        assert_eq!(
+            r.retire,
+            ["app-instance5", "app-instance2", "app-instance4", "app-instance1"]
+        );
+        assert!(plan(5, 20, &fleet).is_empty());
     }
 }

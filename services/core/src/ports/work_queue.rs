@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,4 +56,11 @@ pub trait WorkQueue: Send + Sync + 'static {
     /// Hides a received message for `visibility` from now (zero makes it visible at once).
     async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()>;
     async fn depth(&self) -> anyhow::Result<QueueDepth>;
+}
+
+/// The web tiers' response queues by name: each web tier has its own, and each request names the
+/// one its answer goes to. Opened once per name and kept.
+#[async_trait]
+pub trait ResponseQueues: Send + Sync + 'static {
+    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>>;
 }

@@ -6,6 +6,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use imgrec_core::policy::{Observation, PolicyKind};
+use imgrec_core::ports::fleet::plan;
 use imgrec_core::ports::{Instance, InstanceState, QueueDepth};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -230,7 +231,9 @@ pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: 
                     instances: &instances,
                     completion_rate,
                 });
-                for name in decision.launch {
+                // The fleets' own plan picks names and the instances to retire.
+                let resize = plan(decision.desired, policy.config().max, &instances);
+                for name in resize.launch {
                     let id = sim.instances.len();
                     let boot_s = sim.boot.sample(&mut sim.rng).max(boot.min_s);
                     sim.instances.push(SimInstance {
@@ -244,7 +247,7 @@ pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: 
                     sim.schedule(now + micros(boot_s), Event::Ready(id));
                     sim.actions += 1;
                 }
-                for name in decision.retire {
+                for name in resize.retire {
                     if let Some(&id) = sim.live.iter().find(|&&id| sim.instances[id].name == name) {
                         sim.actions += 1;
                         match sim.instances[id].phase {
