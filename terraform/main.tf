@@ -5,19 +5,24 @@
 locals {
   account_id = data.aws_caller_identity.current.account_id
 
-  # One instance of the budget is web-instance1; the app tier may use the rest.
-  web_instances  = 1
-  app_max_size   = var.instance_budget - local.web_instances
+  # The web instances take their share of the budget; the app tier may use the rest.
+  web_instances  = [for k in range(1, var.web_instances + 1) : "web-instance${k}"]
+  app_max_size   = var.instance_budget - length(local.web_instances)
+  load_balanced  = length(local.web_instances) > 1
   app_group_name = "${var.name_prefix}-app-tier"
   # CloudWatch namespace of the scaler's metrics (its IAM policy is limited to it).
   metric_namespace = var.name_prefix
+  # How long an upload waits for its label (the services' web.response_timeout_s): the load
+  # balancer keeps an idle connection longer.
+  response_timeout_s = 120
 
   service_config = templatefile("${path.module}/templates/imgrec.toml.tftpl", {
     region               = var.region
     input_bucket         = module.input_bucket.name
     output_bucket        = module.output_bucket.name
     request_queue        = module.queues.request_queue_name
-    response_queue       = module.queues.response_queue_name
+    response_queue       = module.queues.response_queue_prefix
+    response_timeout_s   = local.response_timeout_s
     dead_letter_queue    = module.queues.dead_letter_queue_name
     max_receives         = var.max_receives
     visibility_timeout_s = var.visibility_timeout_s
@@ -47,6 +52,7 @@ module "queues" {
   source = "./modules/queues"
 
   name_prefix          = var.name_prefix
+  web_instances        = local.web_instances
   visibility_timeout_s = var.visibility_timeout_s
   max_receives         = var.max_receives
 }
@@ -57,49 +63,72 @@ module "network" {
   name_prefix        = var.name_prefix
   vpc_cidr           = var.vpc_cidr
   http_ingress_cidrs = var.http_ingress_cidrs
+  load_balancer      = local.load_balanced
+  https              = var.certificate_arn != ""
 }
 
 module "iam" {
   source = "./modules/iam"
 
-  name_prefix        = var.name_prefix
-  partition          = data.aws_partition.current.partition
-  region             = var.region
-  account_id         = local.account_id
-  input_bucket_arn   = module.input_bucket.arn
-  output_bucket_arn  = module.output_bucket.arn
-  request_queue_arn  = module.queues.request_queue_arn
-  response_queue_arn = module.queues.response_queue_arn
-  dead_letter_arn    = module.queues.dead_letter_queue_arn
-  app_group_name     = local.app_group_name
-  metric_namespace   = local.metric_namespace
-  enable_ssm         = var.enable_ssm
+  name_prefix         = var.name_prefix
+  partition           = data.aws_partition.current.partition
+  region              = var.region
+  account_id          = local.account_id
+  input_bucket_arn    = module.input_bucket.arn
+  output_bucket_arn   = module.output_bucket.arn
+  request_queue_arn   = module.queues.request_queue_arn
+  response_queue_arns = module.queues.response_queue_arns
+  dead_letter_arn     = module.queues.dead_letter_queue_arn
+  app_group_name      = local.app_group_name
+  metric_namespace    = local.metric_namespace
+  enable_ssm          = var.enable_ssm
 }
 
 module "app_tier" {
   source = "./modules/app_tier"
 
-  group_name          = local.app_group_name
-  ami_id              = var.ami_id
-  instance_type       = var.app_instance_type
-  instance_profile    = module.iam.app_tier_instance_profile
-  security_group_id   = module.network.app_tier_security_group_id
-  subnet_ids          = module.network.subnet_ids
-  min_size            = var.app_min_size
-  max_size            = local.app_max_size
-  termination_drain_s = var.termination_drain_s
-  user_data           = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, units = "imgrec-app-tier.service" })
+  group_name        = local.app_group_name
+  ami_id            = var.ami_id
+  instance_type     = var.app_instance_type
+  instance_profile  = module.iam.app_tier_instance_profile
+  security_group_id = module.network.app_tier_security_group_id
+  subnet_ids        = module.network.subnet_ids
+  min_size          = var.app_min_size
+  max_size          = local.app_max_size
+  user_data         = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, environment = "", units = "imgrec-app-tier.service" })
 }
 
+# Every web instance runs the web tier under its own name (its own response queue); the scaler
+# runs on web-instance1 only.
 module "web_tier" {
   source = "./modules/web_tier"
 
+  names             = local.web_instances
   ami_id            = var.ami_id
   instance_type     = var.web_instance_type
   instance_profile  = module.iam.web_tier_instance_profile
   security_group_id = module.network.web_tier_security_group_id
-  subnet_id         = module.network.subnet_ids[0]
-  user_data         = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, units = "imgrec-web-tier.service imgrec-scaler.service" })
+  subnet_ids        = module.network.subnet_ids
+  user_data = { for name in local.web_instances : name => templatefile("${path.module}/templates/user-data.sh.tftpl", {
+    config      = local.service_config
+    environment = "IMGREC__WEB__NAME=${name}"
+    units       = name == "web-instance1" ? "imgrec-web-tier.service imgrec-scaler.service" : "imgrec-web-tier.service"
+  }) }
+}
+
+module "load_balancer" {
+  source = "./modules/load_balancer"
+  count  = local.load_balanced ? 1 : 0
+
+  name_prefix       = var.name_prefix
+  vpc_id            = module.network.vpc_id
+  subnet_ids        = module.network.subnet_ids
+  security_group_id = module.network.load_balancer_security_group_id
+  instance_ids      = module.web_tier.instance_ids
+  idle_timeout_s    = local.response_timeout_s + 10
+  # web.drain_timeout_s (15 s) and 3 s to close.
+  deregistration_delay_s = 20
+  certificate_arn        = var.certificate_arn
 }
 
 module "monitoring" {
@@ -110,6 +139,6 @@ module "monitoring" {
   app_group_name    = module.app_tier.group_name
   metric_namespace  = local.metric_namespace
   request_queue     = module.queues.request_queue_name
-  response_queue    = module.queues.response_queue_name
+  response_queues   = values(module.queues.response_queue_names)
   dead_letter_queue = module.queues.dead_letter_queue_name
 }

@@ -1,6 +1,11 @@
 output "web_url" {
-  description = "Where to upload images (POST / with the file in field myfile)."
-  value       = "http://${module.web_tier.public_dns}/"
+  description = "Where to upload images (POST / with the file in field myfile): the load balancer with several web instances, else web-instance1."
+  value       = local.load_balanced ? module.load_balancer[0].url : "http://${module.web_tier.public_dns["web-instance1"]}/"
+}
+
+output "load_balancer_url" {
+  description = "URL of the load balancer in front of the web instances (null with one web instance)."
+  value       = local.load_balanced ? module.load_balancer[0].url : null
 }
 
 output "region" {
@@ -23,9 +28,9 @@ output "request_queue_url" {
   value       = module.queues.request_queue_url
 }
 
-output "response_queue_url" {
-  description = "SQS queue of results on their way back to the web tier."
-  value       = module.queues.response_queue_url
+output "response_queue_urls" {
+  description = "SQS queue of results on their way back to each web instance, by web instance."
+  value       = module.queues.response_queue_urls
 }
 
 output "dead_letter_queue_url" {
@@ -39,13 +44,13 @@ output "app_tier_group_name" {
 }
 
 output "app_tier_max_size" {
-  description = "Most app-tier instances: the instance budget less web-instance1."
+  description = "Most app-tier instances: the instance budget less the web instances."
   value       = local.app_max_size
 }
 
-output "web_instance_id" {
-  description = "EC2 id of web-instance1 (aws ssm start-session --target <id>)."
-  value       = module.web_tier.instance_id
+output "web_instance_ids" {
+  description = "EC2 id of each web instance, by name (aws ssm start-session --target <id>)."
+  value       = module.web_tier.instance_ids
 }
 
 output "dashboard_url" {

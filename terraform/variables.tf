@@ -30,8 +30,30 @@ variable "ami_id" {
   }
 }
 
+variable "web_instances" {
+  description = "Web instances (web-instance1, ...). With more than one, an Application Load Balancer takes the uploads; they count against instance_budget."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.web_instances >= 1 && var.web_instances <= 10 && floor(var.web_instances) == var.web_instances
+    error_message = "web_instances must be a whole number from 1 to 10 (the app tier needs part of the budget of 20)."
+  }
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for HTTPS on the load balancer (HTTP then redirects to it); empty for HTTP only. Used when web_instances > 1."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/", var.certificate_arn))
+    error_message = "certificate_arn must be empty or an ACM certificate ARN."
+  }
+}
+
 variable "instance_budget" {
-  description = "Instances the whole service may run at once, web tier included: the app tier gets the rest."
+  description = "Instances the whole service may run at once, web instances included: the app tier gets the rest."
   type        = number
   default     = 20
 
@@ -59,7 +81,7 @@ variable "app_instance_type" {
 }
 
 variable "web_instance_type" {
-  description = "EC2 instance type of web-instance1 (web tier and scaler)."
+  description = "EC2 instance type of the web instances (web-instance1 also runs the scaler)."
   type        = string
   default     = "t3.small"
 }
@@ -125,16 +147,6 @@ variable "max_receives" {
   }
 }
 
-variable "termination_drain_s" {
-  description = "When above 0, a termination lifecycle hook holds a retiring app instance this long so its worker can finish."
-  type        = number
-  default     = 0
-
-  validation {
-    condition     = var.termination_drain_s == 0 || (var.termination_drain_s >= 30 && var.termination_drain_s <= 7200)
-    error_message = "termination_drain_s must be 0 (no hook) or from 30 to 7200 seconds."
-  }
-}
 
 variable "enable_ssm" {
   description = "Attach AmazonSSMManagedInstanceCore so instances can be reached with Session Manager (no SSH, no key pair)."

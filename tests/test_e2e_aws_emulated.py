@@ -86,3 +86,75 @@ def test_endpoint_down_gives_503_and_no_crash(tmp_path, datasets):
             assert stack.proc.poll() is None
             assert urllib.request.urlopen(stack.url + "healthz", timeout=5).status == 200
         assert stack.proc.returncode == 0, stack.logs()[-2000:]
+
+
+def test_two_web_tiers_on_sqs_each_get_their_own_answers(tmp_path, datasets):
+    """web-instance1 (with the scaler) and web-instance2 share the request queue, the buckets and
+    the workers; each reads only its own response queue. 100 uploads split between them."""
+    import os
+    import threading
+
+    thumbs = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    ref = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, thumbs)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    want = dict(line.split(",", 1) for line in ref.stdout.splitlines())
+    halves = [thumbs[0::2], thumbs[1::2]]
+    expected = []
+    for k, half in enumerate(halves):
+        path = tmp_path / f"expected-{k}.csv"
+        path.write_text("".join(f"{f.name},{want[f.name]}\n" for f in half))
+        expected.append(path)
+
+    with MotoServer() as moto:
+        env = {**moto.env(), "IMGREC__BACKEND": "aws", "IMGREC__FLEET__BACKEND": "local"}
+        boot = subprocess.run([str(SCALER), "bootstrap", "--web-tiers", "2"], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=60)
+        assert boot.returncode == 0, boot.stderr
+        fast = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200", "app_tier__batch_size": "10"}
+        data = tmp_path / "data"
+        stacks = [
+            Stack(data, extra_env={**env, "IMGREC__WEB__NAME": "web-instance1"}, log_name="web1", **fast),
+            Stack(data, extra_env={**env, "IMGREC__WEB__NAME": "web-instance2"}, log_name="web2",
+                  web__run_scaler="false", **fast),
+        ]
+        results = [None, None]
+        try:
+            for s in stacks:
+                s.start()
+            assert [s.status()["web_tier"]["name"] for s in stacks] == ["web-instance1", "web-instance2"]
+
+            def burst(k):
+                results[k] = loadgen(stacks[k].url, halves[k], concurrency=50, expected=expected[k])
+
+            threads = [threading.Thread(target=burst, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            for summary, run in results:
+                assert (summary["ok"], summary["errors"], summary["wrong"]) == (50, 0, 0), (summary, run.stderr[-1000:])
+            metrics = [urllib.request.urlopen(s.url + "metrics").read().decode() for s in stacks]
+        finally:
+            for s in stacks:
+                if s.proc and s.proc.poll() is None:
+                    s.stop()
+        for s in stacks:
+            assert s.proc.returncode == 0, s.logs()[-2000:]
+        assert stack_processes(data) == []
+        # Each web tier answered its own 50, from its own queue.
+        for m in metrics:
+            assert 'imgrec_requests_total{outcome="ok"} 50' in m
+
+        sqs = boto3.client("sqs", endpoint_url=moto.endpoint, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        names = {url.rsplit("/", 1)[1] for url in sqs.list_queues()["QueueUrls"]}
+        assert {"responses-web-instance1", "responses-web-instance2"} <= names and "responses" not in names
+        for name in ("responses-web-instance1", "responses-web-instance2"):
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            assert attrs["ApproximateNumberOfMessages"] == attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
+        s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        outputs = {o["Key"]: s3.get_object(Bucket="output-bucket", Key=o["Key"])["Body"].read().decode()
+                   for o in s3.list_objects_v2(Bucket="output-bucket")["Contents"]}
+        assert outputs == {f.stem: f"({f.stem}, {want[f.name]})" for f in thumbs}

@@ -114,7 +114,7 @@ def test_every_terraform_and_packer_file_parses():
         doc = parse(path)
         assert doc, f"{path} parsed to nothing"
     assert {p.name for p in MODULES.iterdir()} == {
-        "storage", "queues", "iam", "network", "app_tier", "web_tier", "monitoring"
+        "storage", "queues", "iam", "network", "app_tier", "web_tier", "monitoring", "load_balancer"
     }
 
 
@@ -197,9 +197,15 @@ def test_app_tier_fits_the_instance_budget_with_the_web_tier():
     assert variables["instance_budget"] == INSTANCE_BUDGET
     budget_rule = blocks(module_doc("root"), "variable")["instance_budget"]["validation"]
     assert "var.instance_budget <= 20" in one(budget_rule)["condition"]
-    web_instances = blocks(module_doc("web_tier"), "resource", "aws_instance")
-    assert len(web_instances) == 1 and "count" not in web_instances["this"]
-    assert evaluate(locals_["web_instances"], variables, locals_) == len(web_instances)
+    # One web instance per name in local.web_instances (web-instance1..N, N = var.web_instances).
+    web = blocks(module_doc("web_tier"), "resource", "aws_instance")["this"]
+    assert ref(web["for_each"]) == "toset(var.names)"
+    assert ref(blocks(module_doc("root"), "module")["web_tier"]["names"]) == "local.web_instances"
+    assert 'web-instance${k}' in locals_["web_instances"] and "var.web_instances + 1" in locals_["web_instances"]
+    assert variables["web_instances"] == 1
+    assert ref(locals_["app_max_size"]) == "var.instance_budget - length(local.web_instances)"
+    locals_ = {**locals_, "app_max_size": "${var.instance_budget - var.web_instances}"}
+    web_instances = range(variables["web_instances"])
 
     app_call = blocks(module_doc("root"), "module")["app_tier"]
     app_max = evaluate(app_call["max_size"], variables, locals_)
@@ -229,6 +235,8 @@ def test_imdsv2_is_required_everywhere():
                 assert options["http_put_response_hop_limit"] == 1
                 launched += 1
     assert launched == 2
+    # Every web instance: one resource, for_each over the names.
+    assert "for_each" in blocks(module_doc("web_tier"), "resource", "aws_instance")["this"]
     source = blocks(parse(PACKER / "imgrec.pkr.hcl"), "source", "amazon-ebs")["imgrec"]
     assert one(source["metadata_options"])["http_tokens"] == "required"
     assert source["imds_support"] == "v2.0"
@@ -263,6 +271,9 @@ def test_buckets_are_private_encrypted_versioned_and_tls_only():
 def test_requests_dead_letter_and_every_queue_is_encrypted():
     queues = blocks(module_doc("queues"), "resource", "aws_sqs_queue")
     assert set(queues) == {"requests", "responses", "dead_letter"}
+    # One response queue per web instance, named after it (the services' response_queue_of).
+    assert ref(queues["responses"]["for_each"]) == "toset(var.web_instances)"
+    assert queues["responses"]["name"] == "${var.name_prefix}-responses-${each.key}"
     for name, queue in queues.items():
         assert queue["sqs_managed_sse_enabled"] is True, name
     requests = queues["requests"]
@@ -398,17 +409,21 @@ def test_systemd_units_verify_and_expose_little():
 
 def test_names_and_network_exposure():
     web = blocks(module_doc("web_tier"), "resource", "aws_instance")["this"]
-    assert web["tags"]["Name"] == "web-instance1"
+    assert web["tags"]["Name"] == "${each.key}"
     group = blocks(module_doc("app_tier"), "resource", "aws_autoscaling_group")["this"]
     tags = group.get("tag", [])
     assert all(t["key"] != "Name" for t in tags), "the scaler names app instances; the group must not"
     assert any(t["propagate_at_launch"] is True for t in tags)
-    assert 'format!("app-instance{' in (ROOT / "services/core/src/policy/mod.rs").read_text().replace(" ", "")
+    assert 'format!("{INSTANCE_PREFIX}{k}")' in (ROOT / "services/core/src/ports/fleet.rs").read_text()
     network = module_doc("network")
     ingress = blocks(network, "resource", "aws_vpc_security_group_ingress_rule")
-    assert list(ingress) == ["web_http"]
+    assert set(ingress) == {"web_http", "load_balancer", "web_from_load_balancer"}
     assert ingress["web_http"]["from_port"] == ingress["web_http"]["to_port"] == 80
     assert "aws_security_group.web_tier" in ingress["web_http"]["security_group_id"]
+    # Clients reach the web instances directly only without a load balancer; with one, only it does.
+    assert ingress["web_http"]["for_each"].startswith("${var.load_balancer ? toset([])")
+    assert "aws_security_group.load_balancer[0].id" in ingress["web_from_load_balancer"]["referenced_security_group_id"]
+    assert "aws_security_group.load_balancer" in ingress["load_balancer"]["security_group_id"]
     assert not re.search(r"ingress", (MODULES / "app_tier" / "main.tf").read_text())
     egress = blocks(network, "resource", "aws_vpc_security_group_egress_rule")["https"]
     assert egress["from_port"] == egress["to_port"] == 443
@@ -416,8 +431,9 @@ def test_names_and_network_exposure():
 
 def test_outputs_and_variables_are_documented():
     outputs = blocks(module_doc("root"), "output")
-    for name in ("web_url", "region", "input_bucket", "output_bucket", "request_queue_url", "response_queue_url",
-                 "dead_letter_queue_url", "app_tier_group_name", "service_config"):
+    for name in ("web_url", "load_balancer_url", "region", "input_bucket", "output_bucket", "request_queue_url",
+                 "response_queue_urls", "dead_letter_queue_url", "app_tier_group_name", "web_instance_ids",
+                 "service_config"):
         assert name in outputs and outputs[name]["description"], name
     for folder in [TERRAFORM, *MODULES.iterdir()]:
         name = "root" if folder == TERRAFORM else folder.name
@@ -446,6 +462,7 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
     sample = {
         "region": "eu-west-1", "input_bucket": "imgrec-123456789012-input", "output_bucket": "imgrec-123456789012-output",
         "request_queue": "imgrec-requests", "response_queue": "imgrec-responses", "dead_letter_queue": "imgrec-requests-dlq",
+        "response_timeout_s": 120,
         "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "app_min_size": 0, "app_max_size": 19,
         "auto_scaling_group": "imgrec-app-tier", "metric_namespace": "imgrec",
     }
@@ -466,9 +483,52 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
     # User data writes exactly this file and starts the role's units, which the AMI installs.
     user_data = (TERRAFORM / "templates" / "user-data.sh.tftpl").read_text()
     assert "/etc/imgrec/imgrec.toml" in user_data and "${config}" in user_data
+    # ...and the instance's own settings (a web instance's name), which every unit reads.
+    assert "/etc/imgrec/instance.env" in user_data and "${environment}" in user_data
+    assert "IMGREC__WEB__NAME=${name}" in blocks(module_doc("root"), "module")["web_tier"]["user_data"]
     for unit in ("imgrec-app-tier.service", "imgrec-web-tier.service", "imgrec-scaler.service"):
         text = (PACKER / "files" / unit).read_text()
         assert "IMGREC_CONFIG=/etc/imgrec/imgrec.toml" in text, unit
+        assert "EnvironmentFile=-/etc/imgrec/instance.env" in text, unit
         assert unit in json.dumps(blocks(module_doc("root"), "module")), unit
     assert "model_dir = \"/opt/imgrec/model\"" in template
     assert "/opt/imgrec/model/" in (PACKER / "scripts" / "install.sh").read_text()
+
+
+def test_several_web_instances_get_a_load_balancer_that_waits_as_long_as_an_upload():
+    root = blocks(module_doc("root"), "module")
+    call = root["load_balancer"]
+    assert ref(call["count"]) == "local.load_balanced ? 1 : 0"
+    assert ref(root_locals()["load_balanced"]) == "length(local.web_instances) > 1"
+    # The idle timeout covers the web tier's response timeout, which the services are told.
+    assert ref(call["idle_timeout_s"]) == "local.response_timeout_s + 10"
+    assert "response_timeout_s = local.response_timeout_s" in root_locals()["service_config"]
+    template = (TERRAFORM / "templates" / "imgrec.toml.tftpl").read_text()
+    assert "response_timeout_s = ${response_timeout_s}" in template
+    doc = module_doc("load_balancer")
+    lb = blocks(doc, "resource", "aws_lb")["this"]
+    assert lb["load_balancer_type"] == "application" and lb["internal"] is False
+    assert lb["drop_invalid_header_fields"] is True
+    group = blocks(doc, "resource", "aws_lb_target_group")["web"]
+    health = one(group["health_check"])
+    assert health["path"] == "/healthz" and health["matcher"] == "200"
+    listeners = blocks(doc, "resource", "aws_lb_listener")
+    http = one(listeners["http"]["default_action"])
+    assert ref(http["type"]) == 'local.https ? "redirect" : "forward"'
+    redirect = one(one(http["dynamic"])["redirect"]["content"])
+    assert (redirect["protocol"], redirect["port"], redirect["status_code"]) == ("HTTPS", "443", "HTTP_301")
+    https = listeners["https"]
+    assert ref(https["count"]) == "local.https ? 1 : 0"
+    assert https["ssl_policy"].startswith("ELBSecurityPolicy-TLS13")
+    outputs = blocks(module_doc("root"), "output")
+    assert "module.load_balancer[0].url" in outputs["web_url"]["value"]
+    # The scaler runs on web-instance1 only; every web instance runs the web tier.
+    user_data = root["web_tier"]["user_data"]
+    assert 'name == "web-instance1" ? "imgrec-web-tier.service imgrec-scaler.service" : "imgrec-web-tier.service"' in user_data
+
+
+def test_no_termination_hook_is_left_waiting():
+    """A lifecycle hook nobody completes would hold every retired instance for its timeout."""
+    for folder in [TERRAFORM, *MODULES.iterdir()]:
+        for path in folder.glob("*.tf"):
+            assert "lifecycle_hook" not in path.read_text(), path

@@ -53,6 +53,19 @@ def worker_pids(data_dir: Path) -> list[int]:
     return out
 
 
+def worker_names(data_dir: Path) -> list[str]:
+    """The `--name` of every live local app-tier instance on `data_dir` (duplicates kept)."""
+    names = []
+    for pid in worker_pids(data_dir):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--name" in cmd[:-1]:
+            names.append(cmd[cmd.index(b"--name") + 1].decode())
+    return names
+
+
 def worker_pid(data_dir: Path, name: str) -> int | None:
     """The pid of the local app-tier instance `name` (`app-instanceK`), if it runs."""
     for pid in worker_pids(data_dir):
@@ -66,7 +79,7 @@ def worker_pid(data_dir: Path, name: str) -> int | None:
 
 
 class Stack:
-    def __init__(self, data_dir: Path, extra_env: dict | None = None, **settings: str):
+    def __init__(self, data_dir: Path, extra_env: dict | None = None, log_name: str = "web-tier", **settings: str):
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -80,7 +93,7 @@ class Stack:
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen | None = None
-        self.log = data_dir.parent / f"{data_dir.name}-web-tier.log"
+        self.log = data_dir.parent / f"{data_dir.name}-{log_name}.log"
 
     def start(self) -> "Stack":
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,16 @@ impl Scaler {
         let Some(lease) = &self.lease else {
             return Ok(true);
         };
-        let held = lease.hold(LEASE_TTL).await?;
+        let held = match lease.hold(LEASE_TTL).await {
+            Ok(held) => held,
+            Err(e) => {
+                // Taking the lease needs the same write this failed to make, so nobody else can
+                // have taken it meanwhile: carry on as before (a stopped worker holding the
+                // database lock must still be noticed and killed).
+                warn!(error = %format!("{e:#}"), "cannot renew the scaler lease; carrying on as before");
+                return Ok(self.acting);
+            }
+        };
         if held && !self.acting {
             info!(holder = lease.holder(), "acting as the scaler");
         } else if !held && self.acting {

@@ -1,5 +1,7 @@
 # The app-tier workers: an Auto Scaling group of instances from the Packer AMI. The scaler on
 # web-instance1 owns the desired capacity and the Name tags (app-instance1, app-instance2, ...).
+# No termination lifecycle hook: a terminating instance's worker gets SIGTERM from systemd, finishes
+# its batch and stops; what it held comes back to the queue after its visibility timeout.
 
 resource "aws_launch_template" "this" {
   #checkov:skip=CKV_AWS_88:Public IPs reach the AWS APIs without a NAT gateway; the security group admits no inbound traffic.
@@ -81,16 +83,6 @@ resource "aws_autoscaling_group" "this" {
     propagate_at_launch = true
   }
 
-  dynamic "initial_lifecycle_hook" {
-    for_each = var.termination_drain_s > 0 ? [var.termination_drain_s] : []
-
-    content {
-      name                 = "drain"
-      lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
-      heartbeat_timeout    = initial_lifecycle_hook.value
-      default_result       = "CONTINUE"
-    }
-  }
 
   lifecycle {
     # The scaler sets the desired capacity at run time; Terraform must not reset it on apply.

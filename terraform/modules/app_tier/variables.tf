@@ -43,10 +43,6 @@ variable "max_size" {
   }
 }
 
-variable "termination_drain_s" {
-  description = "Heartbeat timeout of the termination lifecycle hook; 0 for no hook."
-  type        = number
-}
 
 variable "user_data" {
   description = "User data script (writes /etc/imgrec/imgrec.toml and starts the worker)."

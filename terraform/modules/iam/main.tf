@@ -1,14 +1,10 @@
 # One role per tier, each allowed exactly what its code calls, on exactly this deployment's
 # buckets, queues, Auto Scaling group and metric namespace. The web tier's role also serves the
-# scaler, which runs on web-instance1.
+# scaler, which runs on web-instance1 only.
 
 locals {
-  group_arn = "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.app_group_name}"
-  all_queue_arns = [
-    var.request_queue_arn,
-    var.response_queue_arn,
-    var.dead_letter_arn,
-  ]
+  group_arn      = "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.app_group_name}"
+  all_queue_arns = concat([var.request_queue_arn, var.dead_letter_arn], var.response_queue_arns)
   roles = {
     web_tier = data.aws_iam_policy_document.web_tier.json
     app_tier = data.aws_iam_policy_document.app_tier.json
@@ -66,7 +62,14 @@ data "aws_iam_policy_document" "web_tier" {
   statement {
     sid       = "ReadResponsesAndDeadLetters"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
-    resources = [var.response_queue_arn, var.dead_letter_arn]
+    resources = concat(var.response_queue_arns, [var.dead_letter_arn])
+  }
+
+  # Whichever web instance reads a dead letter tells the web instance its client waits on.
+  statement {
+    sid       = "PassOnDeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = var.response_queue_arns
   }
 
   # The scaler. Describe* calls of Auto Scaling and EC2 support no resource-level permissions:
@@ -141,7 +144,7 @@ data "aws_iam_policy_document" "app_tier" {
   statement {
     sid       = "SendResponses"
     actions   = ["sqs:SendMessage"]
-    resources = [var.response_queue_arn]
+    resources = var.response_queue_arns
   }
 
   # A busy worker protects itself from scale-in; the scaler reads protection as "busy".

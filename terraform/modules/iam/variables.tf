@@ -33,9 +33,9 @@ variable "request_queue_arn" {
   type        = string
 }
 
-variable "response_queue_arn" {
-  description = "ARN of the response queue."
-  type        = string
+variable "response_queue_arns" {
+  description = "ARNs of the web instances' response queues."
+  type        = list(string)
 }
 
 variable "dead_letter_arn" {

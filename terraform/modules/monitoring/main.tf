@@ -6,12 +6,14 @@ locals {
   widgets = [
     {
       title = "Request queue"
-      metrics = [
-        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.request_queue, { label = "waiting" }],
-        ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", "QueueName", var.request_queue, { label = "in flight" }],
-        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.response_queue, { label = "responses" }],
-        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.dead_letter_queue, { label = "dead letters" }],
-      ]
+      metrics = concat(
+        [
+          ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.request_queue, { label = "waiting" }],
+          ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", "QueueName", var.request_queue, { label = "in flight" }],
+          ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", var.dead_letter_queue, { label = "dead letters" }],
+        ],
+        [for q in var.response_queues : ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q, { label = q }]],
+      )
     },
     {
       title = "Backlog per instance (scaler)"

@@ -23,9 +23,9 @@ variable "request_queue" {
   type        = string
 }
 
-variable "response_queue" {
-  description = "Name of the response queue."
-  type        = string
+variable "response_queues" {
+  description = "Names of the web instances' response queues."
+  type        = list(string)
 }
 
 variable "dead_letter_queue" {

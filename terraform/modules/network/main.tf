@@ -1,6 +1,7 @@
 # A small VPC of two public subnets. Instances reach S3, SQS, Auto Scaling and CloudWatch over
 # HTTPS through the internet gateway (no NAT gateway to pay for); the app tier accepts no inbound
-# traffic at all, the web tier only HTTP from the configured networks.
+# traffic at all, the web tier only HTTP from the configured networks (or, with several web
+# instances, from their load balancer).
 
 data "aws_availability_zones" "available" {
   #checkov:skip=CKV_AWS_394:Only the first two zones (in name order) are used; a zone AWS adds later changes nothing deployed.
@@ -74,9 +75,9 @@ resource "aws_vpc_endpoint" "s3" {
 data "aws_region" "current" {}
 
 resource "aws_security_group" "web_tier" {
-  #checkov:skip=CKV2_AWS_5:Attached to web-instance1 in modules/web_tier (checkov does not follow module outputs).
+  #checkov:skip=CKV2_AWS_5:Attached to the web instances in modules/web_tier (checkov does not follow module outputs).
   name        = "${var.name_prefix}-web-tier"
-  description = "web-instance1: HTTP from clients, HTTPS out to AWS APIs"
+  description = "web instances: HTTP from clients or the load balancer, HTTPS out to AWS APIs"
   vpc_id      = aws_vpc.this.id
 
   tags = {
@@ -84,9 +85,11 @@ resource "aws_security_group" "web_tier" {
   }
 }
 
+# One web instance takes uploads straight from clients; several sit behind the load balancer,
+# which alone takes them from clients.
 resource "aws_vpc_security_group_ingress_rule" "web_http" {
   #checkov:skip=CKV_AWS_260:The web tier is a public upload service by default; narrow http_ingress_cidrs to restrict it.
-  for_each = toset(var.http_ingress_cidrs)
+  for_each = var.load_balancer ? toset([]) : toset(var.http_ingress_cidrs)
 
   security_group_id = aws_security_group.web_tier.id
   description       = "HTTP uploads from clients"
@@ -94,6 +97,56 @@ resource "aws_vpc_security_group_ingress_rule" "web_http" {
   from_port         = 80
   to_port           = 80
   cidr_ipv4         = each.value
+}
+
+resource "aws_security_group" "load_balancer" {
+  #checkov:skip=CKV2_AWS_5:Attached to the load balancer in modules/load_balancer (checkov does not follow module outputs).
+  count = var.load_balancer ? 1 : 0
+
+  name        = "${var.name_prefix}-load-balancer"
+  description = "Load balancer: HTTP(S) from clients, HTTP to the web instances"
+  vpc_id      = aws_vpc.this.id
+
+  tags = {
+    Name = "${var.name_prefix}-load-balancer"
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "load_balancer" {
+  #checkov:skip=CKV_AWS_260:The service is a public upload service by default; narrow http_ingress_cidrs to restrict it.
+  for_each = var.load_balancer ? {
+    for pair in setproduct(var.https ? [80, 443] : [80], var.http_ingress_cidrs) : "${pair[0]} ${pair[1]}" => pair
+  } : {}
+
+  security_group_id = aws_security_group.load_balancer[0].id
+  description       = "Uploads from clients"
+  ip_protocol       = "tcp"
+  from_port         = each.value[0]
+  to_port           = each.value[0]
+  cidr_ipv4         = each.value[1]
+}
+
+resource "aws_vpc_security_group_egress_rule" "load_balancer_to_web" {
+  count = var.load_balancer ? 1 : 0
+
+  security_group_id            = aws_security_group.load_balancer[0].id
+  description                  = "HTTP to the web instances"
+  ip_protocol                  = "tcp"
+  from_port                    = 80
+  to_port                      = 80
+  referenced_security_group_id = aws_security_group.web_tier.id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "web_from_load_balancer" {
+  #checkov:skip=CKV_AWS_260:The source is the load balancer's security group, not 0.0.0.0/0 (checkov reads no CIDR as any).
+  count = var.load_balancer ? 1 : 0
+
+  security_group_id            = aws_security_group.web_tier.id
+  description                  = "HTTP from the load balancer"
+  ip_protocol                  = "tcp"
+  from_port                    = 80
+  to_port                      = 80
+  referenced_security_group_id = aws_security_group.load_balancer[0].id
 }
 
 resource "aws_security_group" "app_tier" {

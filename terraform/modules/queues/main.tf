@@ -1,4 +1,4 @@
-# Requests (with a dead-letter queue) and responses. Server-side encryption with SQS-owned keys;
+# Requests (with a dead-letter queue) and one response queue per web instance. Server-side encryption with SQS-owned keys;
 # long polling by default so that no client pays for empty receives.
 
 resource "aws_sqs_queue" "dead_letter" {
@@ -30,20 +30,25 @@ resource "aws_sqs_queue_redrive_allow_policy" "dead_letter" {
   })
 }
 
+# Each web instance reads only its own answers: a request names its web instance's queue.
 resource "aws_sqs_queue" "responses" {
-  name                      = "${var.name_prefix}-responses"
+  for_each = toset(var.web_instances)
+
+  name                      = "${var.name_prefix}-responses-${each.key}"
   receive_wait_time_seconds = 20
-  # A response outlives a restart of the web tier, not much more: its client has gone by then.
+  # A response outlives a restart of its web instance, not much more: its client has gone by then.
   message_retention_seconds = 3600
   sqs_managed_sse_enabled   = true
 }
 
 locals {
-  queues = {
-    requests    = aws_sqs_queue.requests
-    responses   = aws_sqs_queue.responses
-    dead_letter = aws_sqs_queue.dead_letter
-  }
+  queues = merge(
+    {
+      requests    = aws_sqs_queue.requests
+      dead_letter = aws_sqs_queue.dead_letter
+    },
+    { for name, queue in aws_sqs_queue.responses : "responses-${name}" => queue },
+  )
 }
 
 data "aws_iam_policy_document" "tls_only" {

@@ -13,19 +13,24 @@ output "request_queue_arn" {
   value       = aws_sqs_queue.requests.arn
 }
 
-output "response_queue_name" {
-  description = "Name of the response queue."
-  value       = aws_sqs_queue.responses.name
+output "response_queue_prefix" {
+  description = "The services' queues.responses: web instance K reads <prefix>-web-instanceK."
+  value       = "${var.name_prefix}-responses"
 }
 
-output "response_queue_url" {
-  description = "URL of the response queue."
-  value       = aws_sqs_queue.responses.id
+output "response_queue_names" {
+  description = "Name of each web instance's response queue, by web instance."
+  value       = { for name, queue in aws_sqs_queue.responses : name => queue.name }
 }
 
-output "response_queue_arn" {
-  description = "ARN of the response queue."
-  value       = aws_sqs_queue.responses.arn
+output "response_queue_urls" {
+  description = "URL of each web instance's response queue, by web instance."
+  value       = { for name, queue in aws_sqs_queue.responses : name => queue.id }
+}
+
+output "response_queue_arns" {
+  description = "ARNs of the response queues."
+  value       = [for queue in aws_sqs_queue.responses : queue.arn]
 }
 
 output "dead_letter_queue_name" {

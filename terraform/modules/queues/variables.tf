@@ -23,3 +23,13 @@ variable "request_retention_s" {
     error_message = "request_retention_s must be from 60 to 1209600 seconds (SQS limits)."
   }
 }
+
+variable "web_instances" {
+  description = "Names of the web instances (web-instance1, ...): each gets its own response queue."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.web_instances) >= 1 && alltrue([for n in var.web_instances : can(regex("^web-instance[0-9]+$", n))])
+    error_message = "web_instances must name at least one web instance, each web-instanceK."
+  }
+}

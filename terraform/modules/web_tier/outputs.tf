@@ -1,9 +1,9 @@
-output "instance_id" {
-  description = "EC2 id of web-instance1."
-  value       = aws_instance.this.id
+output "instance_ids" {
+  description = "EC2 id of each web instance, by name."
+  value       = { for name, instance in aws_instance.this : name => instance.id }
 }
 
 output "public_dns" {
-  description = "Public DNS name of web-instance1."
-  value       = aws_instance.this.public_dns
+  description = "Public DNS name of each web instance, by name."
+  value       = { for name, instance in aws_instance.this : name => instance.public_dns }
 }

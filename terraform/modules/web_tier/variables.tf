@@ -1,10 +1,20 @@
+variable "names" {
+  description = "The web instances: web-instance1 (web tier and scaler), web-instance2, ..."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.names) >= 1 && var.names[0] == "web-instance1"
+    error_message = "names must start with web-instance1."
+  }
+}
+
 variable "ami_id" {
   description = "AMI built by Packer."
   type        = string
 }
 
 variable "instance_type" {
-  description = "EC2 instance type of web-instance1."
+  description = "EC2 instance type of the web instances."
   type        = string
 }
 
@@ -18,14 +28,14 @@ variable "security_group_id" {
   type        = string
 }
 
-variable "subnet_id" {
-  description = "Public subnet of web-instance1."
-  type        = string
+variable "subnet_ids" {
+  description = "Public subnets; web instances go to them in turn."
+  type        = list(string)
 }
 
 variable "user_data" {
-  description = "User data script (writes /etc/imgrec/imgrec.toml and starts the web tier and scaler)."
-  type        = string
+  description = "User data script of each web instance, by name (writes /etc/imgrec/imgrec.toml and the instance's name, starts its services)."
+  type        = map(string)
 }
 
 variable "volume_size_gb" {

@@ -70,6 +70,9 @@ impl SqliteLease {
         let conn = super::db::open(db)?;
         // A lease that does not survive a power loss is simply expired after it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Fail fast rather than wait out a writer (one stopped mid-write holds the lock until the
+        // fleet kills it): the holder keeps acting meanwhile, and nobody else can take it either.
+        conn.busy_timeout(Duration::from_millis(250))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             name: name.to_owned(),

@@ -1,0 +1,186 @@
+"""Several web tiers on one data folder: each gets its own name and its own response queue, they
+share one request queue, one pair of buckets and one worker pool, and the scaler of exactly one of
+them acts on the fleet; when that one dies another takes the scaler over."""
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from local_stack import Stack, loadgen, stack_processes, wait_until, worker_names
+
+MODEL = ROOT / "models" / "efficientnet-lite0"
+MAX = 4
+SETTINGS = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200", "scaler__max": str(MAX)}
+
+
+@pytest.fixture(scope="module")
+def thumbs(datasets) -> list[Path]:
+    files = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    assert len(files) == 100
+    return files
+
+
+@pytest.fixture(scope="module")
+def want(thumbs) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, thumbs)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(line.split(",", 1) for line in out.splitlines())
+
+
+def image_sets(tmp: Path, thumbs, want, prefixes) -> dict[str, tuple[list[Path], Path]]:
+    """Per prefix, copies of the 100 images under distinct names and the labels they must get."""
+    sets = {}
+    for prefix in prefixes:
+        d = tmp / f"images-{prefix}"
+        d.mkdir()
+        files = []
+        for f in thumbs:
+            files.append(d / f"{prefix}_{f.name}")
+            shutil.copyfile(f, files[-1])
+        expected = tmp / f"expected-{prefix}.csv"
+        expected.write_text("".join(f"{prefix}_{f.name},{want[f.name]}\n" for f in thumbs))
+        sets[prefix] = (files, expected)
+    return sets
+
+
+class PoolSampler(threading.Thread):
+    """Samples the live app-tier processes every 50 ms: how many, and their names."""
+
+    def __init__(self, data: Path):
+        super().__init__(daemon=True)
+        self.data, self.samples, self.stopped = data, [], threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            self.samples.append(worker_names(self.data))
+            time.sleep(0.05)
+
+    def stop(self) -> list[list[str]]:
+        self.stopped.set()
+        self.join(5)
+        return self.samples
+
+
+def check_pool(samples: list[list[str]]):
+    allowed = {f"app-instance{k}" for k in range(1, MAX + 1)}
+    assert samples, "no samples"
+    for names in samples:
+        assert len(names) <= MAX, f"{len(names)} app-tier processes alive with max {MAX}: {names}"
+        assert len(set(names)) == len(names), f"duplicate names alive: {names}"
+        assert set(names) <= allowed, f"names out of range: {names}"
+    assert max(len(s) for s in samples) > 1, "the burst never scaled beyond one instance"
+
+
+def run_bursts(urls_and_sets) -> list[dict]:
+    results = [None] * len(urls_and_sets)
+
+    def one(i, url, files, expected):
+        results[i] = loadgen(url, files, concurrency=100, expected=expected, timeout=240)
+
+    threads = [threading.Thread(target=one, args=(i, *args)) for i, args in enumerate(urls_and_sets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(260)
+    return results
+
+
+def check_outputs(data: Path, sets, want, thumbs):
+    outputs = {p.name: p.read_text() for p in (data / "s3" / "output-bucket").iterdir()}
+    expected = {f"{prefix}_{f.stem}": f"({prefix}_{f.stem}, {want[f.name]})" for prefix in sets for f in thumbs}
+    assert outputs == expected
+
+
+def test_three_web_tiers_share_one_pool_and_each_gets_its_own_answers(tmp_path, thumbs, want):
+    data = tmp_path / "data"
+    sets = image_sets(tmp_path, thumbs, want, ["a", "b", "c"])
+    stacks = [Stack(data, log_name=f"web{k}", **SETTINGS) for k in range(3)]
+    sampler = PoolSampler(data)
+    try:
+        for s in stacks:
+            s.start()
+        names = sorted(s.status()["web_tier"]["name"] for s in stacks)
+        assert names == ["web-instance1", "web-instance2", "web-instance3"]
+        acting = [s.status()["web_tier"]["scaler_acting"] for s in stacks]
+        wait_until("one scaler acts", lambda: sum(s.status()["web_tier"]["scaler_acting"] for s in stacks) == 1, 10)
+        sampler.start()
+        results = run_bursts([(s.url, *sets[p]) for s, p in zip(stacks, sets)])
+        for (summary, run), prefix in zip(results, sets):
+            assert summary["requests"] == 100, run.stderr[-2000:]
+            assert (summary["ok"], summary["errors"], summary["wrong"]) == (100, 0, 0), (prefix, summary["error_samples"])
+        wait_until("the pool is back at min", lambda: worker_names(data) == [], timeout=20)
+        check_pool(sampler.stop())
+        # Every web tier shows the same fleet and queue.
+        for s in stacks:
+            assert s.status()["queue"]["pending"] == 0
+    finally:
+        sampler.stopped.set()
+        for s in stacks:
+            if s.proc and s.proc.poll() is None:
+                s.stop()
+    for s in stacks:
+        assert s.proc.returncode == 0, s.logs()[-3000:]
+    assert stack_processes(data) == [], "processes outlived the stacks"
+    check_outputs(data, sets, want, thumbs)
+    del acting
+
+
+def test_killing_the_web_tier_that_runs_the_scaler_hands_the_scaler_over(tmp_path, thumbs, want):
+    data = tmp_path / "data"
+    sets = image_sets(tmp_path, thumbs, want, ["b", "c"])
+    stacks = [Stack(data, log_name=f"web{k}", **SETTINGS) for k in range(3)]
+    sampler = PoolSampler(data)
+    try:
+        for s in stacks:
+            s.start()
+        acting = wait_until(
+            "one scaler acts",
+            lambda: [s for s in stacks if s.status()["web_tier"]["scaler_acting"]],
+            10,
+        )
+        assert len(acting) == 1
+        host = acting[0]
+        others = [s for s in stacks if s is not host]
+        sampler.start()
+        results = {}
+        burst = threading.Thread(
+            target=lambda: results.update(r=run_bursts([(s.url, *sets[p]) for s, p in zip(others, sets)]))
+        )
+        burst.start()
+        wait_until("the pool grows", lambda: len(worker_names(data)) >= 2, 30, every=0.02)
+        host.proc.send_signal(signal.SIGKILL)
+        host.proc.wait(5)
+        killed_at = time.monotonic()
+        new_host = wait_until(
+            "another web tier takes the scaler over",
+            lambda: [s for s in others if s.status()["web_tier"]["scaler_acting"]],
+            10,
+        )
+        took_over_s = time.monotonic() - killed_at
+        burst.join(260)
+        for (summary, run), prefix in zip(results["r"], sets):
+            assert summary["requests"] == 100, run.stderr[-2000:]
+            assert (summary["ok"], summary["errors"], summary["wrong"]) == (100, 0, 0), (prefix, summary["error_samples"])
+        wait_until("the pool is back at min", lambda: worker_names(data) == [], timeout=20)
+        check_pool(sampler.stop())
+        assert len(new_host) == 1
+        assert took_over_s < 6, f"took {took_over_s:.1f}s to take the scaler over"
+        log = new_host[0].logs()
+        assert re.search(r"acting as the scaler", log), log[-2000:]
+    finally:
+        sampler.stopped.set()
+        for s in stacks:
+            if s.proc and s.proc.poll() is None:
+                s.stop()
+    for s in others:
+        assert s.proc.returncode == 0, s.logs()[-3000:]
+    assert stack_processes(data) == [], "processes outlived the stacks"
+    check_outputs(data, sets, want, thumbs)
