@@ -20,6 +20,7 @@ locals {
     region               = var.region
     input_bucket         = module.input_bucket.name
     output_bucket        = module.output_bucket.name
+    lease_bucket         = module.state_bucket.name
     request_queue        = module.queues.request_queue_name
     response_queue       = module.queues.response_queue_prefix
     response_timeout_s   = local.response_timeout_s
@@ -46,6 +47,15 @@ module "output_bucket" {
 
   name          = "${var.name_prefix}-${local.account_id}-output"
   force_destroy = var.force_destroy
+}
+
+# The scaler lease (one small object, rewritten with conditional puts): of the scalers on the web
+# instances, the one holding it acts.
+module "state_bucket" {
+  source = "./modules/storage"
+
+  name          = "${var.name_prefix}-${local.account_id}-state"
+  force_destroy = true
 }
 
 module "queues" {
@@ -76,6 +86,7 @@ module "iam" {
   account_id          = local.account_id
   input_bucket_arn    = module.input_bucket.arn
   output_bucket_arn   = module.output_bucket.arn
+  lease_bucket_arn    = module.state_bucket.arn
   request_queue_arn   = module.queues.request_queue_arn
   response_queue_arns = module.queues.response_queue_arns
   dead_letter_arn     = module.queues.dead_letter_queue_arn
@@ -98,8 +109,8 @@ module "app_tier" {
   user_data         = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, environment = "", units = "imgrec-app-tier.service" })
 }
 
-# Every web instance runs the web tier under its own name (its own response queue); the scaler
-# runs on web-instance1 only.
+# Every web instance runs the web tier under its own name (its own response queue) and a scaler;
+# the scaler holding the lease acts, another takes over if its instance dies.
 module "web_tier" {
   source = "./modules/web_tier"
 
@@ -112,7 +123,7 @@ module "web_tier" {
   user_data = { for name in local.web_instances : name => templatefile("${path.module}/templates/user-data.sh.tftpl", {
     config      = local.service_config
     environment = "IMGREC__WEB__NAME=${name}"
-    units       = name == "web-instance1" ? "imgrec-web-tier.service imgrec-scaler.service" : "imgrec-web-tier.service"
+    units       = "imgrec-web-tier.service imgrec-scaler.service"
   }) }
 }
 

@@ -23,6 +23,11 @@ output "output_bucket" {
   value       = module.output_bucket.name
 }
 
+output "state_bucket" {
+  description = "Bucket of the scaler lease (the scaler that holds it acts)."
+  value       = module.state_bucket.name
+}
+
 output "request_queue_url" {
   description = "SQS queue of classification requests."
   value       = module.queues.request_queue_url

@@ -264,7 +264,7 @@ def test_buckets_are_private_encrypted_versioned_and_tls_only():
     assert ref(bucket["force_destroy"]) == "var.force_destroy"
     # The root makes exactly the input and the output bucket from this module.
     calls = {k: v for k, v in blocks(module_doc("root"), "module").items() if v["source"] == "./modules/storage"}
-    assert set(calls) == {"input_bucket", "output_bucket"}
+    assert set(calls) == {"input_bucket", "output_bucket", "state_bucket"}
     assert root_variables()["force_destroy"] is False
 
 
@@ -462,7 +462,7 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
     sample = {
         "region": "eu-west-1", "input_bucket": "imgrec-123456789012-input", "output_bucket": "imgrec-123456789012-output",
         "request_queue": "imgrec-requests", "response_queue": "imgrec-responses", "dead_letter_queue": "imgrec-requests-dlq",
-        "response_timeout_s": 120,
+        "response_timeout_s": 120, "lease_bucket": "imgrec-123456789012-state",
         "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "app_min_size": 0, "app_max_size": 19,
         "auto_scaling_group": "imgrec-app-tier", "metric_namespace": "imgrec",
     }
@@ -522,9 +522,9 @@ def test_several_web_instances_get_a_load_balancer_that_waits_as_long_as_an_uplo
     assert https["ssl_policy"].startswith("ELBSecurityPolicy-TLS13")
     outputs = blocks(module_doc("root"), "output")
     assert "module.load_balancer[0].url" in outputs["web_url"]["value"]
-    # The scaler runs on web-instance1 only; every web instance runs the web tier.
-    user_data = root["web_tier"]["user_data"]
-    assert 'name == "web-instance1" ? "imgrec-web-tier.service imgrec-scaler.service" : "imgrec-web-tier.service"' in user_data
+    # Every web instance runs the web tier and a scaler (the one holding the lease acts).
+    assert 'units = "imgrec-web-tier.service imgrec-scaler.service"' in root["web_tier"]["user_data"]
+    assert "lease_bucket = module.state_bucket.name" in root_locals()["service_config"]
 
 
 def test_no_termination_hook_is_left_waiting():

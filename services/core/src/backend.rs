@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-use crate::aws::{self, AsgFleet, AsgInstanceStatus, CloudWatchSink, S3ObjectStore, SqsQueue, SqsResponseQueues};
+use crate::aws::{
+    self, AsgFleet, AsgInstanceStatus, CloudWatchSink, S3Lease, S3ObjectStore, SqsQueue, SqsResponseQueues,
+};
 use crate::config::{Backend, Settings};
 use crate::local::{
     DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
@@ -108,20 +110,22 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf, host: &str) -> 
     }
 }
 
-/// What the scaler of `host` must hold to act, where several could run. Locally every web tier
-/// hosts one, and a lease in the shared database picks the one that acts. On AWS the scaler runs
-/// as its own service on web-instance1 only (Terraform), so it needs none.
-pub fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Option<Arc<dyn Lease>>> {
+/// What the scaler of `host` must hold to act, as several may run: locally every web tier hosts
+/// one (a lease in the shared database); on AWS every web instance runs one (a lease object in the
+/// input bucket, written with conditional puts).
+pub async fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Arc<dyn Lease>> {
+    let holder = format!(
+        "{host} (pid {}, {})",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     match settings.fleet.backend {
-        Backend::Local => {
-            let holder = format!("{host} (pid {})", std::process::id());
-            Ok(Some(Arc::new(SqliteLease::open(
-                &settings.queue_db(),
-                "scaler",
-                &holder,
-            )?)))
+        Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), "scaler", &holder)?)),
+        Backend::Aws => {
+            let sdk = aws::sdk_config(&settings.aws).await;
+            let bucket = settings.aws.lease_bucket.as_ref().unwrap_or(&settings.buckets.input);
+            Ok(Arc::new(S3Lease::new(&sdk, bucket, "scaler", &holder)))
         }
-        Backend::Aws => Ok(None),
     }
 }
 
@@ -130,13 +134,21 @@ pub fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Option<Ar
 /// and a new one can reuse a gone one's name.
 pub struct WebTierName {
     pub name: String,
-    keeper: Option<tokio::task::JoinHandle<()>>,
+    /// Locally: the renewing task, and the database and holder to give the name back with.
+    keeper: Option<(tokio::task::JoinHandle<()>, PathBuf, String)>,
 }
 
 impl Drop for WebTierName {
     fn drop(&mut self) {
-        if let Some(keeper) = self.keeper.take() {
+        if let Some((keeper, db, holder)) = self.keeper.take() {
             keeper.abort();
+            // A web tier started next may take the name at once (a stopped one's answers that
+            // arrive later are simply dropped by the new holder).
+            let released = crate::local::open_db(&db)
+                .and_then(|conn| Ok(crate::local::lease::release(&conn, &self.name, &holder)?));
+            if let Err(e) = released {
+                tracing::warn!(error = %format!("{e:#}"), "cannot give this web tier's name back");
+            }
         }
     }
 }
@@ -166,6 +178,7 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
         None => crate::local::lease::claim_lowest(&mut conn, "web-instance", &holder, WEB_NAME_TTL)?,
     };
     let lease = SqliteLease::open(&db, &name, &holder)?;
+    let keeper_holder = holder.clone();
     let keeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(WEB_NAME_TTL / 5);
         loop {
@@ -179,7 +192,7 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
     });
     Ok(WebTierName {
         name,
-        keeper: Some(keeper),
+        keeper: Some((keeper, db, keeper_holder)),
     })
 }
 

@@ -60,6 +60,10 @@ pub struct AwsSettings {
     pub metric_namespace: String,
     pub instance_id: Option<String>,
     pub max_attempts: u32,
+    /// The bucket of the scaler lease object; unset: the input bucket, under `_imgrec/leases/`
+    /// (no upload can land there).
+    #[serde(default)]
+    pub lease_bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -170,6 +174,7 @@ pub struct ScalerSettings {
     pub boot_time_s: f64,
     pub scale_in_after_s: f64,
     pub tick_ms: u64,
+    pub lease_ttl_s: f64,
 }
 
 impl ScalerSettings {
@@ -196,6 +201,10 @@ impl ScalerSettings {
 
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms.max(10))
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::try_from_secs_f64(self.lease_ttl_s).unwrap_or(Duration::from_secs(3))
     }
 }
 
@@ -266,6 +275,14 @@ impl Settings {
             "app_tier.heartbeat_ms ({}) must be at most half of fleet.heartbeat_timeout_s ({} s)",
             self.app_tier.heartbeat_ms,
             self.fleet.heartbeat_timeout_s
+        );
+        // The holder renews at a tick once a third of the lease has passed: it must come in time.
+        let ttl = Duration::try_from_secs_f64(self.scaler.lease_ttl_s).ok();
+        anyhow::ensure!(
+            ttl.is_some_and(|ttl| self.scaler.tick() * 3 <= ttl * 2),
+            "scaler.lease_ttl_s ({}) must be at least 1.5 x scaler.tick_ms ({} ms)",
+            self.scaler.lease_ttl_s,
+            self.scaler.tick_ms
         );
         anyhow::ensure!(
             self.app_tier.max_batch_pixels >= 1,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::ports::{Fleet, ObjectKey, ObjectStore, WorkQueue};
+use crate::ports::{Fleet, Lease, ObjectKey, ObjectStore, WorkQueue};
 
 /// A request queue with its dead-letter queue, as the adapter under test configures them.
 pub struct QueuePair<Q> {
@@ -323,6 +323,27 @@ pub async fn fleet_contract(fleet: Arc<dyn Fleet>, timeout: Duration, stops_on_s
         async move { f.instances().await.expect("instances").is_empty() }
     })
     .await;
+}
+
+/// One holder at a time: a renewal keeps the lease, another holder takes it only once it has
+/// expired, a release frees it at once, and of two taking it at the same moment exactly one wins.
+pub async fn lease_contract(a: Arc<dyn Lease>, b: Arc<dyn Lease>) {
+    let ttl = Duration::from_millis(1500);
+    assert!(a.hold(ttl).await.expect("hold"), "a free lease is taken");
+    assert!(!b.hold(ttl).await.expect("hold"), "a held lease is taken by another");
+    assert!(a.hold(ttl).await.expect("renew"), "the holder cannot renew");
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert!(b.hold(ttl).await.expect("hold"), "an expired lease is not taken over");
+    assert!(!a.hold(ttl).await.expect("hold"), "the old holder still holds it");
+    b.release().await.expect("release");
+    assert!(a.hold(ttl).await.expect("hold"), "a released lease is not free");
+    a.release().await.expect("release");
+    let long = Duration::from_secs(60);
+    let (x, y) = tokio::join!(a.hold(long), b.hold(long));
+    assert!(
+        x.expect("hold") ^ y.expect("hold"),
+        "not exactly one of two concurrent holders won"
+    );
 }
 
 /// A moto server (PyPI `moto[server]`, installed in the project venv) on a free loopback port,

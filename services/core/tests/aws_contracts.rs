@@ -81,3 +81,15 @@ async fn auto_scaling_fleet_contract() {
     assert_eq!(fleet.max_size().await.unwrap(), Some(20));
     contract::fleet_contract(Arc::new(fleet), Duration::from_secs(20), false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_lease_contract() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    bootstrap::create(&sdk, &resources(&["input-bucket"], None))
+        .await
+        .unwrap();
+    let a = imgrec_core::aws::S3Lease::new(&sdk, "input-bucket", "scaler", "a");
+    let b = imgrec_core::aws::S3Lease::new(&sdk, "input-bucket", "scaler", "b");
+    contract::lease_contract(Arc::new(a), Arc::new(b)).await;
+}

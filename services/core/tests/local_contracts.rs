@@ -299,3 +299,12 @@ async fn sqlite_queue_releases_what_a_gone_receiver_held() {
     worker.delete(&held[0].receipt).await.unwrap();
     assert_eq!(worker.depth().await.unwrap().total(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lease_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let a = imgrec_core::local::SqliteLease::open(&db, "scaler", "a").unwrap();
+    let b = imgrec_core::local::SqliteLease::open(&db, "scaler", "b").unwrap();
+    contract::lease_contract(Arc::new(a), Arc::new(b)).await;
+}

@@ -44,13 +44,17 @@ pub struct Scaler {
     status: SharedStatus,
     nudge: Arc<Notify>,
     /// Held while this scaler acts on the fleet; without one it always acts.
-    lease: Option<Arc<dyn Lease>>,
+    lease: Option<ScalerLease>,
     acting: bool,
 }
 
-/// How long the scaler's lease lasts unrenewed: another host takes the scaler over this long
-/// after the holder stops renewing it (it renews every tick).
-pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// The lease a scaler acts under: another host takes the scaler over `ttl` after the holder
+/// stops renewing it; the holder renews it every third of that.
+struct ScalerLease {
+    lease: Arc<dyn Lease>,
+    ttl: Duration,
+    renewed_at: Option<Instant>,
+}
 
 /// Requests completed per second over the last minute, from a counter the web tier advances.
 struct CompletionRate {
@@ -98,8 +102,12 @@ impl Scaler {
 
     /// Acts on the fleet only while holding `lease`, so that of several hosts running a scaler
     /// one acts at a time; the others watch and take over when the holder stops renewing it.
-    pub fn with_lease(mut self, lease: Arc<dyn Lease>) -> Self {
-        self.lease = Some(lease);
+    pub fn with_lease(mut self, lease: Arc<dyn Lease>, ttl: Duration) -> Self {
+        self.lease = Some(ScalerLease {
+            lease,
+            ttl,
+            renewed_at: None,
+        });
         self.acting = false;
         self
     }
@@ -131,32 +139,40 @@ impl Scaler {
         self.nudge.clone()
     }
 
-    /// Takes or renews the lease; on losing it, stops the instances this host started.
+    /// Takes or renews the lease (every third of its time to live); on losing it, stops the
+    /// instances this host started.
     async fn hold_lease(&mut self) -> anyhow::Result<bool> {
-        let Some(lease) = &self.lease else {
+        let Some(held) = &mut self.lease else {
             return Ok(true);
         };
-        let held = match lease.hold(LEASE_TTL).await {
-            Ok(held) => held,
+        if self.acting && held.renewed_at.is_some_and(|t| t.elapsed() < held.ttl / 3) {
+            return Ok(true);
+        }
+        let holds = match held.lease.hold(held.ttl).await {
+            Ok(holds) => holds,
             Err(e) => {
-                // Taking the lease needs the same write this failed to make, so nobody else can
-                // have taken it meanwhile: carry on as before (a stopped worker holding the
-                // database lock must still be noticed and killed).
+                // Taking the lease needs the same kind of write that just failed, so another
+                // taking it meanwhile is unlikely, and a launch claims its name atomically anyway:
+                // carry on as before (a stopped worker holding the local database's lock must
+                // still be noticed and killed).
                 warn!(error = %format!("{e:#}"), "cannot renew the scaler lease; carrying on as before");
                 return Ok(self.acting);
             }
         };
-        if held && !self.acting {
-            info!(holder = lease.holder(), "acting as the scaler");
-        } else if !held && self.acting {
+        if holds {
+            held.renewed_at = Some(Instant::now());
+        }
+        if holds && !self.acting {
+            info!(holder = held.lease.holder(), "acting as the scaler");
+        } else if !holds && self.acting {
             warn!(
-                holder = lease.holder(),
+                holder = held.lease.holder(),
                 "lost the scaler lease; stopping this host's instances"
             );
             self.fleet.shutdown().await?;
         }
-        self.acting = held;
-        Ok(held)
+        self.acting = holds;
+        Ok(holds)
     }
 
     /// One observe-decide-apply round (only observe while another scaler acts).
@@ -246,9 +262,9 @@ impl Scaler {
         }
         info!("stopping the app tier");
         let stopped = self.fleet.shutdown().await;
-        if let Some(lease) = &self.lease {
+        if let Some(held) = self.lease.as_ref().filter(|_| self.acting) {
             // Another host takes over now rather than when the lease expires.
-            if let Err(e) = lease.release().await {
+            if let Err(e) = held.lease.release().await {
                 warn!(error = %format!("{e:#}"), "cannot release the scaler lease");
             }
         }

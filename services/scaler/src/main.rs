@@ -1,5 +1,6 @@
-//! `scaler`: the scaler as its own process (the web instance runs it beside the web tier on AWS;
-//! locally the web tier hosts it unless `web.run_scaler = false`).
+//! `scaler`: the scaler as its own process (every web instance runs it beside the web tier on AWS,
+//! and the one holding the scaler lease acts; locally the web tier hosts it unless
+//! `web.run_scaler = false`).
 //!
 //! `scaler bootstrap` creates the configured buckets, queues and group on an emulated AWS endpoint
 //! (`make run-aws-emulated`, tests); on AWS, Terraform creates them.
@@ -116,12 +117,15 @@ async fn run() -> anyhow::Result<()> {
     }
     let ports = Ports::connect(&settings).await?;
     let worker = std::env::current_exe()?.with_file_name("app-tier");
-    let fleet = backend::fleet(&settings, worker, "scaler").await?;
-    let mut scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
-        .with_metrics(backend::metrics_sink(&settings).await);
-    if let Some(lease) = backend::scaler_lease(&settings, "scaler")? {
-        scaler = scaler.with_lease(lease);
-    }
+    // Beside a web tier (on AWS every web instance runs one), named after it.
+    let host = settings.web.name.clone().unwrap_or_else(|| "scaler".into());
+    let fleet = backend::fleet(&settings, worker, &host).await?;
+    let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
+        .with_metrics(backend::metrics_sink(&settings).await)
+        .with_lease(
+            backend::scaler_lease(&settings, &host).await?,
+            settings.scaler.lease_ttl(),
+        );
     scaler
         .run(settings.scaler.tick(), imgrec_core::shutdown::on_signal()?)
         .await

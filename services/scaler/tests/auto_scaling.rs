@@ -154,3 +154,65 @@ async fn group_desired(client: &aws_sdk_autoscaling::Client) -> i32 {
         .unwrap();
     out.auto_scaling_groups()[0].desired_capacity().unwrap()
 }
+
+/// Two scalers on one group (as on two web instances), each with its own fleet handle and an S3
+/// lease: one acts, the other only watches, until the acting one stops; then the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
+    use imgrec_core::aws::S3Lease;
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    let resources = Resources {
+        buckets: &["state"],
+        requests_queue: "requests",
+        dead_letter_queue: "requests-dlq",
+        other_queues: &[],
+        max_receives: 3,
+        visibility_timeout_s: 30,
+        group: Some(("app-tier", 20)),
+    };
+    bootstrap::create(&sdk, &resources).await.unwrap();
+    let queue = SqsQueue::open(&sdk, "requests").await.unwrap();
+    let bodies: Vec<Vec<u8>> = (0..100).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    queue.send_batch(&bodies).await.unwrap();
+    let config = PolicyConfig {
+        min: 0,
+        max: 6,
+        target_latency: Duration::from_secs(10),
+        service_time: Duration::from_secs(1),
+        boot_time: Duration::from_secs(1),
+        scale_in_after: Duration::from_secs(2),
+    };
+    let ttl = Duration::from_secs(2);
+    let mut scalers = Vec::new();
+    for host in ["web-instance1", "web-instance2"] {
+        let fleet = Arc::new(AsgFleet::open(&sdk, "app-tier").await.unwrap());
+        let lease = Arc::new(S3Lease::new(&sdk, "state", "scaler", host));
+        scalers.push(
+            Scaler::new(
+                PolicyKind::Default.build(config.clone()),
+                Arc::new(queue.clone()),
+                fleet,
+            )
+            .with_lease(lease, ttl),
+        );
+    }
+    let autoscaling = aws_sdk_autoscaling_client(&sdk);
+    for _ in 0..6 {
+        for scaler in &mut scalers {
+            scaler.tick().await.unwrap();
+        }
+        let acting: Vec<bool> = scalers.iter().map(|s| s.status().read().unwrap().acting).collect();
+        assert_eq!(acting, [true, false], "exactly the first to take the lease acts");
+        assert!(group_desired(&autoscaling).await <= 6);
+    }
+    assert_eq!(group_desired(&autoscaling).await, 6);
+    // The first stops renewing (its host died): the second takes over once the lease expires.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    scalers[1].tick().await.unwrap();
+    assert!(
+        scalers[1].status().read().unwrap().acting,
+        "the second did not take over"
+    );
+    assert!(group_desired(&autoscaling).await <= 6);
+}

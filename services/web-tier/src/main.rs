@@ -80,12 +80,13 @@ async fn run() -> anyhow::Result<()> {
     let scaler_task = if settings.web.run_scaler {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
         let fleet = backend::fleet(&settings, worker, &name).await?;
-        let mut scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
+        let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
             .with_metrics(backend::metrics_sink(&settings).await)
-            .with_completions(completed.clone());
-        if let Some(lease) = backend::scaler_lease(&settings, &name)? {
-            scaler = scaler.with_lease(lease);
-        }
+            .with_completions(completed.clone())
+            .with_lease(
+                backend::scaler_lease(&settings, &name).await?,
+                settings.scaler.lease_ttl(),
+            );
         let view = (scaler.status(), scaler.nudge());
         let task = tokio::spawn(scaler.run(settings.scaler.tick(), stop_rx.clone()));
         Some((task, view))

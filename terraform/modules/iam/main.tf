@@ -1,6 +1,6 @@
 # One role per tier, each allowed exactly what its code calls, on exactly this deployment's
 # buckets, queues, Auto Scaling group and metric namespace. The web tier's role also serves the
-# scaler, which runs on web-instance1 only.
+# scaler, which runs beside every web tier.
 
 locals {
   group_arn      = "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.app_group_name}"
@@ -70,6 +70,13 @@ data "aws_iam_policy_document" "web_tier" {
     sid       = "PassOnDeadLetters"
     actions   = ["sqs:SendMessage"]
     resources = var.response_queue_arns
+  }
+
+  # The scaler (on every web instance): its lease object, read and written with conditional puts.
+  statement {
+    sid       = "ScalerLease"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${var.lease_bucket_arn}/_imgrec/leases/*"]
   }
 
   # The scaler. Describe* calls of Auto Scaling and EC2 support no resource-level permissions:

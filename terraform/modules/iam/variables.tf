@@ -57,3 +57,8 @@ variable "enable_ssm" {
   description = "Attach AmazonSSMManagedInstanceCore to both roles."
   type        = bool
 }
+
+variable "lease_bucket_arn" {
+  description = "ARN of the bucket holding the scaler lease."
+  type        = string
+}

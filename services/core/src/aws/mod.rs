@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 mod fleet;
+mod lease;
 mod metrics;
 mod s3;
 mod sqs;
@@ -15,6 +16,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 pub use fleet::{AsgFleet, AsgInstanceStatus};
+pub use lease::S3Lease;
 pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;
 pub use sqs::{SqsQueue, SqsResponseQueues};

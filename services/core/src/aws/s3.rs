@@ -40,16 +40,19 @@ pub struct S3ObjectStore {
     client: Client,
 }
 
+/// An S3 client for `sdk`.
+pub(crate) fn client(sdk: &SdkConfig) -> Client {
+    let mut config = aws_sdk_s3::config::Builder::from(sdk);
+    if sdk.endpoint_url().is_some() {
+        // Local endpoints serve buckets by path, not by virtual host.
+        config = config.force_path_style(true);
+    }
+    Client::from_conf(config.build())
+}
+
 impl S3ObjectStore {
     pub fn new(sdk: &SdkConfig) -> Self {
-        let mut config = aws_sdk_s3::config::Builder::from(sdk);
-        if sdk.endpoint_url().is_some() {
-            // Local endpoints serve buckets by path, not by virtual host.
-            config = config.force_path_style(true);
-        }
-        Self {
-            client: Client::from_conf(config.build()),
-        }
+        Self { client: client(sdk) }
     }
 
     /// A clear startup error when a bucket does not exist or access is denied.

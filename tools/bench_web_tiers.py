@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""What one web tier can take in, for `make bench`: uploads accepted and queued per second (from the
+first request sent to the last request in the queue), and web-tier CPU per upload, with 1 and with 3
+web tiers on one data folder (uploads split evenly over them). No workers run (scaler max 0), so
+this is the front door alone. Sides alternate; medians of --rounds.
+
+On this 2-core machine the web tiers, the load generator and SQLite share the same cores: N web
+tiers cannot beat one here. What scales with N on AWS is the CPU per upload, one instance each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_stack import LOADGEN, Stack  # noqa: E402
+
+FRONT_ONLY = {"scaler__max": "0", "web__response_timeout_s": "30", "web__drain_timeout_s": "0"}
+CLK_TCK = 100
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def queued(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM messages WHERE queue = 'requests'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def one_round(web_tiers: int, images: Path, uploads: int, concurrency: int, tmp: Path) -> dict:
+    data = tmp / f"data-{web_tiers}-{time.monotonic_ns()}"
+    stacks = [Stack(data, log_name=f"web{k}", **FRONT_ONLY).start() for k in range(web_tiers)]
+    try:
+        cpu_before = sum(cpu_seconds(s.proc.pid) for s in stacks)
+        repeat = uploads // (100 * web_tiers)
+        start = time.monotonic()
+        clients = [
+            subprocess.Popen([str(LOADGEN), "--url", s.url, "--concurrency", str(concurrency // web_tiers),
+                              "--timeout", "60", "--repeat", str(repeat), "--json", str(images)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for s in stacks
+        ]
+        db = data / "queue.sqlite3"
+        total = repeat * 100 * web_tiers
+        deadline = start + 120
+        while queued(db) < total:
+            assert time.monotonic() < deadline, f"only {queued(db)} of {total} queued"
+            time.sleep(0.01)
+        elapsed = time.monotonic() - start
+        cpu = sum(cpu_seconds(s.proc.pid) for s in stacks) - cpu_before
+        for c in clients:
+            c.kill()
+            c.wait()
+        return {"uploads_per_s": total / elapsed, "web_cpu_ms_per_upload": 1000 * cpu / total}
+    finally:
+        for s in stacks:
+            if s.proc and s.proc.poll() is None:
+                s.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", type=Path, help="a folder of 100 images")
+    parser.add_argument("--uploads", type=int, default=600)
+    parser.add_argument("--concurrency", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results: dict[int, list[dict]] = {1: [], 3: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for n in (1, 3):
+                results[n].append(one_round(n, args.images, args.uploads, args.concurrency, Path(tmp)))
+    summary = {
+        f"{n}_web_tiers": {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
+        for n, rounds in results.items()
+    }
+    summary["ratio_3_to_1"] = round(summary["3_web_tiers"]["uploads_per_s"] / summary["1_web_tiers"]["uploads_per_s"], 2)
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"front door ({args.uploads} uploads, {args.concurrency} connections, no workers; medians of {args.rounds}):")
+    for n in (1, 3):
+        s = summary[f"{n}_web_tiers"]
+        print(f"  {n} web tier(s): {s['uploads_per_s']:7.1f} uploads/s accepted and queued, "
+              f"{s['web_cpu_ms_per_upload']:.2f} ms web-tier CPU per upload")
+    print(f"  3 / 1: {summary['ratio_3_to_1']:.2f} (same 2 cores: the front door is CPU-bound here)")
+
+
+if __name__ == "__main__":
+    main()
