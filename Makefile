@@ -109,6 +109,7 @@ bench: $(ORT_LIB) $(DEFAULT_MODEL)
 	$(PY) tools/bench_service.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/bench_faults.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_web_tiers.py $(DATASETS)/imagenet-100
+	$(PY) tools/bench_web_tiers.py --size 1280x960 $(DATASETS)/imagenet-100
 
 # The scaling simulator: every policy on every scenario, local and EC2 boot times.
 sim:

@@ -71,19 +71,36 @@ def one_round(web_tiers: int, images: Path, uploads: int, concurrency: int, tmp:
                 s.stop()
 
 
+def photos(images: Path, width: int, height: int, out: Path) -> Path:
+    """The 100 images scaled to width x height as JPEGs (quality 90): uploads of a typical photo size."""
+    from PIL import Image
+
+    out.mkdir()
+    for f in sorted(images.glob("*.JPEG")):
+        Image.open(f).convert("RGB").resize((width, height), Image.BILINEAR).save(out / f.name, "JPEG", quality=90)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path, help="a folder of 100 images")
     parser.add_argument("--uploads", type=int, default=600)
-    parser.add_argument("--concurrency", type=int, default=120)
+    # Every upload at once: with no workers a client waits for its answer, so a connection sends
+    # one upload only.
+    parser.add_argument("--concurrency", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", default="", help="WxH: upload the images scaled to this size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[int, list[dict]] = {1: [], 3: []}
     with tempfile.TemporaryDirectory() as tmp:
+        images = args.images
+        if args.size:
+            width, height = map(int, args.size.split("x"))
+            images = photos(images, width, height, Path(tmp) / "photos")
         for _ in range(args.rounds):
             for n in (1, 3):
-                results[n].append(one_round(n, args.images, args.uploads, args.concurrency, Path(tmp)))
+                results[n].append(one_round(n, images, args.uploads, args.concurrency, Path(tmp)))
     summary = {
         f"{n}_web_tiers": {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
         for n, rounds in results.items()
@@ -92,7 +109,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"front door ({args.uploads} uploads, {args.concurrency} connections, no workers; medians of {args.rounds}):")
+    what = f"{args.size} JPEGs" if args.size else "the test images"
+    print(f"front door ({args.uploads} uploads of {what}, {args.concurrency} connections, no workers; "
+          f"medians of {args.rounds}):")
     for n in (1, 3):
         s = summary[f"{n}_web_tiers"]
         print(f"  {n} web tier(s): {s['uploads_per_s']:7.1f} uploads/s accepted and queued, "
