@@ -17,7 +17,7 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build run run-aws-emulated load test test-rust test-python bench sim lint fmt clean deploy destroy
+.PHONY: help venv ort model build build-aws run run-aws-emulated load test test-rust test-python bench sim lint fmt clean deploy destroy
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -27,7 +27,7 @@ help:
 	@echo "make run     the service on http://127.0.0.1:\$$PORT (default 8000), data in \$$DATA_DIR"
 	@echo "make run-aws-emulated  the same on S3 + SQS in a local moto server (MOTO_PORT, default 5000)"
 	@echo "make load    100 images, 100 connections, against make run's service"
-	@echo "make build   release binaries in target/release"
+	@echo "make build   release binaries in target/release, without AWS support (make build-aws: with it)"
 	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
 	@echo "make test    every test (what CI runs)"
 	@echo "make bench   classifier speed: Rust vs Python onnxruntime"
@@ -63,8 +63,15 @@ models/%/manifest.json: $(VENV)/.installed $(TOOLS_PY) tools/imagenet-labels.jso
 
 model: models/$(MODEL)/manifest.json
 
+# The local stack needs no AWS SDK: `make build` (and `make run`) compile without it. Everything
+# that talks to AWS or its emulator (run-aws-emulated, deploy, test, bench) builds with it.
+AWS := --features aws
+
 build: $(ORT_LIB)
 	$(CARGO) build --release --workspace
+
+build-aws: $(ORT_LIB)
+	$(CARGO) build --release --workspace $(AWS)
 
 # The local stack in the foreground; Ctrl-C stops it, workers included.
 run: build $(DEFAULT_MODEL)
@@ -72,7 +79,7 @@ run: build $(DEFAULT_MODEL)
 
 # The same stack with buckets and queues on S3 + SQS in a local moto server (MOTO_PORT, default 5000).
 MOTO_PORT ?= 5000
-run-aws-emulated: build $(DEFAULT_MODEL) $(VENV)/.installed
+run-aws-emulated: build-aws $(DEFAULT_MODEL) $(VENV)/.installed
 	MOTO_PORT=$(MOTO_PORT) tools/run_aws_emulated.sh
 
 # What the reference classifier says of the test images: the expected answers of `make load`.
@@ -94,17 +101,14 @@ $(DARKNET)/dog.jpg:
 
 test: test-rust test-python
 
-test-rust: $(ORT_LIB) $(DEFAULT_MODEL)
-	$(CARGO) build --release --workspace
-	$(CARGO) test --release --workspace
+test-rust: build-aws $(DEFAULT_MODEL)
+	$(CARGO) test --release --workspace $(AWS)
 
-test-python: $(ORT_LIB) $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_VENV)/.installed
-	$(CARGO) build --release --workspace
+test-python: build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_VENV)/.installed
 	DATASETS=$(abspath $(DATASETS)) DARKNET=$(abspath $(DARKNET)) CHECKOV=$(abspath $(IAC_VENV))/bin/checkov \
 		$(PY) -m pytest -q -rs tools/tests tests
 
-bench: $(ORT_LIB) $(DEFAULT_MODEL)
-	$(CARGO) build --release --workspace
+bench: build-aws $(DEFAULT_MODEL)
 	$(PY) tools/bench.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/bench_service.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/bench_faults.py $(DATASETS)/imagenet-100
@@ -119,6 +123,7 @@ sim:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(AWS) -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -126,7 +131,7 @@ fmt:
 # AWS: needs credentials, packer and terraform (see README). MODEL defaults to the course's resnet18.
 DEPLOY_MODEL := $(if $(filter command line environment,$(origin MODEL)),$(MODEL),resnet18)
 SMOKE_IMAGE ?= $(firstword $(wildcard $(DATASETS)/imagenet-100/test_0.JPEG) $(DARKNET)/dog.jpg)
-deploy: build models/$(DEPLOY_MODEL)/manifest.json $(SMOKE_IMAGE)
+deploy: build-aws models/$(DEPLOY_MODEL)/manifest.json $(SMOKE_IMAGE)
 	MODEL=$(DEPLOY_MODEL) SMOKE_IMAGE=$(SMOKE_IMAGE) tools/deploy.sh
 
 destroy:

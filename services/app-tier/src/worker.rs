@@ -140,7 +140,7 @@ async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
     }
     heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
-    let calls = imgrec_core::aws::calls();
+    let calls = imgrec_core::backend::aws_calls();
     info!(aws_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
 }

@@ -395,6 +395,7 @@ impl Moto {
     }
 
     /// SDK configuration for this endpoint with moto's dummy credentials.
+    #[cfg(feature = "aws")]
     pub async fn sdk(&self) -> aws_config::SdkConfig {
         let credentials = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "moto");
         aws_config::defaults(aws_config::BehaviorVersion::latest())

@@ -1,6 +1,7 @@
 //! Shared core of the image recognition service: configuration, messages, the classifier, the
 //! ports the tiers talk to, their local adapters, and the scaling policy.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod backend;
 pub mod classifier;

@@ -65,6 +65,12 @@ enum Command {
     },
 }
 
+#[cfg(not(feature = "aws"))]
+async fn bootstrap(_: &Settings, _: usize, _: usize) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no AWS support: build with `--features aws` (`make run-aws-emulated` does)")
+}
+
+#[cfg(feature = "aws")]
 async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize) -> anyhow::Result<()> {
     use imgrec_core::aws::{self, bootstrap};
     use imgrec_core::config::Backend;
@@ -74,12 +80,14 @@ async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize)
         .map(|k| q.response_queue_of(&format!("web-instance{k}")))
         .collect();
     let response_queues: Vec<&str> = response_queues.iter().map(String::as_str).collect();
+    let mut buckets = vec![b.input.as_str(), b.output.as_str()];
+    buckets.extend(settings.aws.lease_bucket.as_deref());
     let group =
         (settings.fleet.backend == Backend::Aws).then_some((settings.aws.auto_scaling_group.as_str(), group_max_size));
     bootstrap::create(
         &sdk,
         &bootstrap::Resources {
-            buckets: &[&b.input, &b.output],
+            buckets: &buckets,
             requests_queue: &q.requests,
             dead_letter_queue: &q.dead_letter,
             other_queues: &response_queues,

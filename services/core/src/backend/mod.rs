@@ -1,14 +1,13 @@
 //! Wiring: builds the adapters that back the ports from the configuration. The tiers only see
 //! the traits.
 
+// The AWS adapters' wiring, or, in a build without them, the same functions refusing clearly.
+#[cfg_attr(not(feature = "aws"), path = "without_aws.rs")]
+mod aws;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context};
-
-use crate::aws::{
-    self, AsgFleet, AsgInstanceStatus, CloudWatchSink, S3Lease, S3ObjectStore, SqsQueue, SqsResponseQueues,
-};
 use crate::config::{Backend, Settings};
 use crate::local::{
     DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
@@ -56,19 +55,7 @@ impl Ports {
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
                 })
             }
-            Backend::Aws => {
-                let sdk = aws::sdk_config(&settings.aws).await;
-                let store = S3ObjectStore::new(&sdk);
-                store.check_bucket(&settings.buckets.input).await?;
-                store.check_versioning(&settings.buckets.input).await?;
-                store.check_bucket(&settings.buckets.output).await?;
-                Ok(Self {
-                    store: Arc::new(store),
-                    requests: Arc::new(SqsQueue::open(&sdk, &q.requests).await?),
-                    response_queues: Arc::new(SqsResponseQueues::new(&sdk)),
-                    dead_letter: Arc::new(SqsQueue::open(&sdk, &q.dead_letter).await?),
-                })
-            }
+            Backend::Aws => aws::ports(settings).await,
         }
     }
 }
@@ -103,10 +90,7 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf, host: &str) -> 
                 host,
             )?))
         }
-        Backend::Aws => {
-            let sdk = aws::sdk_config(&settings.aws).await;
-            Ok(Arc::new(AsgFleet::open(&sdk, &settings.aws.auto_scaling_group).await?))
-        }
+        Backend::Aws => aws::fleet(settings).await,
     }
 }
 
@@ -121,11 +105,7 @@ pub async fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Arc
     );
     match settings.fleet.backend {
         Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), "scaler", &holder)?)),
-        Backend::Aws => {
-            let sdk = aws::sdk_config(&settings.aws).await;
-            let bucket = settings.aws.lease_bucket.as_ref().unwrap_or(&settings.buckets.input);
-            Ok(Arc::new(S3Lease::new(&sdk, bucket, "scaler", &holder)))
-        }
+        Backend::Aws => aws::scaler_lease(settings, &holder).await,
     }
 }
 
@@ -201,15 +181,7 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
 pub async fn metrics_sink(settings: &Settings) -> Option<Arc<dyn MetricsSink>> {
     match settings.fleet.backend {
         Backend::Local => None,
-        Backend::Aws => {
-            let sdk = aws::sdk_config(&settings.aws).await;
-            let aws = &settings.aws;
-            Some(Arc::new(CloudWatchSink::new(
-                &sdk,
-                &aws.metric_namespace,
-                &aws.auto_scaling_group,
-            )))
-        }
+        Backend::Aws => aws::metrics_sink(settings).await,
     }
 }
 
@@ -217,28 +189,11 @@ pub async fn metrics_sink(settings: &Settings) -> Option<Arc<dyn MetricsSink>> {
 pub async fn instance_status(settings: &Settings, name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     match settings.fleet.backend {
         Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.queue_db(), name)?)),
-        Backend::Aws => {
-            let sdk = aws::sdk_config(&settings.aws).await;
-            let id = match settings.aws.instance_id.clone().filter(|i| !i.is_empty()) {
-                Some(id) => id,
-                None => own_instance_id().await?,
-            };
-            Ok(Arc::new(AsgInstanceStatus::new(
-                &sdk,
-                &settings.aws.auto_scaling_group,
-                &id,
-            )))
-        }
+        Backend::Aws => aws::instance_status(settings, name).await,
     }
 }
 
-/// This EC2 instance's id, from the instance metadata service (IMDSv2, as Terraform requires).
-async fn own_instance_id() -> anyhow::Result<String> {
-    let imds = aws_config::imds::Client::builder().build();
-    let id = imds
-        .get("/latest/meta-data/instance-id")
-        .await
-        .map_err(|e| anyhow!("cannot read the instance id from IMDS: {e}"))
-        .context("set aws.instance_id when not running on EC2")?;
-    Ok(id.as_ref().to_owned())
+/// AWS SDK calls this process made, by operation (empty in a build without AWS support).
+pub fn aws_calls() -> std::collections::BTreeMap<&'static str, u64> {
+    aws::calls()
 }
