@@ -209,7 +209,7 @@ enum Fetch {
 }
 
 /// A request that is ready to be answered: its label or the reason it has none.
-struct Answer {
+struct Classified {
     receipt: Receipt,
     request: ClassifyRequest,
     outcome: Result<Prediction, String>,
@@ -272,7 +272,7 @@ impl Worker {
 
     /// Fetches and classifies a batch. Requests that should be retried (transient failures) get
     /// no answer and stay in the queue.
-    async fn classify(&self, jobs: Vec<Job>) -> Vec<Answer> {
+    async fn classify(&self, jobs: Vec<Job>) -> Vec<Classified> {
         let requests: Vec<(Receipt, ClassifyRequest)> = jobs.into_iter().map(|j| (j.receipt, j.request)).collect();
         let images = join_all(requests.iter().map(|(_, r)| self.fetch(r))).await;
         let inputs: Vec<Bytes> = images.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
@@ -310,7 +310,7 @@ impl Worker {
                     }
                 },
             };
-            answers.push(Answer {
+            answers.push(Classified {
                 receipt,
                 request,
                 outcome,
@@ -351,7 +351,7 @@ impl Worker {
     /// Stores the results, sends the responses (each to the web tier that waits for it), then
     /// deletes the requests. A failure before the delete leaves a request to come back after its
     /// visibility timeout.
-    async fn answer_all(&self, answers: Vec<Answer>) {
+    async fn answer_all(&self, answers: Vec<Classified>) {
         let stored = join_all(answers.into_iter().map(|a| self.store_result(a))).await;
         let mut by_queue: HashMap<String, Vec<(Receipt, ClassifyResponse)>> = HashMap::new();
         for (receipt, reply_to, response) in stored.into_iter().flatten() {
@@ -392,7 +392,7 @@ impl Worker {
         }
     }
 
-    async fn store_result(&self, answer: Answer) -> Option<(Receipt, String, ClassifyResponse)> {
+    async fn store_result(&self, answer: Classified) -> Option<(Receipt, String, ClassifyResponse)> {
         let outcome = match answer.outcome {
             Ok(prediction) => {
                 let (key, value) = result_object(&answer.request.key, &prediction.label);

@@ -355,7 +355,16 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
-        let bin = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/moto_server"));
+        // MOTO_SERVER, else the project venv's, found from the crate `cargo test` runs (it sets
+        // CARGO_MANIFEST_DIR at run time) or the working directory.
+        let bin = std::env::var_os("MOTO_SERVER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let root = std::env::var_os("CARGO_MANIFEST_DIR")
+                    .map(|m| std::path::PathBuf::from(m).join("../.."))
+                    .unwrap_or_else(|| ".".into());
+                root.join(".venv/bin/moto_server")
+            });
         assert!(bin.exists(), "{} missing: run `make venv`", bin.display());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

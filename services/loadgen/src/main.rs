@@ -99,7 +99,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-struct Outcome {
+struct RequestResult {
     file: String,
     latency: f64,
     result: Result<String, String>,
@@ -149,7 +149,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}").expect("valid template"));
 
     let start = Instant::now();
-    let outcomes: Vec<Outcome> = futures::stream::iter(jobs)
+    let outcomes: Vec<RequestResult> = futures::stream::iter(jobs)
         .map(|(path, bytes)| {
             let (client, url, bar) = (&client, args.url.as_str(), &bar);
             async move {
@@ -160,7 +160,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                Outcome {
+                RequestResult {
                     file,
                     latency: t.elapsed().as_secs_f64(),
                     result,

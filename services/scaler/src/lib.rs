@@ -32,6 +32,13 @@ pub struct ScalerStatus {
 
 pub type SharedStatus = Arc<RwLock<ScalerStatus>>;
 
+/// What the host of a scaler keeps: the scaler's last status, and a way to make it tick now.
+#[derive(Clone)]
+pub struct ScalerHandle {
+    pub status: SharedStatus,
+    pub nudge: Arc<Notify>,
+}
+
 const PUBLISH_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Scaler {
@@ -133,10 +140,13 @@ impl Scaler {
         self.status.clone()
     }
 
-    /// Notifying this runs a tick now instead of at the next interval: the web tier does so when it
-    /// queues a request, so a burst from an idle pool does not wait for the tick.
-    pub fn nudge(&self) -> Arc<Notify> {
-        self.nudge.clone()
+    /// Its status and nudge. Notifying the nudge runs a tick now instead of at the next interval:
+    /// the web tier does so when it queues a request, so a burst from an idle pool does not wait.
+    pub fn handle(&self) -> ScalerHandle {
+        ScalerHandle {
+            status: self.status.clone(),
+            nudge: self.nudge.clone(),
+        }
     }
 
     /// Takes or renews the lease (every third of its time to live); on losing it, stops the

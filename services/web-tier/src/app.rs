@@ -7,9 +7,8 @@ use imgrec_core::backend::Ports;
 use imgrec_core::config::Settings;
 use imgrec_core::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
 use imgrec_core::ports::{InstanceState, StoreError};
-use scaler::SharedStatus;
+use scaler::ScalerHandle;
 use serde_json::json;
-use tokio::sync::Notify;
 use tracing::warn;
 use uuid::Uuid;
 use warp::http::{header, StatusCode};
@@ -28,8 +27,8 @@ pub struct App {
     pub waiters: Waiters,
     pub metrics: Metrics,
     pub upload_limits: UploadLimits,
-    /// The hosted scaler's view, and its nudge, when this process runs it.
-    pub scaler: Option<(SharedStatus, Arc<Notify>)>,
+    /// The hosted scaler, when this process runs one.
+    pub scaler: Option<ScalerHandle>,
 }
 
 /// A `POST /` as it arrives: the headers the upload needs and the body, not yet read.
@@ -58,7 +57,7 @@ fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
 }
 
 impl App {
-    pub fn new(settings: Settings, ports: Ports, name: &str, scaler: Option<(SharedStatus, Arc<Notify>)>) -> Arc<Self> {
+    pub fn new(settings: Settings, ports: Ports, name: &str, scaler: Option<ScalerHandle>) -> Arc<Self> {
         let web = &settings.web;
         let upload_limits = UploadLimits {
             max_file_bytes: web.max_upload_bytes,
@@ -168,8 +167,8 @@ impl App {
             .send(&request.encode())
             .await
             .map_err(|e| unavailable("cannot queue the request", e))?;
-        if let Some((_, nudge)) = &self.scaler {
-            nudge.notify_one();
+        if let Some(scaler) = &self.scaler {
+            scaler.nudge.notify_one();
         }
 
         let timeout = self.settings.web.response_timeout();
@@ -234,8 +233,8 @@ impl App {
         let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
         let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
         let (desired, instances, error, acting) = match &self.scaler {
-            Some((s, _)) => {
-                let s = s.read().unwrap_or_else(|p| p.into_inner());
+            Some(scaler) => {
+                let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
                 max = s.max;
                 let instances: Vec<_> = s
                     .instances
@@ -267,8 +266,8 @@ impl App {
             m.queue_in_flight.set(depth.in_flight as i64);
         }
         m.waiting_requests.set(self.waiters.len() as i64);
-        if let Some((s, _)) = &self.scaler {
-            let s = s.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(scaler) = &self.scaler {
+            let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
             m.desired_capacity.set(s.desired as i64);
             for state in [InstanceState::Pending, InstanceState::Running, InstanceState::Stopping] {
                 let n = s.instances.iter().filter(|i| i.state == state).count();

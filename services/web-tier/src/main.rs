@@ -87,7 +87,7 @@ async fn run() -> anyhow::Result<()> {
                 backend::scaler_lease(&settings, &name).await?,
                 settings.scaler.lease_ttl(),
             );
-        let view = (scaler.status(), scaler.nudge());
+        let view = scaler.handle();
         let task = tokio::spawn(scaler.run(settings.scaler.tick(), stop_rx.clone()));
         Some((task, view))
     } else {

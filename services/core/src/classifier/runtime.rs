@@ -9,10 +9,27 @@ use ort::environment::Environment;
 /// The library file name in the PyPI wheel `onnxruntime==1.31.1`, the ABI ort 2.0.0-rc.15 targets.
 pub const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
 /// Where `make ort` installs it, relative to the workspace root.
-pub const WORKSPACE_LIBRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ort/libonnxruntime.so.1.31.1");
+const WORKSPACE_DIR: &str = ".ort";
+
+/// Where a workspace's `.ort/` may be, found at run time (no build machine's path is compiled
+/// in): the working directory (make runs from the workspace root), the workspace of the crate
+/// `cargo test` runs, and the folders above the executable (`target/release/`, `.../deps/`).
+fn workspace_candidates() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from(".")];
+    if let Some(manifest) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        roots.push(PathBuf::from(manifest).join("../.."));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots
+        .into_iter()
+        .map(|root| root.join(WORKSPACE_DIR).join(LIBRARY_FILE))
+        .collect()
+}
 
 /// Finds the library: `ORT_DYLIB_PATH`, else the configured path, else next to the executable
-/// (how packaged installs ship it), else the copy `make` installed in the workspace.
+/// (how packaged installs ship it), else the copy `make ort` installed in the workspace.
 pub fn library_path(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -34,11 +51,11 @@ pub fn library_path(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     {
         candidates.push(dir.join(LIBRARY_FILE));
     }
-    candidates.push(PathBuf::from(WORKSPACE_LIBRARY));
+    candidates.extend(workspace_candidates());
     candidates.into_iter().find(|p| p.is_file()).with_context(|| {
         format!(
-            "ONNX Runtime library {LIBRARY_FILE} not found (looked next to the executable and in {WORKSPACE_LIBRARY}); \
-             run `make ort` or set ORT_DYLIB_PATH"
+            "ONNX Runtime library {LIBRARY_FILE} not found (looked next to the executable and in the \
+             workspace's {WORKSPACE_DIR}/); run `make ort` or set ORT_DYLIB_PATH"
         )
     })
 }

@@ -28,7 +28,7 @@ pub struct WorkerCommand {
     pub memory_max_bytes: Option<u64>,
 }
 
-struct Worker {
+struct WorkerProcess {
     child: Child,
     launched_at: SystemTime,
     retiring: bool,
@@ -57,7 +57,7 @@ pub struct ProcessFleet {
     command: WorkerCommand,
     /// The web tier this fleet belongs to (`web-instanceK`), recorded on the workers it starts.
     owner: String,
-    workers: Mutex<HashMap<String, Worker>>,
+    workers: Mutex<HashMap<String, WorkerProcess>>,
     /// Workers of a gone web tier, by name: when this fleet first saw them orphaned.
     orphans: Mutex<HashMap<String, Instant>>,
     db: Arc<Mutex<Connection>>,
@@ -85,7 +85,7 @@ impl ProcessFleet {
     /// SIGTERM to a worker silent for longer than the heartbeat timeout (stopped, hung, stuck
     /// starting), SIGKILL once its grace has passed: it exits, is dropped, and the scaler
     /// replaces it. Its requests come back when their visibility lapses, no longer extended.
-    fn stop_silent(&self, name: &str, w: &mut Worker, last_beat_ms: u64, now_ms: u64) {
+    fn stop_silent(&self, name: &str, w: &mut WorkerProcess, last_beat_ms: u64, now_ms: u64) {
         if let Some(kill_at) = w.kill_at {
             if Instant::now() >= kill_at {
                 tracing::warn!(
@@ -146,7 +146,7 @@ impl ProcessFleet {
         }
     }
 
-    fn signal(worker: &Worker, signal: libc::c_int) {
+    fn signal(worker: &WorkerProcess, signal: libc::c_int) {
         let pid = worker.child.id() as libc::pid_t;
         // SAFETY: kill(2) on a child we have not reaped yet, so the pid cannot have been reused.
         unsafe { libc::kill(pid, signal) };
@@ -272,7 +272,7 @@ impl ProcessFleet {
         drop(db);
         workers.insert(
             name.to_owned(),
-            Worker {
+            WorkerProcess {
                 child,
                 launched_at: SystemTime::now(),
                 retiring: false,
@@ -333,7 +333,7 @@ impl Fleet for ProcessFleet {
                     true
                 }
             });
-            let launched_ms = |w: &Worker| {
+            let launched_ms = |w: &WorkerProcess| {
                 w.launched_at
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64)

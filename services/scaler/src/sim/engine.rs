@@ -57,7 +57,7 @@ struct SimInstance {
 }
 
 /// What one run measured, with the time series for the plots.
-pub struct Outcome {
+pub struct SimRun {
     pub row: Row,
     pub series: Series,
 }
@@ -184,7 +184,7 @@ impl Sim<'_> {
 }
 
 /// Runs `kind` on `scenario`: the same seed gives the same arrivals, boots and service times.
-pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> Outcome {
+pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> SimRun {
     let mut policy = kind.build(profile.policy.clone());
     let boot = &profile.boot;
     let mut sim = Sim {
@@ -281,7 +281,7 @@ pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: 
     let first_arrival = micros(scenario.arrivals.first().copied().unwrap_or(0.0));
     let mut latencies = sim.latencies;
     latencies.sort_by(f64::total_cmp);
-    Outcome {
+    SimRun {
         row: Row {
             scenario: format!("{}/{}", profile.name, scenario.name),
             profile: profile.name.to_string(),

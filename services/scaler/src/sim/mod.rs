@@ -13,7 +13,7 @@ use anyhow::Context;
 use imgrec_core::policy::{PolicyConfig, PolicyKind};
 use serde::Serialize;
 
-pub use engine::{simulate, Outcome};
+pub use engine::{simulate, SimRun};
 pub use scenarios::{scenarios, Scenario};
 
 /// Instance start-up time: normal, floored.
@@ -129,7 +129,7 @@ impl Series {
 }
 
 /// Each scenario with one outcome per policy (in `PolicyKind::ALL` order).
-pub type Runs = Vec<(Scenario, Vec<Outcome>)>;
+pub type Runs = Vec<(Scenario, Vec<SimRun>)>;
 
 /// Every policy on every scenario of a profile.
 pub fn run_profile(profile: &Profile, seed: u64) -> Runs {

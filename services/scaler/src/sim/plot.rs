@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use plotters::prelude::*;
 
-use super::Outcome;
+use super::SimRun;
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(214, 39, 40),
@@ -16,7 +16,7 @@ const COLORS: [RGBColor; 4] = [
 /// Points per line: enough for the shape, small files.
 const MAX_POINTS: usize = 1500;
 
-pub fn scenario(path: &Path, title: &str, outcomes: &[Outcome]) -> anyhow::Result<()> {
+pub fn scenario(path: &Path, title: &str, outcomes: &[SimRun]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(|e| anyhow!("{e}"))?;
@@ -37,8 +37,8 @@ fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     label: &str,
     end: f64,
-    outcomes: &[Outcome],
-    values: impl Fn(&Outcome) -> &Vec<usize>,
+    outcomes: &[SimRun],
+    values: impl Fn(&SimRun) -> &Vec<usize>,
 ) -> anyhow::Result<()> {
     let top = outcomes
         .iter()
