@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from hostile import (closed_within, connect, jpeg_bomb, label_of, open_sockets, peak_rss_mib, png_bomb, request,
-                     upload)
+from hostile import closed_within, connect, jpeg_bomb, label_of, open_sockets, peak_rss_mib, png_bomb, upload
 from local_stack import Stack, stack_processes, wait_until
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
@@ -37,15 +36,6 @@ def thumb(datasets) -> Path:
 @pytest.fixture(scope="module")
 def thumb_label(thumb) -> str:
     return reference_labels([thumb])[thumb.name]
-
-
-def test_unknown_paths_are_404_and_wrong_methods_405(tmp_path):
-    with Stack(tmp_path / "data", **FAST) as stack:
-        for path in ("/favicon.ico", "/nope", "/status/x", "/healthz/more"):
-            assert request(stack.url, "GET", path) == 404, path
-        assert request(stack.url, "PUT", "/") == 405
-        assert request(stack.url, "DELETE", "/status") == 405
-        assert request(stack.url, "GET", "/healthz") == 200
 
 
 def test_the_size_limit_is_exact_per_file_and_chunked_uploads_work(tmp_path, thumb, thumb_label):

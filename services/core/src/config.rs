@@ -215,6 +215,17 @@ impl Queues {
 }
 
 impl Settings {
+    /// The defaults alone (config/default.toml), no file and no environment: for tests that set
+    /// fields themselves.
+    pub fn defaults() -> anyhow::Result<Self> {
+        Self::load_from(
+            None,
+            Environment::with_prefix("IMGREC").source(Some(Default::default())),
+            None,
+            None,
+        )
+    }
+
     /// Loads from the process environment.
     pub fn load() -> anyhow::Result<Self> {
         let file = std::env::var_os("IMGREC_CONFIG");

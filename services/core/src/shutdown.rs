@@ -16,11 +16,16 @@ pub fn on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-/// Resolves on the next SIGTERM or SIGINT after this call (a second Ctrl-C: stop waiting).
-pub fn next_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Counts SIGTERMs and SIGINTs: the first asks to stop, the second to stop waiting.
+pub fn signals() -> anyhow::Result<watch::Receiver<u32>> {
+    let (tx, rx) = watch::channel(0);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    })
+    tokio::spawn(async move {
+        loop {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(rx)
 }

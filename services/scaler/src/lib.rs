@@ -1,13 +1,16 @@
 //! The scaler: every tick, observe the request backlog and the fleet, ask the pure scaling
-//! policy what to do, apply it through `Fleet`, and publish what it saw. `sim` runs the same
-//! policies against a simulated queue and fleet.
+//! policy what to do, apply it through `Fleet`, and publish what it saw. Its inputs are ports:
+//! the backlog, the fleet, a clock and (optionally) a completion count, so `sim` drives this very
+//! `Scaler` through a simulated queue, fleet and clock.
 
 pub mod sim;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
 
 use imgrec_core::policy::{Decision, Observation, ScalingPolicy};
 use imgrec_core::ports::{Fleet, Instance, InstanceState, Lease, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
@@ -41,13 +44,48 @@ pub struct ScalerHandle {
 
 const PUBLISH_EVERY: Duration = Duration::from_secs(60);
 
+/// Where the scaler reads the time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// What the scaler observes of the request queue: waiting and in-flight requests.
+#[async_trait]
+pub trait Backlog: Send + Sync + 'static {
+    async fn backlog(&self) -> anyhow::Result<QueueDepth>;
+}
+
+/// The request queue itself.
+struct QueueBacklog(Arc<dyn WorkQueue>);
+
+#[async_trait]
+impl Backlog for QueueBacklog {
+    async fn backlog(&self) -> anyhow::Result<QueueDepth> {
+        self.0.depth().await
+    }
+}
+
+/// Requests completed per second recently, when the host can count them.
+pub trait Completions: Send + Sync + 'static {
+    fn rate(&mut self, now: SystemTime) -> Option<f64>;
+}
+
 pub struct Scaler {
     policy: Box<dyn ScalingPolicy>,
-    requests: Arc<dyn WorkQueue>,
+    requests: Arc<dyn Backlog>,
     fleet: Arc<dyn Fleet>,
+    clock: Arc<dyn Clock>,
     metrics: Option<Arc<dyn MetricsSink>>,
-    last_published: Option<Instant>,
-    completions: Option<CompletionRate>,
+    last_published: Option<SystemTime>,
+    completions: Option<Box<dyn Completions>>,
     status: SharedStatus,
     nudge: Arc<Notify>,
     /// Held while this scaler acts on the fleet; without one it always acts.
@@ -60,32 +98,40 @@ pub struct Scaler {
 struct ScalerLease {
     lease: Arc<dyn Lease>,
     ttl: Duration,
-    renewed_at: Option<Instant>,
+    renewed_at: Option<SystemTime>,
 }
 
 /// Requests completed per second over the last minute, from a counter the web tier advances.
-struct CompletionRate {
+struct CountedCompletions {
     counter: Arc<AtomicU64>,
-    samples: VecDeque<(Instant, u64)>,
+    samples: VecDeque<(SystemTime, u64)>,
 }
 
-impl CompletionRate {
+impl CountedCompletions {
     const WINDOW: Duration = Duration::from_secs(60);
+}
 
-    fn sample(&mut self) -> Option<f64> {
-        let now = Instant::now();
+impl Completions for CountedCompletions {
+    fn rate(&mut self, now: SystemTime) -> Option<f64> {
         self.samples.push_back((now, self.counter.load(Ordering::Relaxed)));
-        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
+        let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+        while self.samples.len() > 2 && age(self.samples[0].0) > Self::WINDOW {
             self.samples.pop_front();
         }
         let (first, last) = (self.samples.front()?, self.samples.back()?);
-        let elapsed = last.0.duration_since(first.0).as_secs_f64();
+        let elapsed = last.0.duration_since(first.0).unwrap_or_default().as_secs_f64();
         (elapsed > 0.0).then(|| (last.1 - first.1) as f64 / elapsed)
     }
 }
 
 impl Scaler {
+    /// A scaler of `fleet` by the depth of the request queue `requests`.
     pub fn new(policy: Box<dyn ScalingPolicy>, requests: Arc<dyn WorkQueue>, fleet: Arc<dyn Fleet>) -> Self {
+        Self::observing(policy, Arc::new(QueueBacklog(requests)), fleet)
+    }
+
+    /// A scaler of `fleet` by any backlog (the simulator's).
+    pub fn observing(policy: Box<dyn ScalingPolicy>, requests: Arc<dyn Backlog>, fleet: Arc<dyn Fleet>) -> Self {
         let config = policy.config();
         let status = ScalerStatus {
             min: config.min,
@@ -97,6 +143,7 @@ impl Scaler {
             policy,
             requests,
             fleet,
+            clock: Arc::new(SystemClock),
             metrics: None,
             last_published: None,
             completions: None,
@@ -121,11 +168,22 @@ impl Scaler {
 
     /// A count of completed requests (the web tier counts delivered answers): the policy then
     /// also sees the completion rate.
-    pub fn with_completions(mut self, counter: Arc<AtomicU64>) -> Self {
-        self.completions = Some(CompletionRate {
+    pub fn with_completions(self, counter: Arc<AtomicU64>) -> Self {
+        self.with_completion_rate(Box::new(CountedCompletions {
             counter,
             samples: VecDeque::new(),
-        });
+        }))
+    }
+
+    /// The completion rate from elsewhere (the simulator knows it exactly).
+    pub fn with_completion_rate(mut self, completions: Box<dyn Completions>) -> Self {
+        self.completions = Some(completions);
+        self
+    }
+
+    /// Reads the time from `clock` instead of the system's (the simulator's clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -155,7 +213,9 @@ impl Scaler {
         let Some(held) = &mut self.lease else {
             return Ok(true);
         };
-        if self.acting && held.renewed_at.is_some_and(|t| t.elapsed() < held.ttl / 3) {
+        let now = self.clock.now();
+        let renewed_ago = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+        if self.acting && held.renewed_at.is_some_and(|t| renewed_ago(t) < held.ttl / 3) {
             return Ok(true);
         }
         let holds = match held.lease.hold(held.ttl).await {
@@ -170,7 +230,7 @@ impl Scaler {
             }
         };
         if holds {
-            held.renewed_at = Some(Instant::now());
+            held.renewed_at = Some(now);
         }
         if holds && !self.acting {
             info!(holder = held.lease.holder(), "acting as the scaler");
@@ -188,7 +248,7 @@ impl Scaler {
     /// One observe-decide-apply round (only observe while another scaler acts).
     pub async fn tick(&mut self) -> anyhow::Result<Decision> {
         let acting = self.hold_lease().await?;
-        let backlog = self.requests.depth().await?;
+        let backlog = self.requests.backlog().await?;
         let instances = self.fleet.instances().await?;
         if !acting {
             let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
@@ -204,11 +264,12 @@ impl Scaler {
         if let Some(limit) = self.fleet.max_size().await? {
             self.policy.cap(limit);
         }
+        let now = self.clock.now();
         let obs = Observation {
-            now: SystemTime::now(),
+            now,
             backlog,
             instances: &instances,
-            completion_rate: self.completions.as_mut().and_then(CompletionRate::sample),
+            completion_rate: self.completions.as_mut().and_then(|c| c.rate(now)),
         };
         let decision = self.policy.decide(&obs);
         let max = self.policy.config().max;
@@ -229,9 +290,12 @@ impl Scaler {
         } else {
             instances
         };
-        let due = self.last_published.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) || actions > 0;
+        let due = self
+            .last_published
+            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= PUBLISH_EVERY)
+            || actions > 0;
         if let Some(sink) = self.metrics.as_ref().filter(|_| due) {
-            self.last_published = Some(Instant::now());
+            self.last_published = Some(now);
             let running = instances.iter().filter(|i| i.state == InstanceState::Running).count();
             let metrics = ScalingMetrics {
                 backlog: backlog.total(),

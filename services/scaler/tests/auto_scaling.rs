@@ -62,12 +62,8 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let autoscaling = aws_sdk_autoscaling_client(&sdk);
 
     let mut names_by_id: HashMap<String, String> = HashMap::new();
-    let set_desired = || {
-        imgrec_core::aws::calls()
-            .get("SetDesiredCapacity")
-            .copied()
-            .unwrap_or(0)
-    };
+    // This fleet's own count: the process-wide one also counts the other test's fleets.
+    let set_desired = || fleet.capacity_calls();
     let mut first_step = None;
     for _ in 0..25 {
         let before = (set_desired(), group_desired(&autoscaling).await);

@@ -35,6 +35,8 @@ pub struct AsgFleet {
     first_seen: Mutex<HashMap<String, SystemTime>>,
     /// The last cap the scaler gave (the group's MaxSize until then): no name goes above it.
     cap: Mutex<Option<usize>>,
+    /// SetDesiredCapacity calls this fleet made (one per decision at most).
+    capacity_calls: std::sync::atomic::AtomicU64,
 }
 
 struct Group {
@@ -54,6 +56,7 @@ impl AsgFleet {
             pending_names: Mutex::new(VecDeque::new()),
             first_seen: Mutex::new(HashMap::new()),
             cap: Mutex::new(None),
+            capacity_calls: Default::default(),
         };
         fleet.group().await?;
         Ok(fleet)
@@ -190,8 +193,14 @@ impl AsgFleet {
         Ok((instances, names))
     }
 
+    /// SetDesiredCapacity calls made so far by this fleet.
+    pub fn capacity_calls(&self) -> u64 {
+        self.capacity_calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn set_desired_capacity(&self, capacity: i32) -> anyhow::Result<()> {
         super::count("SetDesiredCapacity");
+        self.capacity_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.autoscaling
             .set_desired_capacity()
             .auto_scaling_group_name(&self.group)

@@ -1,18 +1,22 @@
 //! One discrete-event run: a queue with SQS-like batch receive, instances that boot, take batches,
-//! drain when retired, and a policy called at every scaler tick with what a scaler would observe.
+//! drain when retired, and the real `Scaler` ticking on the simulated clock, observing the
+//! simulated queue and fleet (`adapters`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use imgrec_core::policy::{Observation, PolicyKind};
-use imgrec_core::ports::fleet::plan;
+use std::sync::Arc;
+
+use imgrec_core::policy::PolicyKind;
 use imgrec_core::ports::{Instance, InstanceState, QueueDepth};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal, Normal};
 
+use super::adapters::World;
 use super::{Profile, Row, Scenario, Series};
+use crate::Scaler;
 
 /// Simulated time in microseconds: exact ordering, no float drift.
 type Micros = u64;
@@ -185,7 +189,22 @@ impl Sim<'_> {
 
 /// Runs `kind` on `scenario`: the same seed gives the same arrivals, boots and service times.
 pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> SimRun {
-    let mut policy = kind.build(profile.policy.clone());
+    // The scaler logs each scaling action; thousands of simulated ones are not news.
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        run(profile, scenario, kind, seed)
+    })
+}
+
+fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> SimRun {
+    let config = &profile.policy;
+    let world = World::default();
+    let mut scaler = Scaler::observing(
+        kind.build(config.clone()),
+        Arc::new(world.clone()),
+        Arc::new(world.clone()),
+    )
+    .with_clock(Arc::new(world.clone()))
+    .with_completion_rate(Box::new(world.clone()));
     let boot = &profile.boot;
     let mut sim = Sim {
         profile,
@@ -225,14 +244,17 @@ pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: 
             Event::BatchDone(id) => sim.batch_done(id, now),
             Event::Tick => {
                 let (backlog, instances, completion_rate) = sim.observe(now);
-                let decision = policy.decide(&Observation {
-                    now: clock(now),
+                *world.lock() = super::adapters::Observed {
+                    now: Some(clock(now)),
                     backlog,
-                    instances: &instances,
+                    instances,
                     completion_rate,
-                });
-                // The fleets' own plan picks names and the instances to retire.
-                let resize = plan(decision.desired, policy.config().max, &instances);
+                    ..Default::default()
+                };
+                // The real scaler's observe-decide-apply round; its fleet is this simulation's,
+                // whose plan picks names and the instances to retire.
+                futures::executor::block_on(scaler.tick()).expect("a simulated tick cannot fail");
+                let resize = std::mem::take(&mut world.lock().resize);
                 for name in resize.launch {
                     let id = sim.instances.len();
                     let boot_s = sim.boot.sample(&mut sim.rng).max(boot.min_s);
@@ -259,12 +281,12 @@ pub fn simulate(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: 
                 let live = sim.live().count();
                 let serving = sim.live().filter(|i| !i.stopping).count();
                 sim.peak = sim.peak.max(live);
-                if serving >= policy.config().max {
+                if serving >= config.max {
                     sim.max_waiting_at_cap = sim.max_waiting_at_cap.max(sim.queue.len());
                 }
                 series.push(seconds(now), live, sim.queue.len() + sim.in_flight);
                 let done = sim.latencies.len() == total;
-                if done && live <= policy.config().min {
+                if done && live <= config.min {
                     back_at_min = Some(now);
                     break;
                 }

@@ -2,6 +2,7 @@
 //! driven by a deterministic discrete-event model of the queue and the fleet, on the same
 //! scenarios and seeds for every policy.
 
+mod adapters;
 mod engine;
 mod plot;
 mod scenarios;

@@ -1,0 +1,174 @@
+//! The web tier's HTTP behaviour in-process (`web_tier::spawn` on a free port, local adapters, no
+//! workers): routes, refused uploads, limits, status, and the answer to a request still waiting
+//! when it stops. Process-level behaviour (signals, kill -9, restarts) stays in tests/*.py.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imgrec_core::config::Settings;
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, StatusCode};
+
+const MAX_UPLOAD: u64 = 64 * 1024;
+
+fn settings(data: &Path) -> Settings {
+    let mut s = Settings::defaults().expect("defaults load");
+    s.data_dir = data.to_path_buf();
+    s.web.host = "127.0.0.1".into();
+    s.web.run_scaler = false;
+    s.web.max_upload_bytes = MAX_UPLOAD;
+    s.web.drain_timeout_s = 0;
+    s
+}
+
+fn image() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/small.jpg")).unwrap()
+}
+
+fn form(field: &str, name: &str, bytes: Vec<u8>) -> Form {
+    Form::new().part(field.to_owned(), Part::bytes(bytes).file_name(name.to_owned()))
+}
+
+async fn upload(client: &Client, url: &str, form: Form, json: bool) -> (StatusCode, String) {
+    let mut request = client.post(url).multipart(form);
+    if json {
+        request = request.header("accept", "application/json");
+    }
+    let response = request.send().await.expect("upload");
+    (response.status(), response.text().await.expect("body"))
+}
+
+fn stored(data: &Path) -> usize {
+    std::fs::read_dir(data.join("s3/input-bucket")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn routes_answer_by_path_then_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let get = |path: &str| client.get(format!("{}{path}", web.url())).send();
+    let health = get("healthz").await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+    for path in ["favicon.ico", "nope", "status/x", "healthz/more", "no/such/page"] {
+        assert_eq!(get(path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let page = get("").await.unwrap().text().await.unwrap();
+    assert!(page.contains("myfile"), "the upload page names the field");
+    let metrics = get("metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("imgrec_"), "{metrics}");
+    let put = client.put(web.url()).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let delete = client.delete(format!("{}status", web.url())).send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED);
+    web.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_uploads_get_a_one_line_reason_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let url = web.url();
+    let cases = [
+        ("no file", form("other", "a.jpg", image()), StatusCode::BAD_REQUEST),
+        ("empty", form("myfile", "a.jpg", Vec::new()), StatusCode::BAD_REQUEST),
+        (
+            "not an image",
+            form("myfile", "a.jpg", b"hello world".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "truncated",
+            form("myfile", "a.jpg", image()[..300].to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("bad name", form("myfile", "..", image()), StatusCode::BAD_REQUEST),
+        (
+            "one byte too many",
+            form("myfile", "a.jpg", vec![0xff; MAX_UPLOAD as usize + 1]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (what, body, want) in cases {
+        let (status, reason) = upload(&client, &url, body, false).await;
+        assert_eq!(status, want, "{what}: {reason}");
+        assert!(
+            reason.ends_with('\n') && reason.lines().count() == 1 && reason.len() < 200,
+            "{what}: {reason:?}"
+        );
+    }
+    let (status, body) = upload(&client, &url, form("myfile", "a.jpg", Vec::new()), true).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+    assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{json}");
+    assert_eq!(stored(dir.path()), 0, "a refused upload was stored");
+    let status: serde_json::Value = client
+        .get(format!("{url}status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["queue"]["pending"], 0, "a refused upload was queued");
+    web.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_accepted_upload_is_stored_and_queued_and_answered_when_the_web_tier_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let waiting = tokio::spawn({
+        let (client, url) = (client.clone(), web.url());
+        async move { upload(&client, &url, form("inputFile", "cat.jpg", image()), false).await }
+    });
+    let status_url = format!("{}status", web.url());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: serde_json::Value = client.get(&status_url).send().await.unwrap().json().await.unwrap();
+        if status["queue"]["pending"] == 1 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never queued: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["waiting_requests"], 1);
+    assert_eq!(status["web_tier"]["name"], "web-instance1");
+    assert_eq!(status["capacity"]["max"], 20);
+    assert_eq!(
+        std::fs::read(dir.path().join("s3/input-bucket/cat.jpg")).unwrap(),
+        image(),
+        "the input object is the uploaded bytes"
+    );
+    web.stop().await.unwrap();
+    let (code, reason) = waiting.await.unwrap();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reason.contains("shutting down") && reason.contains("cat"), "{reason}");
+}
+
+#[tokio::test]
+async fn two_web_tiers_on_one_data_folder_get_distinct_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let second = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let mut names = Vec::new();
+    for web in [&first, &second] {
+        let status: serde_json::Value = client
+            .get(format!("{}status", web.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        names.push(status["web_tier"]["name"].as_str().unwrap().to_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["web-instance1", "web-instance2"]);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
