@@ -3,13 +3,9 @@
 //! `app-tier classify --model DIR FILE...` classifies local files without any queue and prints
 //! `FILE_NAME,label` per file. `app-tier bench` measures the pipeline for `make bench`.
 
-mod bench;
-mod classify;
-mod poison;
-mod worker;
-
 use std::process::ExitCode;
 
+use app_tier::{bench, classify, worker};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

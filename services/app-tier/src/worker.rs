@@ -17,6 +17,7 @@ use imgrec_core::classifier::{Classifier, ClassifyError, Prediction};
 use imgrec_core::config::Settings;
 use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
 
@@ -36,8 +37,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let span = tracing::info_span!("app-tier", instance = %args.name);
-    runtime.block_on(worker(settings, args.name).instrument(span))?;
+    runtime.block_on(
+        async {
+            let shutdown = imgrec_core::shutdown::on_signal()?;
+            serve(settings, args.name, shutdown).await
+        }
+        .instrument(span),
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A worker running in this process (`spawn`).
+pub struct Spawned {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Spawned {
+    /// Stops it as SIGTERM does (it finishes what it holds), and waits until it has.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
+}
+
+/// Runs the worker `name` in this process.
+pub fn spawn(settings: Settings, name: &str) -> Spawned {
+    let (stop, shutdown) = watch::channel(false);
+    let span = tracing::info_span!("app-tier", instance = %name);
+    let task = tokio::spawn(serve(settings, name.to_owned(), shutdown).instrument(span));
+    Spawned { stop, task }
 }
 
 struct Worker {
@@ -48,8 +77,8 @@ struct Worker {
     progress: Progress,
 }
 
-async fn worker(settings: Settings, name: String) -> anyhow::Result<()> {
-    let shutdown = imgrec_core::shutdown::on_signal()?;
+/// Takes requests from the queue until `shutdown` turns true, then finishes what it holds.
+pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let status = backend::instance_status(&settings, &name).await?;
     status.report(InstanceState::Pending, false).await?;
     let app = settings.app_tier.clone();

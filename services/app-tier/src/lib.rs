@@ -1,0 +1,7 @@
+//! The app tier: workers that classify queued requests (`worker`), and the `classify` and `bench`
+//! commands of the `app-tier` binary. `worker::spawn` runs a worker in-process, for tests.
+
+pub mod bench;
+pub mod classify;
+mod poison;
+pub mod worker;

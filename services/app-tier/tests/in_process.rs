@@ -1,0 +1,43 @@
+//! The whole request path in one process: a web tier and a worker (`spawn`) on the local adapters,
+//! one upload, its label, and the result in the output bucket. Seconds, no child processes.
+
+use std::path::{Path, PathBuf};
+
+use imgrec_core::classifier::Classifier;
+use imgrec_core::config::Settings;
+use reqwest::multipart::{Form, Part};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifiers_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults().unwrap();
+    settings.data_dir = dir.path().to_path_buf();
+    settings.web.host = "127.0.0.1".into();
+    settings.web.run_scaler = false;
+    settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
+    let image = std::fs::read(workspace().join("services/core/tests/fixtures/small.jpg")).unwrap();
+    let want = {
+        let mut classifier = Classifier::load(&settings.inference, settings.image_limits).unwrap();
+        classifier.classify(&[&image]).remove(0).unwrap().label
+    };
+
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let form = Form::new().part("myfile", Part::bytes(image).file_name("small.jpg"));
+    let response = reqwest::Client::new()
+        .post(web.url())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), format!("{want}\n"));
+    let stored = std::fs::read_to_string(dir.path().join("s3/output-bucket/small")).unwrap();
+    assert_eq!(stored, format!("(small, {want})"));
+    worker.stop().await.unwrap();
+    web.stop().await.unwrap();
+}
