@@ -30,19 +30,7 @@ async fn name_tags(ec2: &aws_sdk_ec2::Client) -> HashMap<String, String> {
 async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let moto = Moto::start();
     let sdk = moto.sdk().await;
-    let resources = Resources {
-        buckets: &[],
-        requests_queue: "requests",
-        dead_letter_queue: "requests-dlq",
-        other_queues: &[],
-        max_receives: 3,
-        visibility_timeout_s: 30,
-        group: Some(("app-tier", 20)),
-    };
-    bootstrap::create(&sdk, &resources).await.unwrap();
-    let queue = SqsQueue::open(&sdk, "requests").await.unwrap();
-    let bodies: Vec<Vec<u8>> = (0..200).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
-    queue.send_batch(&bodies).await.unwrap();
+    let queue = group_with_requests(&sdk, &[], 200).await;
     assert_eq!(queue.depth().await.unwrap().visible, 200);
 
     let fleet = Arc::new(AsgFleet::open(&sdk, "app-tier").await.unwrap());
@@ -137,6 +125,25 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
         .all(|d| d.name() == Some("AutoScalingGroupName") && d.value() == Some("app-tier")));
 }
 
+/// The group `app-tier` (MaxSize 20), the request queue with `requests` messages in it, and
+/// `buckets`.
+async fn group_with_requests(sdk: &aws_config::SdkConfig, buckets: &[&str], requests: usize) -> SqsQueue {
+    let resources = Resources {
+        buckets,
+        requests_queue: "requests",
+        dead_letter_queue: "requests-dlq",
+        other_queues: &[],
+        max_receives: 3,
+        visibility_timeout_s: 30,
+        group: Some(("app-tier", 20)),
+    };
+    bootstrap::create(sdk, &resources).await.unwrap();
+    let queue = SqsQueue::open(sdk, "requests").await.unwrap();
+    let bodies: Vec<Vec<u8>> = (0..requests).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    queue.send_batch(&bodies).await.unwrap();
+    queue
+}
+
 fn aws_sdk_autoscaling_client(sdk: &aws_config::SdkConfig) -> aws_sdk_autoscaling::Client {
     aws_sdk_autoscaling::Client::new(sdk)
 }
@@ -158,19 +165,7 @@ async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
     use imgrec_core::aws::S3Lease;
     let moto = Moto::start();
     let sdk = moto.sdk().await;
-    let resources = Resources {
-        buckets: &["state"],
-        requests_queue: "requests",
-        dead_letter_queue: "requests-dlq",
-        other_queues: &[],
-        max_receives: 3,
-        visibility_timeout_s: 30,
-        group: Some(("app-tier", 20)),
-    };
-    bootstrap::create(&sdk, &resources).await.unwrap();
-    let queue = SqsQueue::open(&sdk, "requests").await.unwrap();
-    let bodies: Vec<Vec<u8>> = (0..100).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
-    queue.send_batch(&bodies).await.unwrap();
+    let queue = group_with_requests(&sdk, &["state"], 100).await;
     let config = PolicyConfig {
         min: 0,
         max: 6,

@@ -38,6 +38,11 @@ async fn upload(client: &Client, url: &str, form: Form, json: bool) -> (StatusCo
     (response.status(), response.text().await.expect("body"))
 }
 
+async fn get_status(client: &Client, web: &web_tier::Spawned) -> serde_json::Value {
+    let response = client.get(format!("{}status", web.url())).send().await.expect("status");
+    response.json().await.expect("status JSON")
+}
+
 fn stored(data: &Path) -> usize {
     std::fs::read_dir(data.join("s3/input-bucket")).map_or(0, |d| d.count())
 }
@@ -104,15 +109,11 @@ async fn bad_uploads_get_a_one_line_reason_and_store_nothing() {
     let json: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
     assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{json}");
     assert_eq!(stored(dir.path()), 0, "a refused upload was stored");
-    let status: serde_json::Value = client
-        .get(format!("{url}status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["queue"]["pending"], 0, "a refused upload was queued");
+    assert_eq!(
+        get_status(&client, &web).await["queue"]["pending"],
+        0,
+        "a refused upload was queued"
+    );
     web.stop().await.unwrap();
 }
 
@@ -125,10 +126,9 @@ async fn an_accepted_upload_is_stored_and_queued_and_answered_when_the_web_tier_
         let (client, url) = (client.clone(), web.url());
         async move { upload(&client, &url, form("inputFile", "cat.jpg", image()), false).await }
     });
-    let status_url = format!("{}status", web.url());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let status: serde_json::Value = client.get(&status_url).send().await.unwrap().json().await.unwrap();
+        let status = get_status(&client, &web).await;
         if status["queue"]["pending"] == 1 {
             break status;
         }
@@ -157,15 +157,12 @@ async fn two_web_tiers_on_one_data_folder_get_distinct_names() {
     let client = Client::new();
     let mut names = Vec::new();
     for web in [&first, &second] {
-        let status: serde_json::Value = client
-            .get(format!("{}status", web.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        names.push(status["web_tier"]["name"].as_str().unwrap().to_owned());
+        names.push(
+            get_status(&client, web).await["web_tier"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     names.sort();
     assert_eq!(names, ["web-instance1", "web-instance2"]);

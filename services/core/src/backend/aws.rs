@@ -48,8 +48,8 @@ pub async fn metrics_sink(settings: &Settings) -> Option<Arc<dyn MetricsSink>> {
     )))
 }
 
-pub async fn instance_status(settings: &Settings, name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
-    let _ = name;
+/// On EC2 an instance is known by its id (its name is a tag the scaler's fleet sets).
+pub async fn instance_status(settings: &Settings, _name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     let sdk = aws::sdk_config(&settings.aws).await;
     let id = match settings.aws.instance_id.clone().filter(|i| !i.is_empty()) {
         Some(id) => id,

@@ -155,6 +155,7 @@ impl ProcessFleet {
     /// Another web tier's worker, seen through its row: as it reports while that web tier is
     /// alive, as stopping (and made to stop) once it is gone; `None` once the process is gone.
     fn foreign(&self, name: &str, row: &Row) -> Option<Instance> {
+        // Another fleet's launch time is not recorded: the row's last update stands in for it.
         let launched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(row.updated_at_ms);
         if row.pid.is_none() && now_ms().saturating_sub(row.updated_at_ms) < LAUNCH_RECORD_MS {
             // Claimed by another fleet that is starting it this moment.
