@@ -66,12 +66,14 @@ model: models/$(MODEL)/manifest.json
 # The local stack needs no AWS SDK: `make build` (and `make run`) compile without it. Everything
 # that talks to AWS or its emulator (run-aws-emulated, deploy, test, bench) builds with it.
 AWS := --features aws
+# The binaries: a plain `--workspace` would also build the AWS adapters' crate.
+BINARIES := -p web-tier -p app-tier -p scaler -p loadgen
 
 build: $(ORT_LIB)
-	$(CARGO) build --release --workspace
+	$(CARGO) build --release $(BINARIES)
 
 build-aws: $(ORT_LIB)
-	$(CARGO) build --release --workspace $(AWS)
+	$(CARGO) build --release $(BINARIES) $(AWS)
 
 # The local stack in the foreground; Ctrl-C stops it, workers included.
 run: build $(DEFAULT_MODEL)
@@ -116,8 +118,7 @@ bench: build-aws $(DEFAULT_MODEL)
 	$(PY) tools/bench_web_tiers.py --size 1280x960 $(DATASETS)/imagenet-100
 
 # The scaling simulator: every policy on every scenario, local and EC2 boot times.
-sim:
-	$(CARGO) build --release -p scaler
+sim: build
 	target/release/scaler simulate --out target/sim
 
 lint:

@@ -20,7 +20,7 @@ from conftest import ROOT, run
 TERRAFORM = ROOT / "terraform"
 PACKER = ROOT / "packer"
 MODULES = TERRAFORM / "modules"
-AWS_SOURCES = ROOT / "services" / "core" / "src" / "aws"
+AWS_SOURCES = ROOT / "services" / "aws" / "src"
 INSTANCE_BUDGET = 20
 # Actions that have no resource-level permissions: AWS requires "*" for them.
 STAR_ONLY_ACTIONS = {"autoscaling:DescribeAutoScalingGroups", "ec2:DescribeTags", "cloudwatch:PutMetricData"}
@@ -414,7 +414,7 @@ def test_names_and_network_exposure():
     tags = group.get("tag", [])
     assert all(t["key"] != "Name" for t in tags), "the scaler names app instances; the group must not"
     assert any(t["propagate_at_launch"] is True for t in tags)
-    assert 'format!("{INSTANCE_PREFIX}{k}")' in (ROOT / "services/core/src/ports/fleet.rs").read_text()
+    assert 'format!("{INSTANCE_PREFIX}{k}")' in (ROOT / "services/domain/src/ports/fleet.rs").read_text()
     network = module_doc("network")
     ingress = blocks(network, "resource", "aws_vpc_security_group_ingress_rule")
     assert set(ingress) == {"web_http", "load_balancer", "web_from_load_balancer"}

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use imgrec_core::classifier::decode::decode_rgb;
-use imgrec_core::classifier::Classifier;
-use imgrec_core::config::Settings;
+use imgrec_classifier::decode::decode_rgb;
+use imgrec_classifier::Classifier;
+use imgrec_domain::config::Settings;
 use ndarray::{Array3, Array4, Axis};
 
 #[derive(clap::Args)]

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use imgrec_core::classifier::{Classifier, ClassifyError};
-use imgrec_core::config::Settings;
+use imgrec_classifier::{Classifier, ClassifyError};
+use imgrec_domain::config::Settings;
 
 #[derive(clap::Args)]
 pub struct Args {

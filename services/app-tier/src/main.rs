@@ -26,7 +26,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    imgrec_core::logging::init();
+    imgrec_runtime::logging::init();
     let result = match Cli::parse().command {
         Command::Run(args) => worker::run(args),
         Command::Classify(args) => classify::run(args),

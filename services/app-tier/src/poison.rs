@@ -5,8 +5,8 @@
 //! reach the dead-letter queue beside the culprit: the other suspects it received are put back
 //! as new messages (`requeued` counts how often, so that this too is bounded).
 
-use imgrec_core::messages::ClassifyRequest;
-use imgrec_core::ports::Receipt;
+use imgrec_domain::messages::ClassifyRequest;
+use imgrec_domain::ports::Receipt;
 
 /// A received request, decoded.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ mod tests {
         Job {
             receipt: Receipt(n.to_string()),
             request: ClassifyRequest {
-                version: imgrec_core::messages::VERSION,
+                version: imgrec_domain::messages::VERSION,
                 request_id: uuid::Uuid::new_v4(),
                 key: format!("{n}.jpg"),
                 object_version: None,

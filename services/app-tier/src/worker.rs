@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
-use imgrec_core::backend::{self, Ports};
-use imgrec_core::classifier::{Classifier, ClassifyError, Prediction};
-use imgrec_core::config::Settings;
-use imgrec_core::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_core::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
+use imgrec_classifier::{Classifier, ClassifyError, Prediction};
+use imgrec_domain::config::Settings;
+use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
+use imgrec_domain::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
+use imgrec_runtime::backend::{self, Ports};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
@@ -39,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let span = tracing::info_span!("app-tier", instance = %args.name);
     runtime.block_on(
         async {
-            let shutdown = imgrec_core::shutdown::on_signal()?;
+            let shutdown = imgrec_runtime::shutdown::on_signal()?;
             serve(settings, args.name, shutdown).await
         }
         .instrument(span),
@@ -169,7 +169,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<b
     }
     heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
-    let calls = imgrec_core::backend::aws_calls();
+    let calls = imgrec_runtime::backend::aws_calls();
     info!(aws_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
 }
@@ -219,7 +219,7 @@ async fn heartbeat(status: Arc<dyn InstanceStatus>, progress: Progress, every: D
         if let Err(e) = status.heartbeat().await {
             warn!(error = %format!("{e:#}"), "cannot send a heartbeat");
         }
-        imgrec_core::watchdog::notify();
+        imgrec_runtime::watchdog::notify();
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use imgrec_core::classifier::Classifier;
-use imgrec_core::config::Settings;
+use imgrec_classifier::Classifier;
+use imgrec_domain::config::Settings;
 use reqwest::multipart::{Form, Part};
 
 fn workspace() -> PathBuf {
@@ -13,13 +13,14 @@ fn workspace() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifiers_label() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::defaults().unwrap();
     settings.data_dir = dir.path().to_path_buf();
     settings.web.host = "127.0.0.1".into();
     settings.web.run_scaler = false;
     settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
-    let image = std::fs::read(workspace().join("services/core/tests/fixtures/small.jpg")).unwrap();
+    let image = std::fs::read(workspace().join("services/classifier/tests/fixtures/small.jpg")).unwrap();
     let want = {
         let mut classifier = Classifier::load(&settings.inference, settings.image_limits).unwrap();
         classifier.classify(&[&image]).remove(0).unwrap().label

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use imgrec_core::policy::{Decision, Observation, ScalingPolicy};
-use imgrec_core::ports::{Fleet, Instance, InstanceState, Lease, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
+use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
+use imgrec_domain::ports::{Fleet, Instance, InstanceState, Lease, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};

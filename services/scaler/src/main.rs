@@ -8,14 +8,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use imgrec_core::backend::{self, Ports};
-use imgrec_core::config::Settings;
+use imgrec_domain::config::Settings;
+use imgrec_runtime::backend::{self, Ports};
 use scaler::Scaler;
 
 mod simulate;
 
 fn main() -> ExitCode {
-    imgrec_core::logging::init();
+    imgrec_runtime::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,9 +72,9 @@ async fn bootstrap(_: &Settings, _: usize, _: usize) -> anyhow::Result<()> {
 
 #[cfg(feature = "aws")]
 async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize) -> anyhow::Result<()> {
-    use imgrec_core::aws::{self, bootstrap};
-    use imgrec_core::config::Backend;
-    let sdk = aws::sdk_config(&settings.aws).await;
+    use imgrec_aws::bootstrap;
+    use imgrec_domain::config::Backend;
+    let sdk = imgrec_aws::sdk_config(&settings.aws).await;
     let (b, q) = (&settings.buckets, &settings.queues);
     let response_queues: Vec<String> = (1..=web_tiers)
         .map(|k| q.response_queue_of(&format!("web-instance{k}")))
@@ -135,6 +135,6 @@ async fn run() -> anyhow::Result<()> {
             settings.scaler.lease_ttl(),
         );
     scaler
-        .run(settings.scaler.tick(), imgrec_core::shutdown::on_signal()?)
+        .run(settings.scaler.tick(), imgrec_runtime::shutdown::on_signal()?)
         .await
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
-use imgrec_core::aws::bootstrap::{self, Resources};
-use imgrec_core::aws::{AsgFleet, CloudWatchSink, SqsQueue};
-use imgrec_core::contract::Moto;
-use imgrec_core::policy::{PolicyConfig, PolicyKind};
-use imgrec_core::ports::{Fleet, InstanceState, WorkQueue};
+use imgrec_aws::bootstrap::{self, Resources};
+use imgrec_aws::{AsgFleet, CloudWatchSink, SqsQueue};
+use imgrec_domain::policy::{PolicyConfig, PolicyKind};
+use imgrec_domain::ports::{Fleet, InstanceState, WorkQueue};
+use imgrec_testkit::Moto;
 use scaler::Scaler;
 
 /// Instance id -> Name tag, straight from EC2.
@@ -162,7 +162,7 @@ async fn group_desired(client: &aws_sdk_autoscaling::Client) -> i32 {
 /// lease: one acts, the other only watches, until the acting one stops; then the other takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
-    use imgrec_core::aws::S3Lease;
+    use imgrec_aws::S3Lease;
     let moto = Moto::start();
     let sdk = moto.sdk().await;
     let queue = group_with_requests(&sdk, &["state"], 100).await;

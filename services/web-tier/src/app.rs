@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use imgrec_core::backend::Ports;
-use imgrec_core::config::Settings;
-use imgrec_core::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
-use imgrec_core::ports::{InstanceState, StoreError};
+use imgrec_domain::config::Settings;
+use imgrec_domain::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
+use imgrec_domain::ports::{InstanceState, StoreError};
+use imgrec_runtime::backend::Ports;
 use scaler::ScalerHandle;
 use serde_json::json;
 use tracing::warn;

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imgrec_core::config::Queues;
-use imgrec_core::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_core::ports::{ResponseQueues, WorkQueue};
+use imgrec_domain::config::Queues;
+use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
+use imgrec_domain::ports::{ResponseQueues, WorkQueue};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;

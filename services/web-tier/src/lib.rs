@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use imgrec_core::backend::{self, Ports};
-use imgrec_core::config::Settings;
+use imgrec_domain::config::Settings;
+use imgrec_runtime::backend::{self, Ports};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

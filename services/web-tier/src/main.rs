@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use imgrec_core::config::Settings;
+use imgrec_domain::config::Settings;
 
 fn main() -> ExitCode {
-    imgrec_core::logging::init();
+    imgrec_runtime::logging::init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run()));
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    let signals = imgrec_core::shutdown::signals()?;
+    let signals = imgrec_runtime::shutdown::signals()?;
     let listener = web_tier::bind(&settings).await?;
     web_tier::serve(settings, listener, signals).await
 }

@@ -64,7 +64,7 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding");
         let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
-        let calls = imgrec_core::backend::aws_calls();
+        let calls = imgrec_runtime::backend::aws_calls();
         if !calls.is_empty() {
             text.push_str("# HELP imgrec_aws_calls_total AWS SDK calls of this process, by operation\n");
             text.push_str("# TYPE imgrec_aws_calls_total counter\n");

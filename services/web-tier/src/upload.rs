@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use imgrec_core::classifier::decode::{inspect, verify, ImageError, Probe};
-use imgrec_core::classifier::ImageLimits;
-use imgrec_core::messages::result_object;
-use imgrec_core::ports::ObjectKey;
+use imgrec_classifier::decode::{inspect, verify, ImageError, Probe};
+use imgrec_classifier::ImageLimits;
+use imgrec_domain::messages::result_object;
+use imgrec_domain::ports::ObjectKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::http::StatusCode;
 

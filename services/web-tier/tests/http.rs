@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use imgrec_core::config::Settings;
+use imgrec_domain::config::Settings;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
 
@@ -22,7 +22,7 @@ fn settings(data: &Path) -> Settings {
 }
 
 fn image() -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/small.jpg")).unwrap()
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../classifier/tests/fixtures/small.jpg")).unwrap()
 }
 
 fn form(field: &str, name: &str, bytes: Vec<u8>) -> Form {

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use imgrec_core::ports::fleet::plan;
-use imgrec_core::ports::{Fleet, Instance, QueueDepth, Resize};
+use imgrec_domain::ports::fleet::plan;
+use imgrec_domain::ports::{Fleet, Instance, QueueDepth, Resize};
 
 use crate::{Backlog, Clock, Completions};
 

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use imgrec_core::policy::PolicyKind;
-use imgrec_core::ports::{Instance, InstanceState, QueueDepth};
+use imgrec_domain::policy::PolicyKind;
+use imgrec_domain::ports::{Instance, InstanceState, QueueDepth};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal, Normal};

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use imgrec_core::policy::{PolicyConfig, PolicyKind};
+use imgrec_domain::policy::{PolicyConfig, PolicyKind};
 use serde::Serialize;
 
 pub use engine::{simulate, SimRun};

@@ -1,0 +1,317 @@
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use anyhow::{anyhow, Context};
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_autoscaling::types::LifecycleState;
+use aws_sdk_ec2::types::{Filter, Tag};
+use tracing::warn;
+
+use super::describe;
+use imgrec_domain::ports::fleet::{instance_name, instance_number, plan};
+use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
+
+/// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
+/// `Name` tags `app-instanceK` as they appear (the names `plan` chose for them, freed numbers
+/// reused).
+///
+/// Scale-out is one SetDesiredCapacity per decision. Scale-in terminates exactly the instances
+/// `plan` picks (idle ones first) with TerminateInstanceInAutoScalingGroup, decrementing the
+/// desired capacity, rather than lowering it and letting the group choose. Busy workers also set
+/// scale-in protection on themselves (`AsgInstanceStatus`), which is how the fleet sees that they
+/// are busy and which keeps any other scale-in (an operator, a second policy) off them.
+///
+/// Terminating instances are still alive: they count against the cap and keep their names, so
+/// the group is never asked for more than `max` instances in all.
+pub struct AsgFleet {
+    autoscaling: aws_sdk_autoscaling::Client,
+    ec2: aws_sdk_ec2::Client,
+    group: String,
+    /// Names chosen for launches the group has not started yet, oldest first, with when asked.
+    pending_names: Mutex<VecDeque<(String, SystemTime)>>,
+    /// When an instance was first seen (the group's API has no launch time).
+    first_seen: Mutex<HashMap<String, SystemTime>>,
+    /// The last cap the scaler gave (the group's MaxSize until then): no name goes above it.
+    cap: Mutex<Option<usize>>,
+    /// SetDesiredCapacity calls this fleet made (one per decision at most).
+    capacity_calls: std::sync::atomic::AtomicU64,
+}
+
+struct Group {
+    desired: i32,
+    max_size: i32,
+    /// (instance id, lifecycle state, protected from scale-in)
+    members: Vec<(String, LifecycleState, bool)>,
+}
+
+impl AsgFleet {
+    /// A clear startup error when the group does not exist or access is denied.
+    pub async fn open(sdk: &SdkConfig, group: &str) -> anyhow::Result<Self> {
+        let fleet = Self {
+            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            group: group.to_owned(),
+            pending_names: Mutex::new(VecDeque::new()),
+            first_seen: Mutex::new(HashMap::new()),
+            cap: Mutex::new(None),
+            capacity_calls: Default::default(),
+        };
+        fleet.group().await?;
+        Ok(fleet)
+    }
+
+    async fn group(&self) -> anyhow::Result<Group> {
+        super::count("DescribeAutoScalingGroups");
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(&self.group)
+            .send()
+            .await
+            .map_err(|e| anyhow!("Auto Scaling DescribeAutoScalingGroups: {}", describe(&e)))?;
+        let g = out
+            .auto_scaling_groups()
+            .first()
+            .with_context(|| format!("Auto Scaling group {:?} does not exist", self.group))?;
+        let members = g
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                let id = i.instance_id()?.to_owned();
+                Some((
+                    id,
+                    i.lifecycle_state()?.clone(),
+                    i.protected_from_scale_in().unwrap_or(false),
+                ))
+            })
+            .collect();
+        Ok(Group {
+            desired: g.desired_capacity().unwrap_or(0),
+            max_size: g.max_size().unwrap_or(0),
+            members,
+        })
+    }
+
+    async fn names(&self, ids: &[String]) -> anyhow::Result<HashMap<String, String>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        super::count("DescribeTags");
+        let out = self
+            .ec2
+            .describe_tags()
+            .filters(
+                Filter::builder()
+                    .name("resource-id")
+                    .set_values(Some(ids.to_vec()))
+                    .build(),
+            )
+            .filters(Filter::builder().name("key").values("Name").build())
+            .send()
+            .await
+            .map_err(|e| anyhow!("EC2 DescribeTags: {}", describe(&e)))?;
+        Ok(out
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.resource_id()?.to_owned(), t.value()?.to_owned())))
+            .collect())
+    }
+
+    async fn tag(&self, id: &str, name: &str) -> anyhow::Result<()> {
+        super::count("CreateTags");
+        self.ec2
+            .create_tags()
+            .resources(id)
+            .tags(Tag::builder().key("Name").value(name).build())
+            .send()
+            .await
+            .map_err(|e| anyhow!("EC2 CreateTags {id}: {}", describe(&e)))?;
+        Ok(())
+    }
+
+    /// The group's instances by name, newcomers named, plus the launches it has been asked for
+    /// and not started yet (as pending, under the names chosen for them).
+    async fn list(&self, group: &Group) -> anyhow::Result<(Vec<Instance>, HashMap<String, String>)> {
+        let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
+        let mut names = self.names(&ids).await?;
+        let cap = self
+            .cap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(group.max_size.max(0) as usize);
+        let unnamed: Vec<&String> = ids.iter().filter(|id| !names.contains_key(*id)).collect();
+        for id in unnamed {
+            let taken: HashSet<&String> = names.values().collect();
+            let chosen = {
+                let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+                pending.retain(|(n, _)| !taken.contains(n));
+                pending.pop_front().map(|(n, _)| n)
+            };
+            // One the scaler did not ask for (an operator raised the capacity): the lowest free
+            // name within the cap, or none until one frees.
+            let name = chosen.or_else(|| {
+                (1..=cap)
+                    .map(instance_name)
+                    .find(|n| !taken.contains(n) && !self.is_pending(n))
+            });
+            match name {
+                Some(name) => {
+                    self.tag(id, &name).await?;
+                    names.insert(id.clone(), name);
+                }
+                None => warn!(instance = %id, cap, "no free instance name within the cap; left unnamed"),
+            }
+        }
+        let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        first_seen.retain(|id, _| ids.contains(id));
+        let mut instances: Vec<Instance> = group
+            .members
+            .iter()
+            .filter_map(|(id, lifecycle, protected)| {
+                Some(Instance {
+                    name: names.get(id).cloned().unwrap_or_else(|| id.clone()),
+                    state: state(lifecycle)?,
+                    launched_at: *first_seen.entry(id.clone()).or_insert_with(SystemTime::now),
+                    busy: *protected,
+                })
+            })
+            .collect();
+        // The group counts launches it has not started in its desired capacity.
+        let serving = instances.iter().filter(|i| i.serves()).count();
+        let unseen = (group.desired.max(0) as usize).saturating_sub(serving);
+        let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        pending.truncate(unseen);
+        instances.extend(pending.iter().map(|(name, asked)| Instance {
+            name: name.clone(),
+            state: InstanceState::Pending,
+            launched_at: *asked,
+            busy: false,
+        }));
+        instances.sort_by_key(|i| instance_number(&i.name));
+        Ok((instances, names))
+    }
+
+    /// SetDesiredCapacity calls made so far by this fleet.
+    pub fn capacity_calls(&self) -> u64 {
+        self.capacity_calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn set_desired_capacity(&self, capacity: i32) -> anyhow::Result<()> {
+        super::count("SetDesiredCapacity");
+        self.capacity_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(&self.group)
+            .desired_capacity(capacity)
+            .honor_cooldown(false)
+            .send()
+            .await
+            .map_err(|e| anyhow!("Auto Scaling SetDesiredCapacity {capacity}: {}", describe(&e)))?;
+        Ok(())
+    }
+
+    fn is_pending(&self, name: &str) -> bool {
+        let pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        pending.iter().any(|(n, _)| n == name)
+    }
+}
+
+fn state(lifecycle: &LifecycleState) -> Option<InstanceState> {
+    use LifecycleState as L;
+    match lifecycle {
+        L::Pending | L::PendingWait | L::PendingProceed => Some(InstanceState::Pending),
+        L::InService => Some(InstanceState::Running),
+        L::Terminated => None,
+        // Terminating*, Detaching, Standby, EnteringStandby, ...: not taking work, still alive.
+        _ => Some(InstanceState::Stopping),
+    }
+}
+
+#[async_trait]
+impl Fleet for AsgFleet {
+    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let group = self.group().await?;
+        Ok(self.list(&group).await?.0)
+    }
+
+    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize> {
+        let group = self.group().await?;
+        // The group's MaxSize bounds us even where the API would accept more (moto does).
+        let max = max.min(group.max_size.max(0) as usize);
+        *self.cap.lock().unwrap_or_else(|p| p.into_inner()) = Some(max);
+        let (instances, names) = self.list(&group).await?;
+        let resize = plan(desired, max, &instances);
+        // Launches the group has not started yet are retired by asking for fewer.
+        let (unstarted, started): (Vec<&String>, Vec<&String>) = resize
+            .retire
+            .iter()
+            .partition(|name| !names.values().any(|n| n == *name));
+        let capacity = group.desired + resize.launch.len() as i32 - unstarted.len() as i32;
+        if capacity != group.desired {
+            self.set_desired_capacity(capacity).await?;
+            let now = SystemTime::now();
+            let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|(n, _)| !unstarted.contains(&n));
+            pending.extend(resize.launch.iter().map(|n| (n.clone(), now)));
+        }
+        for name in started {
+            let id = names.iter().find(|(_, n)| *n == name).map(|(id, _)| id);
+            let id = id.context("a started instance has an id")?;
+            super::count("TerminateInstanceInAutoScalingGroup");
+            self.autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(id)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "Auto Scaling TerminateInstanceInAutoScalingGroup {id}: {}",
+                        describe(&e)
+                    )
+                })?;
+        }
+        Ok(resize)
+    }
+
+    async fn max_size(&self) -> anyhow::Result<Option<usize>> {
+        Ok(Some(self.group().await?.max_size.max(0) as usize))
+    }
+}
+
+/// A worker on EC2 reports busy by setting scale-in protection on its own instance.
+pub struct AsgInstanceStatus {
+    autoscaling: aws_sdk_autoscaling::Client,
+    group: String,
+    instance_id: String,
+}
+
+impl AsgInstanceStatus {
+    pub fn new(sdk: &SdkConfig, group: &str, instance_id: &str) -> Self {
+        Self {
+            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            group: group.to_owned(),
+            instance_id: instance_id.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl InstanceStatus for AsgInstanceStatus {
+    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+        // Readiness is the group's lifecycle state; only busyness is ours to report.
+        let protect = busy && state == InstanceState::Running;
+        super::count("SetInstanceProtection");
+        self.autoscaling
+            .set_instance_protection()
+            .auto_scaling_group_name(&self.group)
+            .instance_ids(&self.instance_id)
+            .protected_from_scale_in(protect)
+            .send()
+            .await
+            .map_err(|e| anyhow!("Auto Scaling SetInstanceProtection: {}", describe(&e)))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+use anyhow::{anyhow, Context};
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use aws_sdk_s3::error::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use super::describe;
+use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
+
+/// S3's answers that retrying the same call cannot change; anything else (throttling, 5xx, network,
+/// a missing bucket or denied access, which an operator fixes) is `Unavailable`.
+const INVALID_REQUEST_CODES: [&str; 5] = [
+    "InvalidArgument",
+    "InvalidRequest",
+    "KeyTooLongError",
+    "EntityTooLarge",
+    "InvalidObjectName",
+];
+
+fn store_error<E, R>(what: String, e: &SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    let message = format!("{what}: {}", describe(e));
+    match e.as_service_error().and_then(|s| s.code()) {
+        Some(code) if INVALID_REQUEST_CODES.contains(&code) => StoreError::Invalid(message),
+        _ => StoreError::Unavailable(anyhow!(message)),
+    }
+}
+
+/// Buckets on S3. With versioning enabled on the bucket (Terraform does), `put` returns the
+/// version id, so a later upload of the same name cannot change what an earlier request reads.
+#[derive(Clone)]
+pub struct S3ObjectStore {
+    client: Client,
+}
+
+/// An S3 client for `sdk`.
+pub(crate) fn client(sdk: &SdkConfig) -> Client {
+    let mut config = aws_sdk_s3::config::Builder::from(sdk);
+    if sdk.endpoint_url().is_some() {
+        // Local endpoints serve buckets by path, not by virtual host.
+        config = config.force_path_style(true);
+    }
+    Client::from_conf(config.build())
+}
+
+impl S3ObjectStore {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        Self { client: client(sdk) }
+    }
+
+    /// A clear startup error when a bucket does not exist or access is denied.
+    pub async fn check_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| anyhow!("S3 bucket {bucket:?} is not usable: {}", describe(&e)))?;
+        Ok(())
+    }
+
+    /// A clear startup error when a bucket does not keep versions: each request names the version
+    /// of its upload, so that two uploads with one file name each get their own label.
+    pub async fn check_versioning(&self, bucket: &str) -> anyhow::Result<()> {
+        super::count("GetBucketVersioning");
+        let status = match self.client.get_bucket_versioning().bucket(bucket).send().await {
+            Ok(out) => out.status().map(|s| s.as_str().to_owned()),
+            // moto answers with another root element than S3's, which the SDK cannot parse; the
+            // status inside it is right.
+            Err(e) => match e
+                .raw_response()
+                .and_then(|r| r.body().bytes())
+                .and_then(versioning_status)
+            {
+                Some(status) => status,
+                None => return Err(anyhow!("S3 GetBucketVersioning {bucket}: {}", describe(&e))),
+            },
+        };
+        anyhow::ensure!(
+            status.as_deref() == Some("Enabled"),
+            "S3 bucket {bucket:?} does not keep versions (versioning is {}): enable it, or two uploads \
+             with one file name could be classified from the same bytes",
+            status.as_deref().unwrap_or("off")
+        );
+        Ok(())
+    }
+}
+
+/// The `<Status>` of a versioning document (`None` inside: never enabled), or `None` when `xml`
+/// is not one.
+fn versioning_status(xml: &[u8]) -> Option<Option<String>> {
+    let xml = std::str::from_utf8(xml).ok()?;
+    if !xml.contains("Versioning") {
+        return None;
+    }
+    let Some(start) = xml.find("<Status>").map(|at| at + "<Status>".len()) else {
+        return Some(None);
+    };
+    let len = xml[start..].find("</Status>")?;
+    Some(Some(xml[start..start + len].to_owned()))
+}
+
+#[async_trait]
+impl ObjectStore for S3ObjectStore {
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
+        super::count("PutObject");
+        let out = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key.as_str())
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| store_error(format!("S3 PutObject {bucket}/{key}"), &e))?;
+        // "null" is what S3 reports for a bucket without versioning.
+        let version = out.version_id().filter(|v| *v != "null").map(str::to_owned);
+        Ok(StoredObject { version })
+    }
+
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
+        super::count("GetObject");
+        let result = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key.as_str())
+            .set_version_id(version.map(str::to_owned))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .with_context(|| format!("S3 GetObject {bucket}/{key}: body"))?;
+                Ok(Some(body.into_bytes()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(store_error(format!("S3 GetObject {bucket}/{key}"), &e)),
+        }
+    }
+
+    async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
+        let mut pages = self.client.list_objects_v2().bucket(bucket).into_paginator().send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            super::count("ListObjectsV2");
+            let page = page.map_err(|e| store_error(format!("S3 ListObjectsV2 {bucket}"), &e))?;
+            for object in page.contents() {
+                if let Some(key) = object.key().and_then(|k| ObjectKey::new(k).ok()) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}

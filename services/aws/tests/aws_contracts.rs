@@ -1,0 +1,95 @@
+//! The AWS adapters against the same port contracts as the local ones, on a moto server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgrec_aws::bootstrap::{self, Resources};
+use imgrec_aws::{AsgFleet, S3ObjectStore, SqsQueue};
+use imgrec_domain::ports::{Fleet, ObjectKey, ObjectStore};
+use imgrec_testkit::{self as contract, Delivery, Moto, QueuePair};
+
+fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Resources<'a> {
+    Resources {
+        buckets,
+        requests_queue: "requests",
+        dead_letter_queue: "requests-dlq",
+        other_queues: &["a", "b", "c", "d"],
+        max_receives: 2,
+        visibility_timeout_s: 30,
+        group,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_object_store_contract() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    bootstrap::create(&sdk, &resources(&["input-bucket"], None))
+        .await
+        .unwrap();
+    let store = S3ObjectStore::new(&sdk);
+    store.check_bucket("input-bucket").await.unwrap();
+    let err = store.check_bucket("no-such-bucket").await.unwrap_err();
+    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+    contract::object_store_contract(store.clone(), "input-bucket").await;
+    let missing = ObjectKey::new("missing.jpg").unwrap();
+    assert!(store.get("input-bucket", &missing, None).await.unwrap().is_none());
+
+    // Same-name uploads rely on versions: a bucket without them is refused at startup.
+    store.check_versioning("input-bucket").await.unwrap();
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+    s3.create_bucket().bucket("plain-bucket").send().await.unwrap();
+    let err = store.check_versioning("plain-bucket").await.unwrap_err();
+    assert!(err.to_string().contains("does not keep versions"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqs_queue_contracts() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    bootstrap::create(&sdk, &resources(&[], None)).await.unwrap();
+    let open = |name: &'static str| {
+        let sdk = sdk.clone();
+        async move { SqsQueue::open(&sdk, name).await.unwrap() }
+    };
+    let missing = SqsQueue::open(&sdk, "no-such-queue")
+        .await
+        .err()
+        .expect("a missing queue is an error");
+    assert!(missing.to_string().contains("no-such-queue"), "{missing}");
+    contract::queue_send_receive_delete(open("a").await).await;
+    contract::queue_redelivery(open("b").await).await;
+    contract::queue_concurrent_receivers(open("c").await, Delivery::AtLeastOnce).await;
+    contract::queue_long_poll(open("d").await).await;
+    let pair = QueuePair {
+        main: open("requests").await,
+        dead_letter: open("requests-dlq").await,
+        max_receives: 2,
+    };
+    contract::queue_dead_letter(pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_scaling_fleet_contract() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    bootstrap::create(&sdk, &resources(&[], Some(("app-tier", 20))))
+        .await
+        .unwrap();
+    assert!(AsgFleet::open(&sdk, "no-such-group").await.is_err());
+    let fleet = AsgFleet::open(&sdk, "app-tier").await.unwrap();
+    assert_eq!(fleet.max_size().await.unwrap(), Some(20));
+    contract::fleet_contract(Arc::new(fleet), Duration::from_secs(20), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_lease_contract() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    bootstrap::create(&sdk, &resources(&["input-bucket"], None))
+        .await
+        .unwrap();
+    let a = imgrec_aws::S3Lease::new(&sdk, "input-bucket", "scaler", "a");
+    let b = imgrec_aws::S3Lease::new(&sdk, "input-bucket", "scaler", "b");
+    contract::lease_contract(Arc::new(a), Arc::new(b)).await;
+}

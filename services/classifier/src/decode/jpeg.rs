@@ -1,0 +1,219 @@
+//! JPEG decoding through libjpeg-turbo (the bundled C source of `mozjpeg`), the decoder Pillow
+//! uses: the same IDCT and chroma upsampling give bit-identical pixels. libjpeg reports fatal
+//! errors by unwinding out of the C code; we catch that here and turn it into `ImageError`.
+
+use std::os::raw::c_int;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use mozjpeg::{ColorSpace, ColorSpaceExt, Decompress};
+use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
+
+use super::{check_size, ImageError, ImageLimits, RgbImage};
+
+/// Payload of an unwind started by libjpeg's error handlers.
+struct JpegFailure(ImageError);
+
+fn message(cinfo: &mut jpeg_common_struct) -> String {
+    // SAFETY: libjpeg calls the handlers with `err` pointing at our error manager.
+    let err = unsafe { &*cinfo.err };
+    let buf = [0u8; 80];
+    match err.format_message {
+        Some(format) => {
+            // SAFETY: format_message writes a NUL-terminated string of at most 80 bytes; the binding
+            // declares the buffer as shared but the C side writes into it.
+            unsafe { format(cinfo, &buf) };
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        }
+        None => format!("libjpeg error {}", err.msg_code),
+    }
+}
+
+extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+    let reason = message(cinfo);
+    resume_unwind(Box::new(JpegFailure(ImageError::Corrupt(reason))));
+}
+
+extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
+    // SAFETY: as in `message`.
+    let code = unsafe { (*cinfo.err).msg_code };
+    // Like Pillow, a file that ends before its last scanline is an error, not a gray-filled image;
+    // other warnings (extraneous bytes and the like) are tolerated as Pillow tolerates them.
+    if level < 0 && code == JWRN_JPEG_EOF as c_int {
+        resume_unwind(Box::new(JpegFailure(ImageError::Truncated)));
+    }
+}
+
+fn error_manager() -> jpeg_error_mgr {
+    // SAFETY: jpeg_error_mgr is a plain C struct; jpeg_std_error fills in every field.
+    let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { jpeg_std_error(&mut err) };
+    err.error_exit = Some(error_exit);
+    err.emit_message = Some(emit_message);
+    err
+}
+
+fn guarded<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => match payload.downcast::<JpegFailure>() {
+            Ok(failure) => Err(failure.0),
+            Err(payload) => match payload.downcast::<String>() {
+                Ok(text) => Err(ImageError::Corrupt(*text)),
+                Err(_) => Err(ImageError::Corrupt("JPEG decoder failed".into())),
+            },
+        },
+    }
+}
+
+fn io(e: std::io::Error) -> ImageError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ImageError::Truncated,
+        _ => ImageError::Corrupt(e.to_string()),
+    }
+}
+
+pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
+    guarded(|| {
+        let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
+        Ok(decompress.size())
+    })
+}
+
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    guarded(|| {
+        let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
+        let (width, height) = decompress.size();
+        check_size(limits, width, height)?;
+        let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+        let pixels = if cmyk {
+            let mut started = decompress.to_colorspace(ColorSpace::JCS_CMYK).map_err(io)?;
+            let cmyk: Vec<[u8; 4]> = started.read_scanlines().map_err(io)?;
+            started.finish().map_err(io)?;
+            cmyk.iter().flat_map(|&px| inverted_cmyk_to_rgb(px)).collect()
+        } else {
+            let mut started = decompress.rgb().map_err(io)?;
+            let rgb: Vec<u8> = started.read_scanlines().map_err(io)?;
+            started.finish().map_err(io)?;
+            rgb
+        };
+        if pixels.len() != width * height * 3 {
+            return Err(ImageError::Truncated);
+        }
+        Ok(RgbImage::new(width, height, pixels))
+    })
+}
+
+/// Decodes every scan at 1/8 scale into one reused row: the same entropy decoding, and so the same
+/// errors, as `decode`, without a full-size frame.
+pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
+    guarded(|| {
+        let mut decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
+        let (width, height) = decompress.size();
+        check_size(limits, width, height)?;
+        decompress.scale(1);
+        let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+        let space = if cmyk {
+            ColorSpace::JCS_CMYK
+        } else {
+            ColorSpace::JCS_RGB
+        };
+        let mut started = decompress.to_colorspace(space).map_err(io)?;
+        let mut row = vec![0u8; started.width() * space.num_components()];
+        for _ in 0..started.height() {
+            started.read_scanlines_into(&mut row).map_err(io)?;
+        }
+        started.finish().map_err(io)
+    })
+}
+
+/// What `verify` allocates for this file. libjpeg keeps every DCT coefficient of the image (2
+/// bytes each, 64 per block) when the file has several scans (progressive, or components coded
+/// one at a time); a single interleaved scan needs a few rows.
+pub fn verify_bytes(bytes: &[u8], width: usize, height: usize) -> usize {
+    const FIXED: usize = 1 << 20;
+    let rows = width.saturating_mul(3 * 16 * 2) + FIXED;
+    match frame_layout(bytes) {
+        Some(layout) if !layout.multi_scan => rows,
+        Some(layout) => {
+            let (h_max, v_max) = layout
+                .sampling
+                .iter()
+                .fold((1, 1), |(h, v), &(hc, vc)| (h.max(hc), v.max(vc)));
+            let blocks: usize = layout
+                .sampling
+                .iter()
+                .map(|&(hc, vc)| {
+                    let w = (width * hc).div_ceil(h_max).div_ceil(8).next_multiple_of(hc.max(1));
+                    let h = (height * vc).div_ceil(v_max).div_ceil(8).next_multiple_of(vc.max(1));
+                    w.saturating_mul(h)
+                })
+                .sum();
+            blocks.saturating_mul(128).saturating_add(rows)
+        }
+        // Unparsable headers fail in `verify` before allocating; charge the worst case anyway.
+        None => width
+            .saturating_mul(height)
+            .saturating_mul(4 * 128 / 64)
+            .saturating_add(rows),
+    }
+}
+
+struct FrameLayout {
+    /// Sampling factors (h, v) per component.
+    sampling: Vec<(usize, usize)>,
+    /// Progressive, or a first scan without every component: libjpeg buffers the whole image.
+    multi_scan: bool,
+}
+
+/// Reads the markers up to the first scan: the frame's components and whether the file has
+/// several scans.
+fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
+    let mut at = 2; // after SOI
+    let mut frame: Option<(bool, Vec<(usize, usize)>)> = None;
+    loop {
+        while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
+            at += 1; // fill bytes
+        }
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        let len = usize::from(u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]));
+        let segment = bytes.get(at + 4..at + 2 + len)?;
+        match marker {
+            // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                let progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
+                let count = usize::from(*segment.get(5)?);
+                let sampling = (0..count)
+                    .map(|i| {
+                        let hv = *segment.get(6 + 3 * i + 1)?;
+                        Some((usize::from(hv >> 4), usize::from(hv & 0x0F)))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                frame = Some((progressive, sampling));
+            }
+            0xDA => {
+                let (progressive, sampling) = frame?;
+                let in_scan = usize::from(*segment.first()?);
+                let multi_scan = progressive || in_scan < sampling.len();
+                return Some(FrameLayout { sampling, multi_scan });
+            }
+            _ => {}
+        }
+        at += 2 + len;
+    }
+}
+
+/// Pillow reads CMYK JPEGs as Adobe-inverted (`CMYK;I`) and converts to RGB with `cmyk2rgb`.
+fn inverted_cmyk_to_rgb(px: [u8; 4]) -> [u8; 3] {
+    let [c, m, y, k] = px.map(|v| 255 - v);
+    let nk = 255 - i32::from(k);
+    let channel = |v: u8| {
+        let tmp = i32::from(v) * nk + 128;
+        let muldiv255 = ((tmp >> 8) + tmp) >> 8;
+        (nk - muldiv255).clamp(0, 255) as u8
+    };
+    [channel(c), channel(m), channel(y)]
+}

@@ -1,0 +1,232 @@
+//! Image bytes -> top-1 ImageNet label: decode, preprocess as the model's manifest says, run the
+//! ONNX model in batches, softmax, argmax.
+
+pub mod decode;
+pub mod manifest;
+pub mod preprocess;
+pub mod resize;
+pub mod runtime;
+
+use std::path::Path;
+
+use anyhow::{anyhow, ensure, Context};
+use ndarray::{Array2, Array3, Array4, ArrayView4, Axis, Ix2};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::TensorRef;
+
+pub use decode::{ImageError, ImageLimits, RgbImage};
+pub use imgrec_domain::config::InferenceSettings;
+pub use manifest::Manifest;
+pub use preprocess::Preprocessor;
+
+/// The top-1 class of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub probability: f32,
+}
+
+/// Why one image got no label.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("inference failed: {0:#}")]
+    Inference(anyhow::Error),
+}
+
+pub struct Classifier {
+    session: Session,
+    preprocessor: Preprocessor,
+    labels: Vec<String>,
+    input_name: String,
+    output_name: String,
+}
+
+impl Classifier {
+    /// Loads the model once; the session is then reused for every batch.
+    pub fn load(settings: &InferenceSettings, limits: ImageLimits) -> anyhow::Result<Self> {
+        let dir = &settings.model_dir;
+        let manifest = Manifest::load(dir)?;
+        let labels = load_labels(&dir.join(&manifest.labels))?;
+        ensure!(settings.threads >= 1, "inference threads must be at least 1");
+        let env = runtime::environment(settings.onnxruntime_lib.as_deref())?;
+        let model = dir.join("model.onnx");
+        let configure = |e: ort::Error<_>| anyhow!("cannot configure ONNX Runtime session: {e}");
+        let session = Session::builder(env)
+            .map_err(|e| anyhow!("cannot create ONNX Runtime session: {e}"))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(configure)?
+            .with_intra_threads(settings.threads)
+            .map_err(configure)?
+            .with_inter_threads(1)
+            .map_err(configure)?
+            // Spinning threads steal the core other workers need.
+            .with_intra_op_spinning(false)
+            .map_err(configure)?
+            .commit_from_file(&model)
+            .map_err(|e| anyhow!("cannot load {}: {e}", model.display()))?;
+        let (input_name, output_name) = (manifest.input.name.clone(), manifest.output.name.clone());
+        ensure!(
+            session.inputs().iter().any(|i| i.name() == input_name),
+            "{} has no input named {input_name:?}",
+            model.display()
+        );
+        ensure!(
+            session.outputs().iter().any(|o| o.name() == output_name),
+            "{} has no output named {output_name:?}",
+            model.display()
+        );
+        Ok(Self {
+            session,
+            preprocessor: Preprocessor::new(manifest, limits),
+            labels,
+            input_name,
+            output_name,
+        })
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Runs one batch `[N, 3, H, W]` and returns the logits `[N, classes]`.
+    pub fn logits(&mut self, batch: ArrayView4<'_, f32>) -> anyhow::Result<Array2<f32>> {
+        let input = TensorRef::from_array_view(batch).map_err(|e| anyhow!("bad input tensor: {e}"))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(|e| anyhow!("model run failed: {e}"))?;
+        let output = outputs
+            .get(&self.output_name)
+            .with_context(|| format!("model produced no {:?}", self.output_name))?;
+        let logits = output
+            .try_extract_array::<f32>()
+            .map_err(|e| anyhow!("unexpected model output: {e}"))?;
+        let logits = logits
+            .to_owned()
+            .into_dimensionality::<Ix2>()
+            .context("logits are not [N, classes]")?;
+        ensure!(
+            logits.nrows() == batch.dim().0,
+            "model returned {} rows for {} images",
+            logits.nrows(),
+            batch.dim().0
+        );
+        ensure!(
+            logits.ncols() == self.labels.len(),
+            "model has {} classes, labels.json {}",
+            logits.ncols(),
+            self.labels.len()
+        );
+        Ok(logits)
+    }
+
+    /// Predicts each tensor, batching runs of tensors of the same shape into one model run.
+    pub fn predict(&mut self, tensors: &[Array3<f32>]) -> anyhow::Result<Vec<Prediction>> {
+        let mut predictions = Vec::with_capacity(tensors.len());
+        for group in tensors.chunk_by(|a, b| a.dim() == b.dim()) {
+            let (c, h, w) = group[0].dim();
+            let mut batch = Array4::zeros((group.len(), c, h, w));
+            for (mut slot, tensor) in batch.axis_iter_mut(Axis(0)).zip(group) {
+                slot.assign(tensor);
+            }
+            let logits = self.logits(batch.view())?;
+            predictions.extend(
+                logits
+                    .rows()
+                    .into_iter()
+                    .map(|row| self.top1(row.as_slice().unwrap_or(&row.to_vec()))),
+            );
+        }
+        Ok(predictions)
+    }
+
+    /// Classifies uploads in model runs of at most `max_pixels` input pixels each (an image
+    /// larger than that runs alone), so that a batch of large photos on a native-size model
+    /// holds a bounded number of tensors at once.
+    pub fn classify_within(&mut self, images: &[&[u8]], max_pixels: usize) -> Vec<Result<Prediction, ClassifyError>> {
+        let limits = *self.preprocessor.limits();
+        // A header that does not parse costs nothing here: `prepare` reports it.
+        let costs: Vec<usize> = images
+            .iter()
+            .map(|bytes| decode::probe(bytes, &limits).map_or(0, |(_, w, h)| self.preprocessor.input_pixels(w, h)))
+            .collect();
+        let mut results = Vec::with_capacity(images.len());
+        let mut start = 0;
+        while start < images.len() {
+            let mut end = start + 1;
+            let mut pixels = costs[start];
+            while end < images.len() && pixels + costs[end] <= max_pixels {
+                pixels += costs[end];
+                end += 1;
+            }
+            results.extend(self.classify(&images[start..end]));
+            start = end;
+        }
+        results
+    }
+
+    /// Classifies a batch of uploads in one model run per input shape; a bad image fails alone,
+    /// the others still get labels.
+    pub fn classify(&mut self, images: &[&[u8]]) -> Vec<Result<Prediction, ClassifyError>> {
+        let prepared: Vec<Result<Array3<f32>, ImageError>> =
+            images.iter().map(|bytes| self.preprocessor.prepare(bytes)).collect();
+        let tensors: Vec<Array3<f32>> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let mut predicted = match self.predict(&tensors) {
+            Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => {
+                let message = format!("{e:#}");
+                tensors
+                    .iter()
+                    .map(|_| Err(ClassifyError::Inference(anyhow!(message.clone()))))
+                    .collect()
+            }
+        }
+        .into_iter();
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => predicted.next().expect("one prediction per prepared image"),
+                Err(e) => Err(ClassifyError::Image(e)),
+            })
+            .collect()
+    }
+
+    fn top1(&self, logits: &[f32]) -> Prediction {
+        let (index, max) = argmax(logits);
+        let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+        Prediction {
+            index,
+            label: self.labels[index].clone(),
+            probability: 1.0 / sum,
+        }
+    }
+}
+
+/// Index and value of the largest element; the first one on ties, as numpy's argmax.
+pub fn argmax(values: &[f32]) -> (usize, f32) {
+    values.iter().copied().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |best, (i, v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        },
+    )
+}
+
+fn load_labels(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let labels: Vec<String> =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of names", path.display()))?;
+    ensure!(!labels.is_empty(), "{} has no labels", path.display());
+    Ok(labels)
+}

@@ -1,0 +1,214 @@
+//! Decoding: Pillow's pixels on good files, a clear error and no panic on bad ones.
+
+use imgrec_classifier::decode::{decode_rgb, inspect, probe, verify, Format};
+use imgrec_classifier::{ImageError, ImageLimits};
+
+const JPEG: &[u8] = include_bytes!("fixtures/small.jpg");
+const JPEG_PIXELS: &[u8] = include_bytes!("fixtures/small.jpg.rgb");
+const PNG: &[u8] = include_bytes!("fixtures/small.png");
+const PNG_PIXELS: &[u8] = include_bytes!("fixtures/small.png.rgb");
+
+fn limits() -> ImageLimits {
+    ImageLimits::default()
+}
+
+#[test]
+fn decodes_to_pillows_pixels() {
+    for (bytes, pixels) in [(JPEG, JPEG_PIXELS), (PNG, PNG_PIXELS)] {
+        let image = decode_rgb(bytes, &limits()).unwrap();
+        assert_eq!((image.width, image.height), (16, 12));
+        assert_eq!(image.pixels, pixels);
+    }
+    assert_eq!(probe(JPEG, &limits()).unwrap(), (Format::Jpeg, 16, 12));
+    assert_eq!(probe(PNG, &limits()).unwrap(), (Format::Png, 16, 12));
+}
+
+#[test]
+fn non_images_are_named() {
+    assert_eq!(decode_rgb(b"", &limits()), Err(ImageError::Empty));
+    assert_eq!(
+        decode_rgb(b"hello world", &limits()),
+        Err(ImageError::UnsupportedFormat("not an image"))
+    );
+    assert_eq!(
+        decode_rgb(b"GIF89a....", &limits()),
+        Err(ImageError::UnsupportedFormat("GIF"))
+    );
+    assert_eq!(
+        decode_rgb(b"RIFF\0\0\0\0WEBPVP8 ", &limits()),
+        Err(ImageError::UnsupportedFormat("WebP"))
+    );
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    // Cut anywhere before the last image data: JPEG's 2-byte EOI and PNG's 12-byte IEND chunk
+    // carry no pixels.
+    for (bytes, trailer) in [(JPEG, 2), (PNG, 12)] {
+        for cut in 1..bytes.len() - trailer {
+            let result = decode_rgb(&bytes[..cut], &limits());
+            assert!(result.is_err(), "accepted a file cut at {cut} of {}", bytes.len());
+        }
+    }
+    assert_eq!(
+        decode_rgb(&JPEG[..JPEG.len() / 2], &limits()),
+        Err(ImageError::Truncated)
+    );
+}
+
+/// Rewrites the frame size in the JPEG's SOF0 segment.
+fn jpeg_with_size(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = JPEG.to_vec();
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG");
+    bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    bytes
+}
+
+/// Rewrites the PNG's IHDR size, with a valid CRC so that only the size is wrong.
+fn png_with_size(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = PNG.to_vec();
+    bytes[16..20].copy_from_slice(&width.to_be_bytes());
+    bytes[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32fast::hash(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn huge_dimensions_are_refused_from_the_header() {
+    for bytes in [jpeg_with_size(20000, 20000), png_with_size(20000, 20000)] {
+        let err = decode_rgb(&bytes, &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    width: 20000,
+                    height: 20000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(matches!(probe(&bytes, &limits()), Err(ImageError::TooLarge { .. })));
+    }
+    let tight = ImageLimits {
+        max_side: 8,
+        max_pixels: 1000,
+    };
+    assert!(matches!(decode_rgb(JPEG, &tight), Err(ImageError::TooLarge { .. })));
+}
+
+#[test]
+fn zero_dimensions_are_errors() {
+    assert!(decode_rgb(&jpeg_with_size(0, 12), &limits()).is_err());
+    assert!(decode_rgb(&png_with_size(16, 0), &limits()).is_err());
+}
+
+/// xorshift: deterministic, no dependency.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
+/// `original` with 1 to 4 random bytes overwritten.
+fn mutate(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let mut bytes = original.to_vec();
+    for _ in 0..1 + next() % 4 {
+        let i = (next() as usize) % bytes.len();
+        bytes[i] = next() as u8;
+    }
+    bytes
+}
+
+#[test]
+fn mutated_files_never_panic() {
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
+    let (mut ok, mut failed) = (0, 0);
+    for original in [JPEG, PNG] {
+        for _ in 0..3000 {
+            match decode_rgb(&mutate(original, &mut next), &limits()) {
+                Ok(image) => {
+                    assert_eq!(image.pixels.len(), image.width * image.height * 3);
+                    ok += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    assert!(
+        ok > 0 && failed > 0,
+        "mutations should produce both outcomes ({ok} ok, {failed} errors)"
+    );
+}
+
+/// `verify` (row by row, JPEG at 1/8 scale) accepts exactly what `decode_rgb` accepts: on the
+/// fixtures, every truncation and thousands of mutations.
+#[test]
+fn verify_reports_what_decode_reports() {
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
+    for original in [
+        JPEG,
+        PNG,
+        &encode_jpeg(64, 48, true)[..],
+        &encode_jpeg(64, 48, false)[..],
+    ] {
+        let mut cases: Vec<Vec<u8>> = (1..original.len()).map(|cut| original[..cut].to_vec()).collect();
+        cases.extend((0..2000).map(|_| mutate(original, &mut next)));
+        cases.push(original.to_vec());
+        for bytes in cases {
+            let decoded = decode_rgb(&bytes, &limits());
+            let verified = verify(&bytes, &limits());
+            assert_eq!(
+                verified.is_ok(),
+                decoded.is_ok(),
+                "verify {verified:?} but decode {:?}",
+                decoded.map(|i| (i.width, i.height))
+            );
+            if let (Ok(p), Ok(image)) = (verified, decoded) {
+                assert_eq!((p.width, p.height), (image.width, image.height));
+            }
+        }
+    }
+}
+
+/// A gradient JPEG from libjpeg-turbo's encoder, progressive or baseline.
+fn encode_jpeg(width: usize, height: usize, progressive: bool) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i % 251) as u8).collect();
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    c.set_size(width, height);
+    c.set_quality(85.0);
+    if progressive {
+        c.set_progressive_mode();
+    } else {
+        c.set_fastest_defaults();
+    }
+    let mut started = c.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(&pixels).unwrap();
+    let bytes = started.finish().unwrap();
+    let sof = if progressive { [0xFF, 0xC2] } else { [0xFF, 0xC0] };
+    assert!(bytes.windows(2).any(|w| w == sof), "not the JPEG kind asked for");
+    bytes
+}
+
+/// Checking a progressive JPEG holds every DCT coefficient (libjpeg buffers the whole image for
+/// its several scans): it is charged for them; a baseline one needs a few rows.
+#[test]
+fn progressive_jpegs_are_charged_for_their_coefficient_buffers() {
+    let (w, h) = (640, 480);
+    let progressive = inspect(&encode_jpeg(w, h, true), &limits()).unwrap();
+    let baseline = inspect(&encode_jpeg(w, h, false), &limits()).unwrap();
+    // 4:2:0: 80 x 60 luma blocks and 40 x 30 per chroma plane, 128 bytes each.
+    assert!(
+        progressive.verify_bytes >= (80 * 60 + 2 * 40 * 30) * 128,
+        "{progressive:?}"
+    );
+    assert!(baseline.verify_bytes < progressive.verify_bytes, "{baseline:?}");
+    assert!(baseline.verify_bytes < 2 << 20, "{baseline:?}");
+    let png = inspect(PNG, &limits()).unwrap();
+    assert!(png.verify_bytes < 2 << 20, "{png:?}");
+}

@@ -1,0 +1,177 @@
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::file_names::{key_of, relative_path, LONG_DIR};
+use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
+
+/// Buckets as folders: `<root>/s3/<bucket>/<file name of key>`, where an ordinary key is its own
+/// file name (`test_0`) and any other maps to a safe one (see `file_names`). Writes are atomic
+/// (temp file, fsync, rename), and every version stays reachable under
+/// `<root>/versions/<bucket>/<id>` (a hard link, no copy) so that a later upload of the same name
+/// cannot change what an earlier request classifies. A failed put leaves no file behind.
+#[derive(Debug, Clone)]
+pub struct FsObjectStore {
+    root: PathBuf,
+}
+
+fn check_bucket(bucket: &str) -> StoreResult<()> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !bucket.starts_with('.');
+    if !ok {
+        return Err(StoreError::Invalid(format!("invalid bucket name {bucket:?}")));
+    }
+    Ok(())
+}
+
+fn check_version(version: &str) -> StoreResult<()> {
+    let ok =
+        !version.is_empty() && version.len() <= 64 && version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(StoreError::Invalid(format!("invalid object version {version:?}")));
+    }
+    Ok(())
+}
+
+impl FsObjectStore {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self { root: data_dir.into() }
+    }
+
+    /// Removes temp files older than `age`: what a process killed in the middle of a put left.
+    /// Younger ones may belong to a put in progress in another process.
+    pub fn sweep_temp_files(&self, age: std::time::Duration) -> anyhow::Result<usize> {
+        let dir = self.root.join("tmp");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.root.join("s3").join(bucket)
+    }
+
+    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> StoreResult<StoredObject> {
+        check_bucket(bucket)?;
+        let target = self.bucket_dir(bucket).join(relative_path(key));
+        let versions = self.root.join("versions").join(bucket);
+        let tmp_dir = self.root.join("tmp");
+        let parent = target.parent().expect("a key's path has a parent");
+        for dir in [parent, &versions, &tmp_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        // Dropped on any error before `persist`, which deletes the temp file.
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
+        tmp.write_all(bytes).context("cannot write a temp file")?;
+        tmp.as_file().sync_all().context("cannot sync a temp file")?;
+        let version = uuid::Uuid::new_v4().simple().to_string();
+        let version_path = versions.join(&version);
+        std::fs::hard_link(tmp.path(), &version_path).context("cannot record the object version")?;
+        if let Err(e) = tmp.persist(&target) {
+            let _ = std::fs::remove_file(&version_path);
+            return Err(anyhow::Error::from(e.error)
+                .context(format!("cannot write {}", target.display()))
+                .into());
+        }
+        sync_dir(parent)?;
+        Ok(StoredObject { version: Some(version) })
+    }
+
+    fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
+        check_bucket(bucket)?;
+        let path = match version {
+            Some(v) => {
+                check_version(v)?;
+                self.root.join("versions").join(bucket).join(v)
+            }
+            None => self.bucket_dir(bucket).join(relative_path(key)),
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot read {}", path.display()))
+                .into()),
+        }
+    }
+
+    fn list_blocking(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
+        check_bucket(bucket)?;
+        let base = self.bucket_dir(bucket);
+        let mut keys = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("cannot list {}", dir.display()))
+                        .into())
+                }
+            };
+            for entry in entries {
+                let entry = entry.context("cannot list a bucket")?;
+                let path = entry.path();
+                let in_long_tree = path.strip_prefix(&base).is_ok_and(|p| p.starts_with(LONG_DIR));
+                if entry.file_type().context("cannot list a bucket")?.is_dir() {
+                    // Only the long-name tree has folders; others are left by older layouts.
+                    if in_long_tree || path.file_name().is_some_and(|n| n == LONG_DIR) {
+                        stack.push(path);
+                    }
+                } else if let Some(key) = path.strip_prefix(&base).ok().and_then(key_of) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f).await.context("storage task failed")?
+}
+
+#[async_trait]
+impl ObjectStore for FsObjectStore {
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
+        blocking(move || this.put_blocking(&bucket, &key, &bytes)).await
+    }
+
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
+        let (this, bucket, key, version) = (self.clone(), bucket.to_owned(), key.clone(), version.map(str::to_owned));
+        blocking(move || this.get_blocking(&bucket, &key, version.as_deref())).await
+    }
+
+    async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
+        let (this, bucket) = (self.clone(), bucket.to_owned());
+        blocking(move || this.list_blocking(&bucket)).await
+    }
+}

@@ -1,0 +1,493 @@
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+
+use imgrec_domain::messages::now_ms;
+use imgrec_domain::ports::fleet::{instance_number, plan};
+use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
+
+/// How long a worker asked to stop (SIGTERM) gets before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start one app-tier worker; the scaler adds `--name app-instanceK`.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    /// A worker's data segment at most (RLIMIT_DATA: heap and private mappings), the local form of
+    /// systemd's `MemoryMax`: past it an allocation fails and the worker dies, its requests retried.
+    pub memory_max_bytes: Option<u64>,
+}
+
+struct WorkerProcess {
+    child: Child,
+    launched_at: SystemTime,
+    retiring: bool,
+    /// Set when the worker missed its heartbeats and was sent SIGTERM: SIGKILL after this.
+    kill_at: Option<Instant>,
+}
+
+/// One row of the shared `instances` table.
+struct Row {
+    state: String,
+    busy: bool,
+    updated_at_ms: u64,
+    pid: Option<u32>,
+    owner: Option<String>,
+}
+
+/// App-tier instances as child processes of this one. Workers report readiness and busyness in
+/// the shared database (`SqliteInstanceStatus`); a worker that exits without being retired is
+/// logged as crashed and dropped, so the scaler starts a replacement on its next tick.
+///
+/// Several web tiers share one database, and whichever holds the scaler's lease acts on the
+/// fleet. Workers started by another web tier are listed too: as they report while that web tier
+/// is alive, and as stopping once it is gone (they got SIGTERM when it died; they are killed if
+/// they linger). So they count against the cap and keep their names until they have exited.
+pub struct ProcessFleet {
+    command: WorkerCommand,
+    /// The web tier this fleet belongs to (`web-instanceK`), recorded on the workers it starts.
+    owner: String,
+    workers: Mutex<HashMap<String, WorkerProcess>>,
+    /// Workers of a gone web tier, by name: when this fleet first saw them orphaned.
+    orphans: Mutex<HashMap<String, Instant>>,
+    db: Arc<Mutex<Connection>>,
+    heartbeat_timeout: Duration,
+}
+
+/// A claimed name's row gets its pid within this long (the spawn in between).
+const LAUNCH_RECORD_MS: u64 = 5_000;
+
+/// How long a worker that missed its heartbeats gets between SIGTERM and SIGKILL.
+const UNHEALTHY_GRACE: Duration = Duration::from_secs(2);
+
+impl ProcessFleet {
+    pub fn new(command: WorkerCommand, db: &Path, heartbeat_timeout: Duration, owner: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            command,
+            owner: owner.to_owned(),
+            workers: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
+            db: Arc::new(Mutex::new(super::db::open(db)?)),
+            heartbeat_timeout,
+        })
+    }
+
+    /// SIGTERM to a worker silent for longer than the heartbeat timeout (stopped, hung, stuck
+    /// starting), SIGKILL once its grace has passed: it exits, is dropped, and the scaler
+    /// replaces it. Its requests come back when their visibility lapses, no longer extended.
+    fn stop_silent(&self, name: &str, w: &mut WorkerProcess, last_beat_ms: u64, now_ms: u64) {
+        if let Some(kill_at) = w.kill_at {
+            if Instant::now() >= kill_at {
+                tracing::warn!(
+                    instance = name,
+                    "app-tier instance still alive after SIGTERM; killing it"
+                );
+                Self::signal(w, libc::SIGKILL);
+                w.kill_at = Some(Instant::now() + UNHEALTHY_GRACE);
+            }
+            return;
+        }
+        let silent = Duration::from_millis(now_ms.saturating_sub(last_beat_ms));
+        if silent > self.heartbeat_timeout {
+            tracing::warn!(
+                instance = name,
+                silent_ms = silent.as_millis() as u64,
+                "app-tier instance missed its heartbeats; stopping it"
+            );
+            w.retiring = true;
+            w.kill_at = Some(Instant::now() + UNHEALTHY_GRACE);
+            Self::signal(w, libc::SIGTERM);
+        }
+    }
+
+    fn rows(&self) -> anyhow::Result<HashMap<String, Row>> {
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn.prepare_cached("SELECT name, state, busy, updated_at_ms, pid, owner FROM instances")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Row {
+                    state: r.get(1)?,
+                    busy: r.get(2)?,
+                    updated_at_ms: r.get::<_, i64>(3)? as u64,
+                    pid: r.get(4)?,
+                    owner: r.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Drops a gone instance's status and gives back at once the requests it still held (a
+    /// worker that stopped cleanly holds none), before its name can be reused.
+    fn forget(&self, name: &str) {
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = conn.execute("DELETE FROM instances WHERE name = ?1", params![name]) {
+            tracing::warn!(instance = name, error = %e, "cannot clear instance status");
+        }
+        match super::release_held_by(&conn, name) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                instance = name,
+                requests = n,
+                "released the requests a gone instance held"
+            ),
+            Err(e) => tracing::warn!(instance = name, error = %e, "cannot release a gone instance's requests"),
+        }
+    }
+
+    fn signal(worker: &WorkerProcess, signal: libc::c_int) {
+        let pid = worker.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on a child we have not reaped yet, so the pid cannot have been reused.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Another web tier's worker, seen through its row: as it reports while that web tier is
+    /// alive, as stopping (and made to stop) once it is gone; `None` once the process is gone.
+    fn foreign(&self, name: &str, row: &Row) -> Option<Instance> {
+        // Another fleet's launch time is not recorded: the row's last update stands in for it.
+        let launched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(row.updated_at_ms);
+        if row.pid.is_none() && now_ms().saturating_sub(row.updated_at_ms) < LAUNCH_RECORD_MS {
+            // Claimed by another fleet that is starting it this moment.
+            return Some(Instance {
+                name: name.to_owned(),
+                state: InstanceState::Pending,
+                launched_at,
+                busy: false,
+            });
+        }
+        let pid = row.pid.filter(|&pid| is_worker(pid, name));
+        let Some(pid) = pid else {
+            self.orphans.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+            self.forget(name);
+            return None;
+        };
+        let owner_alive = row.owner.as_deref().is_some_and(|owner| {
+            owner != self.owner && {
+                let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+                super::lease::is_held(&conn, owner).unwrap_or(true)
+            }
+        });
+        if owner_alive {
+            let state = match row.state.as_str() {
+                "running" => InstanceState::Running,
+                "stopping" => InstanceState::Stopping,
+                _ => InstanceState::Pending,
+            };
+            return Some(Instance {
+                name: name.to_owned(),
+                state,
+                launched_at,
+                busy: row.busy,
+            });
+        }
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *orphans.entry(name.to_owned()).or_insert_with(|| {
+            tracing::info!(instance = name, pid, "stopping a worker whose web tier is gone");
+            kill_pid(pid, libc::SIGTERM);
+            Instant::now()
+        });
+        if since.elapsed() > STOP_GRACE {
+            tracing::warn!(instance = name, pid, "orphaned worker did not stop; killing it");
+            kill_pid(pid, libc::SIGKILL);
+        }
+        Some(Instance {
+            name: name.to_owned(),
+            state: InstanceState::Stopping,
+            launched_at,
+            busy: row.busy,
+        })
+    }
+
+    /// Starts `app-tier run --name {name}`.
+    pub async fn launch(&self, name: &str) -> anyhow::Result<()> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.contains_key(name) {
+            bail!("instance {name} already exists");
+        }
+        let mut cmd = Command::new(&self.command.program);
+        cmd.args(&self.command.args)
+            .arg("--name")
+            .arg(name)
+            .envs(self.command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        let memory_max = self.command.memory_max_bytes;
+        // SAFETY: prctl, setpgid and setrlimit are async-signal-safe. A worker gets SIGTERM when
+        // the process that started it dies, so none outlives the stack even after a SIGKILL of the
+        // parent. Its own process group keeps a terminal's Ctrl-C to the web tier, which drains
+        // the waiting requests (workers still answering them) before it stops the workers.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(bytes) = memory_max {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        // The name is claimed in the shared table first: another web tier's scaler acting at the
+        // same moment (a lease just taken over) cannot start a second worker of that name.
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let claimed = db.execute(
+            "INSERT INTO instances (name, state, busy, updated_at_ms, pid, owner)
+             VALUES (?1, 'pending', 0, ?2, NULL, ?3)
+             ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3
+             WHERE instances.owner = ?3 OR instances.owner IS NULL",
+            params![name, now_ms() as i64, self.owner],
+        )?;
+        if claimed == 0 {
+            bail!("instance {name} belongs to another web tier");
+        }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                db.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+                return Err(e).with_context(|| format!("cannot start {}", self.command.program.display()));
+            }
+        };
+        tracing::info!(instance = name, pid = child.id(), "launched app-tier instance");
+        if let Err(e) = db.execute(
+            "UPDATE instances SET pid = ?2 WHERE name = ?1 AND pid IS NULL",
+            params![name, child.id()],
+        ) {
+            tracing::warn!(instance = name, error = %e, "cannot record the instance's pid");
+        }
+        drop(db);
+        workers.insert(
+            name.to_owned(),
+            WorkerProcess {
+                child,
+                launched_at: SystemTime::now(),
+                retiring: false,
+                kill_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Asks `name` to finish what it holds and stop (SIGTERM).
+    pub async fn retire(&self, name: &str) -> anyhow::Result<()> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let worker = workers.get_mut(name).with_context(|| format!("no instance {name}"))?;
+        if !worker.retiring {
+            worker.retiring = true;
+            Self::signal(worker, libc::SIGTERM);
+            tracing::info!(instance = name, "retiring app-tier instance");
+        }
+        Ok(())
+    }
+}
+
+/// Whether `pid` is still the worker `name` (and not a process that reused its pid).
+fn is_worker(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"--name" && w[1] == name.as_bytes())
+}
+
+fn kill_pid(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; `is_worker` checked the pid just before.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+#[async_trait]
+impl Fleet for ProcessFleet {
+    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let rows = self.rows()?;
+        let mut gone = Vec::new();
+        let mut instances = Vec::new();
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers.retain(|name, w| match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !w.retiring {
+                        tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly; it will be replaced");
+                    } else {
+                        tracing::info!(instance = %name, %status, "app-tier instance stopped");
+                    }
+                    gone.push(name.clone());
+                    false
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "cannot poll app-tier instance");
+                    true
+                }
+            });
+            let launched_ms = |w: &WorkerProcess| {
+                w.launched_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            };
+            let now = now_ms();
+            for (name, w) in workers.iter_mut() {
+                let report = rows.get(name).filter(|r| r.updated_at_ms >= launched_ms(w));
+                let last_beat = report.map_or(launched_ms(w), |r| r.updated_at_ms);
+                self.stop_silent(name, w, last_beat, now);
+                let (state, busy) = match (w.retiring, report) {
+                    (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.busy)),
+                    (false, Some(r)) if r.state == "running" => (InstanceState::Running, r.busy),
+                    (false, _) => (InstanceState::Pending, false),
+                };
+                instances.push(Instance {
+                    name: name.clone(),
+                    state,
+                    launched_at: w.launched_at,
+                    busy,
+                });
+            }
+        }
+        for name in gone {
+            self.forget(&name);
+        }
+        let own: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+        for (name, row) in &rows {
+            if !own.contains(name) {
+                instances.extend(self.foreign(name, row));
+            }
+        }
+        instances.sort_by_key(|i| instance_number(&i.name));
+        Ok(instances)
+    }
+
+    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize> {
+        let resize = plan(desired, max, &self.instances().await?);
+        for name in &resize.launch {
+            self.launch(name).await?;
+        }
+        for name in &resize.retire {
+            if self.retire(name).await.is_err() {
+                // Another web tier's, still listed as serving: its own fleet stops it.
+                tracing::debug!(instance = %name, "not this web tier's instance to retire");
+            }
+        }
+        Ok(resize)
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        // A worker finishes its batch in well under a second; a stopped or stuck one is killed.
+        let deadline = Instant::now() + STOP_GRACE;
+        {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            for w in workers.values_mut() {
+                w.retiring = true;
+                Self::signal(w, libc::SIGTERM);
+            }
+        }
+        loop {
+            let remaining = {
+                let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+                workers.retain(|_, w| !matches!(w.child.try_wait(), Ok(Some(_))));
+                if Instant::now() >= deadline {
+                    for w in workers.values_mut() {
+                        tracing::warn!(pid = w.child.id(), "app-tier instance did not stop in time; killing it");
+                        let _ = w.child.kill();
+                        let _ = w.child.wait();
+                    }
+                    workers.clear();
+                }
+                workers.len()
+            };
+            if remaining == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute("DELETE FROM instances WHERE owner = ?1", params![self.owner])?;
+        Ok(())
+    }
+}
+
+impl Drop for ProcessFleet {
+    fn drop(&mut self) {
+        let workers = self.workers.get_mut().unwrap_or_else(|p| p.into_inner());
+        for w in workers.values_mut() {
+            Self::signal(w, libc::SIGTERM);
+        }
+    }
+}
+
+/// A worker's side of the local fleet: it reports its state in the shared database.
+pub struct SqliteInstanceStatus {
+    name: String,
+    db: Arc<Mutex<Connection>>,
+}
+
+impl SqliteInstanceStatus {
+    pub fn open(db: &Path, name: &str) -> anyhow::Result<Self> {
+        let conn = super::db::open(db)?;
+        // Status and heartbeats need not survive a power loss: no fsync per beat.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Self {
+            name: name.to_owned(),
+            db: Arc::new(Mutex::new(conn)),
+        })
+    }
+}
+
+impl SqliteInstanceStatus {
+    /// Runs `update` on the shared database off the async threads, with this instance's name.
+    async fn write(
+        &self,
+        update: impl FnOnce(&Connection, &str) -> rusqlite::Result<usize> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            update(&conn, &name)?;
+            Ok(())
+        })
+        .await
+        .context("status task failed")?
+    }
+}
+
+#[async_trait]
+impl InstanceStatus for SqliteInstanceStatus {
+    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+        let state = match state {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+        };
+        self.write(move |conn, name| {
+            conn.execute(
+                "INSERT INTO instances (name, state, busy, updated_at_ms, pid) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4, pid = ?5",
+                params![name, state, busy, now_ms() as i64, std::process::id()],
+            )
+        })
+        .await
+    }
+
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        self.write(|conn, name| {
+            conn.execute(
+                "UPDATE instances SET updated_at_ms = ?2 WHERE name = ?1",
+                params![name, now_ms() as i64],
+            )
+        })
+        .await
+    }
+}

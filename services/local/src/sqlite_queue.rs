@@ -1,0 +1,279 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use imgrec_domain::messages::now_ms;
+use imgrec_domain::ports::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
+
+/// Where messages go after too many receives (SQS's redrive policy).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub max_receives: u32,
+}
+
+/// One named queue in the shared SQLite database. Every process opens its own connection; WAL
+/// lets receivers poll while another process writes.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    conn: Arc<Mutex<Connection>>,
+    name: String,
+    dead_letter: Option<DeadLetter>,
+    poll_interval: Duration,
+    /// The app-tier instance receiving through this handle, recorded on what it receives.
+    receiver: Option<String>,
+}
+
+impl SqliteQueue {
+    pub fn open(db: &Path, name: &str, dead_letter: Option<DeadLetter>) -> anyhow::Result<Self> {
+        let conn = super::db::open(db)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            name: name.to_owned(),
+            dead_letter,
+            poll_interval: Duration::from_millis(20),
+            receiver: None,
+        })
+    }
+
+    /// Records `instance` as the holder of every message received through this handle, so that
+    /// the local fleet can give them back at once when the instance dies (`release_held_by`).
+    pub fn received_by(mut self, instance: &str) -> Self {
+        self.receiver = Some(instance.to_owned());
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Another queue of the same database over this handle's connection.
+    pub fn named(&self, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            dead_letter: None,
+            receiver: None,
+            ..self.clone()
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Self) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn, &this)
+        })
+        .await
+        .context("queue task failed")?
+        .with_context(|| format!("queue {}", self.name))
+    }
+
+    fn try_receive(&self, conn: &mut Connection, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
+        let now = now_ms() as i64;
+        // A cheap read first: polling receivers then take no write lock while the queue is empty.
+        let ready: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2)",
+            params![self.name, now],
+            |r| r.get(0),
+        )?;
+        if !ready {
+            return Ok(Vec::new());
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(dl) = &self.dead_letter {
+            tx.execute(
+                "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL, visible_at_ms = ?2
+                 WHERE queue = ?3 AND visible_at_ms <= ?2 AND receive_count >= ?4",
+                params![dl.queue, now, self.name, dl.max_receives],
+            )?;
+        }
+        let rows: Vec<(i64, Vec<u8>, u32)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, body, receive_count FROM messages
+                 WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![self.name, now, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let hidden_until = now + visibility.as_millis() as i64;
+        let mut received = Vec::with_capacity(rows.len());
+        for (id, body, count) in rows {
+            let receipt = format!("{id}.{}", uuid::Uuid::new_v4().simple());
+            tx.execute(
+                "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2, receiver = ?4
+                 WHERE id = ?3",
+                params![hidden_until, receipt, id, self.receiver],
+            )?;
+            received.push(Received {
+                receipt: Receipt(receipt),
+                body,
+                receive_count: count + 1,
+            });
+        }
+        tx.commit()?;
+        Ok(received)
+    }
+}
+
+/// Makes every message that `instance` holds visible again now (their receive counts stay):
+/// called by the local fleet when that instance is gone, instead of waiting for the visibility
+/// timeout. Returns how many were released.
+pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<usize> {
+    let now = now_ms() as i64;
+    conn.execute(
+        "UPDATE messages SET visible_at_ms = ?2, receiver = NULL WHERE receiver = ?1 AND visible_at_ms > ?2",
+        params![instance, now],
+    )
+}
+
+fn message_id(receipt: &Receipt) -> anyhow::Result<i64> {
+    receipt
+        .0
+        .split_once('.')
+        .and_then(|(id, _)| id.parse().ok())
+        .with_context(|| format!("malformed receipt {:?}", receipt.0))
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn send(&self, body: &[u8]) -> anyhow::Result<()> {
+        self.send_batch(&[body.to_vec()]).await
+    }
+
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+        let bodies = bodies.to_vec();
+        self.blocking(move |conn, q| {
+            let now = now_ms() as i64;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES (?1, ?2, ?3, ?3)",
+                )?;
+                for body in &bodies {
+                    insert.execute(params![q.name, body, now])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let got = self
+                .blocking(move |conn, q| q.try_receive(conn, max, visibility))
+                .await?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(
+                self.poll_interval
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+
+    async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()> {
+        self.delete_batch(std::slice::from_ref(receipt)).await
+    }
+
+    async fn delete_batch(&self, receipts: &[Receipt]) -> anyhow::Result<()> {
+        let receipts: Vec<(i64, String)> = receipts
+            .iter()
+            .map(|r| Ok((message_id(r)?, r.0.clone())))
+            .collect::<anyhow::Result<_>>()?;
+        self.blocking(move |conn, q| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                // A stale receipt (the message was received again since) deletes nothing, as on SQS.
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND queue = ?3")?;
+                for (id, receipt) in &receipts {
+                    delete.execute(params![id, receipt, q.name])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()> {
+        let id = message_id(receipt)?;
+        let receipt = receipt.0.clone();
+        self.blocking(move |conn, q| {
+            let now = now_ms() as i64;
+            let changed = conn.execute(
+                "UPDATE messages SET visible_at_ms = ?1
+                 WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
+                params![now + visibility.as_millis() as i64, id, receipt, q.name, now],
+            )?;
+            if changed == 0 {
+                bail!("receipt {receipt} is no longer valid (deleted, expired or received again)");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn depth(&self) -> anyhow::Result<QueueDepth> {
+        self.blocking(|conn, q| {
+            let now = now_ms() as i64;
+            let (visible, in_flight): (Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT SUM(visible_at_ms <= ?2), SUM(visible_at_ms > ?2) FROM messages WHERE queue = ?1",
+                    params![q.name, now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((None, None));
+            Ok(QueueDepth {
+                visible: visible.unwrap_or(0) as u64,
+                in_flight: in_flight.unwrap_or(0) as u64,
+            })
+        })
+        .await
+    }
+}
+
+/// The web tiers' response queues in the shared database (a queue there is just a name).
+pub struct SqliteResponseQueues {
+    base: SqliteQueue,
+    opened: Mutex<HashMap<String, Arc<dyn WorkQueue>>>,
+}
+
+impl SqliteResponseQueues {
+    pub fn open(db: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: SqliteQueue::open(db, "", None)?,
+            opened: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl ResponseQueues for SqliteResponseQueues {
+    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(opened
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(self.base.named(name)))
+            .clone())
+    }
+}

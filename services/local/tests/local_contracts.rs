@@ -1,0 +1,310 @@
+//! The local adapters against the port contracts (`imgrec_testkit`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgrec_domain::ports::{Fleet, InstanceState, ObjectKey, ObjectStore};
+use imgrec_local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteQueue, WorkerCommand};
+use imgrec_testkit::{self as contract, Delivery, QueuePair};
+
+fn queue(dir: &Path, name: &str) -> SqliteQueue {
+    SqliteQueue::open(&dir.join("queue.sqlite3"), name, None).unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_queue_send_receive_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::queue_send_receive_delete(queue(dir.path(), "requests")).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::queue_redelivery(queue(dir.path(), "requests")).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let dl = DeadLetter {
+        queue: "requests-dlq".into(),
+        max_receives: 2,
+    };
+    let pair = QueuePair {
+        main: SqliteQueue::open(&db, "requests", Some(dl)).unwrap(),
+        dead_letter: SqliteQueue::open(&db, "requests-dlq", None).unwrap(),
+        max_receives: 2,
+    };
+    contract::queue_dead_letter(pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_queue_concurrent_receivers_in_separate_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    // Clones share a connection; separate opens behave like separate processes.
+    let sender = queue(dir.path(), "requests");
+    contract::queue_concurrent_receivers(sender.clone(), Delivery::ExactlyOnce).await;
+    let other = queue(dir.path(), "requests");
+    contract::queue_long_poll(other).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_ignores_stale_receipts() {
+    use imgrec_domain::ports::WorkQueue;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), "requests");
+    q.send(b"x").await.unwrap();
+    let first = q
+        .receive(1, Duration::from_millis(200), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = q
+        .receive(1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    q.delete(&first.receipt).await.unwrap();
+    assert_eq!(
+        q.depth().await.unwrap().total(),
+        1,
+        "a stale receipt deleted the message"
+    );
+    assert!(q.change_visibility(&first.receipt, Duration::ZERO).await.is_err());
+    q.delete(&second.receipt).await.unwrap();
+    assert_eq!(q.depth().await.unwrap().total(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_queues_are_separate_and_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    queue(dir.path(), "a").send(b"kept").await.unwrap();
+    let reopened = queue(dir.path(), "a");
+    use imgrec_domain::ports::WorkQueue;
+    assert_eq!(queue(dir.path(), "b").depth().await.unwrap().total(), 0);
+    let got = reopened
+        .receive(10, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"kept");
+}
+
+#[tokio::test]
+async fn fs_object_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::object_store_contract(FsObjectStore::new(dir.path()), "input-bucket").await;
+    assert!(dir.path().join("s3/input-bucket/test_0.JPEG").is_file());
+    assert!(dir.path().join("s3/input-bucket/dir%2Ftest_1.png").is_file());
+    // Nothing left behind: no temp file, one version per put.
+    assert_eq!(files_in(&dir.path().join("tmp")), 0);
+    assert_eq!(files_in(&dir.path().join("versions/input-bucket")), 9);
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn fs_object_store_sweeps_old_temp_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (old, fresh) = (tmp.join("old"), tmp.join("fresh"));
+    std::fs::write(&old, b"x").unwrap();
+    std::fs::write(&fresh, b"x").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let store = FsObjectStore::new(dir.path());
+    assert_eq!(store.sweep_temp_files(Duration::from_secs(600)).unwrap(), 1);
+    assert!(!old.exists() && fresh.exists());
+}
+
+#[tokio::test]
+async fn fs_object_store_failed_puts_leave_nothing_and_are_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsObjectStore::new(dir.path());
+    let key = ObjectKey::new("target.jpg").unwrap();
+    // A folder where the object's file should go: the rename fails after the version was linked.
+    std::fs::create_dir_all(dir.path().join("s3/input-bucket/target.jpg/x")).unwrap();
+    let err = store
+        .put("input-bucket", &key, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(files_in(&dir.path().join("tmp")), 0);
+    assert_eq!(files_in(&dir.path().join("versions/input-bucket")), 0);
+}
+
+#[test]
+fn object_keys_are_validated() {
+    contract::object_keys_are_validated();
+}
+
+#[tokio::test]
+async fn fs_object_store_refuses_bad_bucket_names_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsObjectStore::new(dir.path());
+    let key = ObjectKey::new("a.jpg").unwrap();
+    for bucket in ["..", "../x", "a/b", "UP", ""] {
+        let err = store
+            .put(bucket, &key, bytes::Bytes::from_static(b"x"))
+            .await
+            .expect_err(bucket);
+        assert!(!err.is_transient(), "bucket {bucket:?}: {err}");
+    }
+    let err = store
+        .get("input-bucket", &key, Some("../../etc/passwd"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.retain(|n| n != "tmp");
+    assert!(left.is_empty(), "wrote outside: {left:?}");
+}
+
+#[tokio::test]
+async fn process_fleet_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
+        env: vec![],
+        memory_max_bytes: None,
+    };
+    // `sleep` sends no heartbeats: a timeout far beyond the test.
+    let fleet: Arc<dyn Fleet> = Arc::new(
+        ProcessFleet::new(
+            command,
+            &dir.path().join("queue.sqlite3"),
+            Duration::from_secs(3600),
+            "web-instance1",
+        )
+        .unwrap(),
+    );
+    contract::fleet_contract(fleet, Duration::from_secs(10), true).await;
+}
+
+#[tokio::test]
+async fn process_fleet_notices_a_crashed_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "exit 3".into(), "w".into()],
+        env: vec![],
+        memory_max_bytes: None,
+    };
+    let fleet = ProcessFleet::new(
+        command,
+        &dir.path().join("queue.sqlite3"),
+        Duration::from_secs(3600),
+        "web-instance1",
+    )
+    .unwrap();
+    fleet.launch("app-instance1").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !fleet.instances().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "crashed instance still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The name is free again for its replacement.
+    fleet.launch("app-instance1").await.unwrap();
+    fleet.shutdown().await.unwrap();
+}
+
+/// A worker that stops heartbeating (here: one that stops itself, as SIGSTOP does, and one that
+/// never beats) is sent SIGTERM, then SIGKILL, and dropped so that the scaler replaces it.
+#[tokio::test]
+async fn process_fleet_kills_instances_that_miss_their_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    for script in ["kill -STOP $$", "exec sleep 60"] {
+        let command = WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "w".into()],
+            env: vec![],
+            memory_max_bytes: None,
+        };
+        let fleet = ProcessFleet::new(
+            command,
+            &dir.path().join("queue.sqlite3"),
+            Duration::from_millis(500),
+            "web-instance1",
+        )
+        .unwrap();
+        fleet.launch("app-instance1").await.unwrap();
+        let start = std::time::Instant::now();
+        let mut seen_stopping = false;
+        loop {
+            let instances = fleet.instances().await.unwrap();
+            if instances.is_empty() {
+                break;
+            }
+            seen_stopping |= instances[0].state == InstanceState::Stopping;
+            assert!(
+                start.elapsed() < Duration::from_secs(6),
+                "{script}: silent instance still alive"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen_stopping, "{script}: never shown as stopping");
+        assert!(
+            start.elapsed() >= Duration::from_millis(500),
+            "{script}: stopped before its timeout"
+        );
+    }
+}
+
+/// The local fleet gives back a dead instance's requests at once: the ones it received are marked
+/// as held by it, and `release_held_by` makes them visible again with their receive counts.
+#[tokio::test]
+async fn sqlite_queue_releases_what_a_gone_receiver_held() {
+    use imgrec_domain::ports::WorkQueue;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let worker = SqliteQueue::open(&db, "requests", None)
+        .unwrap()
+        .received_by("app-instance1");
+    let other = SqliteQueue::open(&db, "requests", None)
+        .unwrap()
+        .received_by("app-instance2");
+    worker
+        .send_batch(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .await
+        .unwrap();
+    let long = Duration::from_secs(600);
+    let held = worker.receive(2, long, Duration::ZERO).await.unwrap();
+    let kept = other.receive(1, long, Duration::ZERO).await.unwrap();
+    assert_eq!((held.len(), kept.len()), (2, 1));
+    assert!(other.receive(10, long, Duration::ZERO).await.unwrap().is_empty());
+
+    let conn = imgrec_local::open_db(&db).unwrap();
+    assert_eq!(imgrec_local::release_held_by(&conn, "app-instance1").unwrap(), 2);
+    let again = other.receive(10, long, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 2, "only the gone instance's requests come back");
+    assert!(again.iter().all(|m| m.receive_count == 2));
+    // Nothing of app-instance2's, and nothing twice.
+    assert_eq!(imgrec_local::release_held_by(&conn, "app-instance1").unwrap(), 0);
+    // An old receipt no longer deletes what was given back and received again.
+    worker.delete(&held[0].receipt).await.unwrap();
+    assert_eq!(worker.depth().await.unwrap().total(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lease_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let a = imgrec_local::SqliteLease::open(&db, "scaler", "a").unwrap();
+    let b = imgrec_local::SqliteLease::open(&db, "scaler", "b").unwrap();
+    contract::lease_contract(Arc::new(a), Arc::new(b)).await;
+}

@@ -1,0 +1,199 @@
+//! Wiring: builds the adapters that back the ports from the configuration. The tiers only see
+//! the traits.
+
+// The AWS adapters' wiring, or, in a build without them, the same functions refusing clearly.
+#[cfg_attr(not(feature = "aws"), path = "without_aws.rs")]
+mod aws;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use imgrec_domain::config::{Backend, Settings};
+use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue};
+use imgrec_local::{
+    DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
+    WorkerCommand,
+};
+
+/// The storage and queues every tier uses.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn ObjectStore>,
+    pub requests: Arc<dyn WorkQueue>,
+    /// Each web tier's own response queue, by name.
+    pub response_queues: Arc<dyn ResponseQueues>,
+    pub dead_letter: Arc<dyn WorkQueue>,
+}
+
+impl Ports {
+    /// Connects, checking that every bucket and queue exists and is accessible.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        Self::connect_as(settings, None).await
+    }
+
+    /// Connects as the app-tier instance `instance`: locally, requests it receives are marked as
+    /// held by it, so that the fleet gives them back at once if it dies.
+    pub async fn connect_as(settings: &Settings, instance: Option<&str>) -> anyhow::Result<Self> {
+        let q = &settings.queues;
+        match settings.backend {
+            Backend::Local => {
+                let db = settings.queue_db();
+                let dead_letter = DeadLetter {
+                    queue: q.dead_letter.clone(),
+                    max_receives: q.max_receives,
+                };
+                Ok(Self {
+                    store: Arc::new(local_store(settings)),
+                    requests: Arc::new({
+                        let requests = SqliteQueue::open(&db, &q.requests, Some(dead_letter))?;
+                        match instance {
+                            Some(name) => requests.received_by(name),
+                            None => requests,
+                        }
+                    }),
+                    response_queues: Arc::new(SqliteResponseQueues::open(&db)?),
+                    dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
+                })
+            }
+            Backend::Aws => aws::ports(settings).await,
+        }
+    }
+}
+
+/// The folder store, rid of temp files that a process killed mid-write left (younger ones may be
+/// another process's writes in progress).
+fn local_store(settings: &Settings) -> FsObjectStore {
+    let store = FsObjectStore::new(&settings.data_dir);
+    match store.sweep_temp_files(std::time::Duration::from_secs(600)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed temp files left by interrupted writes"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep temp files"),
+    }
+    store
+}
+
+/// The app-tier fleet the scaler of `host` (a web tier's name, or `scaler`) drives. Locally,
+/// workers are `worker_program run --name ...`.
+pub async fn fleet(settings: &Settings, worker_program: PathBuf, host: &str) -> anyhow::Result<Arc<dyn Fleet>> {
+    match settings.fleet.backend {
+        Backend::Local => {
+            let command = WorkerCommand {
+                program: worker_program,
+                args: vec!["run".into()],
+                env: Vec::new(),
+                memory_max_bytes: Some(settings.fleet.worker_memory_max_bytes).filter(|&b| b > 0),
+            };
+            Ok(Arc::new(ProcessFleet::new(
+                command,
+                &settings.queue_db(),
+                settings.fleet.heartbeat_timeout(),
+                host,
+            )?))
+        }
+        Backend::Aws => aws::fleet(settings).await,
+    }
+}
+
+/// What the scaler of `host` must hold to act, as several may run: locally every web tier hosts
+/// one (a lease in the shared database); on AWS every web instance runs one (a lease object in the
+/// input bucket, written with conditional puts).
+pub async fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Arc<dyn Lease>> {
+    let holder = format!(
+        "{host} (pid {}, {})",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    match settings.fleet.backend {
+        Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), "scaler", &holder)?)),
+        Backend::Aws => aws::scaler_lease(settings, &holder).await,
+    }
+}
+
+/// A web tier's name (`web-instanceK`), held while this lives: locally a lease in the shared
+/// database, renewed in the background, so that web tiers on one data folder get distinct names
+/// and a new one can reuse a gone one's name.
+pub struct WebTierName {
+    pub name: String,
+    /// Locally: the renewing task, and the database and holder to give the name back with.
+    keeper: Option<(tokio::task::JoinHandle<()>, PathBuf, String)>,
+}
+
+impl Drop for WebTierName {
+    fn drop(&mut self) {
+        if let Some((keeper, db, holder)) = self.keeper.take() {
+            keeper.abort();
+            // A web tier started next may take the name at once (a stopped one's answers that
+            // arrive later are simply dropped by the new holder).
+            let released = imgrec_local::open_db(&db)
+                .and_then(|conn| Ok(imgrec_local::lease::release(&conn, &self.name, &holder)?));
+            if let Err(e) = released {
+                tracing::warn!(error = %format!("{e:#}"), "cannot give this web tier's name back");
+            }
+        }
+    }
+}
+
+const WEB_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
+    let configured = settings.web.name.clone().filter(|n| !n.is_empty());
+    if settings.backend == Backend::Aws {
+        return Ok(WebTierName {
+            name: configured.unwrap_or_else(|| "web-instance1".into()),
+            keeper: None,
+        });
+    }
+    let db = settings.queue_db();
+    let holder = format!("pid {} {}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let mut conn = imgrec_local::open_db(&db)?;
+    let name = match configured {
+        Some(name) => {
+            anyhow::ensure!(
+                imgrec_local::lease::try_hold(&conn, &name, &holder, WEB_NAME_TTL)?,
+                "a web tier named {name} is already running on {}",
+                settings.data_dir.display()
+            );
+            name
+        }
+        None => imgrec_local::lease::claim_lowest(&mut conn, "web-instance", &holder, WEB_NAME_TTL)?,
+    };
+    let lease = SqliteLease::open(&db, &name, &holder)?;
+    let keeper_holder = holder.clone();
+    let keeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WEB_NAME_TTL / 5);
+        loop {
+            tick.tick().await;
+            match lease.hold(WEB_NAME_TTL).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(holder = lease.holder(), "another web tier took this web tier's name"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew this web tier's name"),
+            }
+        }
+    });
+    Ok(WebTierName {
+        name,
+        keeper: Some((keeper, db, keeper_holder)),
+    })
+}
+
+/// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`
+/// and `/metrics` show them).
+pub async fn metrics_sink(settings: &Settings) -> Option<Arc<dyn MetricsSink>> {
+    match settings.fleet.backend {
+        Backend::Local => None,
+        Backend::Aws => aws::metrics_sink(settings).await,
+    }
+}
+
+/// How the app-tier instance `name` reports its state to the fleet.
+pub async fn instance_status(settings: &Settings, name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
+    match settings.fleet.backend {
+        Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.queue_db(), name)?)),
+        Backend::Aws => aws::instance_status(settings, name).await,
+    }
+}
+
+/// AWS SDK calls this process made, by operation (empty in a build without AWS support).
+pub fn aws_calls() -> std::collections::BTreeMap<&'static str, u64> {
+    aws::calls()
+}
