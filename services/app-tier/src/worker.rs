@@ -15,7 +15,7 @@ use futures::future::join_all;
 use imgrec_classifier::{Classifier, ClassifyError, Prediction};
 use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_domain::ports::{InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
+use imgrec_domain::ports::{ApiCalls, InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
 use imgrec_runtime::backend::{self, Ports};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -77,15 +77,19 @@ struct Worker {
     progress: Progress,
 }
 
+/// The longest wait between two tries of a failing receive (well under the stall timeout).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Takes requests from the queue until `shutdown` turns true, then finishes what it holds.
 pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let status = backend::instance_status(&settings, &name).await?;
+    let calls = ApiCalls::default();
+    let status = backend::instance_status(&settings, &name, &calls).await?;
     status.report(InstanceState::Pending, false).await?;
     let app = settings.app_tier.clone();
     let progress = Progress::new(app.stall_timeout());
     // Beats until the end of this function: stopping (the last batch answered) is progress too.
     let heartbeats = tokio::spawn(heartbeat(status.clone(), progress.clone(), app.heartbeat()));
-    let ports = Ports::connect_as(&settings, Some(&name)).await?;
+    let ports = Ports::connect_as(&settings, Some(&name), calls).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
     let worker = Arc::new(Worker {
@@ -112,10 +116,17 @@ pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<b
                 backoff = Duration::from_millis(100);
                 m
             }
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot receive requests; retrying");
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "cannot receive requests; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(e) => {
+                // The queue is gone or forbidden: only an operator can fix that. Say so loudly and
+                // slowly, and stay alive so that the worker resumes by itself once it is fixed.
+                error!(error = %e, "cannot receive requests, and retrying will not help; next try in {}s", MAX_BACKOFF.as_secs());
+                tokio::time::sleep(MAX_BACKOFF).await;
                 continue;
             }
         };
@@ -169,7 +180,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<b
     }
     heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
-    let calls = imgrec_runtime::backend::aws_calls();
+    let calls = worker.ports.calls.snapshot();
     info!(aws_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
 }

@@ -2,14 +2,13 @@
 //! AWS-compatible endpoint, the way Terraform does on AWS. Used by the tests and by
 //! `make run-aws-emulated`; never against real AWS (Terraform owns those resources).
 
-use anyhow::{anyhow, ensure, Context};
-use aws_config::SdkConfig;
+use anyhow::{ensure, Context};
 use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
 use aws_sdk_ec2::types::RequestLaunchTemplateData;
 use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use super::describe;
+use crate::Aws;
 
 pub struct Resources<'a> {
     pub buckets: &'a [&'a str],
@@ -23,28 +22,27 @@ pub struct Resources<'a> {
     pub group: Option<(&'a str, usize)>,
 }
 
-pub async fn create(sdk: &SdkConfig, r: &Resources<'_>) -> anyhow::Result<()> {
+pub async fn create(aws: &Aws, r: &Resources<'_>) -> anyhow::Result<()> {
+    let sdk = &aws.sdk;
     ensure!(
         sdk.endpoint_url().is_some(),
         "bootstrap only creates resources on an emulated endpoint (aws.endpoint_url)"
     );
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
     for bucket in r.buckets {
-        s3.create_bucket()
-            .bucket(*bucket)
-            .send()
+        aws.call("CreateBucket", s3.create_bucket().bucket(*bucket).send())
             .await
-            .map_err(|e| anyhow!("CreateBucket {bucket}: {}", describe(&e)))?;
-        s3.put_bucket_versioning()
+            .map_err(|e| e.on(bucket))?;
+        let versioning = VersioningConfiguration::builder()
+            .status(BucketVersioningStatus::Enabled)
+            .build();
+        let request = s3
+            .put_bucket_versioning()
             .bucket(*bucket)
-            .versioning_configuration(
-                VersioningConfiguration::builder()
-                    .status(BucketVersioningStatus::Enabled)
-                    .build(),
-            )
-            .send()
+            .versioning_configuration(versioning);
+        aws.call("PutBucketVersioning", request.send())
             .await
-            .map_err(|e| anyhow!("PutBucketVersioning {bucket}: {}", describe(&e)))?;
+            .map_err(|e| e.on(bucket))?;
     }
 
     let sqs = aws_sdk_sqs::Client::new(sdk);
@@ -58,58 +56,51 @@ pub async fn create(sdk: &SdkConfig, r: &Resources<'_>) -> anyhow::Result<()> {
         if let Some(policy) = redrive {
             req = req.attributes(QueueAttributeName::RedrivePolicy, policy);
         }
-        req.send()
+        aws.call("CreateQueue", req.send())
     };
     let dlq = create_queue(r.dead_letter_queue, None)
         .await
-        .map_err(|e| anyhow!("CreateQueue {}: {}", r.dead_letter_queue, describe(&e)))?;
+        .map_err(|e| e.on(r.dead_letter_queue))?;
     let dlq_url = dlq.queue_url().context("no dead-letter queue URL")?;
-    let arn = sqs
+    let request = sqs
         .get_queue_attributes()
         .queue_url(dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| anyhow!("GetQueueAttributes: {}", describe(&e)))?
+        .attribute_names(QueueAttributeName::QueueArn);
+    let arn = aws
+        .call("GetQueueAttributes", request.send())
+        .await?
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .context("no dead-letter queue ARN")?;
     let redrive = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": r.max_receives.to_string() });
     create_queue(r.requests_queue, Some(redrive.to_string()))
         .await
-        .map_err(|e| anyhow!("CreateQueue {}: {}", r.requests_queue, describe(&e)))?;
+        .map_err(|e| e.on(r.requests_queue))?;
     for name in r.other_queues {
-        create_queue(name, None)
-            .await
-            .map_err(|e| anyhow!("CreateQueue {name}: {}", describe(&e)))?;
+        create_queue(name, None).await.map_err(|e| e.on(name))?;
     }
 
     if let Some((group, max_size)) = r.group {
         let ec2 = aws_sdk_ec2::Client::new(sdk);
-        let image = ec2
-            .describe_images()
-            .owners("amazon")
-            .send()
-            .await
-            .map_err(|e| anyhow!("DescribeImages: {}", describe(&e)))?
+        let image = aws
+            .call("DescribeImages", ec2.describe_images().owners("amazon").send())
+            .await?
             .images()
             .iter()
             .find_map(|i| i.image_id().map(str::to_owned))
             .context("the endpoint offers no machine image")?;
         let template = format!("{group}-template");
-        ec2.create_launch_template()
+        let data = RequestLaunchTemplateData::builder()
+            .image_id(image)
+            .instance_type("t3.micro".into())
+            .build();
+        let request = ec2
+            .create_launch_template()
             .launch_template_name(&template)
-            .launch_template_data(
-                RequestLaunchTemplateData::builder()
-                    .image_id(image)
-                    .instance_type("t3.micro".into())
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| anyhow!("CreateLaunchTemplate: {}", describe(&e)))?;
+            .launch_template_data(data);
+        aws.call("CreateLaunchTemplate", request.send()).await?;
         let autoscaling = aws_sdk_autoscaling::Client::new(sdk);
-        autoscaling
+        let request = autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(group)
             .launch_template(
@@ -121,10 +112,10 @@ pub async fn create(sdk: &SdkConfig, r: &Resources<'_>) -> anyhow::Result<()> {
             .min_size(0)
             .max_size(max_size as i32)
             .desired_capacity(0)
-            .availability_zones(format!("{}a", sdk.region().map_or("us-east-1", |r| r.as_ref())))
-            .send()
+            .availability_zones(format!("{}a", sdk.region().map_or("us-east-1", |r| r.as_ref())));
+        aws.call("CreateAutoScalingGroup", request.send())
             .await
-            .map_err(|e| anyhow!("CreateAutoScalingGroup {group}: {}", describe(&e)))?;
+            .map_err(|e| e.on(group))?;
     }
     Ok(())
 }

@@ -2,16 +2,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_config::SdkConfig;
 use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_ec2::types::{Filter, Tag};
 use tracing::warn;
 
-use super::describe;
+use crate::Aws;
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan};
-use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
+use imgrec_domain::ports::{Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, Resize};
 
 /// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
 /// `Name` tags `app-instanceK` as they appear (the names `plan` chose for them, freed numbers
@@ -26,6 +25,7 @@ use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resiz
 /// Terminating instances are still alive: they count against the cap and keep their names, so
 /// the group is never asked for more than `max` instances in all.
 pub struct AsgFleet {
+    aws: Aws,
     autoscaling: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
     group: String,
@@ -35,8 +35,6 @@ pub struct AsgFleet {
     first_seen: Mutex<HashMap<String, SystemTime>>,
     /// The last cap the scaler gave (the group's MaxSize until then): no name goes above it.
     cap: Mutex<Option<usize>>,
-    /// SetDesiredCapacity calls this fleet made (one per decision at most).
-    capacity_calls: std::sync::atomic::AtomicU64,
 }
 
 struct Group {
@@ -48,33 +46,30 @@ struct Group {
 
 impl AsgFleet {
     /// A clear startup error when the group does not exist or access is denied.
-    pub async fn open(sdk: &SdkConfig, group: &str) -> anyhow::Result<Self> {
+    pub async fn open(aws: &Aws, group: &str) -> FleetResult<Self> {
         let fleet = Self {
-            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
-            ec2: aws_sdk_ec2::Client::new(sdk),
+            aws: aws.clone(),
+            autoscaling: aws_sdk_autoscaling::Client::new(&aws.sdk),
+            ec2: aws_sdk_ec2::Client::new(&aws.sdk),
             group: group.to_owned(),
             pending_names: Mutex::new(VecDeque::new()),
             first_seen: Mutex::new(HashMap::new()),
             cap: Mutex::new(None),
-            capacity_calls: Default::default(),
         };
         fleet.group().await?;
         Ok(fleet)
     }
 
-    async fn group(&self) -> anyhow::Result<Group> {
-        super::count("DescribeAutoScalingGroups");
-        let out = self
+    async fn group(&self) -> FleetResult<Group> {
+        let request = self
             .autoscaling
             .describe_auto_scaling_groups()
-            .auto_scaling_group_names(&self.group)
-            .send()
-            .await
-            .map_err(|e| anyhow!("Auto Scaling DescribeAutoScalingGroups: {}", describe(&e)))?;
+            .auto_scaling_group_names(&self.group);
+        let out = self.aws.call("DescribeAutoScalingGroups", request.send()).await?;
         let g = out
             .auto_scaling_groups()
             .first()
-            .with_context(|| format!("Auto Scaling group {:?} does not exist", self.group))?;
+            .ok_or_else(|| FleetError::Permanent(anyhow!("Auto Scaling group {:?} does not exist", self.group)))?;
         let members = g
             .instances()
             .iter()
@@ -94,12 +89,11 @@ impl AsgFleet {
         })
     }
 
-    async fn names(&self, ids: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    async fn names(&self, ids: &[String]) -> FleetResult<HashMap<String, String>> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        super::count("DescribeTags");
-        let out = self
+        let request = self
             .ec2
             .describe_tags()
             .filters(
@@ -108,10 +102,8 @@ impl AsgFleet {
                     .set_values(Some(ids.to_vec()))
                     .build(),
             )
-            .filters(Filter::builder().name("key").values("Name").build())
-            .send()
-            .await
-            .map_err(|e| anyhow!("EC2 DescribeTags: {}", describe(&e)))?;
+            .filters(Filter::builder().name("key").values("Name").build());
+        let out = self.aws.call("DescribeTags", request.send()).await?;
         Ok(out
             .tags()
             .iter()
@@ -119,21 +111,22 @@ impl AsgFleet {
             .collect())
     }
 
-    async fn tag(&self, id: &str, name: &str) -> anyhow::Result<()> {
-        super::count("CreateTags");
-        self.ec2
+    async fn tag(&self, id: &str, name: &str) -> FleetResult<()> {
+        let request = self
+            .ec2
             .create_tags()
             .resources(id)
-            .tags(Tag::builder().key("Name").value(name).build())
-            .send()
+            .tags(Tag::builder().key("Name").value(name).build());
+        self.aws
+            .call("CreateTags", request.send())
             .await
-            .map_err(|e| anyhow!("EC2 CreateTags {id}: {}", describe(&e)))?;
+            .map_err(|e| e.on(id))?;
         Ok(())
     }
 
     /// The group's instances by name, newcomers named, plus the launches it has been asked for
     /// and not started yet (as pending, under the names chosen for them).
-    async fn list(&self, group: &Group) -> anyhow::Result<(Vec<Instance>, HashMap<String, String>)> {
+    async fn list(&self, group: &Group) -> FleetResult<(Vec<Instance>, HashMap<String, String>)> {
         let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
         let mut names = self.names(&ids).await?;
         let cap = self
@@ -193,22 +186,17 @@ impl AsgFleet {
         Ok((instances, names))
     }
 
-    /// SetDesiredCapacity calls made so far by this fleet.
-    pub fn capacity_calls(&self) -> u64 {
-        self.capacity_calls.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    async fn set_desired_capacity(&self, capacity: i32) -> anyhow::Result<()> {
-        super::count("SetDesiredCapacity");
-        self.capacity_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.autoscaling
+    async fn set_desired_capacity(&self, capacity: i32) -> FleetResult<()> {
+        let request = self
+            .autoscaling
             .set_desired_capacity()
             .auto_scaling_group_name(&self.group)
             .desired_capacity(capacity)
-            .honor_cooldown(false)
-            .send()
+            .honor_cooldown(false);
+        self.aws
+            .call("SetDesiredCapacity", request.send())
             .await
-            .map_err(|e| anyhow!("Auto Scaling SetDesiredCapacity {capacity}: {}", describe(&e)))?;
+            .map_err(|e| e.on(capacity))?;
         Ok(())
     }
 
@@ -231,12 +219,12 @@ fn state(lifecycle: &LifecycleState) -> Option<InstanceState> {
 
 #[async_trait]
 impl Fleet for AsgFleet {
-    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+    async fn instances(&self) -> FleetResult<Vec<Instance>> {
         let group = self.group().await?;
         Ok(self.list(&group).await?.0)
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
         let group = self.group().await?;
         // The group's MaxSize bounds us even where the API would accept more (moto does).
         let max = max.min(group.max_size.max(0) as usize);
@@ -258,40 +246,38 @@ impl Fleet for AsgFleet {
         }
         for name in started {
             let id = names.iter().find(|(_, n)| *n == name).map(|(id, _)| id);
-            let id = id.context("a started instance has an id")?;
-            super::count("TerminateInstanceInAutoScalingGroup");
-            self.autoscaling
+            let id = id.ok_or_else(|| FleetError::Transient(anyhow!("{name} has no instance id yet")))?;
+            let request = self
+                .autoscaling
                 .terminate_instance_in_auto_scaling_group()
                 .instance_id(id)
-                .should_decrement_desired_capacity(true)
-                .send()
+                .should_decrement_desired_capacity(true);
+            self.aws
+                .call("TerminateInstanceInAutoScalingGroup", request.send())
                 .await
-                .map_err(|e| {
-                    anyhow!(
-                        "Auto Scaling TerminateInstanceInAutoScalingGroup {id}: {}",
-                        describe(&e)
-                    )
-                })?;
+                .map_err(|e| e.on(id))?;
         }
         Ok(resize)
     }
 
-    async fn max_size(&self) -> anyhow::Result<Option<usize>> {
+    async fn max_size(&self) -> FleetResult<Option<usize>> {
         Ok(Some(self.group().await?.max_size.max(0) as usize))
     }
 }
 
 /// A worker on EC2 reports busy by setting scale-in protection on its own instance.
 pub struct AsgInstanceStatus {
+    aws: Aws,
     autoscaling: aws_sdk_autoscaling::Client,
     group: String,
     instance_id: String,
 }
 
 impl AsgInstanceStatus {
-    pub fn new(sdk: &SdkConfig, group: &str, instance_id: &str) -> Self {
+    pub fn new(aws: &Aws, group: &str, instance_id: &str) -> Self {
         Self {
-            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            aws: aws.clone(),
+            autoscaling: aws_sdk_autoscaling::Client::new(&aws.sdk),
             group: group.to_owned(),
             instance_id: instance_id.to_owned(),
         }
@@ -300,18 +286,16 @@ impl AsgInstanceStatus {
 
 #[async_trait]
 impl InstanceStatus for AsgInstanceStatus {
-    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+    async fn report(&self, state: InstanceState, busy: bool) -> FleetResult<()> {
         // Readiness is the group's lifecycle state; only busyness is ours to report.
         let protect = busy && state == InstanceState::Running;
-        super::count("SetInstanceProtection");
-        self.autoscaling
+        let request = self
+            .autoscaling
             .set_instance_protection()
             .auto_scaling_group_name(&self.group)
             .instance_ids(&self.instance_id)
-            .protected_from_scale_in(protect)
-            .send()
-            .await
-            .map_err(|e| anyhow!("Auto Scaling SetInstanceProtection: {}", describe(&e)))?;
+            .protected_from_scale_in(protect);
+        self.aws.call("SetInstanceProtection", request.send()).await?;
         Ok(())
     }
 }

@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_config::SdkConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::describe;
+use crate::{Aws, AwsError};
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::Lease;
 
@@ -28,6 +25,7 @@ struct Record {
 }
 
 pub struct S3Lease {
+    aws: Aws,
     client: Client,
     bucket: String,
     key: String,
@@ -37,14 +35,15 @@ pub struct S3Lease {
 }
 
 /// A conditional put that lost (412), or raced another (409): the lease is someone else's.
-fn lost<E: ProvideErrorMetadata>(e: &E) -> bool {
-    matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict"))
+fn lost(e: &AwsError) -> bool {
+    e.code_is("PreconditionFailed") || e.code_is("ConditionalRequestConflict")
 }
 
 impl S3Lease {
-    pub fn new(sdk: &SdkConfig, bucket: &str, name: &str, holder: &str) -> Self {
+    pub fn new(aws: &Aws, bucket: &str, name: &str, holder: &str) -> Self {
         Self {
-            client: super::s3::client(sdk),
+            aws: aws.clone(),
+            client: super::s3::client(&aws.sdk),
             bucket: bucket.to_owned(),
             key: format!("{PREFIX}{name}"),
             holder: holder.to_owned(),
@@ -54,18 +53,11 @@ impl S3Lease {
 
     /// The lease's record and ETag, `None` when it has never been taken.
     async fn read(&self) -> anyhow::Result<Option<(Record, String)>> {
-        super::count("GetObject");
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .send()
-            .await
-        {
+        let request = self.client.get_object().bucket(&self.bucket).key(&self.key);
+        let out = match self.aws.call("GetObject", request.send()).await {
             Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(anyhow!("S3 GetObject {}: {}", self.key, describe(&e))),
+            Err(e) if e.code_is("NoSuchKey") => return Ok(None),
+            Err(e) => return Err(e.on(&self.key).into()),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
         let body = out.body.collect().await?.into_bytes();
@@ -90,11 +82,10 @@ impl S3Lease {
             Some(etag) => put.if_match(etag),
             None => put.if_none_match("*"),
         };
-        super::count("PutObject");
-        match put.send().await {
+        match self.aws.call("PutObject", put.send()).await {
             Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_owned())),
-            Err(e) if e.as_service_error().is_some_and(lost) => Ok(None),
-            Err(e) => Err(anyhow!("S3 PutObject {}: {}", self.key, describe(&e))),
+            Err(e) if lost(&e) => Ok(None),
+            Err(e) => Err(e.on(&self.key).into()),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! a local AWS-compatible server (moto) for tests and `make run-aws-emulated`.
 
 pub mod bootstrap;
+mod call;
 mod fleet;
 mod lease;
 mod metrics;
@@ -15,6 +16,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+pub use call::{Aws, AwsError};
 pub use fleet::{AsgFleet, AsgInstanceStatus};
 pub use lease::S3Lease;
 pub use metrics::CloudWatchSink;
@@ -22,24 +24,7 @@ pub use s3::S3ObjectStore;
 pub use sqs::{SqsQueue, SqsResponseQueues};
 
 use imgrec_domain::config::AwsSettings;
-
-static CALLS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// Counts one SDK call of `operation` made by this process (shown on `/metrics` and logged by
-/// workers at exit), so that calls per classified image can be measured.
-pub(crate) fn count(operation: &'static str) {
-    *CALLS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(operation)
-        .or_default() += 1;
-}
-
-/// SDK calls made by this process so far, by operation.
-pub fn calls() -> std::collections::BTreeMap<&'static str, u64> {
-    CALLS.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
+use imgrec_domain::ports::ApiCalls;
 
 /// Shared SDK configuration: region, optional endpoint, retries with exponential backoff and
 /// jitter on throttling and transient errors (the SDK's standard mode), bounded operation time.
@@ -62,20 +47,9 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     loader.load().await
 }
 
-/// Turns an SDK error into one readable line (the SDK's Display says only "service error").
-pub(crate) fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
-where
-    E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(service) => {
-            format!(
-                "{}: {}",
-                service.code().unwrap_or("error"),
-                service.message().unwrap_or("no message")
-            )
-        }
-        None => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(e)),
+impl Aws {
+    /// The SDK configured from `settings`, counting calls into `calls`.
+    pub async fn connect(settings: &AwsSettings, calls: ApiCalls) -> Self {
+        Self::new(sdk_config(settings).await, calls)
     }
 }

@@ -1,22 +1,23 @@
-use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_config::SdkConfig;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
+use crate::Aws;
 use imgrec_domain::ports::{MetricsSink, ScalingMetrics};
 
 /// Publishes the scaler's view to CloudWatch, one PutMetricData call per tick, in one namespace
 /// with the group's name as the dimension (what the dashboard and alarms select on).
 pub struct CloudWatchSink {
+    aws: Aws,
     client: aws_sdk_cloudwatch::Client,
     namespace: String,
     group: String,
 }
 
 impl CloudWatchSink {
-    pub fn new(sdk: &SdkConfig, namespace: &str, group: &str) -> Self {
+    pub fn new(aws: &Aws, namespace: &str, group: &str) -> Self {
         Self {
-            client: aws_sdk_cloudwatch::Client::new(sdk),
+            aws: aws.clone(),
+            client: aws_sdk_cloudwatch::Client::new(&aws.sdk),
             namespace: namespace.to_owned(),
             group: group.to_owned(),
         }
@@ -38,17 +39,15 @@ impl MetricsSink for CloudWatchSink {
                 .unit(StandardUnit::Count)
                 .build()
         };
-        super::count("PutMetricData");
-        self.client
+        let request = self
+            .client
             .put_metric_data()
             .namespace(&self.namespace)
             .metric_data(datum("Backlog", m.backlog as f64))
             .metric_data(datum("BacklogPerInstance", m.backlog_per_instance))
             .metric_data(datum("DesiredCapacity", m.desired as f64))
-            .metric_data(datum("InServiceInstances", m.running as f64))
-            .send()
-            .await
-            .map_err(|e| anyhow!("CloudWatch PutMetricData: {}", super::describe(&e)))?;
+            .metric_data(datum("InServiceInstances", m.running as f64));
+        self.aws.call("PutMetricData", request.send()).await?;
         Ok(())
     }
 }

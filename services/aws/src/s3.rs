@@ -1,42 +1,18 @@
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use aws_sdk_s3::error::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-
-use super::describe;
-use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
-
-/// S3's answers that retrying the same call cannot change; anything else (throttling, 5xx, network,
-/// a missing bucket or denied access, which an operator fixes) is `Unavailable`.
-const INVALID_REQUEST_CODES: [&str; 5] = [
-    "InvalidArgument",
-    "InvalidRequest",
-    "KeyTooLongError",
-    "EntityTooLarge",
-    "InvalidObjectName",
-];
-
-fn store_error<E, R>(what: String, e: &SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
-{
-    let message = format!("{what}: {}", describe(e));
-    match e.as_service_error().and_then(|s| s.code()) {
-        Some(code) if INVALID_REQUEST_CODES.contains(&code) => StoreError::Invalid(message),
-        _ => StoreError::Unavailable(anyhow!(message)),
-    }
-}
+use crate::Aws;
+use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreResult, StoredObject};
 
 /// Buckets on S3. With versioning enabled on the bucket (Terraform does), `put` returns the
 /// version id, so a later upload of the same name cannot change what an earlier request reads.
 #[derive(Clone)]
 pub struct S3ObjectStore {
+    aws: Aws,
     client: Client,
 }
 
@@ -51,36 +27,33 @@ pub(crate) fn client(sdk: &SdkConfig) -> Client {
 }
 
 impl S3ObjectStore {
-    pub fn new(sdk: &SdkConfig) -> Self {
-        Self { client: client(sdk) }
+    pub fn new(aws: &Aws) -> Self {
+        Self {
+            aws: aws.clone(),
+            client: client(&aws.sdk),
+        }
     }
 
     /// A clear startup error when a bucket does not exist or access is denied.
     pub async fn check_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        self.client
-            .head_bucket()
-            .bucket(bucket)
-            .send()
+        self.aws
+            .call("HeadBucket", self.client.head_bucket().bucket(bucket).send())
             .await
-            .map_err(|e| anyhow!("S3 bucket {bucket:?} is not usable: {}", describe(&e)))?;
+            .map_err(|e| e.on(format_args!("(S3 bucket {bucket:?} is not usable)")))?;
         Ok(())
     }
 
     /// A clear startup error when a bucket does not keep versions: each request names the version
     /// of its upload, so that two uploads with one file name each get their own label.
     pub async fn check_versioning(&self, bucket: &str) -> anyhow::Result<()> {
-        super::count("GetBucketVersioning");
-        let status = match self.client.get_bucket_versioning().bucket(bucket).send().await {
+        let request = self.client.get_bucket_versioning().bucket(bucket);
+        let status = match self.aws.call("GetBucketVersioning", request.send()).await {
             Ok(out) => out.status().map(|s| s.as_str().to_owned()),
             // moto answers with another root element than S3's, which the SDK cannot parse; the
             // status inside it is right.
-            Err(e) => match e
-                .raw_response()
-                .and_then(|r| r.body().bytes())
-                .and_then(versioning_status)
-            {
+            Err(e) => match e.body.as_deref().and_then(versioning_status) {
                 Some(status) => status,
-                None => return Err(anyhow!("S3 GetBucketVersioning {bucket}: {}", describe(&e))),
+                None => return Err(e.on(bucket).into()),
             },
         };
         anyhow::ensure!(
@@ -110,32 +83,30 @@ fn versioning_status(xml: &[u8]) -> Option<Option<String>> {
 #[async_trait]
 impl ObjectStore for S3ObjectStore {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
-        super::count("PutObject");
-        let out = self
+        let request = self
             .client
             .put_object()
             .bucket(bucket)
             .key(key.as_str())
-            .body(ByteStream::from(bytes))
-            .send()
+            .body(ByteStream::from(bytes));
+        let out = self
+            .aws
+            .call("PutObject", request.send())
             .await
-            .map_err(|e| store_error(format!("S3 PutObject {bucket}/{key}"), &e))?;
+            .map_err(|e| e.on(format_args!("{bucket}/{key}")))?;
         // "null" is what S3 reports for a bucket without versioning.
         let version = out.version_id().filter(|v| *v != "null").map(str::to_owned);
         Ok(StoredObject { version })
     }
 
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
-        super::count("GetObject");
-        let result = self
+        let request = self
             .client
             .get_object()
             .bucket(bucket)
             .key(key.as_str())
-            .set_version_id(version.map(str::to_owned))
-            .send()
-            .await;
-        match result {
+            .set_version_id(version.map(str::to_owned));
+        match self.aws.call("GetObject", request.send()).await {
             Ok(out) => {
                 let body = out
                     .body
@@ -144,8 +115,8 @@ impl ObjectStore for S3ObjectStore {
                     .with_context(|| format!("S3 GetObject {bucket}/{key}: body"))?;
                 Ok(Some(body.into_bytes()))
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(store_error(format!("S3 GetObject {bucket}/{key}"), &e)),
+            Err(e) if e.code_is("NoSuchKey") => Ok(None),
+            Err(e) => Err(e.on(format_args!("{bucket}/{key}")).into()),
         }
     }
 
@@ -153,8 +124,7 @@ impl ObjectStore for S3ObjectStore {
         let mut pages = self.client.list_objects_v2().bucket(bucket).into_paginator().send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
-            super::count("ListObjectsV2");
-            let page = page.map_err(|e| store_error(format!("S3 ListObjectsV2 {bucket}"), &e))?;
+            let page = self.aws.record("ListObjectsV2", page).map_err(|e| e.on(bucket))?;
             for object in page.contents() {
                 if let Some(key) = object.key().and_then(|k| ObjectKey::new(k).ok()) {
                     keys.push(key);

@@ -2,16 +2,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use async_trait::async_trait;
-use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 
-use super::describe;
-use imgrec_domain::ports::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
+use crate::Aws;
+use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};
 
 /// SQS's limit on messages per batch call.
 const BATCH: usize = 10;
@@ -22,8 +22,33 @@ const MAX_WAIT_S: u64 = 20;
 /// bootstrap for emulated runs); SQS counts receives and moves the message itself.
 #[derive(Clone)]
 pub struct SqsQueue {
+    aws: Aws,
     client: Client,
     url: String,
+}
+
+fn utf8(body: &[u8]) -> QueueResult<&str> {
+    std::str::from_utf8(body)
+        .context("SQS message bodies must be UTF-8")
+        .map_err(QueueError::Permanent)
+}
+
+/// A batch call succeeds as a whole while single entries may fail: SQS says whose fault each is.
+fn batch_failures(operation: &str, failed: &[BatchResultErrorEntry], of: usize) -> QueueResult<()> {
+    let Some(first) = failed.first() else {
+        return Ok(());
+    };
+    let e = anyhow!(
+        "SQS {operation}: {} of {of} failed, e.g. {}: {}",
+        failed.len(),
+        first.code(),
+        first.message().unwrap_or("no message")
+    );
+    Err(if failed.iter().all(|f| f.sender_fault()) {
+        QueueError::Permanent(e)
+    } else {
+        QueueError::Transient(e)
+    })
 }
 
 /// SQS counts visibility in whole seconds; round up so a message is never released early.
@@ -33,18 +58,20 @@ fn whole_seconds(d: Duration) -> i32 {
 
 impl SqsQueue {
     /// Resolves the queue by name: a clear startup error when it does not exist or access is denied.
-    pub async fn open(sdk: &SdkConfig, name: &str) -> anyhow::Result<Self> {
-        let client = Client::new(sdk);
-        let url = client
-            .get_queue_url()
-            .queue_name(name)
-            .send()
+    pub async fn open(aws: &Aws, name: &str) -> QueueResult<Self> {
+        let client = Client::new(&aws.sdk);
+        let url = aws
+            .call("GetQueueUrl", client.get_queue_url().queue_name(name).send())
             .await
-            .map_err(|e| anyhow!("SQS queue {name:?} is not usable: {}", describe(&e)))?
+            .map_err(|e| e.on(format_args!("(SQS queue {name:?} is not usable)")))?
             .queue_url()
-            .with_context(|| format!("SQS returned no URL for queue {name:?}"))?
-            .to_owned();
-        Ok(Self { client, url })
+            .map(str::to_owned)
+            .ok_or_else(|| QueueError::Permanent(anyhow!("SQS returned no URL for queue {name:?}")))?;
+        Ok(Self {
+            aws: aws.clone(),
+            client,
+            url,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -54,73 +81,56 @@ impl SqsQueue {
 
 #[async_trait]
 impl WorkQueue for SqsQueue {
-    async fn send(&self, body: &[u8]) -> anyhow::Result<()> {
-        let body = std::str::from_utf8(body).context("SQS message bodies must be UTF-8")?;
-        super::count("SendMessage");
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| anyhow!("SQS SendMessage: {}", describe(&e)))?;
+    async fn send(&self, body: &[u8]) -> QueueResult<()> {
+        let body = utf8(body)?;
+        let request = self.client.send_message().queue_url(&self.url).message_body(body);
+        self.aws.call("SendMessage", request.send()).await?;
         Ok(())
     }
 
-    async fn send_batch(&self, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
         for chunk in bodies.chunks(BATCH) {
             let entries = chunk
                 .iter()
                 .enumerate()
                 .map(|(i, body)| {
-                    let body = std::str::from_utf8(body).context("SQS message bodies must be UTF-8")?;
-                    Ok(SendMessageBatchRequestEntry::builder()
+                    SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(body)
-                        .build()?)
+                        .message_body(utf8(body)?)
+                        .build()
+                        .map_err(|e| QueueError::Permanent(e.into()))
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            super::count("SendMessageBatch");
-            let out = self
+                .collect::<QueueResult<Vec<_>>>()?;
+            let request = self
                 .client
                 .send_message_batch()
                 .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| anyhow!("SQS SendMessageBatch: {}", describe(&e)))?;
-            if let Some(failed) = out.failed().first() {
-                bail!(
-                    "SQS SendMessageBatch: {} of {} failed, e.g. {}",
-                    out.failed().len(),
-                    chunk.len(),
-                    failed.code()
-                );
-            }
+                .set_entries(Some(entries));
+            let out = self.aws.call("SendMessageBatch", request.send()).await?;
+            batch_failures("SendMessageBatch", out.failed(), chunk.len())?;
         }
         Ok(())
     }
 
-    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>> {
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>> {
         if max == 0 {
             return Ok(Vec::new());
         }
-        super::count("ReceiveMessage");
-        let out = self
+        let request = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max.min(BATCH) as i32)
             .visibility_timeout(whole_seconds(visibility))
             .wait_time_seconds(wait.as_secs_f64().ceil().min(MAX_WAIT_S as f64) as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .map_err(|e| anyhow!("SQS ReceiveMessage: {}", describe(&e)))?;
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+        let out = self.aws.call("ReceiveMessage", request.send()).await?;
         out.messages()
             .iter()
             .map(|m| {
-                let receipt = m.receipt_handle().context("SQS message without receipt handle")?;
+                let receipt = m
+                    .receipt_handle()
+                    .ok_or_else(|| QueueError::Transient(anyhow!("SQS message without receipt handle")))?;
                 let receive_count = m
                     .attributes()
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
@@ -135,19 +145,17 @@ impl WorkQueue for SqsQueue {
             .collect()
     }
 
-    async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()> {
-        super::count("DeleteMessage");
-        self.client
+    async fn delete(&self, receipt: &Receipt) -> QueueResult<()> {
+        let request = self
+            .client
             .delete_message()
             .queue_url(&self.url)
-            .receipt_handle(&receipt.0)
-            .send()
-            .await
-            .map_err(|e| anyhow!("SQS DeleteMessage: {}", describe(&e)))?;
+            .receipt_handle(&receipt.0);
+        self.aws.call("DeleteMessage", request.send()).await?;
         Ok(())
     }
 
-    async fn delete_batch(&self, receipts: &[Receipt]) -> anyhow::Result<()> {
+    async fn delete_batch(&self, receipts: &[Receipt]) -> QueueResult<()> {
         for chunk in receipts.chunks(BATCH) {
             let entries = chunk
                 .iter()
@@ -157,53 +165,39 @@ impl WorkQueue for SqsQueue {
                         .id(i.to_string())
                         .receipt_handle(&r.0)
                         .build()
+                        .map_err(|e| QueueError::Permanent(e.into()))
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            super::count("DeleteMessageBatch");
-            let out = self
+                .collect::<QueueResult<Vec<_>>>()?;
+            let request = self
                 .client
                 .delete_message_batch()
                 .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| anyhow!("SQS DeleteMessageBatch: {}", describe(&e)))?;
-            if let Some(failed) = out.failed().first() {
-                bail!(
-                    "SQS DeleteMessageBatch: {} of {} failed, e.g. {}",
-                    out.failed().len(),
-                    chunk.len(),
-                    failed.code()
-                );
-            }
+                .set_entries(Some(entries));
+            let out = self.aws.call("DeleteMessageBatch", request.send()).await?;
+            batch_failures("DeleteMessageBatch", out.failed(), chunk.len())?;
         }
         Ok(())
     }
 
-    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()> {
-        super::count("ChangeMessageVisibility");
-        self.client
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> QueueResult<()> {
+        let request = self
+            .client
             .change_message_visibility()
             .queue_url(&self.url)
             .receipt_handle(&receipt.0)
-            .visibility_timeout(whole_seconds(visibility))
-            .send()
-            .await
-            .map_err(|e| anyhow!("SQS ChangeMessageVisibility: {}", describe(&e)))?;
+            .visibility_timeout(whole_seconds(visibility));
+        self.aws.call("ChangeMessageVisibility", request.send()).await?;
         Ok(())
     }
 
-    async fn depth(&self) -> anyhow::Result<QueueDepth> {
-        super::count("GetQueueAttributes");
-        let out = self
+    async fn depth(&self) -> QueueResult<QueueDepth> {
+        let request = self
             .client
             .get_queue_attributes()
             .queue_url(&self.url)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .map_err(|e| anyhow!("SQS GetQueueAttributes: {}", describe(&e)))?;
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+        let out = self.aws.call("GetQueueAttributes", request.send()).await?;
         let attribute = |name: QueueAttributeName| {
             out.attributes()
                 .and_then(|a| a.get(&name))
@@ -219,14 +213,14 @@ impl WorkQueue for SqsQueue {
 
 /// The web tiers' response queues, resolved by name once (GetQueueUrl) and kept.
 pub struct SqsResponseQueues {
-    sdk: SdkConfig,
+    aws: Aws,
     opened: tokio::sync::Mutex<HashMap<String, Arc<dyn WorkQueue>>>,
 }
 
 impl SqsResponseQueues {
-    pub fn new(sdk: &SdkConfig) -> Self {
+    pub fn new(aws: &Aws) -> Self {
         Self {
-            sdk: sdk.clone(),
+            aws: aws.clone(),
             opened: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -234,12 +228,12 @@ impl SqsResponseQueues {
 
 #[async_trait]
 impl ResponseQueues for SqsResponseQueues {
-    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>> {
+    async fn open(&self, name: &str) -> QueueResult<Arc<dyn WorkQueue>> {
         let mut opened = self.opened.lock().await;
         if let Some(queue) = opened.get(name) {
             return Ok(queue.clone());
         }
-        let queue: Arc<dyn WorkQueue> = Arc::new(SqsQueue::open(&self.sdk, name).await?);
+        let queue: Arc<dyn WorkQueue> = Arc::new(SqsQueue::open(&self.aws, name).await?);
         opened.insert(name.to_owned(), queue.clone());
         Ok(queue)
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgrec_aws::bootstrap::{self, Resources};
-use imgrec_aws::{AsgFleet, S3ObjectStore, SqsQueue};
-use imgrec_domain::ports::{Fleet, ObjectKey, ObjectStore};
+use imgrec_aws::{AsgFleet, Aws, S3ObjectStore, SqsQueue};
+use imgrec_domain::ports::{ApiCalls, Fleet, FleetError, ObjectKey, ObjectStore, QueueError, WorkQueue};
 use imgrec_testkit::{self as contract, Delivery, Moto, QueuePair};
 
 fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Resources<'a> {
@@ -23,11 +23,11 @@ fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_object_store_contract() {
     let moto = Moto::start();
-    let sdk = moto.sdk().await;
-    bootstrap::create(&sdk, &resources(&["input-bucket"], None))
+    let aws = Aws::new(moto.sdk().await, ApiCalls::default());
+    bootstrap::create(&aws, &resources(&["input-bucket"], None))
         .await
         .unwrap();
-    let store = S3ObjectStore::new(&sdk);
+    let store = S3ObjectStore::new(&aws);
     store.check_bucket("input-bucket").await.unwrap();
     let err = store.check_bucket("no-such-bucket").await.unwrap_err();
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
@@ -37,7 +37,11 @@ async fn s3_object_store_contract() {
 
     // Same-name uploads rely on versions: a bucket without them is refused at startup.
     store.check_versioning("input-bucket").await.unwrap();
-    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws.sdk)
+            .force_path_style(true)
+            .build(),
+    );
     s3.create_bucket().bucket("plain-bucket").send().await.unwrap();
     let err = store.check_versioning("plain-bucket").await.unwrap_err();
     assert!(err.to_string().contains("does not keep versions"), "{err}");
@@ -46,17 +50,18 @@ async fn s3_object_store_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqs_queue_contracts() {
     let moto = Moto::start();
-    let sdk = moto.sdk().await;
-    bootstrap::create(&sdk, &resources(&[], None)).await.unwrap();
+    let aws = Aws::new(moto.sdk().await, ApiCalls::default());
+    bootstrap::create(&aws, &resources(&[], None)).await.unwrap();
     let open = |name: &'static str| {
-        let sdk = sdk.clone();
-        async move { SqsQueue::open(&sdk, name).await.unwrap() }
+        let aws = aws.clone();
+        async move { SqsQueue::open(&aws, name).await.unwrap() }
     };
-    let missing = SqsQueue::open(&sdk, "no-such-queue")
+    let missing = SqsQueue::open(&aws, "no-such-queue")
         .await
         .err()
         .expect("a missing queue is an error");
     assert!(missing.to_string().contains("no-such-queue"), "{missing}");
+    assert!(matches!(missing, QueueError::Permanent(_)), "{missing:?}");
     contract::queue_send_receive_delete(open("a").await).await;
     contract::queue_redelivery(open("b").await).await;
     contract::queue_concurrent_receivers(open("c").await, Delivery::AtLeastOnce).await;
@@ -67,17 +72,38 @@ async fn sqs_queue_contracts() {
         max_receives: 2,
     };
     contract::queue_dead_letter(pair).await;
+    // Every call went through the one helper, counted into this process's `ApiCalls`.
+    let calls = aws.calls.snapshot();
+    for operation in [
+        "GetQueueUrl",
+        "SendMessage",
+        "ReceiveMessage",
+        "DeleteMessage",
+        "GetQueueAttributes",
+    ] {
+        assert!(calls.get(operation).is_some_and(|&n| n > 0), "{operation}: {calls:?}");
+    }
+
+    // With the endpoint gone, the same call may work later: transient, not permanent.
+    let queue = open("a").await;
+    drop(moto);
+    let gone = queue.depth().await.unwrap_err();
+    assert!(gone.is_transient(), "{gone:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auto_scaling_fleet_contract() {
     let moto = Moto::start();
-    let sdk = moto.sdk().await;
-    bootstrap::create(&sdk, &resources(&[], Some(("app-tier", 20))))
+    let aws = Aws::new(moto.sdk().await, ApiCalls::default());
+    bootstrap::create(&aws, &resources(&[], Some(("app-tier", 20))))
         .await
         .unwrap();
-    assert!(AsgFleet::open(&sdk, "no-such-group").await.is_err());
-    let fleet = AsgFleet::open(&sdk, "app-tier").await.unwrap();
+    let missing = AsgFleet::open(&aws, "no-such-group")
+        .await
+        .err()
+        .expect("a missing group is an error");
+    assert!(matches!(missing, FleetError::Permanent(_)), "{missing:?}");
+    let fleet = AsgFleet::open(&aws, "app-tier").await.unwrap();
     assert_eq!(fleet.max_size().await.unwrap(), Some(20));
     contract::fleet_contract(Arc::new(fleet), Duration::from_secs(20), false).await;
 }
@@ -85,11 +111,11 @@ async fn auto_scaling_fleet_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_lease_contract() {
     let moto = Moto::start();
-    let sdk = moto.sdk().await;
-    bootstrap::create(&sdk, &resources(&["input-bucket"], None))
+    let aws = Aws::new(moto.sdk().await, ApiCalls::default());
+    bootstrap::create(&aws, &resources(&["input-bucket"], None))
         .await
         .unwrap();
-    let a = imgrec_aws::S3Lease::new(&sdk, "input-bucket", "scaler", "a");
-    let b = imgrec_aws::S3Lease::new(&sdk, "input-bucket", "scaler", "b");
+    let a = imgrec_aws::S3Lease::new(&aws, "input-bucket", "scaler", "a");
+    let b = imgrec_aws::S3Lease::new(&aws, "input-bucket", "scaler", "b");
     contract::lease_contract(Arc::new(a), Arc::new(b)).await;
 }

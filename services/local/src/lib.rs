@@ -2,6 +2,7 @@
 //! processes, durable across restarts), OS processes as the app-tier fleet.
 
 mod db;
+mod errors;
 mod file_names;
 mod fs_store;
 pub mod lease;

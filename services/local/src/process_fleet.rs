@@ -10,9 +10,10 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
+use crate::errors::fleet_error;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::fleet::{instance_number, plan};
-use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
+use imgrec_domain::ports::{Fleet, FleetResult, Instance, InstanceState, InstanceStatus, Resize};
 
 /// How long a worker asked to stop (SIGTERM) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -312,8 +313,8 @@ fn kill_pid(pid: u32, signal: libc::c_int) {
 
 #[async_trait]
 impl Fleet for ProcessFleet {
-    async fn instances(&self) -> anyhow::Result<Vec<Instance>> {
-        let rows = self.rows()?;
+    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+        let rows = self.rows().map_err(fleet_error)?;
         let mut gone = Vec::new();
         let mut instances = Vec::new();
         {
@@ -370,10 +371,10 @@ impl Fleet for ProcessFleet {
         Ok(instances)
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
         let resize = plan(desired, max, &self.instances().await?);
         for name in &resize.launch {
-            self.launch(name).await?;
+            self.launch(name).await.map_err(fleet_error)?;
         }
         for name in &resize.retire {
             if self.retire(name).await.is_err() {
@@ -384,7 +385,7 @@ impl Fleet for ProcessFleet {
         Ok(resize)
     }
 
-    async fn shutdown(&self) -> anyhow::Result<()> {
+    async fn shutdown(&self) -> FleetResult<()> {
         // A worker finishes its batch in well under a second; a stopped or stuck one is killed.
         let deadline = Instant::now() + STOP_GRACE;
         {
@@ -414,7 +415,8 @@ impl Fleet for ProcessFleet {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute("DELETE FROM instances WHERE owner = ?1", params![self.owner])?;
+        conn.execute("DELETE FROM instances WHERE owner = ?1", params![self.owner])
+            .map_err(|e| fleet_error(e.into()))?;
         Ok(())
     }
 }
@@ -465,7 +467,7 @@ impl SqliteInstanceStatus {
 
 #[async_trait]
 impl InstanceStatus for SqliteInstanceStatus {
-    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()> {
+    async fn report(&self, state: InstanceState, busy: bool) -> FleetResult<()> {
         let state = match state {
             InstanceState::Pending => "pending",
             InstanceState::Running => "running",
@@ -479,9 +481,10 @@ impl InstanceStatus for SqliteInstanceStatus {
             )
         })
         .await
+        .map_err(fleet_error)
     }
 
-    async fn heartbeat(&self) -> anyhow::Result<()> {
+    async fn heartbeat(&self) -> FleetResult<()> {
         self.write(|conn, name| {
             conn.execute(
                 "UPDATE instances SET updated_at_ms = ?2 WHERE name = ?1",
@@ -489,5 +492,6 @@ impl InstanceStatus for SqliteInstanceStatus {
             )
         })
         .await
+        .map_err(fleet_error)
     }
 }

@@ -7,8 +7,9 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::errors::queue_error;
 use imgrec_domain::messages::now_ms;
-use imgrec_domain::ports::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
+use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};
 
 /// Where messages go after too many receives (SQS's redrive policy).
 #[derive(Debug, Clone)]
@@ -65,15 +66,18 @@ impl SqliteQueue {
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &Self) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> QueueResult<T> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let mut conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn, &this)
         })
-        .await
-        .context("queue task failed")?
-        .with_context(|| format!("queue {}", self.name))
+        .await;
+        match done {
+            Ok(result) => result.with_context(|| format!("queue {}", self.name)),
+            Err(e) => Err(anyhow::Error::new(e).context("queue task failed")),
+        }
+        .map_err(queue_error)
     }
 
     fn try_receive(&self, conn: &mut Connection, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
@@ -136,21 +140,21 @@ pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<us
     )
 }
 
-fn message_id(receipt: &Receipt) -> anyhow::Result<i64> {
+fn message_id(receipt: &Receipt) -> QueueResult<i64> {
     receipt
         .0
         .split_once('.')
         .and_then(|(id, _)| id.parse().ok())
-        .with_context(|| format!("malformed receipt {:?}", receipt.0))
+        .ok_or_else(|| QueueError::Permanent(anyhow::anyhow!("malformed receipt {:?}", receipt.0)))
 }
 
 #[async_trait]
 impl WorkQueue for SqliteQueue {
-    async fn send(&self, body: &[u8]) -> anyhow::Result<()> {
+    async fn send(&self, body: &[u8]) -> QueueResult<()> {
         self.send_batch(&[body.to_vec()]).await
     }
 
-    async fn send_batch(&self, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
         let bodies = bodies.to_vec();
         self.blocking(move |conn, q| {
             let now = now_ms() as i64;
@@ -169,7 +173,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>> {
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -189,15 +193,15 @@ impl WorkQueue for SqliteQueue {
         }
     }
 
-    async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()> {
+    async fn delete(&self, receipt: &Receipt) -> QueueResult<()> {
         self.delete_batch(std::slice::from_ref(receipt)).await
     }
 
-    async fn delete_batch(&self, receipts: &[Receipt]) -> anyhow::Result<()> {
+    async fn delete_batch(&self, receipts: &[Receipt]) -> QueueResult<()> {
         let receipts: Vec<(i64, String)> = receipts
             .iter()
             .map(|r| Ok((message_id(r)?, r.0.clone())))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<QueueResult<_>>()?;
         self.blocking(move |conn, q| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
@@ -214,7 +218,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()> {
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> QueueResult<()> {
         let id = message_id(receipt)?;
         let receipt = receipt.0.clone();
         self.blocking(move |conn, q| {
@@ -232,7 +236,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn depth(&self) -> anyhow::Result<QueueDepth> {
+    async fn depth(&self) -> QueueResult<QueueDepth> {
         self.blocking(|conn, q| {
             let now = now_ms() as i64;
             let (visible, in_flight): (Option<i64>, Option<i64>) = conn
@@ -269,7 +273,7 @@ impl SqliteResponseQueues {
 
 #[async_trait]
 impl ResponseQueues for SqliteResponseQueues {
-    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>> {
+    async fn open(&self, name: &str) -> QueueResult<Arc<dyn WorkQueue>> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         Ok(opened
             .entry(name.to_owned())

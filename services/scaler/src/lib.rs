@@ -13,10 +13,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
-use imgrec_domain::ports::{Fleet, Instance, InstanceState, Lease, MetricsSink, QueueDepth, ScalingMetrics, WorkQueue};
+use imgrec_domain::ports::{
+    Fleet, FleetError, Instance, InstanceState, Lease, MetricsSink, QueueDepth, QueueError, QueueResult,
+    ScalingMetrics, WorkQueue,
+};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// What the scaler last saw and decided; `/status` and `/metrics` show it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,6 +46,9 @@ pub struct ScalerHandle {
 }
 
 const PUBLISH_EVERY: Duration = Duration::from_secs(60);
+/// How long the scaler waits after a failure that retrying cannot fix (a missing group or queue,
+/// denied access, a missing worker program), instead of hammering the API every tick.
+pub const PERMANENT_FAILURE_PAUSE: Duration = Duration::from_secs(10);
 
 /// Where the scaler reads the time.
 pub trait Clock: Send + Sync + 'static {
@@ -60,7 +66,7 @@ impl Clock for SystemClock {
 /// What the scaler observes of the request queue: waiting and in-flight requests.
 #[async_trait]
 pub trait Backlog: Send + Sync + 'static {
-    async fn backlog(&self) -> anyhow::Result<QueueDepth>;
+    async fn backlog(&self) -> QueueResult<QueueDepth>;
 }
 
 /// The request queue itself.
@@ -68,7 +74,7 @@ struct QueueBacklog(Arc<dyn WorkQueue>);
 
 #[async_trait]
 impl Backlog for QueueBacklog {
-    async fn backlog(&self) -> anyhow::Result<QueueDepth> {
+    async fn backlog(&self) -> QueueResult<QueueDepth> {
         self.0.depth().await
     }
 }
@@ -330,8 +336,21 @@ impl Scaler {
             }
             if let Err(e) = self.tick().await {
                 let message = format!("{e:#}");
-                warn!(error = %message, "scaler tick failed");
-                self.status.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(message);
+                let permanent = is_permanent(&e);
+                self.status.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(message.clone());
+                if !permanent {
+                    warn!(error = %message, "scaler tick failed; retrying next tick");
+                    continue;
+                }
+                error!(
+                    error = %message,
+                    "scaler tick failed and retrying will not help until this is fixed; next try in {}s",
+                    PERMANENT_FAILURE_PAUSE.as_secs()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(PERMANENT_FAILURE_PAUSE) => {}
+                    _ = shutdown.changed() => break,
+                }
             }
         }
         info!("stopping the app tier");
@@ -342,6 +361,14 @@ impl Scaler {
                 warn!(error = %format!("{e:#}"), "cannot release the scaler lease");
             }
         }
-        stopped
+        Ok(stopped?)
     }
+}
+
+/// Whether a tick failed on a port error that says retrying cannot help.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(cause.downcast_ref::<FleetError>(), Some(FleetError::Permanent(_)))
+            || matches!(cause.downcast_ref::<QueueError>(), Some(QueueError::Permanent(_)))
+    })
 }

@@ -74,7 +74,7 @@ async fn bootstrap(_: &Settings, _: usize, _: usize) -> anyhow::Result<()> {
 async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize) -> anyhow::Result<()> {
     use imgrec_aws::bootstrap;
     use imgrec_domain::config::Backend;
-    let sdk = imgrec_aws::sdk_config(&settings.aws).await;
+    let aws = imgrec_aws::Aws::connect(&settings.aws, Default::default()).await;
     let (b, q) = (&settings.buckets, &settings.queues);
     let response_queues: Vec<String> = (1..=web_tiers)
         .map(|k| q.response_queue_of(&format!("web-instance{k}")))
@@ -85,7 +85,7 @@ async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize)
     let group =
         (settings.fleet.backend == Backend::Aws).then_some((settings.aws.auto_scaling_group.as_str(), group_max_size));
     bootstrap::create(
-        &sdk,
+        &aws,
         &bootstrap::Resources {
             buckets: &buckets,
             requests_queue: &q.requests,
@@ -127,11 +127,11 @@ async fn run() -> anyhow::Result<()> {
     let worker = std::env::current_exe()?.with_file_name("app-tier");
     // Beside a web tier (on AWS every web instance runs one), named after it.
     let host = settings.web.name.clone().unwrap_or_else(|| "scaler".into());
-    let fleet = backend::fleet(&settings, worker, &host).await?;
+    let fleet = backend::fleet(&settings, worker, &host, &ports.calls).await?;
     let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
-        .with_metrics(backend::metrics_sink(&settings).await)
+        .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
         .with_lease(
-            backend::scaler_lease(&settings, &host).await?,
+            backend::scaler_lease(&settings, &host, &ports.calls).await?,
             settings.scaler.lease_ttl(),
         );
     scaler

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use imgrec_aws::bootstrap::{self, Resources};
-use imgrec_aws::{AsgFleet, CloudWatchSink, SqsQueue};
+use imgrec_aws::{AsgFleet, Aws, CloudWatchSink, SqsQueue};
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{Fleet, InstanceState, WorkQueue};
+use imgrec_domain::ports::{ApiCalls, Fleet, InstanceState, WorkQueue};
 use imgrec_testkit::Moto;
 use scaler::Scaler;
 
@@ -30,10 +30,11 @@ async fn name_tags(ec2: &aws_sdk_ec2::Client) -> HashMap<String, String> {
 async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let moto = Moto::start();
     let sdk = moto.sdk().await;
-    let queue = group_with_requests(&sdk, &[], 200).await;
+    let aws = Aws::new(sdk.clone(), ApiCalls::default());
+    let queue = group_with_requests(&aws, &[], 200).await;
     assert_eq!(queue.depth().await.unwrap().visible, 200);
 
-    let fleet = Arc::new(AsgFleet::open(&sdk, "app-tier").await.unwrap());
+    let fleet = Arc::new(AsgFleet::open(&aws, "app-tier").await.unwrap());
     // Configured max 25 above the group's MaxSize 20: the group's bound wins.
     // 200 requests of 1 s within 10 s, on instances that boot in 1 s: 23 wanted.
     let policy = PolicyKind::Default.build(PolicyConfig {
@@ -44,14 +45,15 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
         boot_time: Duration::from_secs(1),
         scale_in_after: Duration::from_secs(2),
     });
-    let sink = CloudWatchSink::new(&sdk, "imgrec-test", "app-tier");
+    let sink = CloudWatchSink::new(&aws, "imgrec-test", "app-tier");
     let mut scaler = Scaler::new(policy, Arc::new(queue.clone()), fleet.clone()).with_metrics(Some(Arc::new(sink)));
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let autoscaling = aws_sdk_autoscaling_client(&sdk);
 
     let mut names_by_id: HashMap<String, String> = HashMap::new();
     // This fleet's own count: the process-wide one also counts the other test's fleets.
-    let set_desired = || fleet.capacity_calls();
+    // Every SDK call of the fleet is counted into `aws.calls`.
+    let set_desired = || aws.calls.snapshot().get("SetDesiredCapacity").copied().unwrap_or(0);
     let mut first_step = None;
     for _ in 0..25 {
         let before = (set_desired(), group_desired(&autoscaling).await);
@@ -127,7 +129,7 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
 
 /// The group `app-tier` (MaxSize 20), the request queue with `requests` messages in it, and
 /// `buckets`.
-async fn group_with_requests(sdk: &aws_config::SdkConfig, buckets: &[&str], requests: usize) -> SqsQueue {
+async fn group_with_requests(aws: &Aws, buckets: &[&str], requests: usize) -> SqsQueue {
     let resources = Resources {
         buckets,
         requests_queue: "requests",
@@ -137,8 +139,8 @@ async fn group_with_requests(sdk: &aws_config::SdkConfig, buckets: &[&str], requ
         visibility_timeout_s: 30,
         group: Some(("app-tier", 20)),
     };
-    bootstrap::create(sdk, &resources).await.unwrap();
-    let queue = SqsQueue::open(sdk, "requests").await.unwrap();
+    bootstrap::create(aws, &resources).await.unwrap();
+    let queue = SqsQueue::open(aws, "requests").await.unwrap();
     let bodies: Vec<Vec<u8>> = (0..requests).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
     queue.send_batch(&bodies).await.unwrap();
     queue
@@ -165,7 +167,8 @@ async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
     use imgrec_aws::S3Lease;
     let moto = Moto::start();
     let sdk = moto.sdk().await;
-    let queue = group_with_requests(&sdk, &["state"], 100).await;
+    let aws = Aws::new(sdk.clone(), ApiCalls::default());
+    let queue = group_with_requests(&aws, &["state"], 100).await;
     let config = PolicyConfig {
         min: 0,
         max: 6,
@@ -177,8 +180,8 @@ async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
     let ttl = Duration::from_secs(2);
     let mut scalers = Vec::new();
     for host in ["web-instance1", "web-instance2"] {
-        let fleet = Arc::new(AsgFleet::open(&sdk, "app-tier").await.unwrap());
-        let lease = Arc::new(S3Lease::new(&sdk, "state", "scaler", host));
+        let fleet = Arc::new(AsgFleet::open(&aws, "app-tier").await.unwrap());
+        let lease = Arc::new(S3Lease::new(&aws, "state", "scaler", host));
         scalers.push(
             Scaler::new(
                 PolicyKind::Default.build(config.clone()),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use imgrec_domain::ports::{Fleet, Lease, ObjectKey, ObjectStore, WorkQueue};
+use imgrec_domain::ports::{Fleet, Lease, ObjectKey, ObjectStore, Receipt, WorkQueue};
 
 /// A request queue with its dead-letter queue, as the adapter under test configures them.
 pub struct QueuePair<Q> {
@@ -53,6 +53,10 @@ pub async fn queue_send_receive_delete<Q: WorkQueue>(q: Q) {
     }
     assert_eq!(q.depth().await.expect("depth").total(), 0);
     assert!(q.receive(10, SHORT, NO_WAIT).await.expect("receive").is_empty());
+    // A receipt the queue never issued fails the same way however often it is tried.
+    let forged = Receipt("not-a-receipt".into());
+    let refused = q.change_visibility(&forged, SHORT).await.expect_err("a forged receipt");
+    assert!(!refused.is_transient(), "{refused:?}");
 }
 
 /// A message not deleted comes back after its visibility timeout, with a new receipt; changing

@@ -9,7 +9,7 @@ use imgrec_domain::ports::{InstanceState, StoreError};
 use imgrec_runtime::backend::Ports;
 use scaler::ScalerHandle;
 use serde_json::json;
-use tracing::warn;
+use tracing::{error, warn};
 use uuid::Uuid;
 use warp::http::{header, StatusCode};
 use warp::reply::{self, Reply as _, Response};
@@ -162,11 +162,21 @@ impl App {
         };
         let mut waiting = self.waiters.register(request.request_id);
         self.metrics.waiting_requests.set(self.waiters.len() as i64);
-        self.ports
-            .requests
-            .send(&request.encode())
-            .await
-            .map_err(|e| unavailable("cannot queue the request", e))?;
+        match self.ports.requests.send(&request.encode()).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(unavailable("cannot queue the request", e.into())),
+            // The queue is gone or forbidden: a fault of this deployment, not a busy moment.
+            Err(e) => {
+                error!(error = %e, "cannot queue the request, and retrying will not help");
+                return Err((
+                    "failed",
+                    Refusal::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot queue the request (the upload is stored as {})", up.key),
+                    ),
+                ));
+            }
+        }
         if let Some(scaler) = &self.scaler {
             scaler.nudge.notify_one();
         }
@@ -274,7 +284,12 @@ impl App {
                 m.instances.with_label_values(&[state_name(state)]).set(n as i64);
             }
         }
-        reply::with_header(m.render(), header::CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
+        reply::with_header(
+            m.render(&self.ports.calls),
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )
+        .into_response()
     }
 }
 

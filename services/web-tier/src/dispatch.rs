@@ -12,7 +12,7 @@ use imgrec_domain::config::Queues;
 use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_domain::ports::{ResponseQueues, WorkQueue};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 #[derive(Debug)]
@@ -118,8 +118,14 @@ pub async fn responses(
                 backoff = Duration::from_millis(100);
                 m
             }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "cannot receive responses; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
             Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot receive responses; retrying");
+                error!(error = %e, "cannot receive responses, and retrying will not help until this is fixed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;

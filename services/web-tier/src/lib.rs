@@ -88,19 +88,34 @@ impl Spawned {
 }
 
 /// Runs a web tier in this process on a free port of `web.host`.
-pub async fn spawn(mut settings: Settings) -> anyhow::Result<Spawned> {
+pub async fn spawn(settings: Settings) -> anyhow::Result<Spawned> {
+    let ports = Ports::connect(&settings).await?;
+    spawn_on(settings, ports).await
+}
+
+/// `spawn` on ports the caller built (a test's failing queue, say).
+pub async fn spawn_on(mut settings: Settings, ports: Ports) -> anyhow::Result<Spawned> {
     settings.web.port = 0;
     let listener = bind(&settings).await?;
     let addr = listener.local_addr()?;
     let (stops, requests) = watch::channel(0);
-    let task = tokio::spawn(serve(settings, listener, requests));
+    let task = tokio::spawn(serve_on(settings, ports, listener, requests));
     Ok(Spawned { addr, stops, task })
 }
 
 /// Serves on `listener` until `stops` counts a first stop request; then drains the waiting
 /// requests for up to `web.drain_timeout_s`, cut short by a second one.
-pub async fn serve(settings: Settings, listener: TcpListener, mut stops: watch::Receiver<u32>) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings, listener: TcpListener, stops: watch::Receiver<u32>) -> anyhow::Result<()> {
     let ports = Ports::connect(&settings).await?;
+    serve_on(settings, ports, listener, stops).await
+}
+
+async fn serve_on(
+    settings: Settings,
+    ports: Ports,
+    listener: TcpListener,
+    mut stops: watch::Receiver<u32>,
+) -> anyhow::Result<()> {
     let web_tier = backend::web_tier_name(&settings).await?;
     let name = web_tier.name.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -108,12 +123,12 @@ pub async fn serve(settings: Settings, listener: TcpListener, mut stops: watch::
     let completed = Arc::new(AtomicU64::new(0));
     let scaler_task = if settings.web.run_scaler {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
-        let fleet = backend::fleet(&settings, worker, &name).await?;
+        let fleet = backend::fleet(&settings, worker, &name, &ports.calls).await?;
         let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
-            .with_metrics(backend::metrics_sink(&settings).await)
+            .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
             .with_completions(completed.clone())
             .with_lease(
-                backend::scaler_lease(&settings, &name).await?,
+                backend::scaler_lease(&settings, &name, &ports.calls).await?,
                 settings.scaler.lease_ttl(),
             );
         let view = scaler.handle();

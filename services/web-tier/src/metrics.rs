@@ -1,5 +1,6 @@
 //! Prometheus metrics of the web tier (and of the scaler it hosts).
 
+use imgrec_domain::ports::ApiCalls;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -58,13 +59,14 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self) -> String {
+    /// The registry's text, with the cloud API calls this process made (none locally).
+    pub fn render(&self, calls: &ApiCalls) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding");
         let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
-        let calls = imgrec_runtime::backend::aws_calls();
+        let calls = calls.snapshot();
         if !calls.is_empty() {
             text.push_str("# HELP imgrec_aws_calls_total AWS SDK calls of this process, by operation\n");
             text.push_str("# TYPE imgrec_aws_calls_total counter\n");

@@ -5,7 +5,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use imgrec_domain::config::Settings;
+use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, WorkQueue};
+use imgrec_runtime::backend::Ports;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
 
@@ -168,4 +172,61 @@ async fn two_web_tiers_on_one_data_folder_get_distinct_names() {
     assert_eq!(names, ["web-instance1", "web-instance2"]);
     first.stop().await.unwrap();
     second.stop().await.unwrap();
+}
+
+/// A request queue that refuses every call, as an unreachable (transient) or a deleted or
+/// forbidden (permanent) queue does.
+struct Refusing {
+    transient: bool,
+}
+
+impl Refusing {
+    fn error(&self) -> QueueError {
+        let e = anyhow::anyhow!("SendMessage: the queue refuses");
+        if self.transient {
+            QueueError::Transient(e)
+        } else {
+            QueueError::Permanent(e)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkQueue for Refusing {
+    async fn send(&self, _: &[u8]) -> QueueResult<()> {
+        Err(self.error())
+    }
+    async fn receive(&self, _: usize, _: Duration, wait: Duration) -> QueueResult<Vec<Received>> {
+        tokio::time::sleep(wait).await;
+        Err(self.error())
+    }
+    async fn delete(&self, _: &Receipt) -> QueueResult<()> {
+        Err(self.error())
+    }
+    async fn change_visibility(&self, _: &Receipt, _: Duration) -> QueueResult<()> {
+        Err(self.error())
+    }
+    async fn depth(&self) -> QueueResult<QueueDepth> {
+        Err(self.error())
+    }
+}
+
+#[tokio::test]
+async fn a_queue_that_may_recover_is_a_503_one_that_will_not_a_500() {
+    for (transient, want) in [
+        (true, StatusCode::SERVICE_UNAVAILABLE),
+        (false, StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut ports = Ports::connect(&settings).await.unwrap();
+        ports.requests = Arc::new(Refusing { transient });
+        let web = web_tier::spawn_on(settings, ports).await.unwrap();
+        let (status, body) = upload(&Client::new(), &web.url(), form("myfile", "a.jpg", image()), false).await;
+        assert_eq!(status, want, "{body}");
+        assert!(body.contains("cannot queue the request"), "{body}");
+        // The upload itself was stored before the queue refused.
+        assert_eq!(stored(dir.path()), 1);
+        web.stop().await.unwrap();
+    }
 }

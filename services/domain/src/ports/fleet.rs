@@ -94,23 +94,43 @@ pub fn instance_number(name: &str) -> (u64, String) {
     (k, name.to_owned())
 }
 
+/// Why a fleet call failed, told apart by what the scaler does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Throttled, timed out, database busy, a launch that may work next time: retry next tick.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// The group or the worker program is missing, access is denied, the setup is wrong:
+    /// retrying fails again until an operator acts.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl FleetError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+pub type FleetResult<T> = Result<T, FleetError>;
+
 /// The app-tier instances: OS processes locally, an Auto Scaling group on AWS. The fleet names its
 /// instances; the scaler only says how many.
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
     /// Every instance not yet gone, crashed ones already noticed and dropped.
-    async fn instances(&self) -> anyhow::Result<Vec<Instance>>;
+    async fn instances(&self) -> FleetResult<Vec<Instance>>;
     /// Moves toward `desired` serving instances in one step (`plan`): launches what is missing at
     /// once, as far as `max` instances alive in any state allows, and asks the surplus to finish
     /// what it holds and stop. Returns what it did.
-    async fn scale_to(&self, desired: usize, max: usize) -> anyhow::Result<Resize>;
+    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize>;
     /// The most instances this fleet can hold, if it has its own bound (an Auto Scaling group's
     /// MaxSize); the scaler never asks for more.
-    async fn max_size(&self) -> anyhow::Result<Option<usize>> {
+    async fn max_size(&self) -> FleetResult<Option<usize>> {
         Ok(None)
     }
     /// Stops every instance (on shutdown of the stack).
-    async fn shutdown(&self) -> anyhow::Result<()> {
+    async fn shutdown(&self) -> FleetResult<()> {
         Ok(())
     }
 }
@@ -119,11 +139,11 @@ pub trait Fleet: Send + Sync + 'static {
 /// and that it is alive and making progress.
 #[async_trait]
 pub trait InstanceStatus: Send + Sync + 'static {
-    async fn report(&self, state: InstanceState, busy: bool) -> anyhow::Result<()>;
+    async fn report(&self, state: InstanceState, busy: bool) -> FleetResult<()>;
     /// Called every `app_tier.heartbeat_ms` while the worker makes progress; a fleet that watches
     /// heartbeats replaces an instance that misses them. (On EC2 the systemd watchdog does, so
     /// there is nothing to send to the group.)
-    async fn heartbeat(&self) -> anyhow::Result<()> {
+    async fn heartbeat(&self) -> FleetResult<()> {
         Ok(())
     }
 }

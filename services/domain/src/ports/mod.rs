@@ -1,5 +1,5 @@
-//! The ports the web tier, app tier and scaler talk to. Adapters (`crate::local`, later AWS)
-//! implement them and pass the same contract tests (`crate::contract`).
+//! The ports the web tier, app tier and scaler talk to. Adapters (`imgrec-local`, `imgrec-aws`)
+//! implement them and pass the same contract tests (`imgrec-testkit`).
 
 pub mod fleet;
 mod lease;
@@ -7,8 +7,8 @@ mod metrics;
 mod object_store;
 mod work_queue;
 
-pub use fleet::{Fleet, Instance, InstanceState, InstanceStatus, Resize};
+pub use fleet::{Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, Resize};
 pub use lease::Lease;
-pub use metrics::{MetricsSink, ScalingMetrics};
+pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
 pub use object_store::{KeyError, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
-pub use work_queue::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
+pub use work_queue::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};

@@ -30,13 +30,34 @@ impl QueueDepth {
     }
 }
 
+/// Why a queue call failed, told apart by what a caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Throttled, timed out, connection lost, database busy: the same call may succeed later, so
+    /// retry with backoff.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// The queue is missing or forbidden, the setup is wrong, or the queue will never accept this
+    /// call (a malformed receipt, a body it cannot carry): retrying fails again, so say so loudly.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl QueueError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+pub type QueueResult<T> = Result<T, QueueError>;
+
 /// A queue with SQS semantics: at-least-once delivery, visibility timeouts, receive counts and a
 /// dead-letter queue after too many receives.
 #[async_trait]
 pub trait WorkQueue: Send + Sync + 'static {
-    async fn send(&self, body: &[u8]) -> anyhow::Result<()>;
+    async fn send(&self, body: &[u8]) -> QueueResult<()>;
     /// Sends several messages in as few round trips as the backend allows.
-    async fn send_batch(&self, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
         for body in bodies {
             self.send(body).await?;
         }
@@ -44,23 +65,23 @@ pub trait WorkQueue: Send + Sync + 'static {
     }
     /// Up to `max` messages, each hidden from other receivers for `visibility`; waits up to `wait`
     /// for the first one (long polling).
-    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>>;
-    async fn delete(&self, receipt: &Receipt) -> anyhow::Result<()>;
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>>;
+    async fn delete(&self, receipt: &Receipt) -> QueueResult<()>;
     /// Deletes several received messages in as few round trips as the backend allows.
-    async fn delete_batch(&self, receipts: &[Receipt]) -> anyhow::Result<()> {
+    async fn delete_batch(&self, receipts: &[Receipt]) -> QueueResult<()> {
         for receipt in receipts {
             self.delete(receipt).await?;
         }
         Ok(())
     }
     /// Hides a received message for `visibility` from now (zero makes it visible at once).
-    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> anyhow::Result<()>;
-    async fn depth(&self) -> anyhow::Result<QueueDepth>;
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> QueueResult<()>;
+    async fn depth(&self) -> QueueResult<QueueDepth>;
 }
 
 /// The web tiers' response queues by name: each web tier has its own, and each request names the
 /// one its answer goes to. Opened once per name and kept.
 #[async_trait]
 pub trait ResponseQueues: Send + Sync + 'static {
-    async fn open(&self, name: &str) -> anyhow::Result<Arc<dyn WorkQueue>>;
+    async fn open(&self, name: &str) -> QueueResult<Arc<dyn WorkQueue>>;
 }

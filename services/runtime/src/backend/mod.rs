@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use imgrec_domain::config::{Backend, Settings};
-use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue};
+use imgrec_domain::ports::{
+    ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue,
+};
 use imgrec_local::{
     DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
     WorkerCommand,
@@ -23,17 +25,21 @@ pub struct Ports {
     /// Each web tier's own response queue, by name.
     pub response_queues: Arc<dyn ResponseQueues>,
     pub dead_letter: Arc<dyn WorkQueue>,
+    /// The cloud API calls this process makes, by operation (none locally): pass it to the other
+    /// wiring functions so that one count covers all of them.
+    pub calls: ApiCalls,
 }
 
 impl Ports {
     /// Connects, checking that every bucket and queue exists and is accessible.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        Self::connect_as(settings, None).await
+        Self::connect_as(settings, None, ApiCalls::default()).await
     }
 
     /// Connects as the app-tier instance `instance`: locally, requests it receives are marked as
     /// held by it, so that the fleet gives them back at once if it dies.
-    pub async fn connect_as(settings: &Settings, instance: Option<&str>) -> anyhow::Result<Self> {
+    /// (`calls` counts its cloud API calls, with those of the other adapters it is given to.)
+    pub async fn connect_as(settings: &Settings, instance: Option<&str>, calls: ApiCalls) -> anyhow::Result<Self> {
         let q = &settings.queues;
         match settings.backend {
             Backend::Local => {
@@ -53,9 +59,10 @@ impl Ports {
                     }),
                     response_queues: Arc::new(SqliteResponseQueues::open(&db)?),
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
+                    calls,
                 })
             }
-            Backend::Aws => aws::ports(settings).await,
+            Backend::Aws => aws::ports(settings, calls).await,
         }
     }
 }
@@ -74,7 +81,12 @@ fn local_store(settings: &Settings) -> FsObjectStore {
 
 /// The app-tier fleet the scaler of `host` (a web tier's name, or `scaler`) drives. Locally,
 /// workers are `worker_program run --name ...`.
-pub async fn fleet(settings: &Settings, worker_program: PathBuf, host: &str) -> anyhow::Result<Arc<dyn Fleet>> {
+pub async fn fleet(
+    settings: &Settings,
+    worker_program: PathBuf,
+    host: &str,
+    calls: &ApiCalls,
+) -> anyhow::Result<Arc<dyn Fleet>> {
     match settings.fleet.backend {
         Backend::Local => {
             let command = WorkerCommand {
@@ -90,14 +102,14 @@ pub async fn fleet(settings: &Settings, worker_program: PathBuf, host: &str) -> 
                 host,
             )?))
         }
-        Backend::Aws => aws::fleet(settings).await,
+        Backend::Aws => aws::fleet(settings, calls).await,
     }
 }
 
 /// What the scaler of `host` must hold to act, as several may run: locally every web tier hosts
 /// one (a lease in the shared database); on AWS every web instance runs one (a lease object in the
 /// input bucket, written with conditional puts).
-pub async fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Arc<dyn Lease>> {
+pub async fn scaler_lease(settings: &Settings, host: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
     let holder = format!(
         "{host} (pid {}, {})",
         std::process::id(),
@@ -105,7 +117,7 @@ pub async fn scaler_lease(settings: &Settings, host: &str) -> anyhow::Result<Arc
     );
     match settings.fleet.backend {
         Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), "scaler", &holder)?)),
-        Backend::Aws => aws::scaler_lease(settings, &holder).await,
+        Backend::Aws => aws::scaler_lease(settings, &holder, calls).await,
     }
 }
 
@@ -178,22 +190,21 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
 
 /// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`
 /// and `/metrics` show them).
-pub async fn metrics_sink(settings: &Settings) -> Option<Arc<dyn MetricsSink>> {
+pub async fn metrics_sink(settings: &Settings, calls: &ApiCalls) -> Option<Arc<dyn MetricsSink>> {
     match settings.fleet.backend {
         Backend::Local => None,
-        Backend::Aws => aws::metrics_sink(settings).await,
+        Backend::Aws => aws::metrics_sink(settings, calls).await,
     }
 }
 
 /// How the app-tier instance `name` reports its state to the fleet.
-pub async fn instance_status(settings: &Settings, name: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
+pub async fn instance_status(
+    settings: &Settings,
+    name: &str,
+    calls: &ApiCalls,
+) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     match settings.fleet.backend {
         Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.queue_db(), name)?)),
-        Backend::Aws => aws::instance_status(settings, name).await,
+        Backend::Aws => aws::instance_status(settings, name, calls).await,
     }
-}
-
-/// AWS SDK calls this process made, by operation (empty in a build without AWS support).
-pub fn aws_calls() -> std::collections::BTreeMap<&'static str, u64> {
-    aws::calls()
 }

@@ -1,11 +1,10 @@
 //! A build without the `aws` feature: configuring an AWS backend is a clear startup error.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Ports;
 use imgrec_domain::config::Settings;
-use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink};
+use imgrec_domain::ports::{ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink};
 
 fn unsupported() -> anyhow::Error {
     anyhow::anyhow!(
@@ -14,26 +13,22 @@ fn unsupported() -> anyhow::Error {
     )
 }
 
-pub async fn ports(_: &Settings) -> anyhow::Result<Ports> {
+pub async fn ports(_: &Settings, _: ApiCalls) -> anyhow::Result<Ports> {
     Err(unsupported())
 }
 
-pub async fn fleet(_: &Settings) -> anyhow::Result<Arc<dyn Fleet>> {
+pub async fn fleet(_: &Settings, _: &ApiCalls) -> anyhow::Result<Arc<dyn Fleet>> {
     Err(unsupported())
 }
 
-pub async fn scaler_lease(_: &Settings, _: &str) -> anyhow::Result<Arc<dyn Lease>> {
+pub async fn scaler_lease(_: &Settings, _: &str, _: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
     Err(unsupported())
 }
 
-pub async fn metrics_sink(_: &Settings) -> Option<Arc<dyn MetricsSink>> {
+pub async fn metrics_sink(_: &Settings, _: &ApiCalls) -> Option<Arc<dyn MetricsSink>> {
     None
 }
 
-pub async fn instance_status(_: &Settings, _: &str) -> anyhow::Result<Arc<dyn InstanceStatus>> {
+pub async fn instance_status(_: &Settings, _: &str, _: &ApiCalls) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     Err(unsupported())
-}
-
-pub fn calls() -> BTreeMap<&'static str, u64> {
-    BTreeMap::new()
 }

@@ -1,0 +1,87 @@
+//! What the scaler does when its fleet fails: a transient failure is retried at the next tick; a
+//! permanent one (a missing group, denied access) is reported and retried only after a pause, so
+//! a broken deployment is not hammered twice a second.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use imgrec_domain::policy::{PolicyConfig, PolicyKind};
+use imgrec_domain::ports::{Fleet, FleetError, FleetResult, Instance, QueueDepth, QueueResult, Resize};
+use scaler::{Backlog, Scaler, PERMANENT_FAILURE_PAUSE};
+
+struct Waiting;
+
+#[async_trait]
+impl Backlog for Waiting {
+    async fn backlog(&self) -> QueueResult<QueueDepth> {
+        Ok(QueueDepth {
+            visible: 5,
+            in_flight: 0,
+        })
+    }
+}
+
+/// A fleet whose every listing fails, transiently or not; counts the tries.
+struct Failing {
+    transient: bool,
+    tries: AtomicU32,
+}
+
+#[async_trait]
+impl Fleet for Failing {
+    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+        self.tries.fetch_add(1, Ordering::SeqCst);
+        let e = anyhow::anyhow!("Auto Scaling group \"app-tier\" does not exist");
+        Err(if self.transient {
+            FleetError::Transient(e)
+        } else {
+            FleetError::Permanent(e)
+        })
+    }
+
+    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+        unreachable!("never listed")
+    }
+}
+
+async fn tries_in_half_a_second(transient: bool) -> (u32, Option<String>) {
+    let fleet = Arc::new(Failing {
+        transient,
+        tries: AtomicU32::new(0),
+    });
+    let config = PolicyConfig {
+        min: 0,
+        max: 4,
+        target_latency: Duration::from_secs(2),
+        service_time: Duration::from_millis(50),
+        boot_time: Duration::from_secs(1),
+        scale_in_after: Duration::from_secs(5),
+    };
+    let scaler = Scaler::observing(PolicyKind::Default.build(config), Arc::new(Waiting), fleet.clone());
+    let status = scaler.status();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(scaler.run(Duration::from_millis(20), shutdown));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    // The pause ends at shutdown rather than when it runs out.
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("stops at once")
+        .unwrap()
+        .unwrap();
+    let last_error = status.read().unwrap().last_error.clone();
+    (fleet.tries.load(Ordering::SeqCst), last_error)
+}
+
+#[tokio::test]
+async fn a_transient_fleet_failure_is_retried_every_tick_a_permanent_one_after_a_pause() {
+    assert!(PERMANENT_FAILURE_PAUSE >= Duration::from_secs(5));
+    let (transient, error) = tries_in_half_a_second(true).await;
+    assert!(transient >= 5, "{transient} tries");
+    assert!(error.is_some_and(|e| e.contains("does not exist")));
+    let (permanent, error) = tries_in_half_a_second(false).await;
+    assert_eq!(permanent, 1, "retried during the pause");
+    assert!(error.is_some_and(|e| e.contains("does not exist")));
+}
