@@ -55,29 +55,15 @@ def test_the_size_limit_is_exact_per_file_and_chunked_uploads_work(tmp_path, thu
     assert inputs == ["chunked.jpg", "exact.jpg"], "a refused upload was stored"
 
 
-def test_slow_and_idle_clients_are_cut_off_and_connections_are_bounded(tmp_path, thumb, thumb_label):
+def test_idle_clients_are_cut_off_and_connections_are_bounded(tmp_path, thumb, thumb_label):
+    """(A half-sent header and a trickling body: services/web-tier/tests/http.rs, in-process.)"""
     settings = {**FAST, "web__header_timeout_s": "1", "web__body_timeout_s": "2", "web__max_connections": "20"}
     with Stack(tmp_path / "data", **settings) as stack:
-        # Half a request header, then nothing.
-        slow = connect(stack.url)
-        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n")
-        assert closed_within(slow, 4), "a client that never finished its headers was kept"
-
         # A keep-alive connection left idle after its answer.
         idle = connect(stack.url)
         idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert idle.recv(1024).startswith(b"HTTP/1.1 200")
         assert closed_within(idle, 4), "an idle keep-alive connection was kept"
-
-        # A body that trickles: the upload is refused 408 at the deadline.
-        trickle = connect(stack.url)
-        trickle.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
-        trickle.settimeout(6)
-        started = time.monotonic()
-        answer = trickle.recv(1024)
-        assert answer.startswith(b"HTTP/1.1 408"), answer
-        assert time.monotonic() - started < 5
 
         # A flood of silent connections: the web tier never holds more than its bound, and answers
         # real clients once the silent ones time out.
@@ -87,7 +73,7 @@ def test_slow_and_idle_clients_are_cut_off_and_connections_are_bounded(tmp_path,
         held = open_sockets(pid)
         assert held <= 20 + 10, f"{held} sockets open with max_connections 20"
         assert upload(stack.url, "after_flood.jpg", thumb.read_bytes(), timeout=30) == (200, thumb_label + "\n")
-        for s in flood + [slow, idle, trickle]:
+        for s in flood + [idle]:
             s.close()
         assert stack.proc.poll() is None
     assert stack.proc.returncode == 0

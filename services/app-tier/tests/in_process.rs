@@ -21,6 +21,7 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
     settings.web.run_scaler = false;
     settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
     let image = std::fs::read(workspace().join("services/classifier/tests/fixtures/small.jpg")).unwrap();
+    let image_again = image.clone();
     let want = {
         let mut classifier = Classifier::load(&settings.inference, settings.image_limits).unwrap();
         classifier.classify(&[&image]).remove(0).unwrap().label
@@ -39,6 +40,26 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
     assert_eq!(response.text().await.unwrap(), format!("{want}\n"));
     let stored = std::fs::read_to_string(dir.path().join("s3/output-bucket/small")).unwrap();
     assert_eq!(stored, format!("(small, {want})"));
+
+    // The JSON answer names the result object, the label, and the instance that classified it.
+    let form = Form::new().part("myfile", Part::bytes(image_again).file_name("again.jpg"));
+    let response = reqwest::Client::new()
+        .post(web.url())
+        .header("accept", "application/json")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["image"], "again");
+    assert_eq!(json["label"], want.as_str());
+    assert_eq!(json["instance"], "app-instance1");
+    assert!(
+        json["probability"].as_f64().is_some_and(|p| p > 0.0 && p <= 1.0),
+        "{json}"
+    );
+    assert!(json["request_id"].as_str().is_some_and(|id| id.len() == 36), "{json}");
     worker.stop().await.unwrap();
     web.stop().await.unwrap();
 }

@@ -230,3 +230,42 @@ async fn a_queue_that_may_recover_is_a_503_one_that_will_not_a_500() {
         web.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_trickling_body_is_refused_408_at_its_deadline_and_an_unfinished_header_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.web.header_timeout_s = 1;
+    settings.web.body_timeout_s = 1;
+    let web = web_tier::spawn(settings).await.unwrap();
+
+    let mut trickle = tokio::net::TcpStream::connect(web.addr).await.unwrap();
+    trickle
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\
+              Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), trickle.read(&mut answer))
+        .await
+        .expect("answered before the client gave up")
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    let mut half = tokio::net::TcpStream::connect(web.addr).await.unwrap();
+    half.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(4), half.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a client that never finished its headers was kept");
+    assert_eq!(stored(dir.path()), 0);
+    web.stop().await.unwrap();
+}
