@@ -47,11 +47,12 @@ def test_burst_of_100_over_100_connections(tmp_path, thumbs, expected):
     with stack:
         watcher = StatusWatcher(stack)
         watcher.start()
-        summary, run = loadgen(stack.url, thumbs, concurrency=100, expected=expected)
+        plot = tmp_path / "burst.svg"
+        summary, run = loadgen(stack.url, thumbs, concurrency=100, expected=expected, plot=plot, plot_tail=15)
         assert summary["requests"] == 100, run.stderr
         assert (summary["ok"], summary["errors"], summary["wrong"]) == (100, 0, 0), summary["error_samples"]
 
-        # Back to the minimum once the window has passed.
+        # Back to the minimum once the window has passed (loadgen --plot samples until then).
         wait_until("the pool is back at min", lambda: stack.status()["instances"] == [], timeout=15)
         seen = watcher.stop()
         peak = max(len(s["instances"]) for s in seen)
@@ -70,6 +71,12 @@ def test_burst_of_100_over_100_connections(tmp_path, thumbs, expected):
     assert outputs == {f.stem: f"({f.stem}, {want[f.name]})" for f in thumbs}
     inputs = {p.name: p.read_bytes() for p in (data / "s3" / "input-bucket").iterdir()}
     assert inputs == {f.name: f.read_bytes() for f in thumbs}
+
+    # The timeline: a dot per request, the three panels, the run in the title.
+    svg = plot.read_text()
+    assert svg.count("<circle") == 100, run.stderr
+    assert "100 uploads over 100 connections" in svg and "running" in svg and "backlog" in svg
+    assert "timeline:" in run.stderr
 
 
 def test_same_file_name_twice_gets_each_its_own_label(tmp_path, thumbs, expected):

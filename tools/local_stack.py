@@ -172,10 +172,13 @@ def wait_until(what: str, predicate, timeout: float, every: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting until {what}")
 
 
-def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None = None, timeout: float = 300):
-    cmd = [str(LOADGEN), "--url", url, "--concurrency", str(concurrency), "--json"]
+def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None = None, timeout: float = 300,
+            plot: Path | None = None, plot_tail: int = 60, repeat: int = 1):
+    cmd = [str(LOADGEN), "--url", url, "--concurrency", str(concurrency), "--json", "--repeat", str(repeat)]
     if expected:
         cmd += ["--expected", str(expected)]
+    if plot:
+        cmd += ["--plot", str(plot), "--plot-tail", str(plot_tail)]
     result = subprocess.run(cmd + [str(i) for i in inputs], capture_output=True, text=True, timeout=timeout)
     return json.loads(result.stdout), result
 

@@ -1,6 +1,10 @@
 //! `loadgen`: uploads every image of a folder to the web tier with N concurrent connections (the
 //! CSE546 workload generator's form field `myfile`), then prints count, errors, throughput,
-//! latency percentiles and, given an expected `file,label` CSV, correctness.
+//! latency percentiles and, given an expected `file,label` CSV, correctness. `--plot` draws the
+//! run's timeline (instances, backlog, each request's latency) as an SVG.
+
+mod plot;
+mod timeline;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,14 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Draw the run's timeline to this SVG file: instances by state and the backlog (sampled from
+    /// the web tier's /status) and each request's latency.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// With --plot: how long to keep sampling after the last answer while the pool shrinks back
+    /// to its minimum, seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    plot_tail: u64,
     /// A folder of images (or image files).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
@@ -101,6 +113,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 struct RequestResult {
     file: String,
+    /// Seconds from the start of the run to sending this request.
+    sent: f64,
     latency: f64,
     result: Result<String, String>,
 }
@@ -149,11 +163,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}").expect("valid template"));
 
     let start = Instant::now();
+    let (burst_done, done) = tokio::sync::watch::channel(false);
+    let sampler = args.plot.as_ref().map(|_| {
+        let tail = Duration::from_secs(args.plot_tail);
+        tokio::spawn(timeline::record(client.clone(), args.url.clone(), start, done, tail))
+    });
     let outcomes: Vec<RequestResult> = futures::stream::iter(jobs)
         .map(|(path, bytes)| {
             let (client, url, bar) = (&client, args.url.as_str(), &bar);
             async move {
                 let t = Instant::now();
+                let sent = t.duration_since(start).as_secs_f64();
                 let result = upload(client, url, &path, bytes).await;
                 bar.inc(1);
                 let file = path
@@ -162,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     .unwrap_or_default();
                 RequestResult {
                     file,
+                    sent,
                     latency: t.elapsed().as_secs_f64(),
                     result,
                 }
@@ -172,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    let _ = burst_done.send(true);
 
     let mut latencies: Vec<f64> = outcomes.iter().map(|o| o.latency).collect();
     latencies.sort_by(f64::total_cmp);
@@ -223,6 +245,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         for sample in &s.error_samples {
             println!("  {sample}");
         }
+    }
+    if let (Some(path), Some(sampler)) = (&args.plot, sampler) {
+        let samples = sampler.await.context("the /status sampler failed")?;
+        let points: Vec<plot::Point> = outcomes
+            .iter()
+            .map(|o| plot::Point {
+                sent: o.sent,
+                latency: o.latency,
+                ok: o.result.is_ok(),
+            })
+            .collect();
+        let title = format!(
+            "{} uploads over {} connections: {:.1} s, p50 {:.2} s, p99 {:.2} s",
+            summary.requests, args.concurrency, summary.seconds, summary.latency_p50_s, summary.latency_p99_s
+        );
+        plot::timeline(path, &title, &samples, &points)?;
+        eprintln!("timeline: {} ({} samples of /status)", path.display(), samples.len());
     }
     Ok(summary.errors == 0 && summary.wrong == 0)
 }
