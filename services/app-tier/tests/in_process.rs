@@ -60,6 +60,20 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
         "{json}"
     );
     assert!(json["request_id"].as_str().is_some_and(|id| id.len() == 36), "{json}");
+
+    // The dashboard's figures: two answers in the last minute, with their latencies.
+    let status: serde_json::Value = reqwest::get(format!("{}status", web.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["recent"]["completed"], 2, "{status}");
+    let (p50, p99) = (&status["recent"]["latency_p50_s"], &status["recent"]["latency_p99_s"]);
+    assert!(
+        p50.as_f64().is_some_and(|p| p > 0.0) && p99.as_f64() >= p50.as_f64(),
+        "{status}"
+    );
     worker.stop().await.unwrap();
     web.stop().await.unwrap();
 }

@@ -1,7 +1,7 @@
 //! The web tier's handlers: upload -> store -> queue -> await the answer; status and metrics.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
@@ -15,6 +15,7 @@ use warp::http::{header, StatusCode};
 use warp::reply::{self, Reply as _, Response};
 
 use crate::dispatch::{Answer, Waiters};
+use crate::history::{History, Sample};
 use crate::metrics::Metrics;
 use crate::upload::{self, Refusal, UploadLimits};
 
@@ -29,6 +30,8 @@ pub struct App {
     pub upload_limits: UploadLimits,
     /// The hosted scaler, when this process runs one.
     pub scaler: Option<ScalerHandle>,
+    /// What the dashboard charts.
+    pub history: History,
 }
 
 /// A `POST /` as it arrives: the headers the upload needs and the body, not yet read.
@@ -76,6 +79,7 @@ impl App {
             metrics: Metrics::new(),
             upload_limits,
             scaler,
+            history: History::default(),
         })
     }
 
@@ -98,11 +102,15 @@ impl App {
                 (outcome, reply)
             }
         };
+        let took = start.elapsed();
         self.metrics.requests.with_label_values(&[outcome]).inc();
         self.metrics
             .latency
             .with_label_values(&[outcome])
-            .observe(start.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if outcome == "ok" {
+            self.history.answered(Instant::now(), took);
+        }
         reply
     }
 
@@ -228,6 +236,32 @@ impl App {
         }
     }
 
+    /// `GET /status/history`: the last 10 minutes, one sample a second.
+    pub async fn history(self: Arc<Self>) -> Reply {
+        json_reply(StatusCode::OK, &json!({ "samples": self.history.samples() }))
+    }
+
+    /// Records the fleet and the backlog as the scaler last saw them (the queue itself when no
+    /// scaler runs here), for the dashboard's chart.
+    pub async fn sample(&self) {
+        let (desired, instances, backlog) = match &self.scaler {
+            Some(scaler) => {
+                let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
+                (Some(s.desired), s.instances.clone(), Some(s.backlog))
+            }
+            None => (None, Vec::new(), None),
+        };
+        let backlog = match backlog {
+            Some(b) => b,
+            None => match self.ports.requests.depth().await {
+                Ok(depth) => depth,
+                Err(_) => return,
+            },
+        };
+        self.history
+            .record(Sample::of(SystemTime::now(), desired, &instances, backlog));
+    }
+
     /// `GET /status`.
     pub async fn status(self: Arc<Self>) -> Reply {
         let depth = match self.ports.requests.depth().await {
@@ -246,10 +280,14 @@ impl App {
             Some(scaler) => {
                 let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
                 max = s.max;
+                let now = SystemTime::now();
                 let instances: Vec<_> = s
                     .instances
                     .iter()
-                    .map(|i| json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy }))
+                    .map(|i| {
+                        let up = now.duration_since(i.launched_at).unwrap_or_default();
+                        json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy, "up_s": up.as_secs_f64() })
+                    })
                     .collect();
                 (Some(s.desired), instances, s.last_error.clone(), s.acting)
             }
@@ -262,6 +300,7 @@ impl App {
                 "capacity": { "desired": desired, "min": min, "max": max },
                 "instances": instances,
                 "waiting_requests": self.waiters.len(),
+                "recent": self.history.recent(Instant::now()),
                 "scaler_error": error,
                 "web_tier": { "name": self.name, "scaler_acting": acting },
             }),

@@ -8,6 +8,7 @@
 
 mod app;
 mod dispatch;
+mod history;
 mod metrics;
 mod server;
 mod upload;
@@ -32,6 +33,7 @@ use crate::app::{App, UploadRequest};
 use crate::server::ServerLimits;
 
 const PAGE: &str = include_str!("page.html");
+const DASHBOARD: &str = include_str!("dashboard.html");
 /// After the drain deadline, how long connections get to send their last (503) answers.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
@@ -157,6 +159,18 @@ async fn serve_on(
         name.clone(),
         stop_rx.clone(),
     ));
+    let sampler = {
+        let (app, mut stop) = (app.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            while !*stop.borrow() {
+                tokio::select! {
+                    _ = every.tick() => app.sample().await,
+                    _ = stop.changed() => {}
+                }
+            }
+        })
+    };
 
     // Paths before methods, so that an unknown path is 404 rather than the POST route's 405.
     let upload = warp::path::end()
@@ -180,6 +194,14 @@ async fn serve_on(
         .and(warp::get())
         .and(with_app(app.clone()))
         .then(App::status);
+    let history = warp::path!("status" / "history")
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .then(App::history);
+    let dashboard = warp::path("dashboard")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::html(DASHBOARD));
     let metrics = warp::path("metrics")
         .and(warp::path::end())
         .and(warp::get())
@@ -192,6 +214,8 @@ async fn serve_on(
     let routes = upload
         .or(page)
         .or(status)
+        .or(history)
+        .or(dashboard)
         .or(metrics)
         .or(health)
         .recover(recover)
@@ -242,6 +266,7 @@ async fn serve_on(
     let _ = stop_tx.send(true);
     let _ = responses.await;
     let _ = dead.await;
+    let _ = sampler.await;
     if let Some((task, _)) = scaler_task {
         task.await.context("scaler task")??;
     }

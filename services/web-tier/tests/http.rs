@@ -269,3 +269,55 @@ async fn a_trickling_body_is_refused_408_at_its_deadline_and_an_unfinished_heade
     assert_eq!(stored(dir.path()), 0);
     web.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_dashboard_is_self_contained_and_its_data_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let page = client.get(format!("{}dashboard", web.url())).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<title>imgrec dashboard</title>"));
+    // Works offline: nothing fetched from elsewhere, only this web tier's own JSON.
+    for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "@import"] {
+        assert!(!page.contains(external), "{external}");
+    }
+    assert!(page.contains("fetch(path") && page.contains("\"/status\"") && page.contains("\"/status/history\""));
+
+    // One upload waiting in the queue shows in the next sample of the history.
+    let request = client
+        .post(web.url())
+        .multipart(form("myfile", "a.jpg", image()))
+        .timeout(Duration::from_millis(1500))
+        .send();
+    let _ = request.await; // no worker: it times out, the request stays queued
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let samples = loop {
+        let history: serde_json::Value = client
+            .get(format!("{}status/history", web.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let samples = history["samples"].as_array().unwrap().clone();
+        if samples.iter().any(|s| s["backlog"] == 1) || Instant::now() > deadline {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(samples.iter().any(|s| s["backlog"] == 1), "{samples:?}");
+    let last = samples.last().unwrap();
+    assert!(last["t_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(last["desired"].is_null(), "no scaler here");
+    let status = get_status(&client, &web).await;
+    assert_eq!(status["recent"]["completed"], 0, "nothing was answered");
+    assert_eq!(status["recent"]["window_s"], 60.0);
+    web.stop().await.unwrap();
+}
