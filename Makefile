@@ -17,7 +17,7 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build build-aws run run-aws-emulated load timeline test test-rust test-python bench sim lint fmt clean deploy destroy
+.PHONY: help venv ort model build build-aws run run-aws-emulated load timeline screenshots test test-rust test-python bench sim lint fmt clean deploy destroy
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -28,6 +28,7 @@ help:
 	@echo "make run-aws-emulated  the same on S3 + SQS in a local moto server (MOTO_PORT, default 5000)"
 	@echo "make load    100 images, 100 connections, against make run's service"
 	@echo "make timeline  docs/timeline-{100,1000}.svg: real bursts on the local stack, drawn by loadgen --plot"
+	@echo "make screenshots  docs/*.png: the dashboard during a real burst, taken by the browser tests"
 	@echo "make build   release binaries in target/release, without AWS support (make build-aws: with it)"
 	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
 	@echo "make test    every test (what CI runs)"
@@ -121,6 +122,10 @@ bench: build-aws $(DEFAULT_MODEL)
 # The README's timelines (docs/timeline-100.svg, docs/timeline-1000.svg) from real local runs.
 timeline: build $(DEFAULT_MODEL) $(VENV)/.installed
 	$(PY) tools/make_timeline.py --images $(DATASETS)/imagenet-100 --out docs
+
+# The README's screenshots (docs/*.png), taken by the browser tests during a real burst.
+screenshots: build-aws $(DEFAULT_MODEL) $(VENV)/.installed
+	IMGREC_SCREENSHOTS=docs DATASETS=$(abspath $(DATASETS)) $(PY) -m pytest -q tests/test_browser.py
 
 # The scaling simulator: every policy on every scenario, local and EC2 boot times.
 sim: build

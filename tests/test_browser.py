@@ -1,0 +1,157 @@
+"""The pages in a real browser: Debian's chromium, headless, driven by Selenium with the system
+chromedriver (never Selenium Manager, which would download one). The dashboard shows the pool grow
+during a 300-upload burst and shrink after it; the upload page labels five files chosen together
+and shows why a sixth is refused; neither logs a console error. With IMGREC_SCREENSHOTS=DIR
+(`make screenshots`), it also saves the pictures the README shows."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from conftest import ROOT
+from local_stack import Stack, loadgen, stack_processes, wait_until
+
+MODEL = ROOT / "models" / "efficientnet-lite0"
+SCREENSHOTS = os.environ.get("IMGREC_SCREENSHOTS")
+
+
+@pytest.fixture
+def browser():
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_path, "needs Debian's chromium and chromium-driver (.ci/run installs them)"
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1100"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def console_errors(driver) -> list:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def tiles(driver) -> list[dict]:
+    """The instance tiles as shown now, read in one go (the page replaces them every second)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#instances li.tile')]"
+        ".map(t => ({name: t.dataset.name, state: t.dataset.state, text: t.textContent}))")
+
+
+def screenshot(driver, name: str):
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(SCREENSHOTS) / name))
+
+
+def test_the_dashboard_shows_the_pool_grow_during_a_burst_and_shrink_after(tmp_path, datasets, browser):
+    images = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    settings = {"scaler__max": "4", "scaler__scale_in_after_s": "3", "scaler__tick_ms": "200"}
+    with Stack(tmp_path / "data", **settings) as stack:
+        browser.get(stack.url + "dashboard")
+        wait_until("the page shows its web tier",
+                   lambda: browser.find_element(By.ID, "web-tier").text.startswith("web-instance"), 10)
+        assert tiles(browser) == []
+        assert browser.find_element(By.ID, "no-instances").is_displayed()
+
+        result = {}
+        burst = threading.Thread(target=lambda: result.update(
+            summary=loadgen(stack.url, images, concurrency=100, repeat=3)[0]))
+        burst.start()
+        names, states, shot = set(), set(), False
+        deadline = time.monotonic() + 60
+        while (burst.is_alive() or not names) and time.monotonic() < deadline:
+            shown = tiles(browser)
+            for tile in shown:
+                names.add(tile["name"])
+                states.add(tile["state"])
+                assert "up " in tile["text"], tile
+            if len(shown) > 1 and not shot:
+                time.sleep(1.5)  # let the chart gather a few points
+                screenshot(browser, "dashboard-burst.png")
+                shot = True
+            time.sleep(0.2)
+        burst.join(60)
+        assert result["summary"]["ok"] == 300, result
+        assert names and names <= {f"app-instance{k}" for k in range(1, 5)}, names
+        assert states <= {"pending", "running", "stopping"} and "running" in states, states
+
+        # After the burst: every tile leaves, the figures say what happened.
+        wait_until("the tiles are gone",
+                   lambda: tiles(browser) == [] and browser.find_element(By.ID, "no-instances").is_displayed(), 30)
+        assert browser.find_element(By.ID, "pending").text == "0"
+        assert float(browser.find_element(By.ID, "rate").text) > 0
+        assert "/" in browser.find_element(By.ID, "latency").text
+        wait_until("the chart has points",
+                   lambda: len(browser.find_element(By.ID, "live-line").get_attribute("points").split()) > 3, 5)
+        assert browser.find_element(By.ID, "problem").is_displayed() is False
+        time.sleep(2)  # the next history poll draws the scale-in
+        screenshot(browser, "dashboard-after.png")
+        errors = console_errors(browser)
+        assert errors == [], errors
+    assert stack_processes(tmp_path / "data") == []
+
+
+def reference_labels(files: list[Path]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, files)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(line.split(",", 1) for line in out.splitlines())
+
+
+def test_the_upload_page_labels_five_files_chosen_together_and_says_why_one_is_refused(tmp_path, datasets,
+                                                                                       browser):
+    files = sorted((datasets / "imagenet-100").glob("*.JPEG"))[:5]
+    want = reference_labels(files)
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("this is not an image")
+    with Stack(tmp_path / "data", **{"scaler__max": "2"}) as stack:
+        browser.get(stack.url)
+        # Accessible basics: the file input has a label, and the keyboard reaches it and the button.
+        assert browser.find_element(By.CSS_SELECTOR, "label[for=files]").text.startswith("Images")
+        focused = []
+        body = browser.find_element(By.TAG_NAME, "body")
+        for _ in range(2):
+            body.send_keys(Keys.TAB)
+            focused.append(browser.switch_to.active_element.get_attribute("id"))
+        assert focused == ["files", "classify"], focused
+
+        chooser = browser.find_element(By.ID, "files")
+        chooser.send_keys("\n".join(str(f) for f in [*files, not_an_image]))
+        browser.find_element(By.ID, "classify").click()
+        rows = wait_until("every row has its answer", lambda: done_rows(browser, 6), 120)
+        screenshot(browser, "upload-page.png")
+        assert browser.current_url == stack.url, "the page was left"
+    shown = {name: (label, cls, took) for name, label, cls, took in rows}
+    for f in files:
+        label, cls, took = shown[f.name]
+        assert (label, cls) == (want[f.name], "label"), shown[f.name]
+        assert took.endswith(" s") and float(took[:-2]) > 0
+    label, cls, _ = shown["notes.jpg"]
+    assert cls == "error" and label.startswith("415: "), label
+    errors = console_errors(browser)
+    # The refused upload is an answer the page shows, not a page error.
+    assert [e for e in errors if "415" not in e["message"]] == [], errors
+
+
+def done_rows(driver, count: int):
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#rows tr')].map(tr => [...tr.cells].map(c => c.textContent)"
+        ".concat([tr.cells[1].className]))")
+    finished = [(name, label, cls, took) for name, label, took, cls in rows if label != "classifying…" and took]
+    return finished if len(finished) == count else None
