@@ -4,6 +4,7 @@ during a 300-upload burst and shrink after it; the upload page labels five files
 and shows why a sixth is refused; neither logs a console error. With IMGREC_SCREENSHOTS=DIR
 (`make screenshots`), it also saves the pictures the README shows."""
 
+import base64
 import os
 import shutil
 import subprocess
@@ -114,8 +115,8 @@ def reference_labels(files: list[Path]) -> dict[str, str]:
     return dict(line.split(",", 1) for line in out.splitlines())
 
 
-def test_the_upload_page_labels_five_files_chosen_together_and_says_why_one_is_refused(tmp_path, datasets,
-                                                                                       browser):
+def test_the_upload_page_labels_files_chosen_together_or_dropped_and_says_why_one_is_refused(tmp_path, datasets,
+                                                                                           browser):
     files = sorted((datasets / "imagenet-100").glob("*.JPEG"))[:5]
     want = reference_labels(files)
     not_an_image = tmp_path / "notes.jpg"
@@ -131,12 +132,26 @@ def test_the_upload_page_labels_five_files_chosen_together_and_says_why_one_is_r
             focused.append(browser.switch_to.active_element.get_attribute("id"))
         assert focused == ["files", "classify"], focused
 
+        # Readable contrast (WCAG AA, 4.5:1): the text, the button, the hints.
+        for selector, ratio in contrasts(browser, ["body", "#classify", "#how", "#drop"]).items():
+            assert ratio >= 4.5, f"{selector}: contrast {ratio:.1f}"
+
         chooser = browser.find_element(By.ID, "files")
         chooser.send_keys("\n".join(str(f) for f in [*files, not_an_image]))
         browser.find_element(By.ID, "classify").click()
         rows = wait_until("every row has its answer", lambda: done_rows(browser, 6), 120)
         screenshot(browser, "upload-page.png")
+        assert len(rows) == 6
+        for selector, ratio in contrasts(browser, ["td.error", "td.time", "th"]).items():
+            assert ratio >= 4.5, f"{selector}: contrast {ratio:.1f}"
         assert browser.current_url == stack.url, "the page was left"
+
+        # Dropping files on the page classifies them at once, in new rows.
+        dropped = sorted((datasets / "imagenet-100").glob("*.JPEG"))[5:7]
+        browser.execute_script(DROP, [[f.name, base64.b64encode(f.read_bytes()).decode()] for f in dropped])
+        rows = wait_until("the dropped files have their answers", lambda: done_rows(browser, 8), 120)
+    want.update(reference_labels(dropped))
+    files = files + dropped
     shown = {name: (label, cls, took) for name, label, cls, took in rows}
     for f in files:
         label, cls, took = shown[f.name]
@@ -155,3 +170,43 @@ def done_rows(driver, count: int):
         ".concat([tr.cells[1].className]))")
     finished = [(name, label, cls, took) for name, label, took, cls in rows if label != "classifying…" and took]
     return finished if len(finished) == count else None
+
+
+CONTRAST = """
+const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+const lum = (c) => {
+  const [r, g, b] = rgb(c).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const background = (el) => {
+  for (; el; el = el.parentElement) {
+    const bg = getComputedStyle(el).backgroundColor;
+    if (!/rgba\\(.*, 0\\)$/.test(bg) && bg !== "transparent") return bg;
+  }
+  return "rgb(255, 255, 255)";
+};
+return Object.fromEntries(arguments[0].map((sel) => {
+  const el = document.querySelector(sel);
+  const [a, b] = [lum(getComputedStyle(el).color), lum(background(el))];
+  return [sel, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+}));
+"""
+
+
+def contrasts(driver, selectors: list[str]) -> dict[str, float]:
+    """The contrast ratio of each element's text colour on its background, as WCAG defines it."""
+    return driver.execute_script(CONTRAST, selectors)
+
+
+# A drop of files on the drop zone, as a user's drag from a file manager delivers it.
+DROP = """
+const transfer = new DataTransfer();
+for (const [name, b64] of arguments[0]) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+}
+const zone = document.getElementById("drop");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+}
+"""

@@ -69,6 +69,29 @@ class PoolSampler(threading.Thread):
         return self.samples
 
 
+class FleetViews(threading.Thread):
+    """Polls every web tier's /status: the moments when all of them list the same instances."""
+
+    def __init__(self, stacks):
+        super().__init__(daemon=True)
+        self.stacks, self.agreed, self.stopped = stacks, [], threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                views = [frozenset(i["name"] for i in s.status()["instances"]) for s in self.stacks]
+            except OSError:
+                continue
+            if views[0] and all(v == views[0] for v in views):
+                self.agreed.append(views[0])
+            time.sleep(0.1)
+
+    def stop(self) -> list[frozenset]:
+        self.stopped.set()
+        self.join(5)
+        return self.agreed
+
+
 def check_pool(samples: list[list[str]]):
     allowed = {f"app-instance{k}" for k in range(1, MAX + 1)}
     assert samples, "no samples"
@@ -112,13 +135,17 @@ def test_three_web_tiers_share_one_pool_and_each_gets_its_own_answers(tmp_path, 
         acting = [s.status()["web_tier"]["scaler_acting"] for s in stacks]
         wait_until("one scaler acts", lambda: sum(s.status()["web_tier"]["scaler_acting"] for s in stacks) == 1, 10)
         sampler.start()
+        views = FleetViews(stacks)
+        views.start()
         results = run_bursts([(s.url, *sets[p]) for s, p in zip(stacks, sets)])
         for (summary, run), prefix in zip(results, sets):
             assert summary["requests"] == 100, run.stderr[-2000:]
             assert (summary["ok"], summary["errors"], summary["wrong"]) == (100, 0, 0), (prefix, summary["error_samples"])
         wait_until("the pool is back at min", lambda: worker_names(data) == [], timeout=20)
         check_pool(sampler.stop())
-        # Every web tier shows the same fleet and queue.
+        # Every web tier (and so its /dashboard) shows the same fleet and queue.
+        agreed = views.stop()
+        assert agreed, "the three web tiers never showed one and the same non-empty fleet"
         for s in stacks:
             assert s.status()["queue"]["pending"] == 0
     finally:
