@@ -115,6 +115,7 @@ test-python: build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_VENV)/.installe
 bench: build-aws $(DEFAULT_MODEL)
 	$(PY) tools/bench.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/bench_service.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
+	$(PY) tools/profile_burst.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_faults.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_web_tiers.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_web_tiers.py --size 1280x960 $(DATASETS)/imagenet-100
