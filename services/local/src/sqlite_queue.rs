@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use crate::errors::queue_error;
 use imgrec_domain::messages::now_ms;
@@ -18,11 +19,29 @@ pub struct DeadLetter {
     pub max_receives: u32,
 }
 
+/// Group commit of single sends: while one transaction (and its fsync) runs, the sends that arrive
+/// wait for the next, which takes them all at once. Each send is answered only once the
+/// transaction holding it has committed, so an acknowledged send is as durable as before, with
+/// one fsync for many concurrent uploads instead of one each.
+#[derive(Default)]
+struct Outbox {
+    waiting: Vec<Pending>,
+    committing: bool,
+}
+
+struct Pending {
+    queue: String,
+    body: Vec<u8>,
+    done: oneshot::Sender<Result<(), (bool, String)>>,
+}
+
 /// One named queue in the shared SQLite database. Every process opens its own connection; WAL
 /// lets receivers poll while another process writes.
 #[derive(Clone)]
 pub struct SqliteQueue {
     conn: Arc<Mutex<Connection>>,
+    /// Single sends waiting for the next group commit (shared by the handles of one connection).
+    outbox: Arc<Mutex<Outbox>>,
     name: String,
     dead_letter: Option<DeadLetter>,
     poll_interval: Duration,
@@ -35,6 +54,7 @@ impl SqliteQueue {
         let conn = super::db::open(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            outbox: Arc::default(),
             name: name.to_owned(),
             dead_letter,
             poll_interval: Duration::from_millis(20),
@@ -60,6 +80,28 @@ impl SqliteQueue {
             dead_letter: None,
             receiver: None,
             ..self.clone()
+        }
+    }
+
+    /// Commits what waits in the outbox, group after group, until it is empty. Runs as its own
+    /// task, so that a send whose client goes away cannot leave the outbox without a committer.
+    async fn commit_waiting(self) {
+        loop {
+            let group = {
+                let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                if outbox.waiting.is_empty() {
+                    outbox.committing = false;
+                    return;
+                }
+                std::mem::take(&mut outbox.waiting)
+            };
+            let (rows, answers): (Vec<(String, Vec<u8>)>, Vec<_>) =
+                group.into_iter().map(|p| ((p.queue, p.body), p.done)).unzip();
+            let committed = self.blocking(move |conn, _| insert(conn, &rows)).await;
+            let outcome = committed.map_err(|e| (e.is_transient(), format!("{e:#}")));
+            for done in answers {
+                let _ = done.send(outcome.clone());
+            }
         }
     }
 
@@ -140,6 +182,21 @@ pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<us
     )
 }
 
+/// Inserts `(queue, body)` rows in one transaction.
+fn insert(conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let now = now_ms() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES (?1, ?2, ?3, ?3)")?;
+        for (queue, body) in rows {
+            insert.execute(params![queue, body, now])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn message_id(receipt: &Receipt) -> QueueResult<i64> {
     receipt
         .0
@@ -151,26 +208,33 @@ fn message_id(receipt: &Receipt) -> QueueResult<i64> {
 #[async_trait]
 impl WorkQueue for SqliteQueue {
     async fn send(&self, body: &[u8]) -> QueueResult<()> {
-        self.send_batch(&[body.to_vec()]).await
+        let (done, committed) = oneshot::channel();
+        let lead = {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            outbox.waiting.push(Pending {
+                queue: self.name.clone(),
+                body: body.to_vec(),
+                done,
+            });
+            !std::mem::replace(&mut outbox.committing, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().commit_waiting());
+        }
+        match committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((true, e))) => Err(QueueError::Transient(anyhow::anyhow!(e))),
+            Ok(Err((false, e))) => Err(QueueError::Permanent(anyhow::anyhow!(e))),
+            Err(_) => Err(QueueError::Transient(anyhow::anyhow!(
+                "queue {}: the commit was abandoned (shutting down)",
+                self.name
+            ))),
+        }
     }
 
     async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
-        let bodies = bodies.to_vec();
-        self.blocking(move |conn, q| {
-            let now = now_ms() as i64;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES (?1, ?2, ?3, ?3)",
-                )?;
-                for body in &bodies {
-                    insert.execute(params![q.name, body, now])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        let rows: Vec<(String, Vec<u8>)> = bodies.iter().map(|b| (self.name.clone(), b.clone())).collect();
+        self.blocking(move |conn, _| insert(conn, &rows)).await
     }
 
     async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>> {

@@ -93,6 +93,42 @@ async fn sqlite_queues_are_separate_and_durable() {
     assert_eq!(got[0].body, b"kept");
 }
 
+/// Single sends are committed in groups: every acknowledged send is there once, in its own queue,
+/// read back through another connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_queue_group_commits_lose_and_mix_up_nothing() {
+    use imgrec_domain::ports::WorkQueue;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (queue(dir.path(), "a"), queue(dir.path(), "a").named("b"));
+    let sends = (0..300).map(|i| {
+        let q = if i % 3 == 0 { b.clone() } else { a.clone() };
+        tokio::spawn(async move {
+            q.send(format!("m{i}").as_bytes()).await.unwrap();
+            i
+        })
+    });
+    let _ = futures::future::join_all(sends).await;
+    let reader = queue(dir.path(), "a");
+    let depth = |q: SqliteQueue| async move { q.depth().await.unwrap().visible };
+    assert_eq!(depth(reader.clone()).await, 200);
+    assert_eq!(depth(reader.named("b")).await, 100);
+    let mut bodies = Vec::new();
+    loop {
+        let got = reader
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        bodies.extend(got.into_iter().map(|m| String::from_utf8(m.body).unwrap()));
+    }
+    bodies.sort();
+    let mut want: Vec<String> = (0..300).filter(|i| i % 3 != 0).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(bodies, want);
+}
+
 #[tokio::test]
 async fn fs_object_store_contract() {
     let dir = tempfile::tempdir().unwrap();
