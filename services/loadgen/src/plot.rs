@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use anyhow::anyhow;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::timeline::Sample;
@@ -46,12 +48,7 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let mut chart = ChartBuilder::on(&panels[0])
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..end, 0.0..most * 1.1)
-        .map_err(err)?;
+    let mut chart = panel(&panels[0], end, most)?;
     chart
         .configure_mesh()
         .x_desc("seconds")
@@ -83,12 +80,7 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
         .map_err(err)?;
 
     let deepest = samples.iter().map(|s| s.backlog).max().unwrap_or(1).max(1) as f64;
-    let mut chart = ChartBuilder::on(&panels[1])
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..end, 0.0..deepest * 1.1)
-        .map_err(err)?;
+    let mut chart = panel(&panels[1], end, deepest)?;
     chart
         .configure_mesh()
         .x_desc("seconds")
@@ -103,12 +95,7 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
         .map_err(err)?;
 
     let slowest = requests.iter().map(|r| r.latency).fold(0.1, f64::max);
-    let mut chart = ChartBuilder::on(&panels[2])
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..end, 0.0..slowest * 1.1)
-        .map_err(err)?;
+    let mut chart = panel(&panels[2], end, slowest)?;
     chart
         .configure_mesh()
         .x_desc("seconds (when each request was answered)")
@@ -123,6 +110,20 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
         .map_err(err)?;
     root.present()
         .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// One panel over the run's time axis, up to a tenth above `top`.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    end: f64,
+    top: f64,
+) -> anyhow::Result<ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..end, 0.0..top * 1.1)
+        .map_err(err)
 }
 
 /// A count holds until the next sample: draw it as steps, not slopes.
