@@ -31,7 +31,7 @@ def python_round(ref: Reference, files: list[Path]) -> dict[str, float]:
         prepare.append((time.perf_counter() - start) * 1e3)
     result = {"prepare_ms": statistics.median(prepare)}
     name_in, name_out = ref.manifest["input"]["name"], ref.manifest["output"]["name"]
-    for batch in (1, 8):
+    for batch in (1, 2, 4, 8):
         same = [t for t in tensors if t.shape == tensors[0].shape]
         batches = [np.stack(same[i:i + batch]) for i in range(0, len(same) - batch + 1, batch)]
         if not batches:
@@ -79,8 +79,7 @@ def main() -> int:
     }
     rows = [
         ("decode+preprocess per image", "prepare_ms"),
-        ("inference per image, batch 1", "infer_batch1_ms"),
-        ("inference per image, batch 8", "infer_batch8_ms"),
+        *((f"inference per image, batch {b}", f"infer_batch{b}_ms") for b in (1, 2, 4, 8)),
     ]
     print(f"\n{args.model.name}, {len(files)} images, 1 thread, median of {args.rounds} alternating rounds\n")
     print(f"{'stage':32} {'Rust ms':>9} {'Python ms':>10} {'Rust/Python':>12}")

@@ -143,9 +143,9 @@ def main() -> int:
             for kind in ("png", "jpeg", "progressive jpeg"):
                 record(f"web_peak_mib/{kind}", web_tier_peak(kind, tmp, i))
             record("worker_peak_mib/efficientnet 8x12MP", worker_peak(big, tmp, f"w{i}"))
-            for label, budget in (("default 4 MP", "4000000"), ("unbounded", "1000000000")):
+            for label, budget in (("default", {}), ("unbounded", {"app_tier__max_batch_pixels": "1000000000"})):
                 record(f"worker_peak_mib/resnet18 6x2MP {label}", worker_peak(
-                    medium, tmp, f"r{i}-{budget}", inference__model_dir=str(resnet), app_tier__max_batch_pixels=budget))
+                    medium, tmp, f"r{i}-{label}", inference__model_dir=str(resnet), **budget))
             record("dead_worker_recovery_s", dead_worker_recovery(files, tmp, i))
             record("stopped_worker_recovery_s", dead_worker_recovery(files, tmp, i, signal.SIGSTOP))
             record("shutdown_300", shutdown_with_300_waiting(files, tmp, i))

@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let mut per_batch = serde_json::Map::new();
-    for batch_size in [1usize, 8] {
+    for batch_size in [1usize, 2, 4, 8] {
         // Same-shape tensors only: batches need one shape (native-size models vary per image).
         let shape = tensors[0].dim();
         let same: Vec<&Array3<f32>> = tensors.iter().filter(|t| t.dim() == shape).collect();

@@ -16,9 +16,10 @@ pub struct Args {
     /// ONNX Runtime intra-op threads; default from configuration.
     #[arg(long)]
     threads: Option<usize>,
-    /// Images per model run.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
-    batch: u16,
+    /// Images read and classified together; default `app_tier.batch_size`, as a worker receives
+    /// them. Model runs within a batch follow `app_tier.max_batch_pixels`, as in a worker.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch: Option<u16>,
     /// Debugging aid: write each file's input tensor and logits (raw little-endian f32) here.
     #[arg(long, hide = true)]
     dump: Option<PathBuf>,
@@ -40,11 +41,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut failures = 0usize;
     let stdout = std::io::stdout();
-    for chunk in args.files.chunks(usize::from(args.batch)) {
+    let batch = args.batch.map_or(settings.app_tier.batch_size, usize::from).max(1);
+    let max_pixels = settings.app_tier.max_batch_pixels;
+    for chunk in args.files.chunks(batch) {
         let names: Vec<String> = chunk.iter().map(|p| file_name(p)).collect();
         let contents: Vec<Result<Vec<u8>, std::io::Error>> = chunk.iter().map(std::fs::read).collect();
         let readable: Vec<&[u8]> = contents.iter().filter_map(|c| c.as_deref().ok()).collect();
-        let mut results = classifier.classify(&readable).into_iter();
+        let mut results = classifier.classify_within(&readable, max_pixels).into_iter();
         let mut out = stdout.lock();
         for ((name, content), path) in names.iter().zip(&contents).zip(chunk) {
             let result = match content {
