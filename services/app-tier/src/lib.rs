@@ -3,5 +3,6 @@
 
 pub mod bench;
 pub mod classify;
+mod inference;
 mod poison;
 pub mod worker;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
-use imgrec_classifier::{Classifier, ClassifyError, Prediction};
+use imgrec_classifier::{ClassifyError, Prediction};
 use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_domain::ports::{ApiCalls, InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
 
+use crate::inference::InferenceThread;
 use crate::poison::{self, Job};
 
 #[derive(clap::Args)]
@@ -73,7 +74,7 @@ struct Worker {
     name: String,
     settings: Settings,
     ports: Ports,
-    classifier: Arc<Mutex<Classifier>>,
+    inference: InferenceThread,
     progress: Progress,
 }
 
@@ -91,12 +92,12 @@ pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<b
     let heartbeats = tokio::spawn(heartbeat(status.clone(), progress.clone(), app.heartbeat()));
     let ports = Ports::connect_as(&settings, Some(&name), calls).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
-    let classifier = tokio::task::spawn_blocking(move || Classifier::load(&inference, limits)).await??;
+    let inference = InferenceThread::start(inference, limits).await?;
     let worker = Arc::new(Worker {
         name,
         settings,
         ports,
-        classifier: Arc::new(Mutex::new(classifier)),
+        inference,
         progress: progress.clone(),
     });
     status.report(InstanceState::Running, false).await?;
@@ -316,20 +317,14 @@ impl Worker {
         let requests: Vec<(Receipt, ClassifyRequest)> = jobs.into_iter().map(|j| (j.receipt, j.request)).collect();
         let images = join_all(requests.iter().map(|(_, r)| self.fetch(r))).await;
         let inputs: Vec<Bytes> = images.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
-        let classifier = self.classifier.clone();
-        let max_pixels = self.settings.app_tier.max_batch_pixels;
-        let results = tokio::task::spawn_blocking(move || {
-            let views: Vec<&[u8]> = inputs.iter().map(|b| b.as_ref()).collect();
-            classifier
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .classify_within(&views, max_pixels)
-        })
-        .await;
+        let results = self
+            .inference
+            .classify(inputs, self.settings.app_tier.max_batch_pixels)
+            .await;
         let mut results = match results {
             Ok(r) => r.into_iter(),
             Err(e) => {
-                error!(error = %e, "classification task failed; the batch will be retried one by one");
+                error!(error = %format!("{e:#}"), "classification failed; the batch will be retried one by one");
                 self.release(requests.iter().map(|(r, _)| r)).await;
                 return Vec::new();
             }
