@@ -45,6 +45,19 @@ def cpu_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def thread_cpu_s(pid: int, name: str) -> float:
+    """User + system CPU seconds of the threads of `pid` named `name`."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == name:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
 def inference_only(model: Path, files: list[Path], workers: int) -> float:
     """Images per second of `workers` parallel `app-tier classify` processes, model load excluded
     (each process is timed from its own start; load is measured once and subtracted)."""
@@ -75,12 +88,14 @@ def warm_burst(files: list[Path], workers: int, tmp: Path, i: int) -> tuple[floa
             1 for s in stack.status()["instances"] if s["state"] == "running") == workers, 30)
         pids = {"web tier": [stack.proc.pid], "workers": worker_pids(stack.data_dir)}
         before = {side: [cpu_s(p) for p in ps] for side, ps in pids.items()}
+        model_before = sum(thread_cpu_s(p, "inference") for p in pids["workers"])
         mine = os.times()
         summary, run = loadgen(stack.url, files)
         assert summary["errors"] == 0, run.stdout
         spent = {side: [cpu_s(p) for p in ps] for side, ps in pids.items()}
         n = summary["requests"]
-        cpu = {}
+        cpu = {"workers' inference thread": (sum(thread_cpu_s(p, "inference") for p in pids["workers"])
+                                             - model_before) * 1000 / n}
         for side in pids:
             user = sum(a[0] - b[0] for a, b in zip(spent[side], before[side]))
             system = sum(a[1] - b[1] for a, b in zip(spent[side], before[side]))
@@ -190,6 +205,10 @@ def main() -> int:
     for side in ("web tier", "workers"):
         user, system = cpu[f"{side} user"], cpu[f"{side} system"]
         print(f"  {side:12s} {user + system:6.2f}  (user {user:.2f}, system {system:.2f})")
+    model = cpu["workers' inference thread"]
+    rest = cpu["workers user"] + cpu["workers system"] - model
+    print(f"    of which the inference thread {model:.2f} (decode, preprocess, model), the rest {rest:.2f} "
+          "(queue, files, async runtime)")
     print(f"  {'loadgen':12s} {cpu['load generator']:6.2f}")
     print(f"  {'inference-only':12s} {args.workers * 1000 / inference:6.2f}  (CPU of {args.workers} busy processes)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,26 +69,27 @@ def breakdown(script: str, web: set[int], workers: set[int]) -> dict[str, Counte
     return out
 
 
-def profile_once(perf: str, images: list[Path], workers: int, repeat: int) -> tuple[dict, dict[str, Counter]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        settings = {"scaler__min": str(workers), "scaler__max": str(workers)}
-        with Stack(data, **settings) as stack:
-            wait_until("the pool is warm", lambda: len(stack.status()["instances"]) == workers
-                       and all(i["state"] == "running" for i in stack.status()["instances"]), 30)
-            loadgen(stack.url, images[:10], concurrency=10)  # first-request costs out of the way
-            web, pool = {stack.proc.pid}, set(worker_pids(data))
-            record = Path(tmp) / "perf.data"
-            pids = ",".join(str(p) for p in [*web, *pool])
-            recorder = subprocess.Popen([perf, "record", "-q", "-F", str(FREQUENCY), "--call-graph", "dwarf,8192",
-                                         "-p", pids, "-o", str(record)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-            summary, run = loadgen(stack.url, images, concurrency=100, repeat=repeat)
-            recorder.send_signal(2)
-            recorder.wait(30)
-        script = subprocess.run([perf, "script", "-F", "pid,tid,event,ip,sym,dso", "-i", str(record)],
-                                capture_output=True, text=True, timeout=600).stdout
+def profile_once(perf: str, images: list[Path], workers: int, repeat: int, tmp: Path) -> tuple[dict, dict[str, Counter]]:
+    # Each run's data stays until all are done: see bench_service.py on deleting files.
+    tmp.mkdir()
+    data = tmp / "data"
+    settings = {"scaler__min": str(workers), "scaler__max": str(workers)}
+    with Stack(data, **settings) as stack:
+        wait_until("the pool is warm", lambda: len(stack.status()["instances"]) == workers
+                   and all(i["state"] == "running" for i in stack.status()["instances"]), 30)
+        loadgen(stack.url, images[:10], concurrency=10)  # first-request costs out of the way
+        web, pool = {stack.proc.pid}, set(worker_pids(data))
+        record = tmp / "perf.data"
+        pids = ",".join(str(p) for p in [*web, *pool])
+        recorder = subprocess.Popen([perf, "record", "-q", "-F", str(FREQUENCY), "--call-graph", "dwarf,8192",
+                                     "-p", pids, "-o", str(record)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        summary, run = loadgen(stack.url, images, concurrency=100, repeat=repeat)
+        recorder.send_signal(2)
+        recorder.wait(30)
+    script = subprocess.run([perf, "script", "-F", "pid,tid,event,ip,sym,dso", "-i", str(record)],
+                            capture_output=True, text=True, timeout=600).stdout
     if summary["errors"]:
         raise SystemExit(f"the burst had errors: {summary['error_samples']}")
     return summary, breakdown(script, web, pool)
@@ -108,8 +109,11 @@ def main() -> int:
     workers = os.cpu_count() or 2
     per_run = []  # per run: {side: {stage: ms per image}}, and the run's rate
     rates = []
-    for _ in range(args.runs):
-        summary, table = profile_once(perf, images, workers, args.repeat)
+    os.sync()
+    time.sleep(5)
+    with tempfile.TemporaryDirectory(prefix="imgrec-profile-") as tmp:
+        runs = [profile_once(perf, images, workers, args.repeat, Path(tmp) / f"run{i}") for i in range(args.runs)]
+    for summary, table in runs:
         n = summary["requests"]
         rates.append(summary["throughput_per_s"])
         per_run.append({side: {stage: count / FREQUENCY * 1000 / n for stage, count in counts.items()}

@@ -1,10 +1,11 @@
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::dir_sync::DirSyncs;
 use super::file_names::{key_of, relative_path, LONG_DIR};
 use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
 
@@ -12,10 +13,12 @@ use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, Stor
 /// file name (`test_0`) and any other maps to a safe one (see `file_names`). Writes are atomic
 /// (temp file, fsync, rename), and every version stays reachable under
 /// `<root>/versions/<bucket>/<id>` (a hard link, no copy) so that a later upload of the same name
-/// cannot change what an earlier request classifies. A failed put leaves no file behind.
+/// cannot change what an earlier request classifies. A failed put leaves no file behind. A put
+/// returns once both names are durable: their folders are synced in groups (`DirSyncs`).
 #[derive(Debug, Clone)]
 pub struct FsObjectStore {
     root: PathBuf,
+    dir_syncs: DirSyncs,
 }
 
 fn check_bucket(bucket: &str) -> StoreResult<()> {
@@ -41,7 +44,10 @@ fn check_version(version: &str) -> StoreResult<()> {
 
 impl FsObjectStore {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self { root: data_dir.into() }
+        Self {
+            root: data_dir.into(),
+            dir_syncs: DirSyncs::default(),
+        }
     }
 
     /// Removes temp files older than `age`: what a process killed in the middle of a put left.
@@ -70,7 +76,8 @@ impl FsObjectStore {
         self.root.join("s3").join(bucket)
     }
 
-    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> StoreResult<StoredObject> {
+    /// Writes the object and returns its version and the two folders whose syncs make it durable.
+    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> StoreResult<(String, [PathBuf; 2])> {
         check_bucket(bucket)?;
         let target = self.bucket_dir(bucket).join(relative_path(key));
         let versions = self.root.join("versions").join(bucket);
@@ -92,8 +99,7 @@ impl FsObjectStore {
                 .context(format!("cannot write {}", target.display()))
                 .into());
         }
-        sync_dir(parent)?;
-        Ok(StoredObject { version: Some(version) })
+        Ok((version, [versions, parent.to_path_buf()]))
     }
 
     fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
@@ -148,12 +154,6 @@ impl FsObjectStore {
     }
 }
 
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
     tokio::task::spawn_blocking(f).await.context("storage task failed")?
 }
@@ -162,7 +162,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send +
 impl ObjectStore for FsObjectStore {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
-        blocking(move || this.put_blocking(&bucket, &key, &bytes)).await
+        let (version, dirs) = blocking(move || this.put_blocking(&bucket, &key, &bytes)).await?;
+        self.dir_syncs.sync(dirs).await?;
+        Ok(StoredObject { version: Some(version) })
     }
 
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {

@@ -2,6 +2,7 @@
 //! processes, durable across restarts), OS processes as the app-tier fleet.
 
 mod db;
+mod dir_sync;
 mod errors;
 mod file_names;
 mod fs_store;
