@@ -2,8 +2,8 @@
 """Where the CPU goes in a warm burst, for `make bench`: the local stack with a warm pool (as many
 workers as cores) takes 300 uploads while `perf record` samples the web tier and the workers with
 DWARF call stacks; every sample is put in the stage its call stack is in, and the table gives CPU
-milliseconds per image by stage. CPU only: time blocked (fsync, waiting on the queue) is not
-sampled."""
+milliseconds per image by stage. CPU only: time blocked is not sampled, so a separate burst under
+`strace` gives the fsync calls per image and the wall time spent in them."""
 
 from __future__ import annotations
 
@@ -95,6 +95,36 @@ def profile_once(perf: str, images: list[Path], workers: int, repeat: int, tmp: 
     return summary, breakdown(script, web, pool)
 
 
+def fsync_times(strace_output: str) -> list[float]:
+    """Seconds of each completed fsync/fdatasync in `strace -T` output."""
+    return [float(t) for t in re.findall(r"\b(?:fsync|fdatasync)\b.*<([0-9.]+)>\s*$", strace_output, re.M)]
+
+
+def fsync_waits(strace: str, images: list[Path], workers: int, repeat: int, tmp: Path) -> dict[str, tuple]:
+    """Per side: fsync calls per image and wall ms per image spent in them (summed over threads)."""
+    tmp.mkdir()
+    with Stack(tmp / "data", scaler__min=str(workers), scaler__max=str(workers)) as stack:
+        wait_until("the pool is warm", lambda: len(stack.status()["instances"]) == workers
+                   and all(i["state"] == "running" for i in stack.status()["instances"]), 30)
+        loadgen(stack.url, images[:10], concurrency=10)
+        sides = {"web tier": [stack.proc.pid], "workers": worker_pids(tmp / "data")}
+        tracers = [(side, out, subprocess.Popen([strace, "-f", "-qq", "-T", "-e", "trace=fsync,fdatasync",
+                                                 "-p", str(pid), "-o", str(out)]))
+                   for side, pids in sides.items() for pid in pids for out in [tmp / f"strace-{pid}.txt"]]
+        time.sleep(1)
+        summary, _ = loadgen(stack.url, images, concurrency=100, repeat=repeat)
+        for _, _, tracer in tracers:
+            tracer.send_signal(2)
+        for _, _, tracer in tracers:
+            tracer.wait(30)
+    n = summary["requests"]
+    out: dict[str, tuple] = {}
+    for side in sides:
+        times = [t for s, path, _ in tracers if s == side for t in fsync_times(path.read_text())]
+        out[side] = (len(times) / n, sum(times) * 1000 / n, statistics.median(times) * 1000 if times else 0.0)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("images", type=Path)
@@ -111,8 +141,10 @@ def main() -> int:
     rates = []
     os.sync()
     time.sleep(5)
+    strace = shutil.which("strace")
     with tempfile.TemporaryDirectory(prefix="imgrec-profile-") as tmp:
         runs = [profile_once(perf, images, workers, args.repeat, Path(tmp) / f"run{i}") for i in range(args.runs)]
+        waits = fsync_waits(strace, images, workers, args.repeat, Path(tmp) / "fsync") if strace else None
     for summary, table in runs:
         n = summary["requests"]
         rates.append(summary["throughput_per_s"])
@@ -128,6 +160,12 @@ def main() -> int:
         print(f"  {side}: {total:.2f} ms per image")
         for stage, ms in sorted(medians.items(), key=lambda kv: -kv[1]):
             print(f"    {stage:42s} {ms:6.2f}  {ms / max(total, 1e-9):5.1%}")
+    if waits is None:
+        print("fsync waits: NOT RUN (no `strace`: apt-get install strace)")
+        return 0
+    print("fsync waits (one burst under strace; wall time, summed over the threads waiting at once):")
+    for side, (calls, ms, median) in waits.items():
+        print(f"  {side:9s} {calls:5.2f} fsyncs per image, {ms:5.2f} ms per image in them (median call {median:.2f} ms)")
     return 0
 
 

@@ -36,3 +36,15 @@ def test_samples_go_to_the_outermost_named_stage_of_their_process():
     assert table["web tier"] == {"queue send (SQLite)": 1, "validate (decode the upload)": 1}
     assert table["workers"] == {"inference (ONNX Runtime)": 1, OTHER: 1}
     assert sum(table["web tier"].values()) + sum(table["workers"].values()) == 4, "loadgen's sample is not counted"
+
+
+def test_fsync_times_are_read_from_strace_output():
+    from profile_burst import fsync_times
+    text = """\
+1234  fsync(12)                         = 0 <0.000210>
+1235  fdatasync(7 <unfinished ...>
+1235  <... fdatasync resumed>)          = 0 <0.001500>
+1236  fsync(9)                          = -1 EIO (Input/output error) <0.000100>
+"""
+    # A resumed call carries its time on the resumed line, which names the call too.
+    assert fsync_times(text) == [0.00021, 0.0015, 0.0001]
