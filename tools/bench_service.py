@@ -7,7 +7,10 @@
 3. time from the last response to the pool back at min (goal < 2 s with a short window);
 4. a cold burst of 1,000 requests: throughput / inference-only (goal >= 0.85);
 5. peak RSS of the web tier and of one worker (goals < 50 MiB, < 150 MiB);
-6. CPU per image of each process in the warm burst (from /proc, so without a profiler's cost).
+6. CPU per image of each process in the warm burst (from /proc, so without a profiler's cost);
+7. the warm burst again with half the cores for the workers and the other half for the web tier and
+   the load generator (as on AWS, where those are other machines), against inference only on the
+   workers' cores.
 
 All data folders stay until the end: on a journal-less ext4 (as on these CI machines) creating files
 soon after deleting many costs the kernel a scan per new file, so deleting one round's folder would
@@ -58,13 +61,25 @@ def thread_cpu_s(pid: int, name: str) -> float:
     return total
 
 
-def inference_only(model: Path, files: list[Path], workers: int) -> float:
+def split_cores() -> tuple[str, str, int]:
+    """The workers' cores, the web tier's and load generator's, and how many workers."""
+    cores = sorted(os.sched_getaffinity(0))
+    half = max(len(cores) // 2, 1)
+    return ",".join(map(str, cores[:half])), ",".join(map(str, cores[half:] or cores)), half
+
+
+def pin(pid: int, cpus: str) -> None:
+    """Every thread of `pid` (and what they start later) on `cpus`."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def inference_only(model: Path, files: list[Path], workers: int, prefix: tuple[str, ...] = ()) -> float:
     """Images per second of `workers` parallel `app-tier classify` processes, model load excluded
     (each process is timed from its own start; load is measured once and subtracted)."""
     shards = [files[i::workers] for i in range(workers)]
     start = time.perf_counter()
     procs = [
-        subprocess.Popen([str(APP_TIER), "classify", "--model", str(model), *map(str, shard)],
+        subprocess.Popen([*prefix, str(APP_TIER), "classify", "--model", str(model), *map(str, shard)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for shard in shards
     ]
@@ -73,7 +88,7 @@ def inference_only(model: Path, files: list[Path], workers: int) -> float:
     elapsed = time.perf_counter() - start
     # The same processes on a single image each: their start-up and model load.
     start = time.perf_counter()
-    procs = [subprocess.Popen([str(APP_TIER), "classify", "--model", str(model), str(files[0])],
+    procs = [subprocess.Popen([*prefix, str(APP_TIER), "classify", "--model", str(model), str(files[0])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
     for p in procs:
         p.wait()
@@ -104,6 +119,20 @@ def warm_burst(files: list[Path], workers: int, tmp: Path, i: int) -> tuple[floa
         cpu["load generator"] = ((after.children_user - mine.children_user)
                                  + (after.children_system - mine.children_system)) * 1000 / n
         return summary["throughput_per_s"], cpu
+
+
+def warm_burst_own_cores(files: list[Path], tmp: Path, i: int) -> float:
+    """The warm burst with the workers on their own cores (`split_cores`)."""
+    workers_cpus, front_cpus, workers = split_cores()
+    with Stack(tmp / f"own{i}", scaler__min=str(workers), scaler__max=str(workers), scaler__tick_ms="100") as stack:
+        wait_until("the warm pool is running", lambda: sum(
+            1 for s in stack.status()["instances"] if s["state"] == "running") == workers, 30)
+        pin(stack.proc.pid, front_cpus)
+        for pid in worker_pids(stack.data_dir):
+            pin(pid, workers_cpus)
+        summary, run = loadgen(stack.url, files, prefix=("taskset", "-c", front_cpus))
+        assert summary["errors"] == 0, run.stdout
+        return summary["throughput_per_s"]
 
 
 def cold_burst(files: list[Path], tmp: Path, i: int, window: float) -> dict:
@@ -166,7 +195,8 @@ def main() -> int:
     args = parser.parse_args()
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(args.model))
-    rounds = {"http": [], "cpu": [], "inference": [], "cold": [], "big": []}
+    rounds = {"http": [], "cpu": [], "inference": [], "cold": [], "big": [], "http_own": [], "inference_own": []}
+    workers_cpus, front_cpus, own_workers = split_cores()
     # Files other runs deleted in the last seconds make ext4 skip their inodes one by one.
     os.sync()
     time.sleep(5)
@@ -180,6 +210,11 @@ def main() -> int:
                     result, cpu = result
                     rounds["cpu"].append(cpu)
                 rounds[name].append(result)
+            own = [("http_own", lambda: warm_burst_own_cores(files, Path(tmp), i)),
+                   ("inference_own", lambda: inference_only(args.model, files, own_workers,
+                                                            ("taskset", "-c", workers_cpus)))]
+            for name, run in (own if i % 2 == 0 else own[::-1]):
+                rounds[name].append(run())
             rounds["cold"].append(cold_burst(files, Path(tmp), i, args.window))
             rounds["big"].append(burst_1000(files, Path(tmp), i))
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
@@ -191,6 +226,11 @@ def main() -> int:
     print(f"warm burst over HTTP             {http:8.1f} images/s")
     print(f"same workers, inference only     {inference:8.1f} images/s")
     print(f"HTTP / inference-only            {http / inference:8.2f}    (goal >= 0.9)")
+    http_own, inference_own = statistics.median(rounds["http_own"]), statistics.median(rounds["inference_own"])
+    print(f"\nthe same with {own_workers} worker(s) on cores {workers_cpus}, the web tier and load generator on {front_cpus}:")
+    print(f"warm burst over HTTP             {http_own:8.1f} images/s")
+    print(f"inference only on {workers_cpus:14s} {inference_own:8.1f} images/s")
+    print(f"HTTP / inference-only            {http_own / inference_own:8.2f}    (goal >= 0.9)\n")
     print(f"cold burst from 0: mean latency  {cold['latency_mean_s']:8.3f} s  (goal < 0.6 s)")
     print(f"cold burst from 0: p99 latency   {cold['latency_p99_s']:8.3f} s")
     print(f"cold burst: peak instances       {cold['peak_instances']:8.0f}")
@@ -213,7 +253,9 @@ def main() -> int:
     print(f"  {'inference-only':12s} {args.workers * 1000 / inference:6.2f}  (CPU of {args.workers} busy processes)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rounds": rounds, "median": {"http": http, "inference": inference, **cold,
-                                                                 "burst_1000": big, "cpu_ms_per_image": cpu}}, indent=2))
+                                                                 "burst_1000": big, "cpu_ms_per_image": cpu,
+                                                                 "http_own_cores": http_own,
+                                                                 "inference_own_cores": inference_own}}, indent=2))
     return 0
 
 

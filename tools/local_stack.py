@@ -173,8 +173,8 @@ def wait_until(what: str, predicate, timeout: float, every: float = 0.1):
 
 
 def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None = None, timeout: float = 300,
-            plot: Path | None = None, plot_tail: int = 60, repeat: int = 1):
-    cmd = [str(LOADGEN), "--url", url, "--concurrency", str(concurrency), "--json", "--repeat", str(repeat)]
+            plot: Path | None = None, plot_tail: int = 60, repeat: int = 1, prefix: tuple[str, ...] = ()):
+    cmd = [*prefix, str(LOADGEN), "--url", url, "--concurrency", str(concurrency), "--json", "--repeat", str(repeat)]
     if expected:
         cmd += ["--expected", str(expected)]
     if plot:
