@@ -134,6 +134,7 @@ impl SqliteQueue {
         if !ready {
             return Ok(Vec::new());
         }
+        sync_commits(conn, false)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(dl) = &self.dead_letter {
             tx.execute(
@@ -183,9 +184,20 @@ pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<us
     )
 }
 
+/// Whether the next commits on `conn` wait for the disk (synchronous FULL) or not (NORMAL, which in
+/// WAL mode survives a crash of the process but not of the machine). Sends wait: an acknowledged
+/// upload must survive anything. Receives, deletes and visibility changes do not: losing one to a
+/// power cut only delivers a message again, which at-least-once delivery allows, and the next
+/// synced commit makes them durable too (the log is written in order). Set before every
+/// transaction, so that no setting outlives the operation that chose it.
+fn sync_commits(conn: &Connection, wait_for_disk: bool) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", if wait_for_disk { "FULL" } else { "NORMAL" })
+}
+
 /// Inserts `(queue, body)` rows in one transaction.
 fn insert(conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
     let now = now_ms() as i64;
+    sync_commits(conn, true)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert =
@@ -268,6 +280,7 @@ impl WorkQueue for SqliteQueue {
             .map(|r| Ok((message_id(r)?, r.0.clone())))
             .collect::<QueueResult<_>>()?;
         self.blocking(move |conn, q| {
+            sync_commits(conn, false)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 // A stale receipt (the message was received again since) deletes nothing, as on SQS.
@@ -288,6 +301,7 @@ impl WorkQueue for SqliteQueue {
         let receipt = receipt.0.clone();
         self.blocking(move |conn, q| {
             let now = now_ms() as i64;
+            sync_commits(conn, false)?;
             let changed = conn.execute(
                 "UPDATE messages SET visible_at_ms = ?1
                  WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
