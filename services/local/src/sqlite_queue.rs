@@ -360,3 +360,29 @@ impl ResponseQueues for SqliteResponseQueues {
             .clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(q: &SqliteQueue) -> i64 {
+        let conn = q.conn.lock().unwrap();
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sends_wait_for_the_disk_even_after_a_receive_that_did_not() {
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(&dir.path().join("q.sqlite3"), "requests", None).unwrap();
+        q.send(b"a").await.unwrap();
+        let got = q.receive(1, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        assert_eq!(synchronous(&q), NORMAL);
+        q.delete(&got[0].receipt).await.unwrap();
+        q.send(b"b").await.unwrap();
+        assert_eq!(synchronous(&q), FULL);
+        q.send_batch(&[b"c".to_vec()]).await.unwrap();
+        assert_eq!(synchronous(&q), FULL);
+    }
+}
