@@ -1,5 +1,5 @@
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -76,16 +76,17 @@ impl FsObjectStore {
         self.root.join("s3").join(bucket)
     }
 
-    /// Writes the object and returns its version and the two folders whose syncs make it durable.
-    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> StoreResult<(String, [PathBuf; 2])> {
+    /// Writes the object and returns its version and the folders whose syncs make it durable.
+    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> StoreResult<(String, Vec<PathBuf>)> {
         check_bucket(bucket)?;
         let target = self.bucket_dir(bucket).join(relative_path(key));
         let versions = self.root.join("versions").join(bucket);
         let tmp_dir = self.root.join("tmp");
         let parent = target.parent().expect("a key's path has a parent");
-        for dir in [parent, &versions, &tmp_dir] {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        // Temp files never need to survive a crash, so neither does their folder.
+        std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        let mut to_sync = create_dirs(parent)?;
+        to_sync.extend(create_dirs(&versions)?);
         // Dropped on any error before `persist`, which deletes the temp file.
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
         tmp.write_all(bytes).context("cannot write a temp file")?;
@@ -99,7 +100,8 @@ impl FsObjectStore {
                 .context(format!("cannot write {}", target.display()))
                 .into());
         }
-        Ok((version, [versions, parent.to_path_buf()]))
+        to_sync.extend([versions, parent.to_path_buf()]);
+        Ok((version, to_sync))
     }
 
     fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
@@ -154,6 +156,25 @@ impl FsObjectStore {
     }
 }
 
+/// Creates `dir` and its missing ancestors, and returns the folders that gained an entry (the
+/// parent of each one created): a new folder survives a crash only once its parent is synced.
+fn create_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.is_dir()).collect();
+    for d in missing.iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            // Another put made it first; syncing its parent covers that creation too.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", d.display())),
+        }
+    }
+    Ok(missing
+        .iter()
+        .filter_map(|d| d.parent())
+        .map(Path::to_path_buf)
+        .collect())
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
     tokio::task::spawn_blocking(f).await.context("storage task failed")?
 }
@@ -175,5 +196,31 @@ impl ObjectStore for FsObjectStore {
     async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
         let (this, bucket) = (self.clone(), bucket.to_owned());
         blocking(move || this.list_blocking(&bucket)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_folders_are_reported_by_their_parents_and_existing_ones_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("a/b/c");
+        let mut synced = create_dirs(&deep).unwrap();
+        synced.sort();
+        let want: Vec<PathBuf> = vec![root.path().into(), root.path().join("a"), root.path().join("a/b")];
+        assert_eq!(synced, want);
+        assert!(deep.is_dir());
+        assert!(create_dirs(&deep).unwrap().is_empty());
+        assert_eq!(create_dirs(&root.path().join("a/d")).unwrap(), [root.path().join("a")]);
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_made_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("file"), b"x").unwrap();
+        let err = create_dirs(&root.path().join("file/sub")).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot create"), "{err:#}");
     }
 }
