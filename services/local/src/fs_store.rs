@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -5,8 +6,8 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::dir_sync::DirSyncs;
 use super::file_names::{key_of, relative_path, LONG_DIR};
+use super::group_commit::GroupCommit;
 use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
 
 /// Buckets as folders: `<root>/s3/<bucket>/<file name of key>`, where an ordinary key is its own
@@ -14,11 +15,12 @@ use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, Stor
 /// (temp file, fsync, rename), and every version stays reachable under
 /// `<root>/versions/<bucket>/<id>` (a hard link, no copy) so that a later upload of the same name
 /// cannot change what an earlier request classifies. A failed put leaves no file behind. A put
-/// returns once both names are durable: their folders are synced in groups (`DirSyncs`).
+/// returns once both names, and any folder it created, are durable: the folders are synced in
+/// groups shared by concurrent puts.
 #[derive(Debug, Clone)]
 pub struct FsObjectStore {
     root: PathBuf,
-    dir_syncs: DirSyncs,
+    dir_syncs: GroupCommit<PathBuf, String>,
 }
 
 fn check_bucket(bucket: &str) -> StoreResult<()> {
@@ -46,7 +48,7 @@ impl FsObjectStore {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             root: data_dir.into(),
-            dir_syncs: DirSyncs::default(),
+            dir_syncs: GroupCommit::default(),
         }
     }
 
@@ -175,6 +177,22 @@ fn create_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Syncs each folder once: a new name in a folder is durable only once the folder is synced.
+async fn sync_dirs(dirs: Vec<PathBuf>) -> Result<(), String> {
+    let dirs: BTreeSet<PathBuf> = dirs.into_iter().collect();
+    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| sync_dir(d)))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+        .map_err(|e| format!("{e:#}"))
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
     tokio::task::spawn_blocking(f).await.context("storage task failed")?
 }
@@ -184,7 +202,11 @@ impl ObjectStore for FsObjectStore {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
         let (version, dirs) = blocking(move || this.put_blocking(&bucket, &key, &bytes)).await?;
-        self.dir_syncs.sync(dirs).await?;
+        match self.dir_syncs.submit(dirs, sync_dirs).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(anyhow::anyhow!(e).into()),
+            None => return Err(anyhow::anyhow!("the folder sync task ended (shutting down)").into()),
+        }
         Ok(StoredObject { version: Some(version) })
     }
 
@@ -214,6 +236,15 @@ mod tests {
         assert!(deep.is_dir());
         assert!(create_dirs(&deep).unwrap().is_empty());
         assert_eq!(create_dirs(&root.path().join("a/d")).unwrap(), [root.path().join("a")]);
+    }
+
+    #[tokio::test]
+    async fn folders_are_synced_once_each_and_a_missing_one_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().to_path_buf();
+        sync_dirs(vec![dir.clone(), dir.clone()]).await.unwrap();
+        let missing = sync_dirs(vec![dir.join("nonexistent")]).await.unwrap_err();
+        assert!(missing.contains("cannot sync"), "{missing}");
     }
 
     #[test]

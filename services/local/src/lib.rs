@@ -2,10 +2,10 @@
 //! processes, durable across restarts), OS processes as the app-tier fleet.
 
 mod db;
-mod dir_sync;
 mod errors;
 mod file_names;
 mod fs_store;
+mod group_commit;
 pub mod lease;
 mod process_fleet;
 mod sqlite_queue;

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tokio::sync::oneshot;
 
 use crate::errors::queue_error;
+use crate::group_commit::GroupCommit;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};
 
@@ -17,22 +17,6 @@ use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Receive
 pub struct DeadLetter {
     pub queue: String,
     pub max_receives: u32,
-}
-
-/// Group commit of single sends: while one transaction (and its fsync) runs, the sends that arrive
-/// wait for the next, which takes them all at once. Each send is answered only once the
-/// transaction holding it has committed, so an acknowledged send is as durable as before, with
-/// one fsync for many concurrent uploads instead of one each.
-#[derive(Default)]
-struct Outbox {
-    waiting: Vec<Pending>,
-    committing: bool,
-}
-
-struct Pending {
-    queue: String,
-    body: Vec<u8>,
-    done: oneshot::Sender<Result<(), (bool, String)>>,
 }
 
 /// A long-polling receive's pauses between tries while the queue is empty: doubling from the first
@@ -45,8 +29,9 @@ const MAX_POLL_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct SqliteQueue {
     conn: Arc<Mutex<Connection>>,
-    /// Single sends waiting for the next group commit (shared by the handles of one connection).
-    outbox: Arc<Mutex<Outbox>>,
+    /// Single sends, committed in groups (shared by the handles of one connection): one
+    /// transaction and fsync for many concurrent uploads, each answered once its group committed.
+    outbox: GroupCommit<(String, Vec<u8>), (bool, String)>,
     name: String,
     dead_letter: Option<DeadLetter>,
     /// The app-tier instance receiving through this handle, recorded on what it receives.
@@ -58,7 +43,7 @@ impl SqliteQueue {
         let conn = super::db::open(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            outbox: Arc::default(),
+            outbox: GroupCommit::default(),
             name: name.to_owned(),
             dead_letter,
             receiver: None,
@@ -83,28 +68,6 @@ impl SqliteQueue {
             dead_letter: None,
             receiver: None,
             ..self.clone()
-        }
-    }
-
-    /// Commits what waits in the outbox, group after group, until it is empty. Runs as its own
-    /// task, so that a send whose client goes away cannot leave the outbox without a committer.
-    async fn commit_waiting(self) {
-        loop {
-            let group = {
-                let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-                if outbox.waiting.is_empty() {
-                    outbox.committing = false;
-                    return;
-                }
-                std::mem::take(&mut outbox.waiting)
-            };
-            let (rows, answers): (Vec<(String, Vec<u8>)>, Vec<_>) =
-                group.into_iter().map(|p| ((p.queue, p.body), p.done)).unzip();
-            let committed = self.blocking(move |conn, _| insert(conn, &rows)).await;
-            let outcome = committed.map_err(|e| (e.is_transient(), format!("{e:#}")));
-            for done in answers {
-                let _ = done.send(outcome.clone());
-            }
         }
     }
 
@@ -221,24 +184,19 @@ fn message_id(receipt: &Receipt) -> QueueResult<i64> {
 #[async_trait]
 impl WorkQueue for SqliteQueue {
     async fn send(&self, body: &[u8]) -> QueueResult<()> {
-        let (done, committed) = oneshot::channel();
-        let lead = {
-            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            outbox.waiting.push(Pending {
-                queue: self.name.clone(),
-                body: body.to_vec(),
-                done,
-            });
-            !std::mem::replace(&mut outbox.committing, true)
+        let queue = self.clone();
+        let commit = move |rows: Vec<(String, Vec<u8>)>| {
+            let queue = queue.clone();
+            async move {
+                let committed = queue.blocking(move |conn, _| insert(conn, &rows)).await;
+                committed.map_err(|e| (e.is_transient(), format!("{e:#}")))
+            }
         };
-        if lead {
-            tokio::spawn(self.clone().commit_waiting());
-        }
-        match committed.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((true, e))) => Err(QueueError::Transient(anyhow::anyhow!(e))),
-            Ok(Err((false, e))) => Err(QueueError::Permanent(anyhow::anyhow!(e))),
-            Err(_) => Err(QueueError::Transient(anyhow::anyhow!(
+        match self.outbox.submit([(self.name.clone(), body.to_vec())], commit).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err((true, e))) => Err(QueueError::Transient(anyhow::anyhow!(e))),
+            Some(Err((false, e))) => Err(QueueError::Permanent(anyhow::anyhow!(e))),
+            None => Err(QueueError::Transient(anyhow::anyhow!(
                 "queue {}: the commit was abandoned (shutting down)",
                 self.name
             ))),
