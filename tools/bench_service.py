@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from local_stack import ROOT, Stack, StatusWatcher, loadgen, wait_until, worker_pids
+from local_stack import ROOT, Stack, StatusWatcher, cpu_times, loadgen, wait_until, worker_pids
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
 
@@ -41,21 +41,13 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_s(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def thread_cpu_s(pid: int, name: str) -> float:
     """User + system CPU seconds of the threads of `pid` named `name`."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             if (task / "comm").read_text().strip() == name:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                total += sum(cpu_times(pid, int(task.name)))
         except OSError:
             pass
     return total
@@ -104,12 +96,12 @@ def warm_burst(files: list[Path], workers: int, tmp: Path, i: int) -> tuple[floa
         wait_until("the warm pool is running", lambda: sum(
             1 for s in stack.status()["instances"] if s["state"] == "running") == workers, 30)
         pids = {"web tier": [stack.proc.pid], "workers": worker_pids(stack.data_dir)}
-        before = {side: [cpu_s(p) for p in ps] for side, ps in pids.items()}
+        before = {side: [cpu_times(p) for p in ps] for side, ps in pids.items()}
         model_before = sum(thread_cpu_s(p, "inference") for p in pids["workers"])
         mine = os.times()
         summary, run = loadgen(stack.url, files)
         assert summary["errors"] == 0, run.stdout
-        spent = {side: [cpu_s(p) for p in ps] for side, ps in pids.items()}
+        spent = {side: [cpu_times(p) for p in ps] for side, ps in pids.items()}
         n = summary["requests"]
         cpu = {"workers' inference thread": (sum(thread_cpu_s(p, "inference") for p in pids["workers"])
                                              - model_before) * 1000 / n}

@@ -21,15 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_stack import LOADGEN, Stack  # noqa: E402
+from local_stack import LOADGEN, Stack, cpu_times  # noqa: E402
 
 FRONT_ONLY = {"scaler__max": "0", "web__response_timeout_s": "30", "web__drain_timeout_s": "0"}
-CLK_TCK = 100
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def queued(db: Path) -> int:
@@ -44,7 +38,7 @@ def one_round(web_tiers: int, images: Path, uploads: int, concurrency: int, tmp:
     data = tmp / f"data-{web_tiers}-{time.monotonic_ns()}"
     stacks = [Stack(data, log_name=f"web{k}", **FRONT_ONLY).start() for k in range(web_tiers)]
     try:
-        cpu_before = sum(cpu_seconds(s.proc.pid) for s in stacks)
+        cpu_before = sum(sum(cpu_times(s.proc.pid)) for s in stacks)
         repeat = uploads // (100 * web_tiers)
         start = time.monotonic()
         clients = [
@@ -60,7 +54,7 @@ def one_round(web_tiers: int, images: Path, uploads: int, concurrency: int, tmp:
             assert time.monotonic() < deadline, f"only {queued(db)} of {total} queued"
             time.sleep(0.01)
         elapsed = time.monotonic() - start
-        cpu = sum(cpu_seconds(s.proc.pid) for s in stacks) - cpu_before
+        cpu = sum(sum(cpu_times(s.proc.pid)) for s in stacks) - cpu_before
         for c in clients:
             c.kill()
             c.wait()

@@ -16,6 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WEB_TIER = ROOT / "target" / "release" / "web-tier"
 LOADGEN = ROOT / "target" / "release" / "loadgen"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """User and system CPU seconds so far of a process, or of one of its threads."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def free_port() -> int:
