@@ -17,7 +17,7 @@ DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
 TOOLS_PY := $(wildcard tools/*.py)
 
-.PHONY: help venv ort model build build-aws run run-aws-emulated load timeline screenshots test test-rust test-python bench sim lint fmt clean deploy destroy
+.PHONY: system-packages help venv ort model build build-aws run run-aws-emulated load timeline screenshots test test-rust test-python bench sim lint fmt clean deploy destroy
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -38,29 +38,38 @@ help:
 	@echo "make deploy  AMI (Packer) + infrastructure (Terraform) on AWS; MODEL=resnet18 REGION=us-east-1"
 	@echo "make destroy terraform destroy, then the AMI"
 
-$(VENV)/.installed: tools/requirements.txt
+# A venv's scripts carry its absolute path, so a moved checkout's venv is remade: the stamp names
+# the folder it was made in, and a venv whose pip points elsewhere is removed first.
+venv_stamp = $(1)/.installed-$(shell printf %s '$(abspath $(1))' | cksum | cut -d' ' -f1)
+remake_if_moved = case "$$(head -n1 $(1)/bin/pip 2>/dev/null)" in ""|"\#!$(abspath $(1))/bin/python"*) ;; *) echo "$(1) was made in another folder: remaking it"; rm -rf $(1) ;; esac
+VENV_STAMP := $(call venv_stamp,$(VENV))
+
+$(VENV_STAMP): tools/requirements.txt
+	$(call remake_if_moved,$(VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV_STAMP)
 
 # checkov pins boto3 and friends: its own venv keeps them away from moto's.
 IAC_VENV := .venv-iac
-$(IAC_VENV)/.installed: tools/requirements-iac.txt
+IAC_STAMP := $(call venv_stamp,$(IAC_VENV))
+$(IAC_STAMP): tools/requirements-iac.txt
+	$(call remake_if_moved,$(IAC_VENV))
 	$(PYTHON) -m venv $(IAC_VENV)
 	$(IAC_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-iac.txt
 	touch $@
 
 # ONNX Runtime's shared library, from the same PyPI wheel the reference classifier uses.
-$(ORT_LIB): $(VENV)/.installed
+$(ORT_LIB): $(VENV_STAMP)
 	mkdir -p .ort
 	cp "$$($(PY) -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime.so.$(ORT_VERSION)")')" $@.tmp
 	mv $@.tmp $@
 
 ort: $(ORT_LIB)
 
-models/%/manifest.json: $(VENV)/.installed $(TOOLS_PY) tools/imagenet-labels.json
+models/%/manifest.json: $(VENV_STAMP) $(TOOLS_PY) tools/imagenet-labels.json
 	$(PY) tools/make_model.py --model $* --out models/$*
 
 model: models/$(MODEL)/manifest.json
@@ -83,11 +92,11 @@ run: build $(DEFAULT_MODEL)
 
 # The same stack with buckets and queues on S3 + SQS in a local moto server (MOTO_PORT, default 5000).
 MOTO_PORT ?= 5000
-run-aws-emulated: build-aws $(DEFAULT_MODEL) $(VENV)/.installed
+run-aws-emulated: build-aws $(DEFAULT_MODEL) $(VENV_STAMP)
 	MOTO_PORT=$(MOTO_PORT) tools/run_aws_emulated.sh
 
 # What the reference classifier says of the test images: the expected answers of `make load`.
-target/expected-%.csv: models/%/manifest.json $(VENV)/.installed
+target/expected-%.csv: models/%/manifest.json $(VENV_STAMP)
 	mkdir -p target
 	$(PY) tools/reference.py --model models/$* $(DATASETS)/imagenet-100/*.JPEG > $@.tmp
 	mv $@.tmp $@
@@ -103,12 +112,17 @@ $(DARKNET)/dog.jpg:
 	dpkg -x .cache/darknet/darknet_*.deb .cache/darknet
 	touch $@
 
+# Debian packages the tests need (chromium, packer, ...): installed first, or the run stops here
+# saying which are missing.
+system-packages:
+	tools/system_packages.sh
+
 test: test-rust test-python
 
-test-rust: build-aws $(DEFAULT_MODEL)
+test-rust: system-packages build-aws $(DEFAULT_MODEL)
 	$(CARGO) test --release --workspace $(AWS)
 
-test-python: build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_VENV)/.installed
+test-python: system-packages build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_STAMP)
 	DATASETS=$(abspath $(DATASETS)) DARKNET=$(abspath $(DARKNET)) CHECKOV=$(abspath $(IAC_VENV))/bin/checkov \
 		$(PY) -m pytest -q -rs tools/tests tests
 
@@ -121,11 +135,11 @@ bench: build-aws $(DEFAULT_MODEL)
 	$(PY) tools/bench_web_tiers.py --size 1280x960 $(DATASETS)/imagenet-100
 
 # The README's timelines (docs/timeline-100.svg, docs/timeline-1000.svg) from real local runs.
-timeline: build $(DEFAULT_MODEL) $(VENV)/.installed
+timeline: build $(DEFAULT_MODEL) $(VENV_STAMP)
 	$(PY) tools/make_timeline.py --images $(DATASETS)/imagenet-100 --out docs
 
 # The README's screenshots (docs/*.png), taken by the browser tests during a real burst.
-screenshots: build-aws $(DEFAULT_MODEL) $(VENV)/.installed
+screenshots: build-aws $(DEFAULT_MODEL) $(VENV_STAMP)
 	IMGREC_SCREENSHOTS=docs DATASETS=$(abspath $(DATASETS)) $(PY) -m pytest -q tests/test_browser.py
 
 # The scaling simulator: every policy on every scenario, local and EC2 boot times.

@@ -3,6 +3,7 @@ Terraform registry, so the code is parsed, formatted, scanned by checkov and its
 asserted structurally. `terraform plan` against an account is what this cannot replace."""
 
 import ast
+import functools
 import json
 import os
 import re
@@ -286,22 +287,39 @@ def test_requests_dead_letter_and_every_queue_is_encrypted():
     assert "aws_sqs_queue.requests.arn" in allow["redrive_allow_policy"]
 
 
+# Names of a sample deployment: the policies are rendered for them by Terraform itself.
+SAMPLE_ACCOUNT = "123456789012"
+SAMPLE_POLICY_VALUES = {
+    "partition": "aws", "region": "eu-west-1", "account_id": SAMPLE_ACCOUNT,
+    "input_bucket_arn": "arn:aws:s3:::imgrec-123456789012-input",
+    "output_bucket_arn": "arn:aws:s3:::imgrec-123456789012-output",
+    "lease_bucket_arn": "arn:aws:s3:::imgrec-123456789012-state",
+    "request_queue_arn": "arn:aws:sqs:eu-west-1:123456789012:imgrec-requests",
+    "response_queue_arns": ["arn:aws:sqs:eu-west-1:123456789012:imgrec-responses-web-instance1"],
+    "dead_letter_arn": "arn:aws:sqs:eu-west-1:123456789012:imgrec-requests-dlq",
+    "app_group_name": "imgrec-app-tier", "metric_namespace": "imgrec",
+}
+
+
+@functools.cache
+def rendered_policies() -> dict:
+    from rehearsal.terraform import render
+    return render(policy_values=SAMPLE_POLICY_VALUES)
+
+
 def iam_statements() -> dict:
-    """Each role's statements, those it takes from the shared document included."""
-    docs = blocks(module_doc("iam"), "data", "aws_iam_policy_document")
-    statements = {}
-    for role in ("web_tier", "app_tier"):
-        shared = [ref(d).removeprefix("data.aws_iam_policy_document.").removesuffix(".json")
-                  for d in docs[role].get("source_policy_documents", [])]
-        statements[role] = [s for name in shared for s in docs[name]["statement"]] + docs[role]["statement"]
-    return statements
+    """Each role's statements as AWS receives them (JSON rendered by Terraform), with Action and
+    Resource as lists."""
+    listed = lambda v: v if isinstance(v, list) else [v]
+    return {role: [{**s, "Action": listed(s["Action"]), "Resource": listed(s["Resource"])} for s in doc["Statement"]]
+            for role, doc in rendered_policies().items()}
 
 
 def comment_above(source: str, sid: str) -> str:
-    """The comment lines right above the `statement {` holding `sid = "<sid>"`."""
+    """The comment lines right above the `{` of the statement holding `Sid = "<sid>"`."""
     lines = source.splitlines()
-    at = next(i for i, line in enumerate(lines) if re.fullmatch(rf'\s*sid\s*=\s*"{sid}"', line))
-    while not lines[at].strip().startswith("statement"):
+    at = next(i for i, line in enumerate(lines) if re.fullmatch(rf'\s*Sid\s*=\s*"{sid}"', line))
+    while lines[at].strip() != "{":
         at -= 1
     comment = []
     while lines[at - 1].strip().startswith("#"):
@@ -311,20 +329,22 @@ def comment_above(source: str, sid: str) -> str:
 
 
 def test_iam_statements_name_specific_resources():
-    source = (MODULES / "iam" / "main.tf").read_text()
+    source = (MODULES / "iam" / "policies" / "main.tf").read_text()
+    ours = [v for values in SAMPLE_POLICY_VALUES.values() for v in (values if isinstance(values, list) else [values])
+            if str(v).startswith("arn:")]
     for role, statements in iam_statements().items():
         for s in statements:
-            actions = s["actions"]
-            resources = s["resources"] if isinstance(s["resources"], list) else [s["resources"]]
-            assert s.get("effect", "Allow") == "Allow"
-            for action in actions:
+            assert s["Effect"] == "Allow"
+            for action in s["Action"]:
                 assert "*" not in action, f"{role}: wildcard action {action}"
-            if "*" in resources:
-                assert set(actions) <= STAR_ONLY_ACTIONS, f"{role} {s['sid']}: '*' for restrictable actions"
-                assert "AWS requires" in comment_above(source, s["sid"]), f"{s['sid']}: say why '*' is needed"
+            if "*" in s["Resource"]:
+                assert set(s["Action"]) <= STAR_ONLY_ACTIONS, f"{role} {s['Sid']}: '*' for restrictable actions"
+                assert "AWS requires" in comment_above(source, s["Sid"]), f"{s['Sid']}: say why '*' is needed"
             else:
-                for r in resources:
-                    assert re.search(r"var\.|local\.", r), f"{role} {s['sid']}: {r} is not this deployment's"
+                for r in s["Resource"]:
+                    this_deployments = any(r == arn or r.startswith(arn + "/") for arn in ours) or (
+                        f":{SAMPLE_ACCOUNT}:" in r and ("imgrec-app-tier" in r or r.endswith(":instance/*")))
+                    assert this_deployments, f"{role} {s['Sid']}: {r} is not this deployment's"
 
 
 def sdk_operations() -> set[str]:
@@ -344,14 +364,14 @@ def sdk_operations() -> set[str]:
 
 
 def test_roles_grant_every_call_the_services_make():
-    granted = {a for statements in iam_statements().values() for s in statements for a in s["actions"]}
+    granted = {a for statements in iam_statements().values() for s in statements for a in s["Action"]}
     called = sdk_operations()
     assert len(called) >= 15, called
     assert called - granted == set(), "the services call actions no role grants"
     # ...and nothing the services never call.
     # (GetObject with a version id, as the app tier fetches, is authorized as s3:GetObjectVersion.)
     assert granted - called - {"s3:GetObjectVersion"} == set()
-    app = {a for s in iam_statements()["app_tier"] for a in s["actions"]}
+    app = {a for s in iam_statements()["app_tier"] for a in s["Action"]}
     assert "autoscaling:SetDesiredCapacity" not in app, "workers cannot resize their own group"
     assert "sqs:SendMessage" in app and "s3:PutObject" in app
 

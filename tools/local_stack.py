@@ -192,7 +192,8 @@ def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None =
 
 
 class MotoServer:
-    """moto server (the venv's moto_server) on a free loopback port."""
+    """moto server (the venv's moto, as a module: a venv's scripts break when it moves) on a free
+    loopback port."""
 
     def __init__(self):
         self.port = free_port()
@@ -200,7 +201,7 @@ class MotoServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "MotoServer":
-        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until("moto answers", lambda: _answers(self.endpoint + "/moto-api/"), 30)
         return self

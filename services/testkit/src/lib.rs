@@ -359,27 +359,33 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
-        // MOTO_SERVER, else the project venv's, found from the crate `cargo test` runs (it sets
-        // CARGO_MANIFEST_DIR at run time) or the working directory.
-        let bin = std::env::var_os("MOTO_SERVER")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
+        // MOTO_SERVER, else the project venv's moto as a module of its python: a venv's scripts
+        // name its absolute path, so they break when the checkout moves, its python does not.
+        // The venv is found from the crate `cargo test` runs (it sets CARGO_MANIFEST_DIR at run
+        // time) or the working directory.
+        let mut command = match std::env::var_os("MOTO_SERVER") {
+            Some(bin) => std::process::Command::new(bin),
+            None => {
                 let root = std::env::var_os("CARGO_MANIFEST_DIR")
                     .map(|m| std::path::PathBuf::from(m).join("../.."))
                     .unwrap_or_else(|| ".".into());
-                root.join(".venv/bin/moto_server")
-            });
-        assert!(bin.exists(), "{} missing: run `make venv`", bin.display());
+                let python = root.join(".venv/bin/python");
+                assert!(python.exists(), "{} missing: run `make venv`", python.display());
+                let mut command = std::process::Command::new(python);
+                command.args(["-m", "moto.server"]);
+                command
+            }
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let child = std::process::Command::new(&bin)
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start moto_server");
+            .expect("start the moto server");
         let moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -1,0 +1,144 @@
+# The two roles' policy documents as plain JSON (no provider data source), so that anything can
+# render them offline: the deployment rehearsal (tools/rehearsal/) runs each tier with exactly
+# these documents, rendered by Terraform itself. Each role may do exactly what its code calls, on
+# exactly this deployment's buckets, queues, Auto Scaling group and metric namespace. The web tier's
+# role also serves the scaler, which runs beside every web tier.
+
+locals {
+  group_arn      = "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.app_group_name}"
+  all_queue_arns = concat([var.request_queue_arn, var.dead_letter_arn], var.response_queue_arns)
+
+  # Every tier checks at startup that its buckets and queues exist (HeadBucket needs ListBucket),
+  # and that the input bucket keeps versions (uploads that share a file name rely on it).
+  find_resources = [
+    {
+      Sid      = "FindBuckets"
+      Effect   = "Allow"
+      Action   = ["s3:ListBucket"]
+      Resource = [var.input_bucket_arn, var.output_bucket_arn]
+    },
+    {
+      Sid      = "CheckVersioning"
+      Effect   = "Allow"
+      Action   = ["s3:GetBucketVersioning"]
+      Resource = [var.input_bucket_arn]
+    },
+    {
+      Sid      = "FindQueues"
+      Effect   = "Allow"
+      Action   = ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
+      Resource = local.all_queue_arns
+    },
+  ]
+
+  web_tier = [
+    {
+      Sid      = "StoreUploads"
+      Effect   = "Allow"
+      Action   = ["s3:PutObject"]
+      Resource = ["${var.input_bucket_arn}/*"]
+    },
+    {
+      Sid      = "QueueRequests"
+      Effect   = "Allow"
+      Action   = ["sqs:SendMessage"]
+      Resource = [var.request_queue_arn]
+    },
+    {
+      Sid      = "ReadResponsesAndDeadLetters"
+      Effect   = "Allow"
+      Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
+      Resource = concat(var.response_queue_arns, [var.dead_letter_arn])
+    },
+    # Whichever web instance reads a dead letter tells the web instance its client waits on.
+    {
+      Sid      = "PassOnDeadLetters"
+      Effect   = "Allow"
+      Action   = ["sqs:SendMessage"]
+      Resource = var.response_queue_arns
+    },
+    # The scaler (on every web instance): its lease object, read and written with conditional puts.
+    {
+      Sid      = "ScalerLease"
+      Effect   = "Allow"
+      Action   = ["s3:GetObject", "s3:PutObject"]
+      Resource = ["${var.lease_bucket_arn}/_imgrec/leases/*"]
+    },
+    # The scaler. Describe* calls of Auto Scaling and EC2 support no resource-level permissions:
+    # AWS requires "*" for them.
+    {
+      Sid      = "ObserveFleet"
+      Effect   = "Allow"
+      Action   = ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeTags"]
+      Resource = ["*"]
+    },
+    {
+      Sid      = "SizeFleet"
+      Effect   = "Allow"
+      Action   = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
+      Resource = [local.group_arn]
+    },
+    # Names (Name tags) only, and only on the app tier group's instances.
+    {
+      Sid      = "NameInstances"
+      Effect   = "Allow"
+      Action   = ["ec2:CreateTags"]
+      Resource = ["arn:${var.partition}:ec2:${var.region}:${var.account_id}:instance/*"]
+      Condition = {
+        StringEquals = {
+          "aws:ResourceTag/aws:autoscaling:groupName" = [var.app_group_name]
+        }
+        "ForAllValues:StringEquals" = {
+          "aws:TagKeys" = ["Name"]
+        }
+      }
+    },
+    # PutMetricData has no resource-level permissions (AWS requires "*"); the namespace condition
+    # is the limit.
+    {
+      Sid      = "PublishScalingMetrics"
+      Effect   = "Allow"
+      Action   = ["cloudwatch:PutMetricData"]
+      Resource = ["*"]
+      Condition = {
+        StringEquals = {
+          "cloudwatch:namespace" = [var.metric_namespace]
+        }
+      }
+    },
+  ]
+
+  app_tier = [
+    {
+      Sid      = "FetchImages"
+      Effect   = "Allow"
+      Action   = ["s3:GetObject", "s3:GetObjectVersion"]
+      Resource = ["${var.input_bucket_arn}/*"]
+    },
+    {
+      Sid      = "StoreResults"
+      Effect   = "Allow"
+      Action   = ["s3:PutObject"]
+      Resource = ["${var.output_bucket_arn}/*"]
+    },
+    {
+      Sid      = "TakeRequests"
+      Effect   = "Allow"
+      Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
+      Resource = [var.request_queue_arn]
+    },
+    {
+      Sid      = "SendResponses"
+      Effect   = "Allow"
+      Action   = ["sqs:SendMessage"]
+      Resource = var.response_queue_arns
+    },
+    # A busy worker protects itself from scale-in; the scaler reads protection as "busy".
+    {
+      Sid      = "MarkBusy"
+      Effect   = "Allow"
+      Action   = ["autoscaling:SetInstanceProtection"]
+      Resource = [local.group_arn]
+    },
+  ]
+}
