@@ -15,9 +15,10 @@ ORT_VERSION := 1.31.1
 ORT_LIB := .ort/libonnxruntime.so.$(ORT_VERSION)
 DARKNET := .cache/darknet/usr/share/darknet/data
 DEFAULT_MODEL := models/efficientnet-lite0/manifest.json
-TOOLS_PY := $(wildcard tools/*.py)
+# What converts a model: a change to any of these remakes the models.
+MODEL_TOOLS := tools/make_model.py tools/pth.py tools/onnx_graph.py tools/efficientnet_lite.py tools/resnet18.py
 
-.PHONY: system-packages help venv ort model build build-aws run run-aws-emulated load timeline screenshots test test-rust test-python bench sim lint fmt clean deploy destroy
+.PHONY: system-packages rehearsal help venv ort model build build-aws run run-aws-emulated load timeline screenshots test test-rust test-python bench sim lint fmt clean deploy destroy
 
 PORT ?= 8000
 DATA_DIR ?= data
@@ -33,6 +34,7 @@ help:
 	@echo "make model   models/\$$MODEL/ (MODEL=efficientnet-lite0 | resnet18)"
 	@echo "make test    every test (what CI runs)"
 	@echo "make bench   classifier speed: Rust vs Python onnxruntime"
+	@echo "make rehearsal  the AWS deployment on this machine under its real IAM policies (BURST=1: 100 uploads, report)"
 	@echo "make sim     scaling policies compared on simulated bursts: target/sim/report.json + plots"
 	@echo "make lint    rustfmt and clippy"
 	@echo "make deploy  AMI (Packer) + infrastructure (Terraform) on AWS; MODEL=resnet18 REGION=us-east-1"
@@ -61,6 +63,9 @@ $(IAC_STAMP): tools/requirements-iac.txt
 	$(IAC_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-iac.txt
 	touch $@
 
+# The rehearsal's IAM policy evaluator (npm @cloud-copilot/iam-simulate, pinned by its lock file).
+REHEARSAL_NODE := tools/rehearsal/node_modules/.package-lock.json
+
 # ONNX Runtime's shared library, from the same PyPI wheel the reference classifier uses.
 $(ORT_LIB): $(VENV_STAMP)
 	mkdir -p .ort
@@ -69,7 +74,7 @@ $(ORT_LIB): $(VENV_STAMP)
 
 ort: $(ORT_LIB)
 
-models/%/manifest.json: $(VENV_STAMP) $(TOOLS_PY) tools/imagenet-labels.json
+models/%/manifest.json: $(VENV_STAMP) $(MODEL_TOOLS) tools/imagenet-labels.json
 	$(PY) tools/make_model.py --model $* --out models/$*
 
 model: models/$(MODEL)/manifest.json
@@ -122,7 +127,7 @@ test: test-rust test-python
 test-rust: system-packages build-aws $(DEFAULT_MODEL)
 	$(CARGO) test --release --workspace $(AWS)
 
-test-python: system-packages build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_STAMP)
+test-python: system-packages build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC_STAMP) $(REHEARSAL_NODE)
 	DATASETS=$(abspath $(DATASETS)) DARKNET=$(abspath $(DARKNET)) CHECKOV=$(abspath $(IAC_VENV))/bin/checkov \
 		$(PY) -m pytest -q -rs tools/tests tests
 
@@ -141,6 +146,15 @@ timeline: build $(DEFAULT_MODEL) $(VENV_STAMP)
 # The README's screenshots (docs/*.png), taken by the browser tests during a real burst.
 screenshots: build-aws $(DEFAULT_MODEL) $(VENV_STAMP)
 	IMGREC_SCREENSHOTS=docs DATASETS=$(abspath $(DATASETS)) $(PY) -m pytest -q tests/test_browser.py
+
+# The deployment rehearsed here (tools/rehearsal/): every tier under its own role's policy as Terraform
+# renders it, enforced with AWS's behaviours that moto lacks; the Auto Scaling group played by local
+# processes. Serves until Ctrl-C (watch /dashboard); BURST=1 sends the 100 test images and reports.
+$(REHEARSAL_NODE): tools/rehearsal/package.json tools/rehearsal/package-lock.json
+	cd tools/rehearsal && npm ci --no-audit --no-fund --loglevel=error
+
+rehearsal: system-packages build-aws $(DEFAULT_MODEL) $(VENV_STAMP) $(REHEARSAL_NODE)
+	$(PY) tools/rehearse.py $(DATASETS)/imagenet-100 $(if $(BURST),--burst)
 
 # The scaling simulator: every policy on every scenario, local and EC2 boot times.
 sim: build

@@ -57,6 +57,14 @@ impl S3Lease {
         let out = match self.aws.call("GetObject", request.send()).await {
             Ok(out) => out,
             Err(e) if e.code_is("NoSuchKey") => return Ok(None),
+            // What S3 answers for a missing key when s3:ListBucket is not granted, too.
+            Err(e) if e.code_is("AccessDenied") => {
+                return Err(anyhow::Error::from(e.on(&self.key)).context(format!(
+                    "reading the scaler lease in bucket {} was denied: the role needs s3:GetObject on the \
+                     lease and s3:ListBucket on the bucket (without it a lease not yet written reads as 403)",
+                    self.bucket
+                )))
+            }
             Err(e) => return Err(e.on(&self.key).into()),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();

@@ -155,9 +155,13 @@ pub async fn responses(
     }
 }
 
+/// How long a dead letter stays hidden once read: the longest visibility SQS accepts (12 hours;
+/// a longer one is refused, and the reader would then never read one).
+pub const DEAD_LETTER_HIDE: Duration = Duration::from_secs(12 * 3600);
+
 /// Tells waiting clients about their requests that landed in the dead-letter queue: whichever web
 /// tier reads one sends a `DeadLettered` answer to the response queue the request names (its own
-/// included). The messages stay there for an operator; each is read once a day at most.
+/// included). The messages stay there for an operator; each is read once in `DEAD_LETTER_HIDE`.
 pub async fn dead_letters(
     queue: Arc<dyn WorkQueue>,
     response_queues: Arc<dyn ResponseQueues>,
@@ -165,11 +169,10 @@ pub async fn dead_letters(
     web_tier: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    const HIDE: Duration = Duration::from_secs(24 * 3600);
     const RETRY: Duration = Duration::from_secs(5);
     while !*shutdown.borrow() {
         let got = tokio::select! {
-            r = queue.receive(10, HIDE, Duration::from_secs(2)) => r,
+            r = queue.receive(10, DEAD_LETTER_HIDE, Duration::from_secs(2)) => r,
             _ = shutdown.changed() => break,
         };
         let messages = match got {
@@ -207,5 +210,16 @@ pub async fn dead_letters(
                 let _ = queue.change_visibility(&m.receipt, RETRY).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_are_hidden_no_longer_than_sqs_allows() {
+        // SQS ReceiveMessage/ChangeMessageVisibility: VisibilityTimeout 0 to 43,200 seconds.
+        assert!(DEAD_LETTER_HIDE <= Duration::from_secs(43_200));
     }
 }

@@ -60,7 +60,8 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   alarm_name        = "${var.name_prefix}-dead-letters"
   alarm_description = "Requests moved to ${var.dead_letter_queue} after failing again and again: their clients got an error."
   # The web tier reads each dead letter once (to answer its client) and leaves it in flight for a
-  # day, so visible messages alone drop back to 0: count visible + in flight.
+  # while (12 hours, the longest SQS allows), so visible messages alone drop back to 0: count
+  # visible + in flight.
   metric_query {
     id          = "dead"
     expression  = "visible + in_flight"

@@ -64,6 +64,15 @@ locals {
       Action   = ["s3:GetObject", "s3:PutObject"]
       Resource = ["${var.lease_bucket_arn}/_imgrec/leases/*"]
     },
+    # Without ListBucket, S3 answers a GET of a lease not yet written with 403 AccessDenied, not
+    # 404 NoSuchKey (S3 GetObject, "Permissions"): the scaler could never take its first lease. The
+    # bucket holds nothing but leases.
+    {
+      Sid      = "FindScalerLease"
+      Effect   = "Allow"
+      Action   = ["s3:ListBucket"]
+      Resource = [var.lease_bucket_arn]
+    },
     # The scaler. Describe* calls of Auto Scaling and EC2 support no resource-level permissions:
     # AWS requires "*" for them.
     {

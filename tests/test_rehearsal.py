@@ -1,0 +1,137 @@
+"""The deployment rehearsal (tools/rehearsal/, `make rehearsal`): the gateway answers as AWS does where
+moto does not, and the whole deployment, each tier under its own role as Terraform renders it, serves
+a burst with every label right and no call denied."""
+
+import subprocess
+import sys
+
+import boto3
+import botocore
+import pytest
+
+from conftest import ROOT
+from local_stack import MotoServer, loadgen
+from rehearsal.gateway import Gateway, Principal
+from rehearsal.stack import Rehearsal, burst_outcome, report
+
+MODEL = ROOT / "models" / "efficientnet-lite0"
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:sts::{ACCOUNT}:assumed-role/test-role/session"
+
+
+@pytest.fixture()
+def gateway():
+    with MotoServer() as moto:
+        gw = Gateway(moto.endpoint).start()
+        gw.add_principal("OWNER", Principal("owner", f"arn:aws:iam::{ACCOUNT}:root", None))
+        try:
+            yield gw
+        finally:
+            gw.stop()
+
+
+def client(gw, service, key):
+    return boto3.client(service, endpoint_url=gw.endpoint, region_name="us-east-1", aws_access_key_id=key,
+                        aws_secret_access_key="x")
+
+
+def error(call) -> tuple[str, int]:
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def allow(*statements) -> list[dict]:
+    return [{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", **s} for s in statements]}]
+
+
+def test_a_missing_key_reads_as_403_without_list_bucket_and_404_with_it(gateway):
+    client(gateway, "s3", "OWNER").create_bucket(Bucket="state")
+    gateway.add_principal("NOLIST", Principal("nolist", ROLE, allow({"Action": "s3:GetObject", "Resource": "arn:aws:s3:::state/*"})))
+    gateway.add_principal("LIST", Principal("list", ROLE, allow({"Action": "s3:GetObject", "Resource": "arn:aws:s3:::state/*"},
+                                                                 {"Action": "s3:ListBucket", "Resource": "arn:aws:s3:::state"})))
+    assert error(lambda: client(gateway, "s3", "NOLIST").get_object(Bucket="state", Key="lease")) == ("AccessDenied", 403)
+    assert error(lambda: client(gateway, "s3", "LIST").get_object(Bucket="state", Key="lease")) == ("NoSuchKey", 404)
+    stats = gateway.stats.snapshot()
+    assert stats["denied"] == {"nolist GetObject": 1}
+
+
+def test_calls_outside_the_policy_are_denied_and_counted(gateway):
+    s3 = client(gateway, "s3", "OWNER")
+    s3.create_bucket(Bucket="input")
+    gateway.add_principal("WEB", Principal("web", ROLE, allow({"Action": "s3:PutObject", "Resource": "arn:aws:s3:::input/uploads/*"})))
+    web = client(gateway, "s3", "WEB")
+    web.put_object(Bucket="input", Key="uploads/a", Body=b"1")
+    assert error(lambda: web.put_object(Bucket="input", Key="elsewhere", Body=b"1")) == ("AccessDenied", 403)
+    assert error(lambda: web.list_objects_v2(Bucket="input")) == ("AccessDenied", 403)
+    assert error(lambda: client(gateway, "sqs", "WEB").list_queues()) == ("AccessDenied", 403)
+    assert error(lambda: client(gateway, "s3", "STRANGER").list_buckets())[1] == 403
+    stats = gateway.stats.snapshot()
+    assert stats["total_denied"] == 3 and stats["calls"]["web PutObject"] == 2
+    assert any("s3:ListBucket on arn:aws:s3:::input" in d["missing"] for d in stats["denials"])
+
+
+def test_conditions_are_evaluated(gateway):
+    """The scaler's policy: metrics only in its namespace; Name tags only, only on its group's instances."""
+    ec2, autoscaling = client(gateway, "ec2", "OWNER"), client(gateway, "autoscaling", "OWNER")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.create_launch_template(LaunchTemplateName="app-template", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
+    autoscaling.create_auto_scaling_group(AutoScalingGroupName="app", MinSize=0, MaxSize=3, DesiredCapacity=1,
+                                          LaunchTemplate={"LaunchTemplateName": "app-template"}, AvailabilityZones=["us-east-1a"])
+    instance = autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+    gateway.add_principal("SCALER", Principal("scaler", ROLE, allow(
+        {"Action": "cloudwatch:PutMetricData", "Resource": "*", "Condition": {"StringEquals": {"cloudwatch:namespace": "imgrec"}}},
+        {"Action": "ec2:CreateTags", "Resource": f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/aws:autoscaling:groupName": "app"},
+                       "ForAllValues:StringEquals": {"aws:TagKeys": ["Name"]}}},
+        {"Action": "autoscaling:SetDesiredCapacity", "Resource": "*"})))
+    cloudwatch, scaler_ec2 = client(gateway, "cloudwatch", "SCALER"), client(gateway, "ec2", "SCALER")
+    cloudwatch.put_metric_data(Namespace="imgrec", MetricData=[{"MetricName": "Backlog", "Value": 1}])
+    assert error(lambda: cloudwatch.put_metric_data(Namespace="other", MetricData=[{"MetricName": "B", "Value": 1}]))[0] == "AccessDenied"
+    scaler_ec2.create_tags(Resources=[instance], Tags=[{"Key": "Name", "Value": "app-instance1"}])
+    assert error(lambda: scaler_ec2.create_tags(Resources=[instance], Tags=[{"Key": "Owner", "Value": "x"}]))[0] == "UnauthorizedOperation"
+    # AWS's bounds on the group hold for everyone, the owner included.
+    scaling = client(gateway, "autoscaling", "SCALER")
+    assert error(lambda: scaling.set_desired_capacity(AutoScalingGroupName="app", DesiredCapacity=4)) == ("ValidationError", 400)
+    scaling.set_desired_capacity(AutoScalingGroupName="app", DesiredCapacity=3)
+
+
+def test_sqs_limits_hold_as_on_aws(gateway):
+    sqs = client(gateway, "sqs", "OWNER")
+    url = sqs.create_queue(QueueName="requests")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="hello")
+    handle = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"][0]["ReceiptHandle"]
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=600)
+    assert error(lambda: sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=86_400))[0] == "InvalidParameterValue"
+    assert error(lambda: sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=11))[0] == "InvalidParameterValue"
+    assert error(lambda: sqs.receive_message(QueueUrl=url, WaitTimeSeconds=21))[0] == "InvalidParameterValue"
+    assert error(lambda: sqs.receive_message(QueueUrl=url, VisibilityTimeout=86_400))[0] == "InvalidParameterValue"
+    entries = [{"Id": str(i), "MessageBody": "x"} for i in range(11)]
+    assert error(lambda: sqs.send_message_batch(QueueUrl=url, Entries=entries))[0] == "TooManyEntriesInBatchRequest"
+
+
+def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path):
+    """web-instance1's web tier and scaler under the web role, the group's instances under the app
+    role, both as Terraform renders them: every label right, the group grows and shrinks back to
+    its minimum through the S3 lease, and not one call is denied."""
+    images = sorted((datasets / "imagenet-100").glob("*.JPEG"))
+    ref = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, images)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = tmp_path / "expected.csv"
+    expected.write_text(ref.stdout)
+    with Rehearsal(tmp_path / "rehearsal") as rehearsal:
+        assert rehearsal.status()["web_tier"]["name"] == "web-instance1"
+        summary, run = loadgen(rehearsal.url, images, concurrency=100, expected=expected)
+        outcome = burst_outcome(rehearsal, summary)
+        print("\n" + report(outcome))
+        logs = rehearsal.log("scaler")
+    assert outcome.denied == 0, report(outcome)
+    # Nor refused for breaking one of AWS's limits (a visibility over 12 hours, say).
+    assert outcome.stats["faults"] == {}, report(outcome)
+    assert (outcome.ok, outcome.wrong, outcome.errors) == (100, 0, 0), (summary["error_samples"], logs[-3000:])
+    assert outcome.peak_instances >= 1 and outcome.final_instances == 0
+    calls = outcome.stats["calls"]
+    # The scaler acted through the lease and named its instances; workers marked themselves busy.
+    for op in ("web_tier PutObject", "web_tier SetDesiredCapacity", "web_tier CreateTags",
+               "app_tier SetInstanceProtection", "app_tier GetObject", "app_tier SendMessageBatch"):
+        assert calls.get(op, 0) > 0, (op, calls)
