@@ -175,7 +175,7 @@ deploy: build-aws models/$(DEPLOY_MODEL)/manifest.json $(SMOKE_IMAGE)
 	MODEL=$(DEPLOY_MODEL) SMOKE_IMAGE=$(SMOKE_IMAGE) tools/deploy.sh
 
 destroy:
-	tools/destroy.sh
+	PY=$(PY) tools/destroy.sh
 
 clean:
 	rm -rf target models .ort

@@ -36,6 +36,10 @@ source "amazon-ebs" "imgrec" {
   ami_name      = "imgrec-${local.build_id}"
   ssh_username  = "ubuntu"
   encrypt_boot  = true
+  # SSH to the build instance from this machine's public address only (not 0.0.0.0/0), and
+  # Packer's temporary key removed from authorized_keys before the image is taken.
+  temporary_security_group_source_public_ip = true
+  ssh_clear_authorized_keys                 = true
   # IMDSv2 only, on the build instance and by default on instances of the AMI. (Packer 1.6's
   # built-in builder predates both settings: make test validates the template without them.)
   imds_support = "v2.0"

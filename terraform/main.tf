@@ -15,6 +15,10 @@ locals {
   # How long an upload waits for its label (the services' web.response_timeout_s): the load
   # balancer keeps an idle connection longer.
   response_timeout_s = 120
+  # What clients use: a certificate covers domain_name, never the AWS-given names.
+  aws_given_url = local.load_balanced ? module.load_balancer[0].url : "http://${module.web_tier.public_dns["web-instance1"]}/"
+  web_scheme    = var.certificate_arn != "" && local.load_balanced ? "https" : "http"
+  web_url       = var.domain_name != "" ? "${local.web_scheme}://${var.domain_name}/" : local.aws_given_url
 
   service_config = templatefile("${path.module}/templates/imgrec.toml.tftpl", {
     region               = var.region
@@ -38,15 +42,17 @@ locals {
 module "input_bucket" {
   source = "./modules/storage"
 
-  name          = "${var.name_prefix}-${local.account_id}-input"
-  force_destroy = var.force_destroy
+  name           = "${var.name_prefix}-${local.account_id}-input"
+  force_destroy  = var.force_destroy
+  retention_days = var.retention_days
 }
 
 module "output_bucket" {
   source = "./modules/storage"
 
-  name          = "${var.name_prefix}-${local.account_id}-output"
-  force_destroy = var.force_destroy
+  name           = "${var.name_prefix}-${local.account_id}-output"
+  force_destroy  = var.force_destroy
+  retention_days = var.retention_days
 }
 
 # The scaler lease (one small object, rewritten with conditional puts): of the scalers on the web
@@ -54,8 +60,9 @@ module "output_bucket" {
 module "state_bucket" {
   source = "./modules/storage"
 
-  name          = "${var.name_prefix}-${local.account_id}-state"
-  force_destroy = true
+  name           = "${var.name_prefix}-${local.account_id}-state"
+  force_destroy  = true
+  retention_days = 0
 }
 
 module "queues" {
@@ -107,6 +114,10 @@ module "app_tier" {
   min_size          = var.app_min_size
   max_size          = local.app_max_size
   user_data         = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, environment = "", units = "imgrec-app-tier.service" })
+
+  # An instance's first boot calls AWS at once: its role's policies must be attached and its
+  # subnet routed to the internet gateway before any instance exists.
+  depends_on = [module.iam, module.network]
 }
 
 # Every web instance runs the web tier under its own name (its own response queue) and a scaler;
@@ -125,6 +136,9 @@ module "web_tier" {
     environment = "IMGREC__WEB__NAME=${name}"
     units       = "imgrec-web-tier.service imgrec-scaler.service"
   }) }
+
+  # As for the app tier: policies attached and the route out in place before the first boot.
+  depends_on = [module.iam, module.network]
 }
 
 module "load_balancer" {
@@ -140,6 +154,7 @@ module "load_balancer" {
   # web.drain_timeout_s (15 s) and 3 s to close.
   deregistration_delay_s = 20
   certificate_arn        = var.certificate_arn
+  domain_name            = var.domain_name
 }
 
 module "monitoring" {

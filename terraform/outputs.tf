@@ -1,6 +1,6 @@
 output "web_url" {
-  description = "Where to upload images (POST / with the file in field myfile): the load balancer with several web instances, else web-instance1."
-  value       = local.load_balanced ? module.load_balancer[0].url : "http://${module.web_tier.public_dns["web-instance1"]}/"
+  description = "Where to upload images (POST / with the file in field myfile): domain_name when set (HTTPS with certificate_arn), else the load balancer with several web instances, else web-instance1."
+  value       = local.web_url
 }
 
 output "load_balancer_url" {
@@ -66,4 +66,9 @@ output "dashboard_url" {
 output "service_config" {
   description = "The configuration file the services run with (user data writes it to /etc/imgrec/imgrec.toml)."
   value       = local.service_config
+}
+
+output "buckets_kept_on_destroy" {
+  description = "Buckets `make destroy` leaves, with their contents, because force_destroy = false (by Terraform address)."
+  value       = var.force_destroy ? {} : { "module.input_bucket" = module.input_bucket.name, "module.output_bucket" = module.output_bucket.name }
 }

@@ -52,6 +52,28 @@ variable "certificate_arn" {
   }
 }
 
+variable "domain_name" {
+  description = "The name clients use (e.g. images.example.com): web_url becomes https://<it>/ with certificate_arn, which must cover it (an ACM certificate cannot cover the load balancer's own *.elb.amazonaws.com name). Empty: the AWS-given name."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.domain_name == "" || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", var.domain_name))
+    error_message = "domain_name must be empty or a lowercase DNS name such as images.example.com."
+  }
+}
+
+variable "route53_zone_id" {
+  description = "A Route 53 hosted zone holding domain_name: Terraform then points domain_name at the load balancer (alias) or, with one web instance, at web-instance1 (CNAME). Empty: point it yourself."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.route53_zone_id == "" || can(regex("^Z[A-Z0-9]{1,31}$", var.route53_zone_id))
+    error_message = "route53_zone_id must be empty or a hosted zone id such as Z0123456789ABCDEFGHIJ."
+  }
+}
+
 variable "instance_budget" {
   description = "Instances the whole service may run at once, web instances included: the app tier gets the rest."
   type        = number
@@ -109,9 +131,20 @@ variable "vpc_cidr" {
 }
 
 variable "force_destroy" {
-  description = "Let `terraform destroy` delete the buckets with every image and result in them (all versions)."
+  description = "Let `terraform destroy` delete the input and output buckets with every image and result in them (all versions). false keeps them: `make destroy` then leaves the two buckets (and their contents) behind and says so; a plain `terraform destroy` stops at them. Takes effect on apply, not at destroy time."
   type        = bool
-  default     = false
+  default     = true
+}
+
+variable "retention_days" {
+  description = "Days an uploaded image and its result are kept in the buckets (0: forever). Replaced versions go after noncurrent_version_days."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.retention_days >= 0 && var.retention_days <= 3650 && floor(var.retention_days) == var.retention_days
+    error_message = "retention_days must be a whole number from 0 (keep forever) to 3650."
+  }
 }
 
 variable "batch_size" {
@@ -149,7 +182,7 @@ variable "max_receives" {
 
 
 variable "enable_ssm" {
-  description = "Attach AmazonSSMManagedInstanceCore so instances can be reached with Session Manager (no SSH, no key pair)."
+  description = "Let instances be reached with Session Manager (no SSH, no key pair): a policy with only the calls the SSM agent makes for sessions, not AmazonSSMManagedInstanceCore (which also reads every SSM parameter of the account)."
   type        = bool
-  default     = true
+  default     = false
 }

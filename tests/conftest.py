@@ -32,5 +32,17 @@ def app_tier() -> Path:
     return APP_TIER
 
 
+@pytest.fixture()
+def aws_binaries() -> Path:
+    """The release binaries with AWS support, as `make test` builds them. A test that runs `make
+    run` leaves the local build's (no AWS) in target/release: this puts the other back, which
+    takes seconds when both are compiled (cargo keeps both feature sets' artifacts)."""
+    out = subprocess.run(["make", "-s", "--no-print-directory", "build-aws"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1800)
+    if out.returncode != 0:
+        pytest.fail(f"make build-aws failed:\n{out.stderr[-3000:]}")
+    return ROOT / "target" / "release"
+
+
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)

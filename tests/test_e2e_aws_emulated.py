@@ -18,7 +18,7 @@ SCALER = ROOT / "target" / "release" / "scaler"
 MODEL = ROOT / "models" / "efficientnet-lite0"
 
 
-def test_100_images_over_s3_and_sqs(tmp_path, datasets):
+def test_100_images_over_s3_and_sqs(tmp_path, datasets, aws_binaries):
     thumbs = sorted((datasets / "imagenet-100").glob("*.JPEG"))
     ref = subprocess.run([sys.executable, "tools/reference.py", "--model", str(MODEL), *map(str, thumbs)],
                          cwd=ROOT, capture_output=True, text=True, check=True)
@@ -66,7 +66,7 @@ def test_100_images_over_s3_and_sqs(tmp_path, datasets):
     assert batched < 100, (web, workers)
 
 
-def test_endpoint_down_gives_503_and_no_crash(tmp_path, datasets):
+def test_endpoint_down_gives_503_and_no_crash(tmp_path, datasets, aws_binaries):
     image = datasets / "imagenet-100" / "test_0.JPEG"
     with MotoServer() as moto:
         env = {**moto.env(), "IMGREC__BACKEND": "aws", "IMGREC__AWS__MAX_ATTEMPTS": "2"}
@@ -88,7 +88,7 @@ def test_endpoint_down_gives_503_and_no_crash(tmp_path, datasets):
         assert stack.proc.returncode == 0, stack.logs()[-2000:]
 
 
-def test_two_web_tiers_on_sqs_each_get_their_own_answers(tmp_path, datasets):
+def test_two_web_tiers_on_sqs_each_get_their_own_answers(tmp_path, datasets, aws_binaries):
     """web-instance1 (with the scaler) and web-instance2 share the request queue, the buckets and
     the workers; each reads only its own response queue. 100 uploads split between them."""
     import os

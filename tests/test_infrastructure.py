@@ -24,7 +24,8 @@ MODULES = TERRAFORM / "modules"
 AWS_SOURCES = ROOT / "services" / "aws" / "src"
 INSTANCE_BUDGET = 20
 # Actions that have no resource-level permissions: AWS requires "*" for them.
-STAR_ONLY_ACTIONS = {"autoscaling:DescribeAutoScalingGroups", "ec2:DescribeTags", "cloudwatch:PutMetricData"}
+STAR_ONLY_ACTIONS = {"autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities",
+                     "ec2:DescribeTags", "cloudwatch:PutMetricData"}
 
 
 def unquote(value):
@@ -171,7 +172,8 @@ def test_packer_template_validates():
     text = (PACKER / "imgrec.pkr.hcl").read_text()
     # Packer 1.6's built-in amazon-ebs predates these two settings (the plugin of plugins.pkr.hcl has
     # them): validate without them, after checking that they are there.
-    newer = [r'\n  imds_support = "v2.0"\n', r"\n  metadata_options \{[^}]*\}\n"]
+    newer = [r'\n  imds_support = "v2.0"\n', r"\n  metadata_options \{[^}]*\}\n",
+             r"\n  temporary_security_group_source_public_ip = true\n"]
     for pattern in newer:
         assert re.search(pattern, text), pattern
         text = re.sub(pattern, "\n", text)
@@ -266,7 +268,25 @@ def test_buckets_are_private_encrypted_versioned_and_tls_only():
     # The root makes exactly the input and the output bucket from this module.
     calls = {k: v for k, v in blocks(module_doc("root"), "module").items() if v["source"] == "./modules/storage"}
     assert set(calls) == {"input_bucket", "output_bucket", "state_bucket"}
-    assert root_variables()["force_destroy"] is False
+
+
+def test_destroy_after_real_use_empties_the_buckets_and_retention_bounds_them():
+    """Finding: versioned buckets holding objects with force_destroy = false made `terraform destroy`
+    fail (BucketNotEmpty), and every image and result was kept forever."""
+    variables = blocks(module_doc("root"), "variable")
+    assert variables["force_destroy"]["default"] is True
+    assert variables["retention_days"]["default"] == 30
+    calls = {k: v for k, v in blocks(module_doc("root"), "module").items() if v["source"] == "./modules/storage"}
+    for name in ("input_bucket", "output_bucket"):
+        assert ref(calls[name]["force_destroy"]) == "var.force_destroy"
+        assert ref(calls[name]["retention_days"]) == "var.retention_days"
+    # The lease bucket holds only the lease: always emptied, never expired under the scaler.
+    assert calls["state_bucket"]["force_destroy"] is True and calls["state_bucket"]["retention_days"] == 0
+    (rule,) = one(blocks(module_doc("storage"), "resource", "aws_s3_bucket_lifecycle_configuration")["this"]["rule"]),
+    expiration = one(rule["dynamic"])["expiration"]
+    assert "var.retention_days > 0" in expiration["for_each"]
+    assert one(expiration["content"])["days"] == "${expiration.value}"
+    assert one(rule["noncurrent_version_expiration"])["noncurrent_days"] == "${var.noncurrent_version_days}"
 
 
 def test_requests_dead_letter_and_every_queue_is_encrypted():
@@ -541,7 +561,8 @@ def test_several_web_instances_get_a_load_balancer_that_waits_as_long_as_an_uplo
     assert ref(https["count"]) == "local.https ? 1 : 0"
     assert https["ssl_policy"].startswith("ELBSecurityPolicy-TLS13")
     outputs = blocks(module_doc("root"), "output")
-    assert "module.load_balancer[0].url" in outputs["web_url"]["value"]
+    assert ref(outputs["web_url"]["value"]) == "local.web_url"
+    assert "module.load_balancer[0].url" in root_locals()["aws_given_url"]
     # Every web instance runs the web tier and a scaler (the one holding the lease acts).
     assert 'units = "imgrec-web-tier.service imgrec-scaler.service"' in root["web_tier"]["user_data"]
     assert "lease_bucket = module.state_bucket.name" in root_locals()["service_config"]
@@ -552,3 +573,84 @@ def test_no_termination_hook_is_left_waiting():
     for folder in [TERRAFORM, *MODULES.iterdir()]:
         for path in folder.glob("*.tf"):
             assert "lifecycle_hook" not in path.read_text(), path
+
+
+def test_packer_opens_ssh_to_the_builder_only_and_leaves_no_key():
+    """Finding: the build instance took SSH from 0.0.0.0/0 and kept Packer's key in authorized_keys."""
+    source = one(blocks(parse(PACKER / "imgrec.pkr.hcl"), "source", "amazon-ebs")["imgrec"])
+    assert source["temporary_security_group_source_public_ip"] is True
+    assert source["ssh_clear_authorized_keys"] is True
+    assert "temporary_security_group_source_cidrs" not in source
+
+
+def test_instances_boot_after_their_permissions_and_route():
+    """Finding: the launch template and web instances waited for the instance profile only, not for
+    the role's policies or the route to the internet gateway: a first boot could meet
+    AccessDenied or no route."""
+    root = blocks(module_doc("root"), "module")
+    for name in ("app_tier", "web_tier"):
+        assert {ref(d) for d in root[name]["depends_on"]} >= {"module.iam", "module.network"}, name
+    # ...which hold the route out: module-wide depends_on waits for every resource in them.
+    table = blocks(module_doc("network"), "resource", "aws_route_table")["public"]
+    assert "aws_internet_gateway" in one(table["route"])["gateway_id"]
+
+
+def test_session_manager_grants_no_parameter_reads():
+    """Finding: enable_ssm (on by default) attached AmazonSSMManagedInstanceCore, which lets the
+    internet-facing web instances read every SSM parameter of the account."""
+    assert blocks(module_doc("root"), "variable")["enable_ssm"]["default"] is False
+    for folder in [TERRAFORM, *MODULES.rglob("*")]:
+        for path in Path(folder).glob("*.tf"):
+            assert "policy/AmazonSSMManagedInstanceCore" not in path.read_text(), path
+    from rehearsal.terraform import evaluate
+    values = ", ".join(f"{k} = {json.dumps(v)}" for k, v in SAMPLE_POLICY_VALUES.items())
+    doc = json.loads(evaluate(f'module "p" {{\n  source = "{MODULES / "iam" / "policies"}"\n  {values.replace(", ", chr(10) + "  ")}\n}}\n',
+                              {"ssm": "module.p.session_manager"})["ssm"])
+    actions = {a for s in doc["Statement"] for a in s["Action"]}
+    assert actions and all(a.startswith(("ssm:UpdateInstanceInformation", "ssmmessages:")) for a in actions), actions
+    attached = blocks(module_doc("iam"), "resource", "aws_iam_role_policy")["session_manager"]
+    assert ref(attached["policy"]) == "module.policies.session_manager"
+    assert "var.enable_ssm" in attached["for_each"]
+
+
+def test_instances_reach_the_apt_mirrors():
+    """Finding: egress allowed only 443, but Ubuntu's EC2 apt mirrors are plain HTTP, so unattended
+    security updates failed."""
+    egress = blocks(module_doc("network"), "resource", "aws_vpc_security_group_egress_rule")
+    assert egress["http"]["from_port"] == egress["http"]["to_port"] == 80
+    assert "web_tier" in json.dumps(egress["http"]["for_each"]) and "app_tier" in json.dumps(egress["http"]["for_each"])
+
+
+def test_with_a_certificate_clients_use_the_domain_it_covers():
+    """Finding: with certificate_arn set, web_url was the load balancer's *.elb.amazonaws.com name,
+    which no ACM certificate can cover: clients saw a name mismatch."""
+    locals_ = root_locals()
+    assert ref(locals_["web_url"]) == 'var.domain_name != "" ? "${local.web_scheme}://${var.domain_name}/" : local.aws_given_url'
+    assert ref(locals_["web_scheme"]) == 'var.certificate_arn != "" && local.load_balanced ? "https" : "http"'
+    # A certificate without the name it covers is refused at plan time.
+    lb = blocks(module_doc("load_balancer"), "resource", "aws_lb")["this"]
+    pre = one(one(lb["lifecycle"])["precondition"])
+    assert ref(pre["condition"]) == 'var.certificate_arn == "" || var.domain_name != ""'
+    assert ref(blocks(module_doc("root"), "module")["load_balancer"]["domain_name"]) == "var.domain_name"
+    # With a Route 53 zone, the name points at the load balancer (alias) or web-instance1.
+    records = blocks(parse(TERRAFORM / "dns.tf"), "resource", "aws_route53_record")
+    alias = one(records["load_balancer"]["alias"])
+    assert ref(alias["name"]) == "module.load_balancer[0].dns_name" and ref(alias["zone_id"]) == "module.load_balancer[0].zone_id"
+    assert ref(records["load_balancer"]["name"]) == ref(records["web_instance"]["name"]) == "var.domain_name"
+
+
+def test_failing_launches_raise_an_alarm_and_the_web_tier_shows_the_fleet():
+    """Finding: launches beyond the vCPU quota failed only in the group's activity history; the
+    service just stayed slow. The alarm counts instances missing with nothing pending; the web
+    tier watches the fleet (the scaler is another service on AWS) so /status shows why."""
+    alarm = blocks(module_doc("monitoring"), "resource", "aws_cloudwatch_metric_alarm")["launches_failing"]
+    expression = next(q for q in alarm["metric_query"] if q.get("id") == "short")["expression"]
+    assert expression == "desired - in_service - pending"
+    metrics = one(one(alarm["dynamic"])["metric_query"]["for_each"])
+    assert set(metrics.values()) == {"GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances"}
+    enabled = blocks(module_doc("app_tier"), "resource", "aws_autoscaling_group")["this"]["enabled_metrics"]
+    assert set(metrics.values()) <= set(enabled), "the group must publish what the alarm reads"
+    template = tomllib.loads(re.sub(r"\$\{\w+\}", "0", (TERRAFORM / "templates" / "imgrec.toml.tftpl").read_text()))
+    assert template["web"]["run_scaler"] is False and template["web"]["watch_fleet"] is True
+    web = {a for s in iam_statements()["web_tier"] for a in s["Action"]}
+    assert "autoscaling:DescribeScalingActivities" in web

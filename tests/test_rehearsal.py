@@ -4,6 +4,7 @@ a burst with every label right and no call denied."""
 
 import subprocess
 import sys
+import threading
 
 import boto3
 import botocore
@@ -110,7 +111,7 @@ def test_sqs_limits_hold_as_on_aws(gateway):
     assert error(lambda: sqs.send_message_batch(QueueUrl=url, Entries=entries))[0] == "TooManyEntriesInBatchRequest"
 
 
-def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path):
+def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, aws_binaries):
     """web-instance1's web tier and scaler under the web role, the group's instances under the app
     role, both as Terraform renders them: every label right, the group grows and shrinks back to
     its minimum through the S3 lease, and not one call is denied."""
@@ -121,8 +122,23 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path):
     expected.write_text(ref.stdout)
     with Rehearsal(tmp_path / "rehearsal") as rehearsal:
         assert rehearsal.status()["web_tier"]["name"] == "web-instance1"
-        summary, run = loadgen(rehearsal.url, images, concurrency=100, expected=expected)
-        outcome = burst_outcome(rehearsal, summary)
+        # The web tier's /status (and so /dashboard) shows the group, though the scaler that acts
+        # on it is another process, as on AWS.
+        shown, done = [], threading.Event()
+
+        def watch():
+            while not done.wait(0.2):
+                shown.append(len(rehearsal.status()["instances"]))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            summary, run = loadgen(rehearsal.url, images, concurrency=100, expected=expected)
+            outcome = burst_outcome(rehearsal, summary)
+            instances = len(rehearsal.player.seen)
+        finally:
+            done.set()
+            watcher.join()
         print("\n" + report(outcome))
         logs = rehearsal.log("scaler")
     assert outcome.denied == 0, report(outcome)
@@ -130,8 +146,11 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path):
     assert outcome.stats["faults"] == {}, report(outcome)
     assert (outcome.ok, outcome.wrong, outcome.errors) == (100, 0, 0), (summary["error_samples"], logs[-3000:])
     assert outcome.peak_instances >= 1 and outcome.final_instances == 0
+    assert max(shown) >= 1, "/status never showed an instance"
     calls = outcome.stats["calls"]
     # The scaler acted through the lease and named its instances; workers marked themselves busy.
+    # Each instance named once, by the acting scaler only (the web tier's watcher names none).
+    assert calls["web_tier CreateTags"] == instances, (calls, instances)
     for op in ("web_tier PutObject", "web_tier SetDesiredCapacity", "web_tier CreateTags",
                "app_tier SetInstanceProtection", "app_tier GetObject", "app_tier SendMessageBatch"):
         assert calls.get(op, 0) > 0, (op, calls)

@@ -21,6 +21,13 @@ if [[ "$(uname -sm)" != "Linux x86_64" ]]; then
     exit 1
 fi
 
+# Before anything is built or spent: credentials, region, vCPU quota, instance type offerings, cost.
+echo "== checking the account (tools/preflight.py)"
+.venv/bin/python tools/preflight.py --region "$region" || {
+    echo "deploy: refused before creating anything (see above)" >&2
+    exit 1
+}
+
 echo "== staging binaries, ONNX Runtime and models/$model for the AMI"
 rm -rf "$stage"
 mkdir -p "$stage"/bin "$stage"/lib "$stage"/model "$stage"/systemd

@@ -11,7 +11,8 @@ AWS behaviours emulated, with AWS's documentation for each:
   requests hold 1-10 entries with distinct ids (TooManyEntriesInBatchRequest, EmptyBatchRequest,
   BatchEntryIdsNotDistinct); a message or a batch is at most 1 MiB (SendMessage, SendMessageBatch).
 - Auto Scaling SetDesiredCapacity outside the group's MinSize..MaxSize: ValidationError (Auto Scaling
-  API Reference, SetDesiredCapacity); SetInstanceProtection: at most 50 instances, each in the group;
+  API Reference, SetDesiredCapacity); SetInstanceProtection: at most 50 instances, each in the group
+  (a terminating instance stays in it while it shuts down, as on AWS; moto drops it at once);
   TerminateInstanceInAutoScalingGroup of an instance in no group: ValidationError.
 - CloudWatch PutMetricData: at most 1,000 metric data, 30 dimensions each, 150 values each, a 1 MB
   request, no namespace starting "AWS/" (CloudWatch API Reference, PutMetricData).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 import uuid
 import xml.sax.saxutils
@@ -92,6 +94,12 @@ class MotoView:
                   aws_secret_access_key="gateway")
         self.autoscaling = boto3.client("autoscaling", **kw)
         self.ec2 = boto3.client("ec2", **kw)
+        # Instances told to terminate, and when: on AWS still in their group a while.
+        self.terminating: dict[str, float] = {}
+
+    def still_terminating(self) -> set[str]:
+        now = time.monotonic()
+        return {i for i, at in list(self.terminating.items()) if now - at < TERMINATING_S}
 
     def group(self, name: str) -> dict | None:
         groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
@@ -279,6 +287,11 @@ def members(params: dict, name: str) -> list[str]:
     return [v for _, v in sorted(found)]
 
 
+# How long an instance stays in its group after TerminateInstanceInAutoScalingGroup on AWS
+# (Terminating, while it shuts down and its units stop); moto drops it at once.
+TERMINATING_S = 120.0
+
+
 def autoscaling_checks(call: Call, moto: MotoView) -> None:
     op, p = call.operation, call.params
     if op.startswith("Describe"):
@@ -287,6 +300,8 @@ def autoscaling_checks(call: Call, moto: MotoView) -> None:
     group_name = p.get("AutoScalingGroupName")
     if op == "TerminateInstanceInAutoScalingGroup":
         group_name = moto.group_of(p.get("InstanceId", ""))
+        if group_name is not None:
+            moto.terminating[p["InstanceId"]] = time.monotonic()
         if group_name is None:
             raise validation(f"Instance Id not found - No managed instance found for instance ID: {p.get('InstanceId')}")
     group = moto.group(group_name) if group_name else None
@@ -309,7 +324,7 @@ def autoscaling_limits(call: Call, moto: MotoView) -> None:
         ids = members(p, "InstanceIds")
         if len(ids) > 50:
             raise validation("The number of instances in the request exceeds the maximum of 50.")
-        in_group = {i["InstanceId"] for i in group["Instances"]}
+        in_group = {i["InstanceId"] for i in group["Instances"]} | moto.still_terminating()
         for i in ids:
             if i not in in_group:
                 raise validation(f"The instance {i} is not part of Auto Scaling group {group['AutoScalingGroupName']}.")

@@ -40,6 +40,7 @@ class InstancePlayer:
         self.stopping: list[threading.Thread] = []
         self.peak = 0
         self.started = 0
+        self.seen: set[str] = set()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -66,6 +67,7 @@ class InstancePlayer:
         log = open(self.log_dir / f"{instance_id}.log", "wb")
         self.procs[instance_id] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.started += 1
+        self.seen.add(instance_id)
 
     def _retire(self, instance_id: str):
         proc = self.procs.pop(instance_id)

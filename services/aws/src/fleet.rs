@@ -4,13 +4,15 @@ use std::time::SystemTime;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use aws_sdk_autoscaling::types::LifecycleState;
+use aws_sdk_autoscaling::types::{Activity, LifecycleState, ScalingActivityStatusCode};
 use aws_sdk_ec2::types::{Filter, Tag};
 use tracing::warn;
 
 use crate::Aws;
-use imgrec_domain::ports::fleet::{instance_name, instance_number, plan};
-use imgrec_domain::ports::{Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, Resize};
+use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
+use imgrec_domain::ports::{
+    Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, LaunchFailure, Resize,
+};
 
 /// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
 /// `Name` tags `app-instanceK` as they appear (the names `plan` chose for them, freed numbers
@@ -129,12 +131,15 @@ impl AsgFleet {
     async fn list(&self, group: &Group) -> FleetResult<(Vec<Instance>, HashMap<String, String>)> {
         let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
         let mut names = self.names(&ids).await?;
-        let cap = self
-            .cap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or(group.max_size.max(0) as usize);
-        let unnamed: Vec<&String> = ids.iter().filter(|id| !names.contains_key(*id)).collect();
+        // Only the fleet that sizes the group (the acting scaler: `scale_to` sets its cap) names
+        // newcomers; a watcher shows them by instance id until then, so that two processes never
+        // race to tag one instance.
+        let cap = *self.cap.lock().unwrap_or_else(|p| p.into_inner());
+        let unnamed: Vec<&String> = match cap {
+            Some(_) => ids.iter().filter(|id| !names.contains_key(*id)).collect(),
+            None => Vec::new(),
+        };
+        let cap = cap.unwrap_or(0);
         for id in unnamed {
             let taken: HashSet<&String> = names.values().collect();
             let chosen = {
@@ -263,6 +268,38 @@ impl Fleet for AsgFleet {
     async fn max_size(&self) -> FleetResult<Option<usize>> {
         Ok(Some(self.group().await?.max_size.max(0) as usize))
     }
+
+    async fn launch_failure(&self) -> FleetResult<Option<LaunchFailure>> {
+        let request = self
+            .autoscaling
+            .describe_scaling_activities()
+            .auto_scaling_group_name(&self.group)
+            .max_records(20);
+        let out = self.aws.call("DescribeScalingActivities", request.send()).await?;
+        Ok(latest_launch_failure(out.activities(), SystemTime::now()))
+    }
+}
+
+/// The newest failed launch among a group's activities (newest first, as AWS lists them) within
+/// `LAUNCH_FAILURE_WINDOW` of `now`.
+fn latest_launch_failure(activities: &[Activity], now: SystemTime) -> Option<LaunchFailure> {
+    // Long messages carry AWS's advice in full; the cause comes first.
+    const MAX_REASON: usize = 400;
+    let since = now.checked_sub(LAUNCH_FAILURE_WINDOW).unwrap_or(SystemTime::UNIX_EPOCH);
+    activities.iter().find_map(|a| {
+        let launch = a.description().is_some_and(|d| d.starts_with("Launching"));
+        if !launch || a.status_code() != Some(&ScalingActivityStatusCode::Failed) {
+            return None;
+        }
+        let at = SystemTime::try_from(*a.start_time()?).ok()?;
+        if at < since {
+            return None;
+        }
+        let reason = a.status_message().or(a.description()).unwrap_or("no reason given");
+        let reason: String = reason.chars().take(MAX_REASON).collect();
+        let at_s = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+        Some(LaunchFailure { at_s, reason })
+    })
 }
 
 /// A worker on EC2 reports busy by setting scale-in protection on its own instance.
@@ -297,5 +334,84 @@ impl InstanceStatus for AsgInstanceStatus {
             .protected_from_scale_in(protect);
         self.aws.call("SetInstanceProtection", request.send()).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_autoscaling::primitives::DateTime;
+
+    use super::*;
+
+    fn activity(description: &str, status: ScalingActivityStatusCode, message: &str, at: SystemTime) -> Activity {
+        Activity::builder()
+            .activity_id("a")
+            .auto_scaling_group_name("imgrec-app-tier")
+            .cause("At 2026-12-03T08:00:00Z a user request update of AutoScalingGroup constraints")
+            .description(description)
+            .status_code(status)
+            .status_message(message)
+            .start_time(DateTime::from(at))
+            .build()
+    }
+
+    #[test]
+    fn the_newest_failed_launch_in_the_window_is_the_fleets_trouble() {
+        let now = SystemTime::now();
+        let quota = "You have requested more vCPU capacity than your current vCPU limit of 32 allows \
+                     for the instance bucket that the specified instance type belongs to.";
+        let activities = [
+            activity(
+                "Launching a new EC2 instance: i-1",
+                ScalingActivityStatusCode::Successful,
+                "",
+                now,
+            ),
+            activity(
+                "Terminating EC2 instance: i-0",
+                ScalingActivityStatusCode::Failed,
+                "gone",
+                now,
+            ),
+            activity(
+                "Launching a new EC2 instance.  Status Reason: quota",
+                ScalingActivityStatusCode::Failed,
+                quota,
+                now - Duration::from_secs(60),
+            ),
+            activity(
+                "Launching a new EC2 instance",
+                ScalingActivityStatusCode::Failed,
+                "older",
+                now - Duration::from_secs(120),
+            ),
+        ];
+        let failure = latest_launch_failure(&activities, now).expect("a failure");
+        assert_eq!(failure.reason, quota);
+        let age = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() - failure.at_s;
+        assert!((59..=61).contains(&age), "{age}");
+    }
+
+    #[test]
+    fn old_failures_and_successes_are_no_trouble() {
+        let now = SystemTime::now();
+        let old = now - LAUNCH_FAILURE_WINDOW - Duration::from_secs(1);
+        let activities = [
+            activity(
+                "Launching a new EC2 instance: i-1",
+                ScalingActivityStatusCode::Successful,
+                "",
+                now,
+            ),
+            activity(
+                "Launching a new EC2 instance",
+                ScalingActivityStatusCode::Failed,
+                "quota",
+                old,
+            ),
+        ];
+        assert_eq!(latest_launch_failure(&activities, now), None);
     }
 }

@@ -149,6 +149,10 @@ pub struct WebSettings {
     pub decode_budget_bytes: u64,
     pub drain_timeout_s: u64,
     pub run_scaler: bool,
+    /// Without a scaler of its own, still watch the fleet, so that `/status` and `/dashboard`
+    /// show it (on AWS the scaler is a service of its own beside the web tier).
+    #[serde(default)]
+    pub watch_fleet: bool,
     /// This web tier's name (`web-instanceK`). Unset: locally, the lowest name no running web
     /// tier on the same data folder holds; on AWS, Terraform sets it per instance.
     #[serde(default)]

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
 use imgrec_domain::ports::{
-    Fleet, FleetError, Instance, InstanceState, Lease, MetricsSink, QueueDepth, QueueError, QueueResult,
+    Fleet, FleetError, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, QueueDepth, QueueError, QueueResult,
     ScalingMetrics, WorkQueue,
 };
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub struct ScalerStatus {
     pub instances: Vec<Instance>,
     pub scaling_actions: u64,
     pub last_error: Option<String>,
+    /// The fleet's latest failed launch (a quota, no capacity): why it may stay below `desired`.
+    pub launch_failure: Option<LaunchFailure>,
     /// Whether this scaler acts on the fleet (holds the lease); others only watch.
     pub acting: bool,
 }
@@ -49,6 +51,8 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(60);
 /// How long the scaler waits after a failure that retrying cannot fix (a missing group or queue,
 /// denied access, a missing worker program), instead of hammering the API every tick.
 pub const PERMANENT_FAILURE_PAUSE: Duration = Duration::from_secs(10);
+/// How often the fleet's launch history is read (an API call on AWS).
+pub const LAUNCH_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// Where the scaler reads the time.
 pub trait Clock: Send + Sync + 'static {
@@ -97,6 +101,9 @@ pub struct Scaler {
     /// Held while this scaler acts on the fleet; without one it always acts.
     lease: Option<ScalerLease>,
     acting: bool,
+    /// Never acts: shows the fleet where the acting scaler is another process.
+    watch_only: bool,
+    launches_checked_at: Option<SystemTime>,
 }
 
 /// The lease a scaler acts under: another host takes the scaler over `ttl` after the holder
@@ -157,7 +164,17 @@ impl Scaler {
             nudge: Arc::new(Notify::new()),
             lease: None,
             acting: true,
+            watch_only: false,
+            launches_checked_at: None,
         }
+    }
+
+    /// Only observes the fleet, never acts on it (nor stops it): for a host that shows the fleet
+    /// while the scaler runs elsewhere (on AWS, its own service beside the web tier).
+    pub fn watching(mut self) -> Self {
+        self.watch_only = true;
+        self.acting = false;
+        self
     }
 
     /// Acts on the fleet only while holding `lease`, so that of several hosts running a scaler
@@ -216,6 +233,9 @@ impl Scaler {
     /// Takes or renews the lease (every third of its time to live); on losing it, stops the
     /// instances this host started.
     async fn hold_lease(&mut self) -> anyhow::Result<bool> {
+        if self.watch_only {
+            return Ok(false);
+        }
         let Some(held) = &mut self.lease else {
             return Ok(true);
         };
@@ -256,6 +276,7 @@ impl Scaler {
         let acting = self.hold_lease().await?;
         let backlog = self.requests.backlog().await?;
         let instances = self.fleet.instances().await?;
+        self.check_launches().await;
         if !acting {
             let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
             status.desired = instances.iter().filter(|i| i.serves()).count();
@@ -324,6 +345,29 @@ impl Scaler {
         Ok(decision)
     }
 
+    /// Every `LAUNCH_CHECK_EVERY`, reads the fleet's failed launches: a vCPU quota or a capacity
+    /// shortage shows nowhere else, and the service would just stay slow.
+    async fn check_launches(&mut self) {
+        let now = self.clock.now();
+        let since = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+        if self.launches_checked_at.is_some_and(|t| since(t) < LAUNCH_CHECK_EVERY) {
+            return;
+        }
+        self.launches_checked_at = Some(now);
+        let failure = match self.fleet.launch_failure().await {
+            Ok(failure) => failure,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read the fleet's launch history");
+                return;
+            }
+        };
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = failure.as_ref().filter(|f| status.launch_failure.as_ref() != Some(*f)) {
+            warn!(reason = %f.reason, at_s = f.at_s, "the fleet cannot launch instances");
+        }
+        status.launch_failure = failure;
+    }
+
     /// Ticks until `shutdown` turns true, then stops the fleet.
     pub async fn run(mut self, tick: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut interval = tokio::time::interval(tick);
@@ -352,6 +396,9 @@ impl Scaler {
                     _ = shutdown.changed() => break,
                 }
             }
+        }
+        if self.watch_only {
+            return Ok(());
         }
         info!("stopping the app tier");
         let stopped = self.fleet.shutdown().await;

@@ -1,6 +1,7 @@
 //! What the scaler does when its fleet fails: a transient failure is retried at the next tick; a
 //! permanent one (a missing group, denied access) is reported and retried only after a pause, so
-//! a broken deployment is not hammered twice a second.
+//! a broken deployment is not hammered twice a second. Launches the fleet could not make (a vCPU
+//! quota, no capacity) are shown and logged, though every call succeeds.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{Fleet, FleetError, FleetResult, Instance, QueueDepth, QueueResult, Resize};
+use imgrec_domain::ports::{Fleet, FleetError, FleetResult, Instance, LaunchFailure, QueueDepth, QueueResult, Resize};
 use scaler::{Backlog, Scaler, PERMANENT_FAILURE_PAUSE};
 
 struct Waiting;
@@ -46,20 +47,82 @@ impl Fleet for Failing {
     }
 }
 
-async fn tries_in_half_a_second(transient: bool) -> (u32, Option<String>) {
-    let fleet = Arc::new(Failing {
-        transient,
-        tries: AtomicU32::new(0),
-    });
-    let config = PolicyConfig {
+fn config() -> PolicyConfig {
+    PolicyConfig {
         min: 0,
         max: 4,
         target_latency: Duration::from_secs(2),
         service_time: Duration::from_millis(50),
         boot_time: Duration::from_secs(1),
         scale_in_after: Duration::from_secs(5),
-    };
-    let scaler = Scaler::observing(PolicyKind::Default.build(config), Arc::new(Waiting), fleet.clone());
+    }
+}
+
+/// An Auto Scaling group over its vCPU quota: every call succeeds, no instance ever appears, and
+/// its history says why. Counts the resizes asked of it.
+struct OverQuota {
+    resizes: AtomicU32,
+}
+
+const QUOTA: &str = "You have requested more vCPU capacity than your current vCPU limit of 32 allows";
+
+#[async_trait]
+impl Fleet for OverQuota {
+    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+        Ok(Vec::new())
+    }
+
+    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+        self.resizes.fetch_add(1, Ordering::SeqCst);
+        Ok(Resize::default())
+    }
+
+    async fn launch_failure(&self) -> FleetResult<Option<LaunchFailure>> {
+        Ok(Some(LaunchFailure {
+            at_s: 1_796_284_000,
+            reason: QUOTA.into(),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn launches_the_fleet_could_not_make_are_shown_though_no_call_failed() {
+    let fleet = Arc::new(OverQuota {
+        resizes: AtomicU32::new(0),
+    });
+    let mut scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone());
+    let status = scaler.status();
+    scaler.tick().await.expect("tick");
+    let s = status.read().unwrap().clone();
+    assert_eq!(s.last_error, None);
+    assert!(s.desired > 0);
+    assert_eq!(s.launch_failure.expect("shown").reason, QUOTA);
+}
+
+#[tokio::test]
+async fn a_watching_scaler_shows_the_fleet_and_never_acts_on_it() {
+    let fleet = Arc::new(OverQuota {
+        resizes: AtomicU32::new(0),
+    });
+    let scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone()).watching();
+    let status = scaler.status();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(scaler.run(Duration::from_millis(20), shutdown));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    assert_eq!(fleet.resizes.load(Ordering::SeqCst), 0);
+    let s = status.read().unwrap().clone();
+    assert!(!s.acting);
+    assert_eq!(s.launch_failure.expect("shown to watchers too").reason, QUOTA);
+}
+
+async fn tries_in_half_a_second(transient: bool) -> (u32, Option<String>) {
+    let fleet = Arc::new(Failing {
+        transient,
+        tries: AtomicU32::new(0),
+    });
+    let scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone());
     let status = scaler.status();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let run = tokio::spawn(scaler.run(Duration::from_millis(20), shutdown));

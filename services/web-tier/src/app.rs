@@ -276,7 +276,7 @@ impl App {
         };
         let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
         let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
-        let (desired, instances, error, acting) = match &self.scaler {
+        let (desired, instances, error, acting, launch_failure) = match &self.scaler {
             Some(scaler) => {
                 let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
                 max = s.max;
@@ -289,15 +289,22 @@ impl App {
                         json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy, "up_s": up.as_secs_f64() })
                     })
                     .collect();
-                (Some(s.desired), instances, s.last_error.clone(), s.acting)
+                let launch_failure = s.launch_failure.clone();
+                (
+                    Some(s.desired),
+                    instances,
+                    s.last_error.clone(),
+                    s.acting,
+                    launch_failure,
+                )
             }
-            None => (None, Vec::new(), None, false),
+            None => (None, Vec::new(), None, false, None),
         };
         json_reply(
             StatusCode::OK,
             &json!({
                 "queue": { "pending": depth.visible, "in_flight": depth.in_flight, "dead_letter": dead },
-                "capacity": { "desired": desired, "min": min, "max": max },
+                "capacity": { "desired": desired, "min": min, "max": max, "launch_failure": launch_failure },
                 "instances": instances,
                 "waiting_requests": self.waiters.len(),
                 "recent": self.history.recent(Instant::now()),

@@ -123,16 +123,21 @@ async fn serve_on(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let completed = Arc::new(AtomicU64::new(0));
-    let scaler_task = if settings.web.run_scaler {
+    let scaler_task = if settings.web.run_scaler || settings.web.watch_fleet {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
         let fleet = backend::fleet(&settings, worker, &name, &ports.calls).await?;
-        let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet)
-            .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
-            .with_completions(completed.clone())
-            .with_lease(
-                backend::scaler_lease(&settings, &name, &ports.calls).await?,
-                settings.scaler.lease_ttl(),
-            );
+        let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet);
+        let scaler = if settings.web.run_scaler {
+            scaler
+                .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
+                .with_completions(completed.clone())
+                .with_lease(
+                    backend::scaler_lease(&settings, &name, &ports.calls).await?,
+                    settings.scaler.lease_ttl(),
+                )
+        } else {
+            scaler.watching()
+        };
         let view = scaler.handle();
         let task = tokio::spawn(scaler.run(settings.scaler.tick(), stop_rx.clone()));
         Some((task, view))

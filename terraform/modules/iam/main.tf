@@ -50,11 +50,14 @@ resource "aws_iam_role_policy" "this" {
   policy = each.value
 }
 
-resource "aws_iam_role_policy_attachment" "ssm" {
+resource "aws_iam_role_policy" "session_manager" {
+  #checkov:skip=CKV_AWS_290:ssm:UpdateInstanceInformation and ssmmessages:*Channel support no resource-level permissions (AWS requires "*"); the policy holds only what the SSM agent calls for sessions.
+  #checkov:skip=CKV_AWS_355:These five actions support no resource-level permissions: AWS requires "*" for them (Service Authorization Reference, Systems Manager and Session Manager Message Gateway Service).
   for_each = var.enable_ssm ? local.roles : {}
 
-  role       = aws_iam_role.this[each.key].name
-  policy_arn = "arn:${var.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+  name   = "${var.name_prefix}-${replace(each.key, "_", "-")}-session-manager"
+  role   = aws_iam_role.this[each.key].id
+  policy = module.policies.session_manager
 }
 
 resource "aws_iam_instance_profile" "this" {

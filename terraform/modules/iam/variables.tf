@@ -54,7 +54,7 @@ variable "metric_namespace" {
 }
 
 variable "enable_ssm" {
-  description = "Attach AmazonSSMManagedInstanceCore to both roles."
+  description = "Let both roles' instances be reached with Session Manager (only the calls its agent makes for sessions)."
   type        = bool
 }
 

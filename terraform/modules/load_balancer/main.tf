@@ -18,6 +18,13 @@ resource "aws_lb" "this" {
   idle_timeout               = var.idle_timeout_s
   drop_invalid_header_fields = true
   enable_deletion_protection = false
+
+  lifecycle {
+    precondition {
+      condition     = var.certificate_arn == "" || var.domain_name != ""
+      error_message = "certificate_arn needs domain_name: no certificate can cover the load balancer's own *.elb.amazonaws.com name, so clients would see a name mismatch."
+    }
+  }
 }
 
 resource "aws_lb_target_group" "web" {

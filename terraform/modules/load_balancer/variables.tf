@@ -38,6 +38,12 @@ variable "deregistration_delay_s" {
   type        = number
 }
 
+variable "domain_name" {
+  description = "The name clients use, which the certificate must cover (required with certificate_arn)."
+  type        = string
+  default     = ""
+}
+
 variable "certificate_arn" {
   description = "ACM certificate for HTTPS; empty for HTTP only."
   type        = string

@@ -94,3 +94,41 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.alarm_actions
 }
+
+# Launches the group cannot make (the vCPU quota, no capacity of the type, a broken launch
+# template) show only in its activity history: the group stays below its desired capacity with
+# nothing pending. The scaler also shows the reason on /status and in its log.
+resource "aws_cloudwatch_metric_alarm" "launches_failing" {
+  alarm_name        = "${var.name_prefix}-app-tier-launches-failing"
+  alarm_description = "${var.app_group_name} has stayed below its desired capacity with no launch pending: launches are failing (see its activity history, or /status)."
+  metric_query {
+    id          = "short"
+    expression  = "desired - in_service - pending"
+    label       = "instances missing"
+    return_data = true
+  }
+  dynamic "metric_query" {
+    for_each = {
+      desired    = "GroupDesiredCapacity"
+      in_service = "GroupInServiceInstances"
+      pending    = "GroupPendingInstances"
+    }
+
+    content {
+      id = metric_query.key
+      metric {
+        namespace   = "AWS/AutoScaling"
+        metric_name = metric_query.value
+        dimensions  = { AutoScalingGroupName = var.app_group_name }
+        stat        = "Minimum"
+        period      = 60
+      }
+    }
+  }
+  # Ten minutes in a row: a boot takes about a minute, a failed launch is retried for longer.
+  evaluation_periods  = 10
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+}

@@ -161,6 +161,21 @@ resource "aws_security_group" "app_tier" {
 }
 
 # Both tiers talk only to AWS API endpoints, all HTTPS.
+# Ubuntu's EC2 apt mirrors (unattended security updates) serve plain HTTP; packages are signed.
+resource "aws_vpc_security_group_egress_rule" "http" {
+  for_each = {
+    web_tier = aws_security_group.web_tier.id
+    app_tier = aws_security_group.app_tier.id
+  }
+
+  security_group_id = each.value
+  description       = "HTTP to Ubuntu's package mirrors (signed packages)"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
 resource "aws_vpc_security_group_egress_rule" "https" {
   for_each = {
     web_tier = aws_security_group.web_tier.id

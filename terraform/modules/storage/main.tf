@@ -52,10 +52,20 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   bucket = aws_s3_bucket.this.id
 
   rule {
-    id     = "old-versions-and-failed-uploads"
+    id     = "retention"
     status = "Enabled"
 
     filter {}
+
+    # Images and results are kept retention_days, so that what the public endpoint takes in
+    # does not pile up forever.
+    dynamic "expiration" {
+      for_each = var.retention_days > 0 ? [var.retention_days] : []
+
+      content {
+        days = expiration.value
+      }
+    }
 
     # A replaced image only matters while its request is in flight.
     noncurrent_version_expiration {

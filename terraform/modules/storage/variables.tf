@@ -13,6 +13,16 @@ variable "force_destroy" {
   type        = bool
 }
 
+variable "retention_days" {
+  description = "Days an object is kept after it was written (0: forever)."
+  type        = number
+
+  validation {
+    condition     = var.retention_days >= 0
+    error_message = "retention_days must be 0 (forever) or more."
+  }
+}
+
 variable "noncurrent_version_days" {
   description = "Days a replaced object version is kept."
   type        = number

@@ -6,6 +6,9 @@ use async_trait::async_trait;
 /// App-tier instances are `app-instance1`, `app-instance2`, ...
 pub const INSTANCE_PREFIX: &str = "app-instance";
 
+/// How far back a failed launch still counts as the fleet's current trouble.
+pub const LAUNCH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
@@ -31,6 +34,17 @@ impl Instance {
     pub fn serves(&self) -> bool {
         self.state != InstanceState::Stopping
     }
+}
+
+/// A launch the fleet tried and could not make (a vCPU quota, no capacity of the instance type, a
+/// bad launch template), as the fleet's own history tells it: the scaler shows it, since the
+/// service then just stays slow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LaunchFailure {
+    /// When the failed launch began, in seconds since the Unix epoch.
+    pub at_s: u64,
+    /// The fleet's own words (an Auto Scaling activity's status message).
+    pub reason: String,
 }
 
 /// What a fleet does to move toward a desired size: the names it launches and retires.
@@ -127,6 +141,11 @@ pub trait Fleet: Send + Sync + 'static {
     /// The most instances this fleet can hold, if it has its own bound (an Auto Scaling group's
     /// MaxSize); the scaler never asks for more.
     async fn max_size(&self) -> FleetResult<Option<usize>> {
+        Ok(None)
+    }
+    /// The latest launch that failed in the last `LAUNCH_FAILURE_WINDOW`, if any. Fleets whose
+    /// launches fail in the call itself (local processes) report through `scale_to` instead.
+    async fn launch_failure(&self) -> FleetResult<Option<LaunchFailure>> {
         Ok(None)
     }
     /// Stops every instance (on shutdown of the stack).

@@ -7,7 +7,7 @@ mod metrics;
 mod object_store;
 mod work_queue;
 
-pub use fleet::{Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, Resize};
+pub use fleet::{Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, LaunchFailure, Resize};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
 pub use object_store::{KeyError, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};

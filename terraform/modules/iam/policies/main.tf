@@ -78,7 +78,7 @@ locals {
     {
       Sid      = "ObserveFleet"
       Effect   = "Allow"
-      Action   = ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeTags"]
+      Action   = ["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities", "ec2:DescribeTags"]
       Resource = ["*"]
     },
     {

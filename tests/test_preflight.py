@@ -1,0 +1,73 @@
+"""`make deploy` checks before it spends (tools/preflight.py): the decision is pure and tested on
+facts; the reading of the account runs against a moto server."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+from local_stack import MotoServer
+from preflight import Facts, Plan, assess, cost_per_hour
+
+PLAN = Plan("us-east-1", web_instances=1, instance_budget=20, app_min_size=0,
+            app_instance_type="c7i.large", web_instance_type="t3.small")
+ZONES = ["us-east-1a", "us-east-1b"]
+
+
+def facts(**kw) -> Facts:
+    base = dict(account="123456789012", region_enabled=True, vcpu_quota=64.0,
+                vcpus={"c7i.large": 2, "t3.small": 2}, zones=ZONES,
+                offered={(t, z) for t in ("c7i.large", "t3.small") for z in ZONES},
+                prices={"c7i.large": 0.08925, "t3.small": 0.0208})
+    return Facts(**(base | kw))
+
+
+def test_a_quota_below_the_cap_is_a_warning_that_names_the_need_and_the_fix():
+    """Finding: at the cap the deployment needs 40 On-Demand vCPUs; new accounts often have less,
+    and launches beyond the quota failed only in the group's activity history."""
+    v = assess(PLAN, facts(vcpu_quota=32.0))
+    assert not v.refusals
+    (warning,) = v.warnings
+    assert "quota of us-east-1 is 32" in warning and "needs 40" in warning
+    assert "cannot grow past 15 app instances" in warning
+    assert "request-service-quota-increase" in warning and "--desired-value 40" in warning
+
+
+def test_a_quota_below_the_minimum_refuses():
+    v = assess(PLAN, facts(vcpu_quota=2.0))
+    assert v.refusals and "needs 2 at its minimum" in v.refusals[0]
+
+
+def test_no_credentials_or_a_disabled_region_refuse_at_once():
+    v = assess(PLAN, Facts(unread={"account": "Unable to locate credentials"}))
+    assert v.refusals == ["no AWS credentials that work: Unable to locate credentials (aws configure, AWS_PROFILE or SSO)"]
+    assert "not enabled" in assess(PLAN, facts(region_enabled=False)).refusals[0]
+
+
+def test_an_instance_type_not_offered_in_the_zones_refuses():
+    offered = {("t3.small", z) for z in ZONES} | {("c7i.large", "us-east-1a")}
+    (refusal,) = assess(PLAN, facts(offered=offered)).refusals
+    assert "c7i.large is not offered in us-east-1b" in refusal
+
+
+def test_cost_per_hour_at_the_minimum_and_at_the_cap():
+    prices = {"c7i.large": 0.08925, "t3.small": 0.0208}
+    # web-instance1 and its public address.
+    assert abs(cost_per_hour(PLAN, prices, 0) - (0.0208 + 0.005)) < 1e-9
+    # ...and 19 app instances, each with its address.
+    assert abs(cost_per_hour(PLAN, prices, 19) - (0.0258 + 19 * (0.08925 + 0.005))) < 1e-9
+    note = next(n for n in assess(PLAN, facts()).notes if n.startswith("cost per hour"))
+    assert "$0.026 at the minimum" in note and "$1.82 at the cap (19)" in note
+
+
+def test_the_check_runs_against_an_account(tmp_path):
+    """Against moto: credentials, region, types and zones are read; the quota API (which moto
+    lacks for EC2) is reported as unread, not taken for a pass; the costs are printed."""
+    with MotoServer() as moto:
+        env = {**os.environ, "AWS_ENDPOINT_URL": moto.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing"}
+        out = subprocess.run([sys.executable, str(ROOT / "tools" / "preflight.py"), "--region", "us-east-1"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "could not read the On-Demand vCPU quota" in out.stdout and "needs 40 vCPUs" in out.stdout
+    assert "at the minimum" in out.stdout and "at the cap (19)" in out.stdout

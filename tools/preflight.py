@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""`make deploy`'s checks before it spends anything: credentials and region, the On-Demand vCPU quota
+against what the deployment needs at its minimum and at the cap, that the instance types are offered
+in the zones Terraform will use, and the cost per hour at the minimum and at the cap.
+
+Exit 0: go (warnings printed); exit 2: refused, with the reason. Reads the deployment's sizes from
+terraform/variables.tf and terraform/terraform.tfvars, as Terraform will."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TERRAFORM = ROOT / "terraform"
+# "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", in vCPUs (Service Quotas).
+STANDARD_QUOTA = "L-1216C47A"
+STANDARD_FAMILIES = tuple("acdhimrtz")
+# Packer's build instance runs while the AMI is made (packer/ variable instance_type).
+BUILD_INSTANCE_VCPUS = 2
+# A public IPv4 address costs $0.005 an hour, in use or not (Amazon VPC pricing, since 2024-02).
+IPV4_PER_HOUR = 0.005
+# An Application Load Balancer's hour (us-east-1), LCUs aside; it holds an address per subnet (2).
+ALB_PER_HOUR = 0.0225
+# On-Demand Linux prices per hour in us-east-1 (AWS price list, 2025), for when the Price List API
+# cannot be read; other regions differ by a few percent.
+KNOWN_PRICES = {"t3.small": 0.0208, "t3.medium": 0.0416, "c7i.large": 0.08925, "c7i.xlarge": 0.1785,
+                "c6i.large": 0.085, "c5.large": 0.085, "m7i.large": 0.1008}
+# Price List API location names (the API takes these, not region codes).
+LOCATIONS = {"us-east-1": "US East (N. Virginia)", "us-east-2": "US East (Ohio)", "us-west-2": "US West (Oregon)",
+             "eu-west-1": "EU (Ireland)", "eu-central-1": "EU (Frankfurt)", "ap-southeast-1": "Asia Pacific (Singapore)"}
+
+
+@dataclass
+class Plan:
+    """The deployment's sizes, as Terraform will read them."""
+    region: str
+    web_instances: int
+    instance_budget: int
+    app_min_size: int
+    app_instance_type: str
+    web_instance_type: str
+
+    @property
+    def app_max(self) -> int:
+        return self.instance_budget - self.web_instances
+
+
+@dataclass
+class Facts:
+    """What the account says (None: could not be read, with the reason in `unread`)."""
+    account: str | None = None
+    region_enabled: bool | None = None
+    vcpu_quota: float | None = None
+    vcpus: dict[str, int] = field(default_factory=dict)
+    zones: list[str] = field(default_factory=list)
+    offered: set[tuple[str, str]] = field(default_factory=set)
+    prices: dict[str, float] = field(default_factory=dict)
+    unread: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    refusals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_plan(region: str) -> Plan:
+    import hcl2
+
+    values = {}
+    with open(TERRAFORM / "variables.tf") as f:
+        for entry in hcl2.load(f).get("variable", []):
+            for name, body in entry.items():
+                values[name.strip('"')] = body.get("default")
+    tfvars = TERRAFORM / "terraform.tfvars"
+    if tfvars.exists():
+        with open(tfvars) as f:
+            values |= {k: v for k, v in hcl2.load(f).items()}
+    unquote = lambda v: v.strip('"') if isinstance(v, str) else v
+    return Plan(region, int(values["web_instances"]), int(values["instance_budget"]), int(values["app_min_size"]),
+                unquote(values["app_instance_type"]), unquote(values["web_instance_type"]))
+
+
+def needed_vcpus(plan: Plan, vcpus: dict[str, int], app_count: int) -> int:
+    return plan.web_instances * vcpus[plan.web_instance_type] + app_count * vcpus[plan.app_instance_type]
+
+
+def cost_per_hour(plan: Plan, prices: dict[str, float], app_count: int) -> float:
+    instances = plan.web_instances + app_count
+    cost = plan.web_instances * prices[plan.web_instance_type] + app_count * prices[plan.app_instance_type]
+    cost += instances * IPV4_PER_HOUR
+    if plan.web_instances > 1:
+        cost += ALB_PER_HOUR + 2 * IPV4_PER_HOUR
+    return cost
+
+
+def assess(plan: Plan, facts: Facts) -> Verdict:
+    """The decision, from the plan and the facts alone (no I/O)."""
+    v = Verdict()
+    if facts.account is None:
+        v.refusals.append(f"no AWS credentials that work: {facts.unread.get('account', 'unknown error')} "
+                          f"(aws configure, AWS_PROFILE or SSO)")
+        return v
+    if facts.region_enabled is False:
+        v.refusals.append(f"region {plan.region} is not enabled for account {facts.account}")
+        return v
+    types = {plan.app_instance_type, plan.web_instance_type}
+    for t in sorted(types):
+        missing = [z for z in facts.zones[:2] if (t, z) not in facts.offered]
+        if facts.zones and missing:
+            v.refusals.append(f"{t} is not offered in {', '.join(missing)}, which the network module uses (the first "
+                              f"two zones of {plan.region}): choose another instance type or region")
+    if "offerings" in facts.unread:
+        v.warnings.append(f"could not check where the instance types are offered: {facts.unread['offerings']}")
+    if all(t in facts.vcpus for t in types):
+        at_min = needed_vcpus(plan, facts.vcpus, plan.app_min_size)
+        at_cap = needed_vcpus(plan, facts.vcpus, plan.app_max)
+        shape = (f"{plan.web_instances} x {plan.web_instance_type} ({facts.vcpus[plan.web_instance_type]} vCPUs) + "
+                 f"{plan.app_max} x {plan.app_instance_type} ({facts.vcpus[plan.app_instance_type]} vCPUs)")
+        standard = all(t.split(".")[0][0] in STANDARD_FAMILIES for t in types)
+        if facts.vcpu_quota is None:
+            v.warnings.append(f"could not read the On-Demand vCPU quota ({facts.unread.get('quota', 'unknown')}): at "
+                              f"the cap the deployment needs {at_cap} vCPUs ({shape})")
+        elif not standard:
+            v.warnings.append(f"{sorted(types)}: not all in the standard families whose quota is checked here")
+        elif facts.vcpu_quota < at_min + BUILD_INSTANCE_VCPUS:
+            v.refusals.append(f"the On-Demand standard vCPU quota of {plan.region} is {facts.vcpu_quota:g}: the "
+                              f"deployment needs {at_min} at its minimum (+{BUILD_INSTANCE_VCPUS} while Packer builds)")
+        elif facts.vcpu_quota < at_cap:
+            v.warnings.append(
+                f"the On-Demand standard vCPU quota of {plan.region} is {facts.vcpu_quota:g}, and at the cap the "
+                f"deployment needs {at_cap} ({shape}): the group cannot grow past "
+                f"{int((facts.vcpu_quota - at_min) // facts.vcpus[plan.app_instance_type]) + plan.app_min_size} app "
+                f"instances, and launches beyond fail (the scaler shows why on /status). Ask for more: aws "
+                f"service-quotas request-service-quota-increase --region {plan.region} --service-code ec2 "
+                f"--quota-code {STANDARD_QUOTA} --desired-value {at_cap}")
+        else:
+            v.notes.append(f"vCPU quota {facts.vcpu_quota:g} covers the cap's {at_cap} ({shape})")
+    else:
+        v.warnings.append(f"unknown instance types: {sorted(t for t in types if t not in facts.vcpus)}")
+    if all(t in facts.prices for t in types):
+        source = "Price List API" if "prices" not in facts.unread else "us-east-1 prices of 2025, Price List API unread"
+        v.notes.append(f"cost per hour (On-Demand, instances and public IPv4; {source}): about "
+                       f"${cost_per_hour(plan, facts.prices, plan.app_min_size):.3f} at the minimum "
+                       f"({plan.app_min_size} app instances), ${cost_per_hour(plan, facts.prices, plan.app_max):.2f} "
+                       f"at the cap ({plan.app_max}); S3, SQS, CloudWatch and data transfer come on top")
+    else:
+        v.warnings.append(f"no price known for {sorted(t for t in types if t not in facts.prices)}")
+    return v
+
+
+def gather(plan: Plan) -> Facts:
+    """Reads the account: each call that fails is recorded in `unread`, never raised."""
+    import boto3
+    import botocore.exceptions
+
+    facts = Facts()
+    failures = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, NotImplementedError)
+    try:
+        facts.account = boto3.client("sts", region_name=plan.region).get_caller_identity()["Account"]
+    except failures as e:
+        facts.unread["account"] = str(e)
+        return facts
+    ec2 = boto3.client("ec2", region_name=plan.region)
+    try:
+        regions = ec2.describe_regions(RegionNames=[plan.region], AllRegions=True)["Regions"]
+        facts.region_enabled = bool(regions) and regions[0].get("OptInStatus") != "not-opted-in"
+    except failures as e:
+        facts.unread["region"] = str(e)
+    types = sorted({plan.app_instance_type, plan.web_instance_type})
+    try:
+        found = ec2.describe_instance_types(InstanceTypes=types)["InstanceTypes"]
+        facts.vcpus = {t["InstanceType"]: t["VCpuInfo"]["DefaultVCpus"] for t in found}
+    except failures as e:
+        facts.unread["types"] = str(e)
+    try:
+        zones = ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])
+        facts.zones = sorted(z["ZoneName"] for z in zones["AvailabilityZones"] if z.get("ZoneType", "availability-zone") == "availability-zone")
+        offers = ec2.describe_instance_type_offerings(LocationType="availability-zone",
+                                                      Filters=[{"Name": "instance-type", "Values": types}])
+        facts.offered = {(o["InstanceType"], o["Location"]) for o in offers["InstanceTypeOfferings"]}
+    except failures as e:
+        facts.unread["offerings"] = str(e)
+    try:
+        quota = boto3.client("service-quotas", region_name=plan.region).get_service_quota(
+            ServiceCode="ec2", QuotaCode=STANDARD_QUOTA)
+        facts.vcpu_quota = float(quota["Quota"]["Value"])
+    except failures as e:
+        facts.unread["quota"] = str(e)
+    facts.prices = {t: KNOWN_PRICES[t] for t in types if t in KNOWN_PRICES}
+    try:
+        facts.prices |= price_list(types, plan.region)
+    except (*failures, KeyError, ValueError) as e:
+        facts.unread["prices"] = str(e)
+    return facts
+
+
+def price_list(types: list[str], region: str) -> dict[str, float]:
+    import json
+
+    import boto3
+
+    pricing = boto3.client("pricing", region_name="us-east-1")
+    prices = {}
+    for t in types:
+        filters = [("instanceType", t), ("location", LOCATIONS[region]), ("operatingSystem", "Linux"),
+                   ("tenancy", "Shared"), ("preInstalledSw", "NA"), ("capacitystatus", "Used")]
+        products = pricing.get_products(ServiceCode="AmazonEC2", MaxResults=1, Filters=[
+            {"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters])["PriceList"]
+        terms = json.loads(products[0])["terms"]["OnDemand"]
+        dimension = next(iter(next(iter(terms.values()))["priceDimensions"].values()))
+        prices[t] = float(dimension["pricePerUnit"]["USD"])
+    return prices
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--region", default="us-east-1")
+    args = parser.parse_args()
+    plan = read_plan(args.region)
+    verdict = assess(plan, gather(plan))
+    for note in verdict.notes:
+        print(f"preflight: {note}")
+    for warning in verdict.warnings:
+        print(f"preflight: WARNING: {warning}")
+    for refusal in verdict.refusals:
+        print(f"preflight: REFUSED: {refusal}", file=sys.stderr)
+    return 2 if verdict.refusals else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
