@@ -30,7 +30,7 @@ SCREENSHOTS = os.environ.get("IMGREC_SCREENSHOTS")
 @pytest.fixture
 def browser():
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_path, "needs Debian's chromium and chromium-driver (.ci/run installs them)"
+    assert chromium and driver_path, "needs Debian's chromium and chromium-driver (make test installs them)"
     options = Options()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -210,3 +210,46 @@ for (const type of ["dragenter", "dragover", "drop"]) {
   zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
 }
 """
+
+
+def test_the_dashboard_says_why_the_fleet_stays_below_desired(browser):
+    """Launches the group cannot make (a vCPU quota) show on the dashboard with AWS's reason. The
+    page is the one the web tier embeds; its /status here is a fixed answer with such a failure."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    reason = "You have requested more vCPU capacity than your current vCPU limit of 32 allows"
+    status = {
+        "queue": {"pending": 240, "in_flight": 30, "dead_letter": 0},
+        "capacity": {"desired": 19, "min": 0, "max": 19, "launch_failure": {"at_s": int(time.time()) - 90, "reason": reason}},
+        "instances": [{"name": f"app-instance{k}", "state": "running", "busy": True, "up_s": 60.0} for k in range(1, 16)],
+        "waiting_requests": 270, "recent": None, "scaler_error": None,
+        "web_tier": {"name": "web-instance1", "scaler_acting": False},
+    }
+    page = (ROOT / "services" / "web-tier" / "src" / "dashboard.html").read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body, kind = (json.dumps([] if "history" in self.path else status).encode(), "application/json")
+            if self.path == "/dashboard":
+                body, kind = page, "text/html"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/dashboard")
+        problem = browser.find_element(By.ID, "problem")
+        wait_until("the problem is shown", lambda: problem.is_displayed() and reason in problem.text, 10)
+        assert problem.text.startswith("Launches failing (")
+        assert browser.find_element(By.ID, "live").text == "15 / 19"
+        assert console_errors(browser) == []
+    finally:
+        server.shutdown()
