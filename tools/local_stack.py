@@ -201,8 +201,9 @@ class MotoServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "MotoServer":
+        # A session of its own: a Ctrl-C meant for its user must not stop it before what uses it.
         self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_until("moto answers", lambda: _answers(self.endpoint + "/moto-api/"), 30)
         return self
 

@@ -65,7 +65,8 @@ class InstancePlayer:
         args = unit_setting("ExecStart").replace("/opt/imgrec/bin/app-tier", str(APP_TIER)).replace("%H", name).split()
         env = {**self.env, "IMGREC__AWS__INSTANCE_ID": instance_id, "DATA_DIR": str(self.data_dir / instance_id)}
         log = open(self.log_dir / f"{instance_id}.log", "wb")
-        self.procs[instance_id] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[instance_id] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                   start_new_session=True)
         self.started += 1
         self.seen.add(instance_id)
 
@@ -85,11 +86,15 @@ class InstancePlayer:
         self.stopping.append(t)
 
     def _run(self):
+        said = ""
         while not self._halt.is_set():
             try:
                 live = self.instances()
+                said = ""
             except Exception as e:  # moto busy or stopping: try again next round
-                print(f"rehearsal: cannot describe the group: {e}")
+                if str(e) != said:
+                    print(f"rehearsal: cannot describe the group (trying again): {e}")
+                said = str(e)
                 live = list(self.procs)
             self.peak = max(self.peak, len(live))
             for i in live:

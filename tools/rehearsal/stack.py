@@ -159,8 +159,9 @@ class Rehearsal:
 
     def spawn(self, name: str, args: list, env: dict):
         log = open(self.dir / "logs" / f"{name}.log", "wb")
+        # A session of its own: Ctrl-C reaches the rehearsal only, which stops the parts in order.
         self.procs[name] = subprocess.Popen([str(a) for a in args], env={**env, "DATA_DIR": str(self.dir / name)},
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _healthy(self) -> bool:
         for name, proc in self.procs.items():
