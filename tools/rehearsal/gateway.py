@@ -157,6 +157,13 @@ class Gateway:
                     self.close_connection = True  # the caller is gone (a stopped tier)
 
             def handle_any(self):
+                try:
+                    self.handle_call()
+                except Exception as e:  # a request the rules do not expect: an error, not a hang
+                    fault = AwsFault(500, "InternalError", f"the rehearsal's gateway failed on this request: {e!r}")
+                    self.reply(*fault.response("unknown", "", self.command))
+
+            def handle_call(self):
                 body = self.body()
                 if self.path.startswith("/_rehearsal/stats"):
                     return self.reply(200, [("Content-Type", "application/json")],
