@@ -127,3 +127,38 @@ def test_a_poison_image_fails_alone_and_its_batch_mates_get_their_labels(tmp_pat
         assert status == 500 and "set aside" in reason, (status, reason)
         assert stack.status()["queue"]["dead_letter"] == 1
     assert stack_processes(data) == []
+
+
+def test_a_worker_backing_off_stops_at_once_on_sigterm(tmp_path, aws_binaries):
+    """A worker whose queue is gone backs off 10 s between tries; SIGTERM must end that wait at
+    once, or the fleet (5 s grace) and systemd would SIGKILL it mid-way."""
+    import boto3
+
+    from local_stack import MotoServer
+
+    with MotoServer() as moto:
+        env = {**os.environ, **moto.env(), "IMGREC__BACKEND": "aws", "DATA_DIR": str(tmp_path),
+               "IMGREC__INFERENCE__MODEL_DIR": str(MODEL), "RUST_LOG": "info"}
+        boot = subprocess.run([str(aws_binaries / "scaler"), "bootstrap"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert boot.returncode == 0, boot.stderr
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen([str(aws_binaries / "app-tier"), "run", "--name", "app-instance1"], env=env,
+                                      stdout=out, stderr=out, cwd=ROOT)
+        try:
+            wait_until("the worker is ready", lambda: "ready" in log.read_text(), 60)
+            sqs = boto3.client("sqs", endpoint_url=moto.endpoint, region_name="us-east-1",
+                               aws_access_key_id="testing", aws_secret_access_key="testing")
+            sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName="requests")["QueueUrl"])
+            wait_until("the worker backs off", lambda: "retrying will not help" in log.read_text(), 30)
+            started = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(9) == 0, log.read_text()[-2000:]
+            stopped_in = time.monotonic() - started
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    # Within the fleet's grace (5 s), not at the end of the 10 s back-off.
+    assert stopped_in < 5, (stopped_in, log.read_text()[-2000:])

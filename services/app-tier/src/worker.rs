@@ -17,6 +17,7 @@ use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_domain::ports::{ApiCalls, InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
 use imgrec_runtime::backend::{self, Ports};
+use imgrec_runtime::shutdown::pause;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
@@ -82,7 +83,7 @@ struct Worker {
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Takes requests from the queue until `shutdown` turns true, then finishes what it holds.
-pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings, name: String, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let calls = ApiCalls::default();
     let status = backend::instance_status(&settings, &name, &calls).await?;
     status.report(InstanceState::Pending, false).await?;
@@ -119,7 +120,9 @@ pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<b
             }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, "cannot receive requests; retrying");
-                tokio::time::sleep(backoff).await;
+                if pause(backoff, &mut shutdown).await {
+                    break;
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
@@ -127,7 +130,9 @@ pub async fn serve(settings: Settings, name: String, shutdown: watch::Receiver<b
                 // The queue is gone or forbidden: only an operator can fix that. Say so loudly and
                 // slowly, and stay alive so that the worker resumes by itself once it is fixed.
                 error!(error = %e, "cannot receive requests, and retrying will not help; next try in {}s", MAX_BACKOFF.as_secs());
-                tokio::time::sleep(MAX_BACKOFF).await;
+                if pause(MAX_BACKOFF, &mut shutdown).await {
+                    break;
+                }
                 continue;
             }
         };

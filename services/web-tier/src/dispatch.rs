@@ -11,6 +11,7 @@ use std::time::Duration;
 use imgrec_domain::config::Queues;
 use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_domain::ports::{ResponseQueues, WorkQueue};
+use imgrec_runtime::shutdown::pause;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, warn};
 use uuid::Uuid;
@@ -120,13 +121,17 @@ pub async fn responses(
             }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, "cannot receive responses; retrying");
-                tokio::time::sleep(backoff).await;
+                if pause(backoff, &mut shutdown).await {
+                    break;
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
             Err(e) => {
                 error!(error = %e, "cannot receive responses, and retrying will not help until this is fixed");
-                tokio::time::sleep(backoff).await;
+                if pause(backoff, &mut shutdown).await {
+                    break;
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
@@ -179,7 +184,9 @@ pub async fn dead_letters(
             Ok(messages) => messages,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot read the dead-letter queue");
-                tokio::time::sleep(RETRY).await;
+                if pause(RETRY, &mut shutdown).await {
+                    break;
+                }
                 continue;
             }
         };
