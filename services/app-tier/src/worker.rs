@@ -262,10 +262,12 @@ struct Classified {
 }
 
 impl Worker {
-    /// Decodes received messages; malformed ones are deleted.
+    /// Decodes received messages. One this release cannot read (a newer version, or not a
+    /// request at all) is left alone: it comes back after its visibility timeout for another
+    /// worker (a newer release may read it), and goes to the dead-letter queue after
+    /// `queues.max_receives`, where an operator finds it. Never deleted unread.
     async fn decode(&self, messages: Vec<Received>) -> Vec<Job> {
         let mut jobs = Vec::with_capacity(messages.len());
-        let mut malformed = Vec::new();
         for m in messages {
             match ClassifyRequest::decode(&m.body) {
                 Ok(request) => jobs.push(Job {
@@ -273,15 +275,13 @@ impl Worker {
                     request,
                     receive_count: m.receive_count,
                 }),
-                Err(e) => {
-                    // Without a request id nobody can be answered; keeping it would only retry it.
-                    error!(error = %e, "dropping a malformed request message");
-                    malformed.push(m.receipt);
-                }
+                Err(e) => error!(
+                    error = %e,
+                    receives = m.receive_count,
+                    max_receives = self.settings.queues.max_receives,
+                    "cannot read a request message; leaving it for another worker or the dead-letter queue"
+                ),
             }
-        }
-        if !malformed.is_empty() {
-            self.delete(&malformed).await;
         }
         jobs
     }

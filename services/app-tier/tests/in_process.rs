@@ -77,3 +77,46 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
     worker.stop().await.unwrap();
     web.stop().await.unwrap();
 }
+
+/// A request this release cannot read (a newer version from an upgraded web tier, or no request
+/// at all) is never deleted: it comes back for other workers and ends in the dead-letter queue
+/// after `queues.max_receives`, where an operator finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_a_worker_cannot_read_go_back_and_then_to_the_dead_letter_queue() {
+    use std::time::{Duration, Instant};
+
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults().unwrap();
+    settings.data_dir = dir.path().to_path_buf();
+    settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
+    settings.queues.visibility_timeout_s = 1;
+    settings.queues.max_receives = 2;
+    settings.app_tier.poll_wait_ms = 100;
+    let ports = imgrec_runtime::backend::Ports::connect(&settings).await.unwrap();
+    let newer = br#"{"version":2,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","key":"a.png","shape":"new"}"#;
+    ports.requests.send(newer).await.unwrap();
+    ports.requests.send(b"not a request").await.unwrap();
+
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = ports.dead_letter.depth().await.unwrap().total();
+        let waiting = ports.requests.depth().await.unwrap().total();
+        if dead == 2 && waiting == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead letters {dead}, still queued {waiting}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    worker.stop().await.unwrap();
+    // Both kept, bytes intact.
+    let kept = ports
+        .dead_letter
+        .receive(10, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    let mut bodies: Vec<Vec<u8>> = kept.into_iter().map(|m| m.body.to_vec()).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![b"not a request".to_vec(), newer.to_vec()]);
+}

@@ -1,5 +1,10 @@
 //! Messages between the tiers. Versioned so that old and new instances can coexist in a rolling
-//! deployment: a reader rejects a version it does not know instead of misreading it.
+//! deployment: a reader rejects a version it does not know instead of misreading it, and ignores
+//! fields it does not know, so that adding an optional field needs no new version and the
+//! previous release still reads the new messages (`tests/fixtures/messages/` holds today's, which
+//! every later release must read). A message a reader cannot read goes back to its queue, never
+//! away: another reader (a newer release) may read it, and the dead-letter queue keeps it after
+//! `queues.max_receives`.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -8,7 +13,6 @@ pub const VERSION: u32 = 1;
 
 /// Web tier -> app tier: classify the object `key` (at `version`) of the input bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
     pub version: u32,
     pub request_id: Uuid,
@@ -34,7 +38,6 @@ fn is_zero(n: &u32) -> bool {
 
 /// App tier -> web tier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClassifyResponse {
     pub version: u32,
     pub request_id: Uuid,
@@ -45,7 +48,7 @@ pub struct ClassifyResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Label {
         label: String,
@@ -154,6 +157,15 @@ mod tests {
         let err = ClassifyRequest::decode(future.to_string().as_bytes()).unwrap_err();
         assert!(matches!(err, MessageError::Version(2)));
         assert!(ClassifyRequest::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn a_field_added_by_a_later_release_is_ignored() {
+        let newer = r#"{"version":1,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","key":"a.png","object_version":null,"submitted_at_ms":1,"top_k":5}"#;
+        assert_eq!(ClassifyRequest::decode(newer.as_bytes()).unwrap().key, "a.png");
+        let newer = r#"{"version":1,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","key":"a.png","outcome":{"label":{"label":"cat","probability":0.5,"top":[]}},"instance":"app-instance1","model":"x"}"#;
+        let response = ClassifyResponse::decode(newer.as_bytes()).unwrap();
+        assert!(matches!(response.outcome, Outcome::Label { ref label, .. } if label == "cat"));
     }
 
     #[test]

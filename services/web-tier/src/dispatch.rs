@@ -148,7 +148,13 @@ pub async fn responses(
                         debug!(%id, "response with nobody waiting");
                     }
                 }
-                Err(e) => warn!(error = %e, "dropping a malformed response message"),
+                Err(e) => {
+                    // Left in the queue: it comes back after its visibility for a release of this
+                    // web tier that can read it (the message format stays readable by the
+                    // previous release, so this is a bug or a skipped upgrade step; say so).
+                    error!(error = %e, "cannot read a response message; leaving it in the queue");
+                    continue;
+                }
             }
             receipts.push(m.receipt);
         }

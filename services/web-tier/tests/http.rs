@@ -321,3 +321,36 @@ async fn the_dashboard_is_self_contained_and_its_data_is_served() {
     assert_eq!(status["recent"]["window_s"], 60.0);
     web.stop().await.unwrap();
 }
+
+/// A response this web tier cannot read (from a worker of a later, incompatible release) stays in
+/// its queue for a release that can, instead of being deleted unread.
+#[tokio::test]
+async fn a_response_the_web_tier_cannot_read_stays_in_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let status = get_status(&Client::new(), &web).await;
+    let name = status["web_tier"]["name"].as_str().unwrap().to_owned();
+    let ports = Ports::connect(&settings).await.unwrap();
+    let queue = ports
+        .response_queues
+        .open(&settings.queues.response_queue_of(&name))
+        .await
+        .unwrap();
+    queue
+        .send(br#"{"version":2,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8"}"#)
+        .await
+        .unwrap();
+    // The dispatcher polls every second: give it a few rounds.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(
+            queue.depth().await.unwrap().total(),
+            1,
+            "the response was deleted unread"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(queue.depth().await.unwrap().in_flight == 1, "never read");
+    web.stop().await.unwrap();
+}
