@@ -65,6 +65,12 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
     denials: list = field(default_factory=list)
 
+    def deny(self, key: tuple[str, str], missing: str):
+        """Counts a denied call of `key` (caller, operation) and keeps what it lacked."""
+        with self.lock:
+            self.denied[key] += 1
+            self.denials.append({"principal": key[0], "operation": key[1], "missing": missing, "at": time.time()})
+
     def snapshot(self) -> dict:
         with self.lock:
             return {
@@ -181,10 +187,7 @@ class Gateway:
                     gateway.stats.calls[key] += 1
                 ok, missing = gateway.allowed(principal, call)
                 if not ok:
-                    with gateway.stats.lock:
-                        gateway.stats.denied[key] += 1
-                        gateway.stats.denials.append({"principal": principal.name, "operation": call.operation,
-                                                      "missing": missing, "at": time.time()})
+                    gateway.stats.deny(key, missing)
                     fault = aws_rules.access_denied(call, principal.arn, missing)
                     return self.reply(*fault.response(call.service, call.protocol, self.command))
                 try:
@@ -197,12 +200,9 @@ class Gateway:
                 except AwsFault as fault:
                     with gateway.stats.lock:
                         gateway.stats.faults[(principal.name, call.operation, fault.code)] += 1
-                        if fault.code == "AccessDenied":
-                            # S3's answer for a missing key without s3:ListBucket: a denial too.
-                            gateway.stats.denied[key] += 1
-                            gateway.stats.denials.append({"principal": principal.name, "operation": call.operation,
-                                                          "missing": f"s3:ListBucket on {call.bucket} (to read a "
-                                                                     f"missing key as 404)", "at": time.time()})
+                    if fault.code == "AccessDenied":
+                        # S3's answer for a missing key without s3:ListBucket: a denial too.
+                        gateway.stats.deny(key, f"s3:ListBucket on {call.bucket} (to read a missing key as 404)")
                     return self.reply(*fault.response(call.service, call.protocol, self.command))
                 self.reply(status, headers, out)
 

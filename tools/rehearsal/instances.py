@@ -39,7 +39,7 @@ class InstancePlayer:
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping: list[threading.Thread] = []
         self.peak = 0
-        self.started = 0
+        # Every instance id played so far (a restarted worker counts once).
         self.seen: set[str] = set()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -67,7 +67,6 @@ class InstancePlayer:
         log = open(self.log_dir / f"{instance_id}.log", "wb")
         self.procs[instance_id] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                    start_new_session=True)
-        self.started += 1
         self.seen.add(instance_id)
 
     def _retire(self, instance_id: str):
