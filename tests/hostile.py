@@ -115,3 +115,43 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 def label_of(answer: str) -> str:
     return json.loads(answer)["label"] if answer.startswith("{") else answer.strip()
+
+
+def zlib_zeros(mib: int) -> bytes:
+    """A zlib stream of `mib` MiB of zeros, about 1000:1, built without compressing it all: after a
+    full flush the compressor starts afresh, so every further MiB compresses to the same bytes."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = bytes(1 << 20)
+    first = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(mib):
+        adler = zlib.adler32(block, adler)
+    return b"\x78\xda" + first + again * (mib - 1) + c.flush() + struct.pack(">I", adler)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_metadata_bomb(png: bytes, kind: str, mib: int = 2048) -> bytes:
+    """`png` with one compressed metadata chunk (iCCP, zTXt or iTXt) right after IHDR that inflates
+    to `mib` MiB: a real photo that costs a careless decoder gigabytes."""
+    bomb = zlib_zeros(mib)
+    data = {
+        "iCCP": b"icc\0\0" + bomb,
+        "zTXt": b"Comment\0\0" + bomb,
+        "iTXt": b"XML:com.adobe.xmp\0\x01\0\0\0" + bomb,
+    }[kind]
+    after_ihdr = 8 + 8 + 13 + 4
+    return png[:after_ihdr] + png_chunk(kind.encode(), data) + png[after_ihdr:]
+
+
+def slow_sender(url: str, announced: int, first: bytes = b"") -> socket.socket:
+    """A POST that announces `announced` body bytes and sends only the multipart head and `first`."""
+    sock = connect(url)
+    head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {announced}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+            f"--b\r\nContent-Disposition: form-data; name=\"myfile\"; filename=\"slow.jpg\"\r\n\r\n").encode()
+    sock.sendall(head + first)
+    return sock

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from hostile import closed_within, connect, jpeg_bomb, label_of, open_sockets, peak_rss_mib, png_bomb, upload
-from local_stack import Stack, stack_processes, wait_until
+from hostile import (closed_within, connect, jpeg_bomb, label_of, open_sockets, peak_rss_mib, png_bomb,
+                     png_metadata_bomb, request, slow_sender, upload)
+from local_stack import Stack, stack_processes, wait_until, worker_pids
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
 FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
@@ -96,6 +97,58 @@ def test_decompression_bombs_are_checked_within_the_memory_budget(tmp_path, kind
     # A full frame is 120-160 MB per upload: 12 at once would be 1.5-2 GB.
     assert peak < 600, f"web tier peaked at {peak:.0f} MiB checking {concurrent} {kind} bombs"
     assert stack_processes(tmp_path / "data") == []
+
+
+def healthz_latency(url: str) -> float:
+    started = time.monotonic()
+    assert request(url, "GET", "/healthz") == 200
+    return time.monotonic() - started
+
+
+def test_metadata_bombs_cost_the_web_tier_and_the_worker_little(tmp_path, thumb):
+    """A real photo as PNG with one iCCP, zTXt or iTXt chunk of ~2 MiB that inflates to 2 GiB:
+    answered like the plain photo, with neither process growing by 100 MiB."""
+    from PIL import Image
+
+    plain = tmp_path / "photo.png"
+    Image.open(thumb).convert("RGB").save(plain)
+    want = reference_labels([plain])[plain.name]
+    bombs = [png_metadata_bomb(plain.read_bytes(), kind) for kind in ("iCCP", "zTXt", "iTXt")]
+    data = tmp_path / "data"
+    with Stack(data, **{**FAST, "scaler__scale_in_after_s": "60"}, scaler__max="1") as stack:
+        assert upload(stack.url, "plain.png", plain.read_bytes()) == (200, want + "\n")
+        (worker,) = worker_pids(data)
+        web_idle, worker_idle = peak_rss_mib(stack.proc.pid), peak_rss_mib(worker)
+        with ThreadPoolExecutor(10) as pool:
+            answers = pool.map(lambda i: upload(stack.url, f"bomb{i}.png", bombs[i % 3], timeout=120), range(9))
+            slowest_health = max(healthz_latency(stack.url) for _ in range(20))
+            answers = list(answers)
+        assert answers == [(200, want + "\n")] * 9
+        web_growth = peak_rss_mib(stack.proc.pid) - web_idle
+        worker_growth = peak_rss_mib(worker) - worker_idle
+    assert web_growth < 100, f"the web tier grew {web_growth:.0f} MiB on 9 metadata bombs"
+    assert worker_growth < 100, f"the worker grew {worker_growth:.0f} MiB on 9 metadata bombs"
+    assert slowest_health < 1, f"/healthz took {slowest_health:.2f}s during the bombs"
+
+
+def test_slow_senders_do_not_hold_back_normal_uploads(tmp_path, thumb, thumb_label):
+    """40 connections announce a 9 MiB body and trickle; a normal upload is answered at once."""
+    image = thumb.read_bytes()
+    with Stack(tmp_path / "data", **FAST) as stack:
+        assert upload(stack.url, "warm.jpg", image) == (200, thumb_label + "\n")
+        slow = [slow_sender(stack.url, 9 << 20, b"\xff" * 1024) for _ in range(40)]
+        try:
+            took = []
+            for i in range(10):
+                for s in slow:
+                    s.sendall(b"\xff" * 64)
+                started = time.monotonic()
+                assert upload(stack.url, f"normal{i}.jpg", image, timeout=30) == (200, thumb_label + "\n")
+                took.append(time.monotonic() - started)
+        finally:
+            for s in slow:
+                s.close()
+    assert max(took) < 5, f"normal uploads took {took} while 40 slow senders were connected"
 
 
 def test_sigterm_with_hundreds_waiting_answers_each_and_exits_in_time(tmp_path, datasets):

@@ -94,11 +94,17 @@ impl App {
         let (outcome, reply) = match self.handle_upload(request).await {
             Ok(reply) => ("ok", reply),
             Err((outcome, r)) => {
-                let reply = if wants_json {
+                let mut reply = if wants_json {
                     json_reply(r.status, &json!({ "error": r.reason }))
                 } else {
                     text(r.status, r.reason)
                 };
+                if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                    // Busy or draining: worth retrying, after a pause.
+                    reply
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                }
                 (outcome, reply)
             }
         };
@@ -128,7 +134,11 @@ impl App {
                 ),
             ));
         }
-        let bad = |r| ("bad_request", r);
+        // A refused upload is the client's fault, except when the server is short of memory.
+        let bad = |r: Refusal| match r.status {
+            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", r),
+            _ => ("bad_request", r),
+        };
         let limits = &self.upload_limits;
         let up = upload::read(request.content_type, request.content_length, request.body, limits)
             .await

@@ -13,6 +13,8 @@ mod metrics;
 mod server;
 mod upload;
 
+pub use upload::MEMORY_WAIT;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -1,8 +1,9 @@
 //! `POST /`: the upload, read within limits and checked before anything is stored or queued.
 //!
-//! Memory is bounded by configuration, not by what clients send: an upload reserves room for its
-//! body in a shared budget before it is read (its Content-Length, or the most a file may be when it
-//! is chunked), and the image check reserves the decoder's working memory in a second budget.
+//! Memory is bounded by configuration, not by what clients send: an upload's share of a shared
+//! body budget grows with the bytes it has actually sent (a slow sender that announces 9 MB and
+//! trickles holds what it trickled), and the image check reserves the decoder's working memory in
+//! a second budget. No wait for either is unbounded: past `MEMORY_WAIT` the client gets 503.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,16 @@ const OTHER_FIELD_BYTES: u64 = 64 * 1024;
 /// Room for the multipart framing and small fields around the file.
 const FRAMING_BYTES: u64 = 1024 * 1024;
 
+/// The longest an upload waits for room in a memory budget before it is told to come back: long
+/// enough to ride out a burst of large uploads being stored, short enough that a client is never
+/// left hanging on memory held by others.
+pub const MEMORY_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Upload {
     pub key: ObjectKey,
     pub bytes: Bytes,
     /// This upload's share of the body budget, released when the bytes are stored.
-    pub reservation: OwnedSemaphorePermit,
+    pub reservation: Share,
 }
 
 /// A client error: status and a one-line reason.
@@ -59,6 +65,12 @@ pub struct Budget {
     kib: u32,
 }
 
+/// Room held in a budget, released on drop; it can grow.
+pub struct Share {
+    budget: Budget,
+    held: OwnedSemaphorePermit,
+}
+
 impl Budget {
     pub fn new(bytes: u64) -> Self {
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
@@ -68,16 +80,52 @@ impl Budget {
         }
     }
 
-    /// Waits until `bytes` are free (the whole budget at most, so one large request still runs alone).
-    pub async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
-        let kib = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.kib);
-        self.permits
+    /// A share that holds nothing yet.
+    pub fn share(&self) -> Share {
+        let held = self
+            .permits
             .clone()
-            .acquire_many_owned(kib)
+            .try_acquire_many_owned(0)
+            .expect("the budget's semaphore is never closed");
+        Share {
+            budget: self.clone(),
+            held,
+        }
+    }
+
+    /// Waits at most `MEMORY_WAIT` until `bytes` are free (the whole budget at most, so one large
+    /// request still runs alone).
+    pub async fn reserve(&self, bytes: u64) -> Result<Share, Refusal> {
+        let mut share = self.share();
+        share.cover(bytes).await?;
+        Ok(share)
+    }
+
+    fn kib_of(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(self.kib)
+    }
+}
+
+impl Share {
+    /// Grows the share to cover `bytes` in all, waiting at most `MEMORY_WAIT` for the rest; past
+    /// that, 503: the memory is held by others, not by this client's fault.
+    pub async fn cover(&mut self, bytes: u64) -> Result<(), Refusal> {
+        let want = self.budget.kib_of(bytes);
+        let held = self.held.num_permits() as u32;
+        if want <= held {
+            return Ok(());
+        }
+        let more = tokio::time::timeout(MEMORY_WAIT, self.budget.permits.clone().acquire_many_owned(want - held))
             .await
-            .expect("the budget's semaphore is never closed")
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is busy with other uploads; try again shortly",
+                )
+            })?
+            .expect("the budget's semaphore is never closed");
+        self.held.merge(more);
+        Ok(())
     }
 }
 
@@ -137,10 +185,6 @@ where
     if content_length.is_some_and(|n| n > max_body) {
         return Err(too_large(limits.max_file_bytes));
     }
-    let reservation = limits
-        .body_budget
-        .reserve(content_length.unwrap_or(max_body).min(limits.max_file_bytes))
-        .await;
     let sizes = FIELDS.iter().fold(
         multer::SizeLimit::new()
             .whole_stream(max_body)
@@ -149,14 +193,14 @@ where
     );
     let stream = body.map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining())));
     let multipart = multer::Multipart::with_constraints(stream, boundary, multer::Constraints::new().size_limit(sizes));
-    let (name, bytes) = tokio::time::timeout(limits.body_timeout, first_file(multipart, limits.max_file_bytes))
-        .await
-        .map_err(|_| {
-            Refusal::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the upload did not arrive within {}s", limits.body_timeout.as_secs()),
-            )
-        })??;
+    let mut reservation = limits.body_budget.share();
+    let reading = first_file(multipart, limits.max_file_bytes, &mut reservation);
+    let (name, bytes) = tokio::time::timeout(limits.body_timeout, reading).await.map_err(|_| {
+        Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the upload did not arrive within {}s", limits.body_timeout.as_secs()),
+        )
+    })??;
     if name.is_empty() {
         return Err(Refusal::bad_request("the uploaded file has no file name"));
     }
@@ -171,7 +215,12 @@ where
     })
 }
 
-async fn first_file(mut multipart: multer::Multipart<'static>, max: u64) -> Result<(String, Bytes), Refusal> {
+/// The first file field's name and bytes; its share of the body budget grows with the bytes kept.
+async fn first_file(
+    mut multipart: multer::Multipart<'static>,
+    max: u64,
+    share: &mut Share,
+) -> Result<(String, Bytes), Refusal> {
     let mut found = None;
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
         let wanted = found.is_none() && field.name().is_some_and(|n| FIELDS.contains(&n));
@@ -180,6 +229,7 @@ async fn first_file(mut multipart: multer::Multipart<'static>, max: u64) -> Resu
         // Other fields (and a second file) are read through and dropped.
         while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
             if wanted {
+                share.cover((buf.len() + chunk.len()) as u64).await?;
                 buf.extend_from_slice(&chunk);
             }
         }
@@ -208,9 +258,17 @@ fn multipart_error(e: multer::Error, max: u64) -> Refusal {
 /// budget), so that nothing a worker cannot read is queued.
 pub async fn validate(bytes: Bytes, limits: &UploadLimits) -> Result<Probe, Refusal> {
     let image = limits.image;
-    let cost = inspect(&bytes, &image).map_err(image_refusal)?.verify_bytes;
-    let _reserved = limits.decode_budget.reserve(cost as u64).await;
-    tokio::task::spawn_blocking(move || verify(&bytes, &image))
+    let header = bytes.clone();
+    let cost = off_runtime(move || inspect(&header, &image)).await?.verify_bytes;
+    let _reserved = limits.decode_budget.reserve(cost as u64).await?;
+    off_runtime(move || verify(&bytes, &image)).await
+}
+
+/// Image work runs on the blocking pool: even reading a header walks every chunk of the file.
+async fn off_runtime<T: Send + 'static>(
+    check: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(check)
         .await
         .map_err(|_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "image check failed"))?
         .map_err(image_refusal)
@@ -271,12 +329,31 @@ mod tests {
     #[tokio::test]
     async fn a_budget_larger_than_the_whole_is_capped_and_others_wait() {
         let budget = Budget::new(10 * 1024);
-        let whole = budget.reserve(1 << 40).await; // capped: runs alone
+        let whole = budget.reserve(1 << 40).await.unwrap(); // capped: runs alone
         let waiting = tokio::time::timeout(Duration::from_millis(50), budget.reserve(1024)).await;
         assert!(waiting.is_err(), "a reservation ran while the budget was spent");
         drop(whole);
         let _ = tokio::time::timeout(Duration::from_millis(500), budget.reserve(1024))
             .await
             .expect("the budget was released");
+    }
+
+    fn bytes(share: &Share) -> usize {
+        share.held.num_permits() * 1024
+    }
+
+    #[tokio::test]
+    async fn a_share_grows_with_what_it_covers_and_gives_it_all_back() {
+        let budget = Budget::new(100 * 1024);
+        let mut share = budget.share();
+        assert_eq!(bytes(&share), 0);
+        share.cover(1).await.unwrap();
+        share.cover(30 * 1024).await.unwrap();
+        share.cover(10).await.unwrap(); // never shrinks while held
+        assert_eq!(bytes(&share), 30 * 1024);
+        let other = budget.reserve(70 * 1024).await.unwrap();
+        drop(share);
+        drop(other);
+        assert_eq!(bytes(&budget.reserve(100 * 1024).await.unwrap()), 100 * 1024);
     }
 }

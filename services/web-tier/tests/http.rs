@@ -354,3 +354,82 @@ async fn a_response_the_web_tier_cannot_read_stays_in_its_queue() {
     assert!(queue.depth().await.unwrap().in_flight == 1, "never read");
     web.stop().await.unwrap();
 }
+
+/// Opens a POST that announces `announced` body bytes, sends the multipart head of a file and
+/// `sent` bytes of it, then nothing more (until the connection is dropped).
+async fn slow_sender(addr: std::net::SocketAddr, announced: usize, sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {announced}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\n\r\n\
+         --b\r\nContent-Disposition: form-data; name=\"myfile\"; filename=\"slow.jpg\"\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![0xAB; sent]).await.unwrap();
+    stream
+}
+
+/// Memory held for an upload follows what it has sent: senders that announce nearly the largest
+/// file and trickle do not hold the budget, and a normal upload goes straight through. (Before,
+/// each reserved its announced size and later uploads queued behind them until the body deadline.)
+#[tokio::test]
+async fn slow_senders_hold_only_what_they_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.web.upload_buffer_bytes = 4 * MAX_UPLOAD;
+    let web = web_tier::spawn(settings).await.unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(slow_sender(web.addr, MAX_UPLOAD as usize - 1024, 1024).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = Client::new();
+    // A truncated image: refused (422) right after it is read and checked, with no worker needed.
+    let started = Instant::now();
+    let (status, reason) = upload(
+        &client,
+        &web.url(),
+        form("myfile", "a.jpg", image()[..300].to_vec()),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reason}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a normal upload waited {:?} behind slow senders",
+        started.elapsed()
+    );
+    drop(slow);
+    web.stop().await.unwrap();
+}
+
+/// When the body budget is truly held (by bytes that arrived), a newcomer waits a bounded time and
+/// is told to come back (503 with Retry-After), instead of waiting for ever.
+#[tokio::test]
+async fn a_wait_for_upload_memory_ends_in_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.web.upload_buffer_bytes = MAX_UPLOAD;
+    let web = web_tier::spawn(settings).await.unwrap();
+    // Sends 60 KiB of a 64 KiB file, then stalls: it really holds 60 KiB.
+    let holder = slow_sender(web.addr, MAX_UPLOAD as usize, 60 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let response = Client::new()
+        .post(web.url())
+        .multipart(form("myfile", "a.jpg", vec![0xFF; 16 * 1024]))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(response.text().await.unwrap().contains("busy"));
+    assert!(
+        waited >= web_tier::MEMORY_WAIT - Duration::from_millis(500) && waited < Duration::from_secs(15),
+        "waited {waited:?}"
+    );
+    drop(holder);
+    web.stop().await.unwrap();
+}

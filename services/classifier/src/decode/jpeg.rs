@@ -73,16 +73,30 @@ fn io(e: std::io::Error) -> ImageError {
     }
 }
 
+/// More scans than any encoder writes (progressive files have about ten). Each scan walks every
+/// block of its components again, so a file of many tiny scans is a CPU bomb of a few KB; libjpeg-turbo's
+/// own fuzzers stop at 500 too.
+pub const MAX_SCANS: usize = 500;
+
+/// A decompressor for a file whose scan count is within `MAX_SCANS`. Metadata segments (APPn: EXIF,
+/// ICC, XMP; COM) are skipped by libjpeg unread, since no marker is asked to be saved.
+fn open(bytes: &[u8]) -> Result<Decompress<&[u8]>, ImageError> {
+    let scans = scan_count(bytes);
+    if scans > MAX_SCANS {
+        return Err(ImageError::Corrupt(format!(
+            "JPEG has more than {MAX_SCANS} scans ({scans})"
+        )));
+    }
+    Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)
+}
+
 pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
-    guarded(|| {
-        let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
-        Ok(decompress.size())
-    })
+    guarded(|| Ok(open(bytes)?.size()))
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     guarded(|| {
-        let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
+        let decompress = open(bytes)?;
         let (width, height) = decompress.size();
         check_size(limits, width, height)?;
         let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
@@ -108,7 +122,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
 /// errors, as `decode`, without a full-size frame.
 pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
     guarded(|| {
-        let mut decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
+        let mut decompress = open(bytes)?;
         let (width, height) = decompress.size();
         check_size(limits, width, height)?;
         decompress.scale(1);
@@ -203,6 +217,44 @@ fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
             _ => {}
         }
         at += 2 + len;
+    }
+}
+
+/// Start-of-scan markers in the file, found by walking its segments and skipping entropy-coded data
+/// (where 0xFF is always followed by a stuffed 0x00, a restart marker or the next marker), so that
+/// bytes inside metadata or image data are never mistaken for markers. A file cut short counts the
+/// scans seen so far.
+fn scan_count(bytes: &[u8]) -> usize {
+    let mut scans = 0;
+    let mut at = 2; // after SOI
+    loop {
+        // The next marker: 0xFF (after any fill bytes) and a code other than 0x00 or 0xFF.
+        let Some(found) = bytes.get(at..).and_then(|rest| {
+            rest.windows(2)
+                .position(|w| w[0] == 0xFF && w[1] != 0x00 && w[1] != 0xFF)
+        }) else {
+            return scans;
+        };
+        at += found;
+        let marker = bytes[at + 1];
+        match marker {
+            0xD9 => return scans, // EOI
+            // Markers without a length: SOI, RSTn, TEM.
+            0xD8 | 0xD0..=0xD7 | 0x01 => at += 2,
+            _ => {
+                let Some(len) = bytes
+                    .get(at + 2..at + 4)
+                    .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                else {
+                    return scans;
+                };
+                if marker == 0xDA {
+                    scans += 1;
+                }
+                // After SOS the search above skips the entropy-coded data.
+                at += 2 + len;
+            }
+        }
     }
 }
 

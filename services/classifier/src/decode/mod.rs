@@ -5,6 +5,7 @@ mod jpeg;
 mod png;
 
 pub use imgrec_domain::config::ImageLimits;
+pub use jpeg::MAX_SCANS;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved `RGBRGB...`.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,7 +96,7 @@ pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<(Format, usize, usize
     let format = sniff(bytes)?;
     let (width, height) = match format {
         Format::Jpeg => jpeg::dimensions(bytes)?,
-        Format::Png => png::dimensions(bytes)?,
+        Format::Png => png::dimensions(bytes, limits)?,
     };
     check_size(limits, width, height)?;
     Ok((format, width, height))

@@ -15,25 +15,30 @@ fn error(e: png::DecodingError) -> ImageError {
     }
 }
 
+/// A decoder that allocates, besides the output frame, at most what the file itself could hold plus
+/// a working set (row buffers, zlib's window): metadata nobody reads (text chunks, colour profiles;
+/// Pillow's `convert("RGB")` ignores them too) is skipped unread, so a chunk of a few MB that would
+/// inflate to GBs costs nothing.
 fn decoder<'a>(bytes: &'a [u8], limits: &ImageLimits) -> Decoder<Cursor<&'a [u8]>> {
-    // The decoder's own allocation cap, in addition to the dimension check: 8 bytes per pixel
-    // covers 16-bit RGBA.
     let cap = png::Limits {
-        bytes: limits.max_pixels.saturating_mul(8),
+        bytes: working_bytes(bytes.len(), limits.max_side),
     };
-    Decoder::new_with_limits(Cursor::new(bytes), cap)
+    let mut decoder = Decoder::new_with_limits(Cursor::new(bytes), cap);
+    decoder.set_ignore_text_chunk(true);
+    decoder.set_ignore_iccp_chunk(true);
+    decoder
 }
 
-pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
-    let reader = decoder(
-        bytes,
-        &ImageLimits {
-            max_side: usize::MAX,
-            max_pixels: usize::MAX,
-        },
-    )
-    .read_info()
-    .map_err(error)?;
+/// The decoder's allocations besides the frame: chunks it keeps (bounded by the file), two rows of
+/// 16-bit RGBA, zlib's window.
+fn working_bytes(file_bytes: usize, width: usize) -> usize {
+    file_bytes
+        .saturating_add(width.saturating_mul(8 * 2))
+        .saturating_add(1 << 20)
+}
+
+pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(usize, usize), ImageError> {
+    let reader = decoder(bytes, limits).read_info().map_err(error)?;
     let info = reader.info();
     Ok((info.width as usize, info.height as usize))
 }
@@ -58,9 +63,10 @@ pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// What `verify` allocates: two rows of up to 16-bit RGBA, and zlib's window.
+/// What `verify` allocates: the decoder's working set (the file's own bytes are already counted by
+/// the caller, who holds them).
 pub fn verify_bytes(width: usize) -> usize {
-    width.saturating_mul(8 * 2) + (1 << 20)
+    working_bytes(0, width)
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
