@@ -211,3 +211,53 @@ def test_killing_the_web_tier_that_runs_the_scaler_hands_the_scaler_over(tmp_pat
         assert s.proc.returncode == 0, s.logs()[-3000:]
     assert stack_processes(data) == [], "processes outlived the stacks"
     check_outputs(data, sets, want, thumbs)
+
+
+def test_a_web_tier_paused_past_its_name_lease_loses_no_answer(tmp_path, thumbs, want):
+    """Web tier A is SIGSTOPped with requests waiting, longer than its name lease (5 s); B starts
+    on the same data folder meanwhile and takes A's name. When A resumes, every request either
+    tier accepted is answered: A's answers come back on A's own queue, A goes on under another
+    name, and neither tier stops the other's workers for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hostile import upload
+
+    data = tmp_path / "data"
+    a = Stack(data, log_name="a", **SETTINGS).start()
+    b = Stack(data, log_name="b", **SETTINGS)
+    try:
+        assert a.status()["web_tier"]["name"] == "web-instance1"
+        with ThreadPoolExecutor(100) as pool:
+            def send(stack, i):
+                f = thumbs[i]
+                return f.name, upload(stack.url, f"{i}_{f.name}", f.read_bytes(), timeout=120)
+
+            before = [pool.submit(send, a, i) for i in range(40)]
+            wait_until("requests wait at A", lambda: a.status()["waiting_requests"] >= 10, 30, every=0.02)
+            a.proc.send_signal(signal.SIGSTOP)
+            time.sleep(1)
+            b.start()
+            assert b.status()["web_tier"]["name"] == "web-instance2", "B started while A still held its name"
+            # A's lease runs out while it is stopped; B (or a third tier) could take web-instance1.
+            time.sleep(7)
+            b2 = Stack(data, log_name="b2", **SETTINGS).start()
+            try:
+                assert b2.status()["web_tier"]["name"] == "web-instance1", "A's name was not free after its lease"
+                a.proc.send_signal(signal.SIGCONT)
+                after = [pool.submit(send, s, i) for i, s in zip(range(40, 100), [a, b, b2] * 20)]
+                answers = [f.result(timeout=180) for f in before + after]
+                names = {s.status()["web_tier"]["name"] for s in (a, b, b2)}
+                queues = {s.status()["web_tier"]["response_queue"] for s in (a, b, b2)}
+            finally:
+                b2.stop()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+        for s in (a, b):
+            if s.proc and s.proc.poll() is None:
+                s.stop()
+    wrong = [(name, got) for name, got in answers if got != (200, want[name] + "\n")]
+    assert not wrong, f"{len(wrong)} of 100 lost or wrong: {wrong[:3]}"
+    assert len(names) == 3, f"two web tiers share a name after the pause: {names}"
+    assert len(queues) == 3
+    assert "going on as web-instance3" in a.logs(), a.logs()[-3000:]
+    assert stack_processes(data) == [], "processes outlived the stacks"

@@ -43,6 +43,15 @@ pub fn is_held(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     Ok(expires.is_some_and(|t| t > now_ms() as i64))
 }
 
+/// Whether `holder` holds any lease now: a web tier that is alive, whatever its name.
+pub fn holds_any(conn: &Connection, holder: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM leases WHERE holder = ?1 AND expires_at_ms > ?2)",
+        params![holder, now_ms() as i64],
+        |r| r.get(0),
+    )
+}
+
 /// The lowest `{prefix}K` nobody holds, taken for `holder`.
 pub fn claim_lowest(conn: &mut Connection, prefix: &str, holder: &str, ttl: Duration) -> rusqlite::Result<String> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -111,6 +120,12 @@ impl Lease for SqliteLease {
     }
 }
 
+impl SqliteLease {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +144,7 @@ mod tests {
         assert!(try_hold(&conn, "scaler", "b", ttl).unwrap(), "taken over once expired");
         release(&conn, "scaler", "a").unwrap();
         assert!(is_held(&conn, "scaler").unwrap(), "only the holder releases");
+        assert!(holds_any(&conn, "b").unwrap() && !holds_any(&conn, "a").unwrap());
         release(&conn, "scaler", "b").unwrap();
         assert!(!is_held(&conn, "scaler").unwrap());
 

@@ -56,7 +56,8 @@ struct Row {
 /// they linger). So they count against the cap and keep their names until they have exited.
 pub struct ProcessFleet {
     command: WorkerCommand,
-    /// The web tier this fleet belongs to (`web-instanceK`), recorded on the workers it starts.
+    /// The process this fleet belongs to (a lease holder: a web tier, whatever its name), recorded
+    /// on the workers it starts.
     owner: String,
     workers: Mutex<HashMap<String, WorkerProcess>>,
     /// Workers of a gone web tier, by name: when this fleet first saw them orphaned.
@@ -176,7 +177,7 @@ impl ProcessFleet {
         let owner_alive = row.owner.as_deref().is_some_and(|owner| {
             owner != self.owner && {
                 let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-                super::lease::is_held(&conn, owner).unwrap_or(true)
+                super::lease::holds_any(&conn, owner).unwrap_or(true)
             }
         });
         if owner_alive {

@@ -22,8 +22,9 @@ use crate::upload::{self, Refusal, UploadLimits};
 pub struct App {
     pub settings: Settings,
     pub ports: Ports,
-    /// This web tier's name (`web-instanceK`) and the response queue its answers come back on.
-    pub name: String,
+    /// This web tier's name (`web-instanceK`; another one if it loses this one while paused) and
+    /// the response queue its answers come back on (this process's own).
+    pub name: tokio::sync::watch::Receiver<String>,
     pub reply_to: String,
     pub waiters: Waiters,
     pub metrics: Metrics,
@@ -60,7 +61,13 @@ fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
 }
 
 impl App {
-    pub fn new(settings: Settings, ports: Ports, name: &str, scaler: Option<ScalerHandle>) -> Arc<Self> {
+    pub fn new(
+        settings: Settings,
+        ports: Ports,
+        name: tokio::sync::watch::Receiver<String>,
+        reply_to: String,
+        scaler: Option<ScalerHandle>,
+    ) -> Arc<Self> {
         let web = &settings.web;
         let upload_limits = UploadLimits {
             max_file_bytes: web.max_upload_bytes,
@@ -69,11 +76,10 @@ impl App {
             body_budget: upload::Budget::new(web.upload_buffer_bytes),
             decode_budget: upload::Budget::new(web.decode_budget_bytes),
         };
-        let reply_to = settings.queues.response_queue_of(name);
         Arc::new(Self {
             settings,
             ports,
-            name: name.to_owned(),
+            name,
             reply_to,
             waiters: Waiters::default(),
             metrics: Metrics::new(),
@@ -319,7 +325,7 @@ impl App {
                 "waiting_requests": self.waiters.len(),
                 "recent": self.history.recent(Instant::now()),
                 "scaler_error": error,
-                "web_tier": { "name": self.name, "scaler_acting": acting },
+                "web_tier": { "name": *self.name.borrow(), "response_queue": self.reply_to, "scaler_acting": acting },
             }),
         )
     }

@@ -121,13 +121,15 @@ async fn serve_on(
     mut stops: watch::Receiver<u32>,
 ) -> anyhow::Result<()> {
     let web_tier = backend::web_tier_name(&settings).await?;
-    let name = web_tier.name.clone();
+    let name = web_tier.current();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let completed = Arc::new(AtomicU64::new(0));
     let scaler_task = if settings.web.run_scaler || settings.web.watch_fleet {
         let worker = std::env::current_exe()?.with_file_name("app-tier");
-        let fleet = backend::fleet(&settings, worker, &name, &ports.calls).await?;
+        // Owned by this process, not its name: a name can pass to another web tier while this one
+        // is paused, its workers do not.
+        let fleet = backend::fleet(&settings, worker, &web_tier.holder, &ports.calls).await?;
         let scaler = scaler::Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet);
         let scaler = if settings.web.run_scaler {
             scaler
@@ -149,7 +151,8 @@ async fn serve_on(
     let app = App::new(
         settings.clone(),
         ports.clone(),
-        &name,
+        web_tier.name.clone(),
+        web_tier.response_queue.clone(),
         scaler_task.as_ref().map(|(_, view)| view.clone()),
     );
     let own_responses = ports.response_queues.open(&app.reply_to).await?;

@@ -330,13 +330,10 @@ async fn a_response_the_web_tier_cannot_read_stays_in_its_queue() {
     let settings = settings(dir.path());
     let web = web_tier::spawn(settings.clone()).await.unwrap();
     let status = get_status(&Client::new(), &web).await;
-    let name = status["web_tier"]["name"].as_str().unwrap().to_owned();
+    let own_queue = status["web_tier"]["response_queue"].as_str().unwrap().to_owned();
+    assert!(own_queue.starts_with("responses-web-instance1-"), "{own_queue}");
     let ports = Ports::connect(&settings).await.unwrap();
-    let queue = ports
-        .response_queues
-        .open(&settings.queues.response_queue_of(&name))
-        .await
-        .unwrap();
+    let queue = ports.response_queues.open(&own_queue).await.unwrap();
     queue
         .send(br#"{"version":2,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8"}"#)
         .await

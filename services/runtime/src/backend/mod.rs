@@ -4,6 +4,9 @@
 // The AWS adapters' wiring, or, in a build without them, the same functions refusing clearly.
 #[cfg_attr(not(feature = "aws"), path = "without_aws.rs")]
 mod aws;
+mod web_tier_name;
+
+pub use web_tier_name::{web_tier_name, WebTierName};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,73 +122,6 @@ pub async fn scaler_lease(settings: &Settings, host: &str, calls: &ApiCalls) -> 
         Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), "scaler", &holder)?)),
         Backend::Aws => aws::scaler_lease(settings, &holder, calls).await,
     }
-}
-
-/// A web tier's name (`web-instanceK`), held while this lives: locally a lease in the shared
-/// database, renewed in the background, so that web tiers on one data folder get distinct names
-/// and a new one can reuse a gone one's name.
-pub struct WebTierName {
-    pub name: String,
-    /// Locally: the renewing task, and the database and holder to give the name back with.
-    keeper: Option<(tokio::task::JoinHandle<()>, PathBuf, String)>,
-}
-
-impl Drop for WebTierName {
-    fn drop(&mut self) {
-        if let Some((keeper, db, holder)) = self.keeper.take() {
-            keeper.abort();
-            // A web tier started next may take the name at once (a stopped one's answers that
-            // arrive later are simply dropped by the new holder).
-            let released = imgrec_local::open_db(&db)
-                .and_then(|conn| Ok(imgrec_local::lease::release(&conn, &self.name, &holder)?));
-            if let Err(e) = released {
-                tracing::warn!(error = %format!("{e:#}"), "cannot give this web tier's name back");
-            }
-        }
-    }
-}
-
-const WEB_NAME_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
-pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
-    let configured = settings.web.name.clone().filter(|n| !n.is_empty());
-    if settings.backend == Backend::Aws {
-        return Ok(WebTierName {
-            name: configured.unwrap_or_else(|| "web-instance1".into()),
-            keeper: None,
-        });
-    }
-    let db = settings.queue_db();
-    let holder = format!("pid {} {}", std::process::id(), uuid::Uuid::new_v4().simple());
-    let mut conn = imgrec_local::open_db(&db)?;
-    let name = match configured {
-        Some(name) => {
-            anyhow::ensure!(
-                imgrec_local::lease::try_hold(&conn, &name, &holder, WEB_NAME_TTL)?,
-                "a web tier named {name} is already running on {}",
-                settings.data_dir.display()
-            );
-            name
-        }
-        None => imgrec_local::lease::claim_lowest(&mut conn, "web-instance", &holder, WEB_NAME_TTL)?,
-    };
-    let lease = SqliteLease::open(&db, &name, &holder)?;
-    let keeper_holder = holder.clone();
-    let keeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(WEB_NAME_TTL / 5);
-        loop {
-            tick.tick().await;
-            match lease.hold(WEB_NAME_TTL).await {
-                Ok(true) => {}
-                Ok(false) => tracing::error!(holder = lease.holder(), "another web tier took this web tier's name"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew this web tier's name"),
-            }
-        }
-    });
-    Ok(WebTierName {
-        name,
-        keeper: Some((keeper, db, keeper_holder)),
-    })
 }
 
 /// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`
