@@ -43,6 +43,15 @@ pub fn is_held(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     Ok(expires.is_some_and(|t| t > now_ms() as i64))
 }
 
+/// Whether `holder` holds `name` now.
+pub fn holds(conn: &Connection, name: &str, holder: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND expires_at_ms > ?3)",
+        params![name, holder, now_ms() as i64],
+        |r| r.get(0),
+    )
+}
+
 /// Whether `holder` holds any lease now: a web tier that is alive, whatever its name.
 pub fn holds_any(conn: &Connection, holder: &str) -> rusqlite::Result<bool> {
     conn.query_row(

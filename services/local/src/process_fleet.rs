@@ -64,6 +64,10 @@ pub struct ProcessFleet {
     orphans: Mutex<HashMap<String, Instant>>,
     db: Arc<Mutex<Connection>>,
     heartbeat_timeout: Duration,
+    /// The lease a launch must be made under (the scaler's), checked in the statement that
+    /// claims the name: a scaler whose lease ran out cannot start a worker, however late its
+    /// launch comes.
+    fence: Option<String>,
 }
 
 /// A claimed name's row gets its pid within this long (the spawn in between).
@@ -79,6 +83,7 @@ impl ProcessFleet {
             owner: owner.to_owned(),
             workers: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
+            fence: None,
             db: Arc::new(Mutex::new(super::db::open(db)?)),
             heartbeat_timeout,
         })
@@ -211,6 +216,12 @@ impl ProcessFleet {
         })
     }
 
+    /// Launches only while the owner holds the lease `name` (the scaler's).
+    pub fn fenced_by(mut self, lease: &str) -> Self {
+        self.fence = Some(lease.to_owned());
+        self
+    }
+
     /// Starts `app-tier run --name {name}`.
     pub async fn launch(&self, name: &str) -> anyhow::Result<()> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -250,12 +261,20 @@ impl ProcessFleet {
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let claimed = db.execute(
             "INSERT INTO instances (name, state, busy, updated_at_ms, pid, owner)
-             VALUES (?1, 'pending', 0, ?2, NULL, ?3)
+             SELECT ?1, 'pending', 0, ?2, NULL, ?3
+             WHERE ?4 IS NULL
+                OR EXISTS (SELECT 1 FROM leases WHERE name = ?4 AND holder = ?3 AND expires_at_ms > ?2)
              ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3
              WHERE instances.owner = ?3 OR instances.owner IS NULL",
-            params![name, now_ms() as i64, self.owner],
+            params![name, now_ms() as i64, self.owner, self.fence],
         )?;
         if claimed == 0 {
+            if let Some(fence) = &self.fence {
+                let conn: &Connection = &db;
+                if !super::lease::holds(conn, fence, &self.owner)? {
+                    bail!("not launching {name}: this host no longer holds the {fence} lease");
+                }
+            }
             bail!("instance {name} belongs to another web tier");
         }
         let child = match cmd.spawn() {

@@ -344,3 +344,39 @@ async fn sqlite_lease_contract() {
     let b = imgrec_local::SqliteLease::open(&db, "scaler", "b").unwrap();
     contract::lease_contract(Arc::new(a), Arc::new(b)).await;
 }
+
+/// A fleet fenced by the scaler lease launches only while its owner holds it, checked in the
+/// statement that claims the name: a scaler whose lease ran out cannot start a worker however
+/// late its launch comes.
+#[tokio::test]
+async fn a_fenced_fleet_launches_only_under_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
+        env: vec![],
+        memory_max_bytes: None,
+    };
+    let fleet = ProcessFleet::new(command, &db, Duration::from_secs(3600), "holder-a")
+        .unwrap()
+        .fenced_by("scaler");
+    let refused = fleet.launch("app-instance1").await.unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("no longer holds the scaler lease"),
+        "{refused:#}"
+    );
+    let conn = imgrec_local::open_db(&db).unwrap();
+    assert!(imgrec_local::lease::try_hold(&conn, "scaler", "holder-a", Duration::from_millis(300)).unwrap());
+    fleet.launch("app-instance1").await.unwrap();
+    std::thread::sleep(Duration::from_millis(350)); // the lease runs out
+    assert!(
+        fleet.launch("app-instance2").await.is_err(),
+        "launched after the lease expired"
+    );
+    // Another holder's lease does not let this fleet launch either.
+    assert!(imgrec_local::lease::try_hold(&conn, "scaler", "holder-b", Duration::from_secs(60)).unwrap());
+    assert!(fleet.launch("app-instance2").await.is_err());
+    assert_eq!(fleet.instances().await.unwrap().len(), 1);
+    fleet.shutdown().await.unwrap();
+}

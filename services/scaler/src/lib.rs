@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 
 use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
@@ -108,11 +110,43 @@ pub struct Scaler {
 
 /// The lease a scaler acts under: another host takes the scaler over `ttl` after the holder
 /// stops renewing it; the holder renews it every third of that.
+///
+/// The holder cannot know when the store's copy expires, only that it expires no sooner than
+/// `ttl` after its last successful renewal *started* (the write landed later). So it acts only
+/// while that bound is at least `act_margin` away, cuts every fleet change off at the bound, and
+/// a renewal that fails (or takes longer than the lease, as one call with the SDK's retries can)
+/// just lets the bound run out: it never "carries on as before".
 struct ScalerLease {
     lease: Arc<dyn Lease>,
     ttl: Duration,
-    renewed_at: Option<SystemTime>,
+    /// Until when this scaler surely holds the lease, on the monotonic clock.
+    valid_until: Option<Instant>,
 }
+
+impl ScalerLease {
+    /// Validity a tick must have left to change the fleet: the renewal interval.
+    fn act_margin(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    fn left(&self) -> Duration {
+        self.valid_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Whether this scaler may change the fleet this tick, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Watching,
+    /// Acting; with a lease, only until the instant it may have expired.
+    Acting {
+        until: Option<Instant>,
+    },
+}
+
+/// Ticks a nudge may cause come at least this far apart: under load every upload nudges.
+pub const MIN_TICK_GAP: Duration = Duration::from_millis(100);
 
 /// Requests completed per second over the last minute, from a counter the web tier advances.
 struct CountedCompletions {
@@ -183,7 +217,7 @@ impl Scaler {
         self.lease = Some(ScalerLease {
             lease,
             ttl,
-            renewed_at: None,
+            valid_until: None,
         });
         self.acting = false;
         self
@@ -230,54 +264,75 @@ impl Scaler {
         }
     }
 
-    /// Takes or renews the lease (every third of its time to live); on losing it, stops the
-    /// instances this host started.
-    async fn hold_lease(&mut self) -> anyhow::Result<bool> {
+    /// Takes or renews the lease (every third of its time to live); on losing it to another, stops
+    /// the instances this host started.
+    async fn hold_lease(&mut self) -> anyhow::Result<Role> {
         if self.watch_only {
-            return Ok(false);
+            return Ok(Role::Watching);
         }
         let Some(held) = &mut self.lease else {
-            return Ok(true);
+            return Ok(Role::Acting { until: None });
         };
-        let now = self.clock.now();
-        let renewed_ago = |t: SystemTime| now.duration_since(t).unwrap_or_default();
-        if self.acting && held.renewed_at.is_some_and(|t| renewed_ago(t) < held.ttl / 3) {
-            return Ok(true);
-        }
-        let holds = match held.lease.hold(held.ttl).await {
-            Ok(holds) => holds,
-            Err(e) => {
-                // Taking the lease needs the same kind of write that just failed, so another
-                // taking it meanwhile is unlikely, and a launch claims its name atomically anyway:
-                // carry on as before (a stopped worker holding the local database's lock must
-                // still be noticed and killed).
-                warn!(error = %format!("{e:#}"), "cannot renew the scaler lease; carrying on as before");
-                return Ok(self.acting);
+        if !self.acting || held.left() <= held.ttl - held.act_margin() {
+            let started = Instant::now();
+            // Bounded: a call that outlives the lease is worthless anyway.
+            match tokio::time::timeout(held.ttl, held.lease.hold(held.ttl)).await {
+                Ok(Ok(true)) => held.valid_until = Some(started + held.ttl),
+                Ok(Ok(false)) => {
+                    held.valid_until = None;
+                    if self.acting {
+                        warn!(
+                            holder = held.lease.holder(),
+                            "lost the scaler lease; stopping this host's instances"
+                        );
+                        self.acting = false;
+                        self.fleet.shutdown().await?;
+                    }
+                    return Ok(Role::Watching);
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %format!("{e:#}"), left_ms = held.left().as_millis() as u64, "cannot renew the scaler lease; acting only while it surely holds");
+                }
+                Err(_) => {
+                    warn!(
+                        left_ms = held.left().as_millis() as u64,
+                        "renewing the scaler lease took longer than the lease; acting only while it surely holds"
+                    );
+                }
             }
-        };
-        if holds {
-            held.renewed_at = Some(now);
         }
-        if holds && !self.acting {
+        let acting = held.left() >= held.act_margin();
+        if acting && !self.acting {
             info!(holder = held.lease.holder(), "acting as the scaler");
-        } else if !holds && self.acting {
+        } else if !acting && self.acting {
             warn!(
                 holder = held.lease.holder(),
-                "lost the scaler lease; stopping this host's instances"
+                "not acting: the scaler lease may expire before this tick's changes are made"
             );
-            self.fleet.shutdown().await?;
         }
-        self.acting = holds;
-        Ok(holds)
+        self.acting = acting;
+        Ok(if acting {
+            Role::Acting {
+                until: held.valid_until,
+            }
+        } else {
+            Role::Watching
+        })
     }
 
     /// One observe-decide-apply round (only observe while another scaler acts).
     pub async fn tick(&mut self) -> anyhow::Result<Decision> {
-        let acting = self.hold_lease().await?;
+        let mut role = self.hold_lease().await?;
         let backlog = self.requests.backlog().await?;
         let instances = self.fleet.instances().await?;
         self.check_launches().await;
-        if !acting {
+        // Observing took time: act only with the margin still left.
+        if let (Role::Acting { until: Some(_) }, Some(held)) = (role, &self.lease) {
+            if held.left() < held.act_margin() {
+                role = Role::Watching;
+            }
+        }
+        let Role::Acting { until } = role else {
             let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
             status.desired = instances.iter().filter(|i| i.serves()).count();
             status.backlog = backlog;
@@ -286,7 +341,7 @@ impl Scaler {
             return Ok(Decision {
                 desired: status.desired,
             });
-        }
+        };
         // The fleet's own bound (an Auto Scaling group's MaxSize) caps the configured maximum.
         if let Some(limit) = self.fleet.max_size().await? {
             self.policy.cap(limit);
@@ -300,7 +355,13 @@ impl Scaler {
         };
         let decision = self.policy.decide(&obs);
         let max = self.policy.config().max;
-        let resize = self.fleet.scale_to(decision.desired, max).await?;
+        let resize = match until {
+            // Cut off where the lease may have run out: another scaler may act from then on.
+            Some(until) => tokio::time::timeout_at(until, self.fleet.scale_to(decision.desired, max))
+                .await
+                .map_err(|_| anyhow::anyhow!("stopped scaling where the scaler lease may have expired"))??,
+            None => self.fleet.scale_to(decision.desired, max).await?,
+        };
         let actions = (resize.launch.len() + resize.retire.len()) as u64;
         if !resize.is_empty() {
             info!(
@@ -372,12 +433,22 @@ impl Scaler {
     pub async fn run(mut self, tick: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick: Option<Instant> = None;
         while !*shutdown.borrow() {
             tokio::select! {
                 _ = interval.tick() => {}
-                _ = self.nudge.notified() => {}
+                _ = self.nudge.notified() => {
+                    // Nudges coalesce: at most one tick per MIN_TICK_GAP however many uploads.
+                    if let Some(at) = last_tick {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at + MIN_TICK_GAP) => {}
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
+            last_tick = Some(Instant::now());
             if let Err(e) = self.tick().await {
                 let message = format!("{e:#}");
                 let permanent = is_permanent(&e);

@@ -127,7 +127,7 @@ async fn run() -> anyhow::Result<()> {
     let worker = std::env::current_exe()?.with_file_name("app-tier");
     // Beside a web tier (on AWS every web instance runs one), named after it.
     let host = settings.web.name.clone().unwrap_or_else(|| "scaler".into());
-    let lease = backend::scaler_lease(&settings, &host, &ports.calls).await?;
+    let lease = backend::scaler_lease(&settings, &backend::unique_holder(&host), &ports.calls).await?;
     // Locally its workers are alive while this process holds a lease: the scaler's own.
     let fleet = backend::fleet(&settings, worker, lease.holder(), &ports.calls).await?;
     let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)

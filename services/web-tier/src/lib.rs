@@ -136,7 +136,7 @@ async fn serve_on(
                 .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
                 .with_completions(completed.clone())
                 .with_lease(
-                    backend::scaler_lease(&settings, &name, &ports.calls).await?,
+                    backend::scaler_lease(&settings, &web_tier.holder, &ports.calls).await?,
                     settings.scaler.lease_ttl(),
                 )
         } else {

@@ -82,12 +82,12 @@ fn local_store(settings: &Settings) -> FsObjectStore {
     store
 }
 
-/// The app-tier fleet the scaler of `host` (a web tier's name, or `scaler`) drives. Locally,
-/// workers are `worker_program run --name ...`.
+/// The app-tier fleet a scaler drives. Locally its workers, `worker_program run --name ...`,
+/// belong to `owner` (the process holding the scaler lease).
 pub async fn fleet(
     settings: &Settings,
     worker_program: PathBuf,
-    host: &str,
+    owner: &str,
     calls: &ApiCalls,
 ) -> anyhow::Result<Arc<dyn Fleet>> {
     match settings.fleet.backend {
@@ -98,30 +98,36 @@ pub async fn fleet(
                 env: Vec::new(),
                 memory_max_bytes: Some(settings.fleet.worker_memory_max_bytes).filter(|&b| b > 0),
             };
-            Ok(Arc::new(ProcessFleet::new(
-                command,
-                &settings.queue_db(),
-                settings.fleet.heartbeat_timeout(),
-                host,
-            )?))
+            Ok(Arc::new(
+                ProcessFleet::new(command, &settings.queue_db(), settings.fleet.heartbeat_timeout(), owner)?
+                    .fenced_by(SCALER_LEASE),
+            ))
         }
         Backend::Aws => aws::fleet(settings, calls).await,
     }
 }
 
-/// What the scaler of `host` must hold to act, as several may run: locally every web tier hosts
-/// one (a lease in the shared database); on AWS every web instance runs one (a lease object in the
-/// input bucket, written with conditional puts).
-pub async fn scaler_lease(settings: &Settings, host: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
-    let holder = format!(
+/// What a scaler must hold to act, as several may run: locally every web tier hosts one (a lease in
+/// the shared database, which also fences the local fleet's launches); on AWS every web instance
+/// runs one (a lease object in the input bucket, written with conditional puts). `holder` names
+/// this process uniquely; locally it must be the fleet's owner.
+pub async fn scaler_lease(settings: &Settings, holder: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
+    match settings.fleet.backend {
+        Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), SCALER_LEASE, holder)?)),
+        Backend::Aws => aws::scaler_lease(settings, holder, calls).await,
+    }
+}
+
+/// The local lease the acting scaler holds.
+const SCALER_LEASE: &str = "scaler";
+
+/// A name for this process that no other shares: `{host} (pid N, <id>)`.
+pub fn unique_holder(host: &str) -> String {
+    format!(
         "{host} (pid {}, {})",
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    match settings.fleet.backend {
-        Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), "scaler", &holder)?)),
-        Backend::Aws => aws::scaler_lease(settings, &holder, calls).await,
-    }
+    )
 }
 
 /// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`

@@ -23,7 +23,8 @@ const WEB_NAME_TTL: Duration = Duration::from_secs(5);
 pub struct WebTierName {
     /// The name held now: it changes if this web tier loses it and claims another.
     pub name: watch::Receiver<String>,
-    /// This process, uniquely (`pid N <uuid>`): locally, owner of its workers.
+    /// This process, uniquely: locally, owner of its workers and holder of its leases (its name,
+    /// the scaler's).
     pub holder: String,
     /// Where this web tier's answers come back: locally one queue per process, named after the
     /// name it started with and the process.
@@ -56,10 +57,10 @@ impl Drop for WebTierName {
 pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
     let configured = settings.web.name.clone().filter(|n| !n.is_empty());
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let holder = format!("pid {} {id}", std::process::id());
     if settings.backend == Backend::Aws {
         // One web tier per configured name (one per instance): the queue Terraform made for it.
         let name = configured.unwrap_or_else(|| "web-instance1".into());
+        let holder = super::unique_holder(&name);
         let response_queue = settings.queues.response_queue_of(&name);
         return Ok(WebTierName {
             name: watch::channel(name).1,
@@ -68,6 +69,7 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
             keeper: None,
         });
     }
+    let holder = format!("pid {} {id}", std::process::id());
     let db = settings.queue_db();
     let mut conn = imgrec_local::open_db(&db)?;
     let name = match &configured {
