@@ -214,3 +214,25 @@ def test_a_second_signal_stops_the_drain_at_once(tmp_path, thumb):
     assert code == 0 and took < 6, (code, took)
     assert all(status == 503 and "shutting down" in body for status, body in answers), answers[:2]
     assert stack_processes(data) == []
+
+
+def test_public_endpoints_give_the_gist_and_the_log_the_details(tmp_path, thumb, monkeypatch):
+    """A web tier whose worker program is missing: the scaler fails with a message naming a path.
+    `/status` and the dashboard's data say what failed without the path; the log has it all."""
+    import shutil
+
+    import local_stack
+
+    alone = tmp_path / "secret-install-dir"
+    alone.mkdir()
+    shutil.copy2(local_stack.WEB_TIER, alone / "web-tier")
+    monkeypatch.setattr(local_stack, "WEB_TIER", alone / "web-tier")
+    with Stack(tmp_path / "data", **FAST) as stack:
+        try:
+            upload(stack.url, "a.jpg", thumb.read_bytes(), timeout=2)  # no worker can answer
+        except OSError:
+            pass
+        error = wait_until("the scaler reports its failure", lambda: stack.status()["scaler_error"], 10)
+        assert "cannot start <path>" in error, error
+        assert str(alone) not in error and "secret-install-dir" not in error, error
+        assert str(alone) in stack.logs(), "the log lost the details"

@@ -380,7 +380,13 @@ impl Worker {
         {
             Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err(Fetch::Missing(format!("input object {key} not found"))),
-            Err(e) if !e.is_transient() => Err(Fetch::Missing(format!("cannot fetch input {key}: {e}"))),
+            Err(e) if !e.is_transient() => {
+                // The store's words (a bucket, an ARN, a path) are for the log, not the client.
+                warn!(error = %format!("{e:#}"), %key, "cannot fetch input, and retrying will not help");
+                Err(Fetch::Missing(
+                    "the uploaded file cannot be read back from storage".into(),
+                ))
+            }
             Err(e) => {
                 warn!(error = %format!("{e:#}"), %key, "cannot fetch input; will retry");
                 Err(Fetch::Unavailable)
@@ -454,7 +460,7 @@ impl Worker {
                     Err(StoreError::Invalid(reason)) => {
                         warn!(%reason, key = %answer.request.key, "cannot store result");
                         Outcome::Rejected {
-                            reason: format!("the result cannot be stored: {reason}"),
+                            reason: "the result cannot be stored under this file name".into(),
                         }
                     }
                     Err(e) => {

@@ -6,3 +6,4 @@ pub mod config;
 pub mod messages;
 pub mod policy;
 pub mod ports;
+pub mod public;

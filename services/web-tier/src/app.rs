@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
 use imgrec_domain::ports::{InstanceState, StoreError};
+use imgrec_domain::public::redact;
 use imgrec_runtime::backend::Ports;
 use scaler::ScalerHandle;
 use serde_json::json;
@@ -166,10 +167,11 @@ impl App {
         {
             Ok(stored) => stored,
             Err(StoreError::Invalid(reason)) => {
+                warn!(%reason, key = %up.key, "cannot store an upload");
                 return Err(bad(Refusal::new(
                     StatusCode::BAD_REQUEST,
-                    format!("cannot store this upload: {reason}"),
-                )))
+                    "cannot store a file of this name; rename it and try again",
+                )));
             }
             Err(StoreError::Unavailable(e)) => return Err(unavailable("cannot store the upload", e)),
         };
@@ -305,11 +307,15 @@ impl App {
                         json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy, "up_s": up.as_secs_f64() })
                     })
                     .collect();
-                let launch_failure = s.launch_failure.clone();
+                // What the cloud says carries account ids and ARNs, locally paths: the gist only.
+                let launch_failure = s.launch_failure.clone().map(|mut f| {
+                    f.reason = redact(&f.reason);
+                    f
+                });
                 (
                     Some(s.desired),
                     instances,
-                    s.last_error.clone(),
+                    s.last_error.as_deref().map(redact),
                     s.acting,
                     launch_failure,
                 )

@@ -57,7 +57,9 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
     } else if err.find::<warp::reject::InvalidHeader>().is_some() {
         (StatusCode::BAD_REQUEST, "bad request header".to_string())
     } else {
-        (StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
+        // Warp's Debug form names its internals: the client gets the gist, the log the rest.
+        tracing::debug!(rejection = ?err, "bad request");
+        (StatusCode::BAD_REQUEST, "bad request".to_string())
     };
     Ok(app::text(status, reason))
 }
