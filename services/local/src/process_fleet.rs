@@ -54,7 +54,21 @@ struct Row {
 /// fleet. Workers started by another web tier are listed too: as they report while that web tier
 /// is alive, and as stopping once it is gone (they got SIGTERM when it died; they are killed if
 /// they linger). So they count against the cap and keep their names until they have exited.
+///
+/// Nothing here blocks the caller's async runtime: the database and `/proc` are read on tokio's
+/// blocking pool, and workers are started by a launcher thread of the fleet's own, since
+/// `PR_SET_PDEATHSIG` fires when the *thread* that started a child exits (a blocking-pool thread
+/// retires after 10 s idle, which would stop every worker it had started).
 pub struct ProcessFleet {
+    processes: Arc<Processes>,
+    launcher: Mutex<std::sync::mpsc::Sender<Launch>>,
+}
+
+/// A launch for the launcher thread, and where its outcome goes.
+type Launch = (Arc<Processes>, String, tokio::sync::oneshot::Sender<anyhow::Result<()>>);
+
+/// The fleet's state and its blocking operations.
+struct Processes {
     command: WorkerCommand,
     /// The process this fleet belongs to (a lease holder: a web tier, whatever its name), recorded
     /// on the workers it starts.
@@ -78,7 +92,7 @@ const UNHEALTHY_GRACE: Duration = Duration::from_secs(2);
 
 impl ProcessFleet {
     pub fn new(command: WorkerCommand, db: &Path, heartbeat_timeout: Duration, owner: &str) -> anyhow::Result<Self> {
-        Ok(Self {
+        let processes = Arc::new(Processes {
             command,
             owner: owner.to_owned(),
             workers: Mutex::new(HashMap::new()),
@@ -86,9 +100,57 @@ impl ProcessFleet {
             fence: None,
             db: Arc::new(Mutex::new(super::db::open(db)?)),
             heartbeat_timeout,
+        });
+        let (launcher, launches) = std::sync::mpsc::channel::<Launch>();
+        std::thread::Builder::new()
+            .name("fleet-launcher".into())
+            .spawn(move || {
+                // Ends when the fleet is dropped; its children then get their SIGTERM.
+                for (processes, name, done) in launches {
+                    let _ = done.send(processes.launch(&name));
+                }
+            })
+            .context("cannot start the fleet's launcher thread")?;
+        Ok(Self {
+            processes,
+            launcher: Mutex::new(launcher),
         })
     }
 
+    /// Launches only while the owner holds the lease `name` (the scaler's).
+    pub fn fenced_by(mut self, lease: &str) -> Self {
+        if let Some(processes) = Arc::get_mut(&mut self.processes) {
+            processes.fence = Some(lease.to_owned());
+        }
+        self
+    }
+
+    /// Starts `app-tier run --name {name}` on the launcher thread.
+    pub async fn launch(&self, name: &str) -> anyhow::Result<()> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.launcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((self.processes.clone(), name.to_owned(), done))
+            .map_err(|_| anyhow::anyhow!("the fleet's launcher thread is gone"))?;
+        outcome.await.context("the fleet's launcher thread is gone")?
+    }
+
+    /// Asks `name` to finish what it holds and stop (SIGTERM).
+    pub async fn retire(&self, name: &str) -> anyhow::Result<()> {
+        self.processes.retire(name)
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Processes) -> T + Send + 'static) -> FleetResult<T> {
+        let processes = self.processes.clone();
+        tokio::task::spawn_blocking(move || f(&processes))
+            .await
+            .map_err(|e| fleet_error(anyhow::anyhow!("fleet task failed: {e}")))
+    }
+}
+
+impl Processes {
     /// SIGTERM to a worker silent for longer than the heartbeat timeout (stopped, hung, stuck
     /// starting), SIGKILL once its grace has passed: it exits, is dropped, and the scaler
     /// replaces it. Its requests come back when their visibility lapses, no longer extended.
@@ -216,14 +278,8 @@ impl ProcessFleet {
         })
     }
 
-    /// Launches only while the owner holds the lease `name` (the scaler's).
-    pub fn fenced_by(mut self, lease: &str) -> Self {
-        self.fence = Some(lease.to_owned());
-        self
-    }
-
-    /// Starts `app-tier run --name {name}`.
-    pub async fn launch(&self, name: &str) -> anyhow::Result<()> {
+    /// Starts `app-tier run --name {name}` (on the launcher thread).
+    fn launch(&self, name: &str) -> anyhow::Result<()> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         if workers.contains_key(name) {
             bail!("instance {name} already exists");
@@ -305,7 +361,7 @@ impl ProcessFleet {
     }
 
     /// Asks `name` to finish what it holds and stop (SIGTERM).
-    pub async fn retire(&self, name: &str) -> anyhow::Result<()> {
+    fn retire(&self, name: &str) -> anyhow::Result<()> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         let worker = workers.get_mut(name).with_context(|| format!("no instance {name}"))?;
         if !worker.retiring {
@@ -334,6 +390,36 @@ fn kill_pid(pid: u32, signal: libc::c_int) {
 #[async_trait]
 impl Fleet for ProcessFleet {
     async fn instances(&self) -> FleetResult<Vec<Instance>> {
+        self.blocking(Processes::instances).await?
+    }
+
+    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
+        let resize = plan(desired, max, &self.instances().await?);
+        for name in &resize.launch {
+            self.launch(name).await.map_err(fleet_error)?;
+        }
+        for name in &resize.retire {
+            if self.retire(name).await.is_err() {
+                // Another web tier's, still listed as serving: its own fleet stops it.
+                tracing::debug!(instance = %name, "not this web tier's instance to retire");
+            }
+        }
+        Ok(resize)
+    }
+
+    async fn shutdown(&self) -> FleetResult<()> {
+        // A worker finishes its batch in well under a second; a stopped or stuck one is killed.
+        let deadline = Instant::now() + STOP_GRACE;
+        self.processes.stop_all();
+        while self.processes.wait_for_exits(deadline) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.blocking(|p| p.forget_own()).await?
+    }
+}
+
+impl Processes {
+    fn instances(&self) -> FleetResult<Vec<Instance>> {
         let rows = self.rows().map_err(fleet_error)?;
         let mut gone = Vec::new();
         let mut instances = Vec::new();
@@ -391,49 +477,30 @@ impl Fleet for ProcessFleet {
         Ok(instances)
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
-        let resize = plan(desired, max, &self.instances().await?);
-        for name in &resize.launch {
-            self.launch(name).await.map_err(fleet_error)?;
+    fn stop_all(&self) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for w in workers.values_mut() {
+            w.retiring = true;
+            Self::signal(w, libc::SIGTERM);
         }
-        for name in &resize.retire {
-            if self.retire(name).await.is_err() {
-                // Another web tier's, still listed as serving: its own fleet stops it.
-                tracing::debug!(instance = %name, "not this web tier's instance to retire");
-            }
-        }
-        Ok(resize)
     }
 
-    async fn shutdown(&self) -> FleetResult<()> {
-        // A worker finishes its batch in well under a second; a stopped or stuck one is killed.
-        let deadline = Instant::now() + STOP_GRACE;
-        {
-            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+    /// Reaps the workers that exited (kills the rest past `deadline`); how many are left.
+    fn wait_for_exits(&self, deadline: Instant) -> usize {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.retain(|_, w| !matches!(w.child.try_wait(), Ok(Some(_))));
+        if Instant::now() >= deadline {
             for w in workers.values_mut() {
-                w.retiring = true;
-                Self::signal(w, libc::SIGTERM);
+                tracing::warn!(pid = w.child.id(), "app-tier instance did not stop in time; killing it");
+                let _ = w.child.kill();
+                let _ = w.child.wait();
             }
+            workers.clear();
         }
-        loop {
-            let remaining = {
-                let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-                workers.retain(|_, w| !matches!(w.child.try_wait(), Ok(Some(_))));
-                if Instant::now() >= deadline {
-                    for w in workers.values_mut() {
-                        tracing::warn!(pid = w.child.id(), "app-tier instance did not stop in time; killing it");
-                        let _ = w.child.kill();
-                        let _ = w.child.wait();
-                    }
-                    workers.clear();
-                }
-                workers.len()
-            };
-            if remaining == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        workers.len()
+    }
+
+    fn forget_own(&self) -> FleetResult<()> {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute("DELETE FROM instances WHERE owner = ?1", params![self.owner])
             .map_err(|e| fleet_error(e.into()))?;
@@ -441,7 +508,7 @@ impl Fleet for ProcessFleet {
     }
 }
 
-impl Drop for ProcessFleet {
+impl Drop for Processes {
     fn drop(&mut self) {
         let workers = self.workers.get_mut().unwrap_or_else(|p| p.into_inner());
         for w in workers.values_mut() {

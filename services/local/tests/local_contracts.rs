@@ -380,3 +380,57 @@ async fn a_fenced_fleet_launches_only_under_its_lease() {
     assert_eq!(fleet.instances().await.unwrap().len(), 1);
     fleet.shutdown().await.unwrap();
 }
+
+/// The fleet never blocks its caller's runtime: with the database locked by another process's
+/// writer, a launch waits for the lock on the fleet's own thread while the (single-threaded)
+/// runtime keeps serving its other tasks.
+#[test]
+fn the_fleet_waits_for_the_database_off_the_callers_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        let command = WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
+            env: vec![],
+            memory_max_bytes: None,
+        };
+        let fleet = ProcessFleet::new(command, &db, Duration::from_secs(3600), "web-instance1").unwrap();
+        // Another process's writer holds the lock for a second.
+        let mut other = imgrec_local::open_db(&db).unwrap();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let tx = other
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            tx.commit().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        // A task beside the launch: the longest it waited for its 10 ms timer.
+        let ticker = tokio::spawn(async {
+            let mut worst = Duration::ZERO;
+            for _ in 0..100 {
+                let started = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                worst = worst.max(started.elapsed());
+            }
+            worst
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await; // the ticker is running
+        fleet.launch("app-instance1").await.unwrap();
+        let worst = ticker.await.unwrap();
+        writer.join().unwrap();
+        assert!(
+            worst < Duration::from_millis(300),
+            "the runtime stalled {worst:?} behind the fleet"
+        );
+        assert_eq!(fleet.instances().await.unwrap().len(), 1);
+        fleet.shutdown().await.unwrap();
+    });
+}

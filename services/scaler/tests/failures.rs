@@ -148,3 +148,45 @@ async fn a_transient_fleet_failure_is_retried_every_tick_a_permanent_one_after_a
     assert_eq!(permanent, 1, "retried during the pause");
     assert!(error.is_some_and(|e| e.contains("does not exist")));
 }
+
+/// A fleet that counts how often it is listed: once per tick.
+struct Counting {
+    ticks: AtomicU32,
+}
+
+#[async_trait]
+impl Fleet for Counting {
+    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+        self.ticks.fetch_add(1, Ordering::SeqCst);
+        Ok(Vec::new())
+    }
+
+    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+        Ok(Resize::default())
+    }
+}
+
+/// Under load every upload nudges the scaler; the nudges coalesce into at most one tick per
+/// `MIN_TICK_GAP` instead of back-to-back ticks.
+#[tokio::test(start_paused = true)]
+async fn nudges_coalesce_into_ticks_at_least_the_minimum_gap_apart() {
+    let fleet = Arc::new(Counting {
+        ticks: AtomicU32::new(0),
+    });
+    let scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone());
+    let nudge = scaler.handle().nudge;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(scaler.run(Duration::from_secs(3600), shutdown));
+    let window = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < window {
+        nudge.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    let ticks = fleet.ticks.load(Ordering::SeqCst);
+    let most = 2 + (window.as_millis() / scaler::MIN_TICK_GAP.as_millis()) as u32;
+    assert!(ticks <= most, "{ticks} ticks in {window:?} of nudges (at most {most})");
+    assert!(ticks >= 5, "nudges did not make it tick: {ticks}");
+}
