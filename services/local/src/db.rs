@@ -33,6 +33,16 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 ";
 
+/// Milliseconds on the system-wide monotonic clock (CLOCK_MONOTONIC: the same in every process of
+/// this machine, unmoved by NTP steps or date changes, paused while the machine sleeps). Durations
+/// between processes (heartbeats) are measured with it; the wall clock only dates things.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes a timespec; CLOCK_MONOTONIC is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// Opens (creating if needed) the database that every process of the local stack shares.
 pub fn open(path: &Path) -> anyhow::Result<Connection> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -50,6 +60,7 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
         ("messages", "receiver", "TEXT"),
         ("instances", "pid", "INTEGER"),
         ("instances", "owner", "TEXT"),
+        ("instances", "beat_mono_ms", "INTEGER"),
     ] {
         add_column(&conn, table, column, kind)
             .with_context(|| format!("cannot upgrade the schema in {}", path.display()))?;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
+use crate::db::monotonic_ms;
 use crate::errors::fleet_error;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::fleet::{instance_number, plan};
@@ -32,6 +33,8 @@ pub struct WorkerCommand {
 struct WorkerProcess {
     child: Child,
     launched_at: SystemTime,
+    /// When it was started, on the monotonic clock its heartbeats use.
+    launched_mono_ms: u64,
     retiring: bool,
     /// Set when the worker missed its heartbeats and was sent SIGTERM: SIGKILL after this.
     kill_at: Option<Instant>,
@@ -42,6 +45,8 @@ struct Row {
     state: String,
     busy: bool,
     updated_at_ms: u64,
+    /// The worker's last heartbeat on the monotonic clock (none from a worker of an older release).
+    beat_mono_ms: Option<u64>,
     pid: Option<u32>,
     owner: Option<String>,
 }
@@ -181,7 +186,8 @@ impl Processes {
 
     fn rows(&self) -> anyhow::Result<HashMap<String, Row>> {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare_cached("SELECT name, state, busy, updated_at_ms, pid, owner FROM instances")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT name, state, busy, updated_at_ms, pid, owner, beat_mono_ms FROM instances")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -191,6 +197,7 @@ impl Processes {
                     updated_at_ms: r.get::<_, i64>(3)? as u64,
                     pid: r.get(4)?,
                     owner: r.get(5)?,
+                    beat_mono_ms: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
                 },
             ))
         })?;
@@ -320,7 +327,8 @@ impl Processes {
              SELECT ?1, 'pending', 0, ?2, NULL, ?3
              WHERE ?4 IS NULL
                 OR EXISTS (SELECT 1 FROM leases WHERE name = ?4 AND holder = ?3 AND expires_at_ms > ?2)
-             ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3
+             ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3,
+                 beat_mono_ms = NULL
              WHERE instances.owner = ?3 OR instances.owner IS NULL",
             params![name, now_ms() as i64, self.owner, self.fence],
         )?;
@@ -353,6 +361,7 @@ impl Processes {
             WorkerProcess {
                 child,
                 launched_at: SystemTime::now(),
+                launched_mono_ms: monotonic_ms(),
                 retiring: false,
                 kill_at: None,
             },
@@ -441,15 +450,14 @@ impl Processes {
                     true
                 }
             });
-            let launched_ms = |w: &WorkerProcess| {
-                w.launched_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64)
-            };
-            let now = now_ms();
+            // Monotonic: a machine resuming from sleep, or an NTP step, must not make every
+            // worker look silent at once.
+            let now = monotonic_ms();
             for (name, w) in workers.iter_mut() {
-                let report = rows.get(name).filter(|r| r.updated_at_ms >= launched_ms(w));
-                let last_beat = report.map_or(launched_ms(w), |r| r.updated_at_ms);
+                let report = rows
+                    .get(name)
+                    .filter(|r| r.beat_mono_ms.is_some_and(|t| t >= w.launched_mono_ms));
+                let last_beat = report.and_then(|r| r.beat_mono_ms).unwrap_or(w.launched_mono_ms);
                 self.stop_silent(name, w, last_beat, now);
                 let (state, busy) = match (w.retiring, report) {
                     (true, r) => (InstanceState::Stopping, r.is_some_and(|r| r.busy)),
@@ -562,9 +570,9 @@ impl InstanceStatus for SqliteInstanceStatus {
         };
         self.write(move |conn, name| {
             conn.execute(
-                "INSERT INTO instances (name, state, busy, updated_at_ms, pid) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4, pid = ?5",
-                params![name, state, busy, now_ms() as i64, std::process::id()],
+                "INSERT INTO instances (name, state, busy, updated_at_ms, pid, beat_mono_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4, pid = ?5, beat_mono_ms = ?6",
+                params![name, state, busy, now_ms() as i64, std::process::id(), monotonic_ms() as i64],
             )
         })
         .await
@@ -574,8 +582,8 @@ impl InstanceStatus for SqliteInstanceStatus {
     async fn heartbeat(&self) -> FleetResult<()> {
         self.write(|conn, name| {
             conn.execute(
-                "UPDATE instances SET updated_at_ms = ?2 WHERE name = ?1",
-                params![name, now_ms() as i64],
+                "UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1",
+                params![name, now_ms() as i64, monotonic_ms() as i64],
             )
         })
         .await

@@ -99,6 +99,9 @@ impl SqliteQueue {
         }
         sync_commits(conn, false)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read once the write lock is held: taking it may wait (another process's commit), and a
+        // time read before would hide the messages for less than `visibility` from now.
+        let now = now_ms() as i64;
         if let Some(dl) = &self.dead_letter {
             tx.execute(
                 "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL, visible_at_ms = ?2
@@ -258,9 +261,10 @@ impl WorkQueue for SqliteQueue {
         let id = message_id(receipt)?;
         let receipt = receipt.0.clone();
         self.blocking(move |conn, q| {
-            let now = now_ms() as i64;
             sync_commits(conn, false)?;
-            let changed = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms() as i64; // with the lock held, as in `try_receive`
+            let changed = tx.execute(
                 "UPDATE messages SET visible_at_ms = ?1
                  WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
                 params![now + visibility.as_millis() as i64, id, receipt, q.name, now],
@@ -268,6 +272,7 @@ impl WorkQueue for SqliteQueue {
             if changed == 0 {
                 bail!("receipt {receipt} is no longer valid (deleted, expired or received again)");
             }
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgrec_domain::ports::{Fleet, InstanceState, ObjectKey, ObjectStore};
-use imgrec_local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteQueue, WorkerCommand};
+use imgrec_domain::ports::{Fleet, InstanceState, InstanceStatus, ObjectKey, ObjectStore, WorkQueue};
+use imgrec_local::{DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteQueue, WorkerCommand};
 use imgrec_testkit::{self as contract, Delivery, QueuePair};
 
 fn queue(dir: &Path, name: &str) -> SqliteQueue {
@@ -433,4 +433,68 @@ fn the_fleet_waits_for_the_database_off_the_callers_runtime() {
         assert_eq!(fleet.instances().await.unwrap().len(), 1);
         fleet.shutdown().await.unwrap();
     });
+}
+
+/// Heartbeats are measured on the monotonic clock: when the wall clock steps (an NTP correction, a
+/// laptop resuming from sleep) a worker that beats on time stays, instead of the whole pool looking
+/// silent at once. Here every beat's wall time is written an hour in the past.
+#[tokio::test]
+async fn a_wall_clock_step_does_not_make_beating_workers_look_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "exec sleep 60".into(), "w".into()],
+        env: vec![],
+        memory_max_bytes: None,
+    };
+    let fleet = ProcessFleet::new(command, &db, Duration::from_millis(500), "web-instance1").unwrap();
+    fleet.launch("app-instance1").await.unwrap();
+    let status = SqliteInstanceStatus::open(&db, "app-instance1").unwrap();
+    let conn = imgrec_local::open_db(&db).unwrap();
+    status.report(InstanceState::Running, false).await.unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        status.heartbeat().await.unwrap();
+        conn.execute("UPDATE instances SET updated_at_ms = updated_at_ms - 3600000", [])
+            .unwrap();
+        let instances = fleet.instances().await.unwrap();
+        assert_eq!(instances.len(), 1);
+        assert_eq!(
+            instances[0].state,
+            InstanceState::Running,
+            "a beating worker was retired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.shutdown().await.unwrap();
+}
+
+/// A message received while another process holds the database's write lock is hidden for its
+/// whole visibility timeout from when it was handed out, not from when the receive began waiting.
+#[tokio::test]
+async fn visibility_counts_from_the_receive_not_from_the_wait_for_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite3");
+    let queue = SqliteQueue::open(&db, "requests", None).unwrap();
+    queue.send(b"once").await.unwrap();
+    let mut other = imgrec_local::open_db(&db).unwrap();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let visibility = Duration::from_secs(2);
+    let got = queue.receive(1, visibility, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 1);
+    writer.join().unwrap();
+    // 1 s after it was handed out (2.5 s after the receive began): still hidden.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = queue.receive(1, visibility, Duration::ZERO).await.unwrap();
+    assert!(again.is_empty(), "handed out twice within its visibility timeout");
 }
