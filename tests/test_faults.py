@@ -162,3 +162,29 @@ def test_a_worker_backing_off_stops_at_once_on_sigterm(tmp_path, aws_binaries):
                 worker.wait()
     # Within the fleet's grace (5 s), not at the end of the 10 s back-off.
     assert stopped_in < 5, (stopped_in, log.read_text()[-2000:])
+
+
+def test_a_long_running_stack_keeps_versions_and_messages_only_for_their_retention(tmp_path, thumbs, want):
+    """Every put leaves a version link and dead letters stay in their queue: with short retentions
+    they are swept while the stack runs; the current objects and young messages stay."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    settings = {**FAST, "buckets__version_retention_s": "3", "queues__dead_letter_retention_s": "3"}
+    with Stack(data, **settings) as stack:
+        for f in thumbs[:3]:
+            assert upload(stack.url, f.name, f.read_bytes()) == (200, want[f.name] + "\n")
+        versions = data / "versions"
+        assert len([p for p in versions.rglob("*") if p.is_file()]) >= 6, "inputs and outputs leave versions"
+        db = sqlite3.connect(data / "queue.sqlite3")
+        db.execute("INSERT INTO messages (queue, body, sent_at_ms, visible_at_ms) VALUES ('requests-dlq', x'00', 0, 0)")
+        db.commit()
+        wait_until("old versions are swept", lambda: not any(p.is_file() for p in versions.rglob("*")), 15)
+        wait_until("old dead letters are swept",
+                   lambda: db.execute("SELECT COUNT(*) FROM messages WHERE queue = 'requests-dlq'").fetchone()[0] == 0, 15)
+        db.close()
+        outputs = sorted(p.name for p in (data / "s3" / "output-bucket").iterdir())
+        assert outputs == sorted(f.stem for f in thumbs[:3]), "a current object was swept"
+        # The stack still serves, and stores versions anew.
+        f = thumbs[3]
+        assert upload(stack.url, f.name, f.read_bytes()) == (200, want[f.name] + "\n")

@@ -101,6 +101,9 @@ pub struct AwsSettings {
 pub struct Buckets {
     pub input: String,
     pub output: String,
+    /// Locally: how long each stored version stays readable by its id (`versions/`), as the AWS
+    /// buckets' lifecycle keeps old versions.
+    pub version_retention_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -111,6 +114,11 @@ pub struct Queues {
     pub dead_letter: String,
     pub max_receives: u32,
     pub visibility_timeout_s: u64,
+    /// Locally: how long a message is kept, by queue, as SQS's MessageRetentionPeriod (the same
+    /// values as the Terraform queues).
+    pub request_retention_s: u64,
+    pub dead_letter_retention_s: u64,
+    pub response_retention_s: u64,
 }
 
 impl Queues {

@@ -74,6 +74,34 @@ impl FsObjectStore {
         Ok(removed)
     }
 
+    /// Removes the version links (`versions/<bucket>/<id>`) written longer than `age` ago, in every
+    /// bucket: a long-running stack would otherwise keep every upload and result it ever stored.
+    /// The current objects are other links to the same files and stay.
+    pub fn sweep_versions(&self, age: std::time::Duration) -> anyhow::Result<usize> {
+        let root = self.root.join("versions");
+        let buckets = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", root.display())),
+        };
+        let mut removed = 0;
+        for bucket in buckets.flatten() {
+            let Ok(versions) = std::fs::read_dir(bucket.path()) else {
+                continue;
+            };
+            for version in versions.flatten() {
+                let old = version
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+                if old && std::fs::remove_file(version.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.root.join("s3").join(bucket)
     }

@@ -14,4 +14,4 @@ pub use db::open as open_db;
 pub use fs_store::FsObjectStore;
 pub use lease::SqliteLease;
 pub use process_fleet::{ProcessFleet, SqliteInstanceStatus, WorkerCommand};
-pub use sqlite_queue::{release_held_by, DeadLetter, SqliteQueue, SqliteResponseQueues};
+pub use sqlite_queue::{expire_messages, release_held_by, DeadLetter, SqliteQueue, SqliteResponseQueues};

@@ -139,6 +139,17 @@ impl SqliteQueue {
     }
 }
 
+/// Deletes the messages sent longer than `age` ago to `queue` (and, with `with_suffixes`, to every
+/// `queue-...`: the web tiers' response queues), as SQS's retention period does. Returns how many.
+pub fn expire_messages(conn: &Connection, queue: &str, with_suffixes: bool, age: Duration) -> rusqlite::Result<usize> {
+    let before = now_ms() as i64 - age.as_millis() as i64;
+    conn.execute(
+        "DELETE FROM messages WHERE sent_at_ms < ?3
+           AND (queue = ?1 OR (?2 AND substr(queue, 1, length(?1) + 1) = ?1 || '-'))",
+        params![queue, with_suffixes, before],
+    )
+}
+
 /// Makes every message that `instance` holds visible again now (their receive counts stay):
 /// called by the local fleet when that instance is gone, instead of waiting for the visibility
 /// timeout. Returns how many were released.

@@ -498,3 +498,66 @@ async fn visibility_counts_from_the_receive_not_from_the_wait_for_the_lock() {
     let again = queue.receive(1, visibility, Duration::ZERO).await.unwrap();
     assert!(again.is_empty(), "handed out twice within its visibility timeout");
 }
+
+/// Retention: version links older than their retention go (the current objects stay), and so do
+/// messages older than their queue's, response queues included by prefix.
+#[tokio::test]
+async fn old_versions_and_messages_expire_and_the_rest_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsObjectStore::new(dir.path());
+    let key = ObjectKey::new("cat.jpg").unwrap();
+    let put = |body: &'static [u8]| store.put("input-bucket", &key, bytes::Bytes::from_static(body));
+    let old = put(b"old").await.unwrap().version.unwrap();
+    let new = put(b"new").await.unwrap().version.unwrap();
+    let old_link = dir.path().join("versions/input-bucket").join(&old);
+    let a_day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old_link)
+        .unwrap()
+        .set_modified(a_day_ago)
+        .unwrap();
+    assert_eq!(store.sweep_versions(Duration::from_secs(3600)).unwrap(), 1);
+    assert_eq!(store.get("input-bucket", &key, Some(&old)).await.unwrap(), None);
+    assert_eq!(
+        store.get("input-bucket", &key, Some(&new)).await.unwrap().unwrap(),
+        &b"new"[..]
+    );
+    assert_eq!(
+        store.get("input-bucket", &key, None).await.unwrap().unwrap(),
+        &b"new"[..]
+    );
+
+    let db = dir.path().join("queue.sqlite3");
+    for name in [
+        "requests-dlq",
+        "responses-web-instance1-ab12",
+        "responses",
+        "responsesX",
+        "requests",
+    ] {
+        SqliteQueue::open(&db, name, None).unwrap().send(b"m").await.unwrap();
+    }
+    let conn = imgrec_local::open_db(&db).unwrap();
+    conn.execute("UPDATE messages SET sent_at_ms = sent_at_ms - 86400000", [])
+        .unwrap();
+    SqliteQueue::open(&db, "requests-dlq", None)
+        .unwrap()
+        .send(b"young")
+        .await
+        .unwrap();
+    let day = Duration::from_secs(3600);
+    assert_eq!(
+        imgrec_local::expire_messages(&conn, "requests-dlq", false, day).unwrap(),
+        1
+    );
+    assert_eq!(imgrec_local::expire_messages(&conn, "responses", true, day).unwrap(), 2);
+    let left: Vec<String> = conn
+        .prepare("SELECT queue FROM messages ORDER BY queue")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, ["requests", "requests-dlq", "responsesX"]);
+}

@@ -171,6 +171,7 @@ async fn serve_on(
         name.clone(),
         stop_rx.clone(),
     ));
+    let housekeeping = backend::housekeeping(&settings, stop_rx.clone());
     let sampler = {
         let (app, mut stop) = (app.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -279,6 +280,9 @@ async fn serve_on(
     let _ = responses.await;
     let _ = dead.await;
     let _ = sampler.await;
+    if let Some(task) = housekeeping {
+        let _ = task.await;
+    }
     if let Some((task, _)) = scaler_task {
         task.await.context("scaler task")??;
     }

@@ -4,8 +4,10 @@
 // The AWS adapters' wiring, or, in a build without them, the same functions refusing clearly.
 #[cfg_attr(not(feature = "aws"), path = "without_aws.rs")]
 mod aws;
+mod housekeeping;
 mod web_tier_name;
 
+pub use housekeeping::housekeeping;
 pub use web_tier_name::{web_tier_name, WebTierName};
 
 use std::path::PathBuf;
