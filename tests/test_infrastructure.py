@@ -371,7 +371,7 @@ def sdk_operations() -> set[str]:
     """IAM actions of the SDK operations the Rust AWS adapters call, read from their source."""
     service = {"s3": "s3", "sqs": "sqs", "metrics": "cloudwatch", "ec2": "ec2", "autoscaling": "autoscaling"}
     # Operations whose IAM action has another name.
-    renamed = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket",
+    renamed = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket", "s3:HeadObject": "s3:GetObject",
                "sqs:SendMessageBatch": "sqs:SendMessage", "sqs:DeleteMessageBatch": "sqs:DeleteMessage"}
     actions = set()
     for stem in ("s3", "sqs", "fleet", "metrics"):

@@ -15,12 +15,14 @@ use futures::future::join_all;
 use imgrec_classifier::{ClassifyError, Prediction};
 use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_domain::ports::{ApiCalls, InstanceState, InstanceStatus, ObjectKey, Receipt, Received, StoreError};
+use imgrec_domain::ports::{
+    ApiCalls, InstanceState, InstanceStatus, Kept, ObjectKey, Receipt, Received, StoreError, UploadOrder,
+};
 use imgrec_runtime::backend::{self, Ports};
 use imgrec_runtime::shutdown::pause;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::inference::InferenceThread;
 use crate::poison::{self, Job};
@@ -442,20 +444,28 @@ impl Worker {
         let outcome = match answer.outcome {
             Ok(prediction) => {
                 let (key, value) = result_object(&answer.request.key, &prediction.label);
+                // Uploads that share a name (or a name but for its extension) share the output
+                // key: the newest upload's result stays, whichever request finishes last.
+                let order = UploadOrder::new(answer.request.submitted_at_ms, &answer.request.request_id.to_string());
                 let stored = match ObjectKey::new(key) {
                     Ok(key) => {
                         self.ports
                             .store
-                            .put(&self.settings.buckets.output, &key, Bytes::from(value))
+                            .put_newest(&self.settings.buckets.output, &key, Bytes::from(value), &order)
                             .await
                     }
                     Err(e) => Err(StoreError::Invalid(format!("bad output key: {e}"))),
                 };
                 match stored {
-                    Ok(_) => Outcome::Label {
-                        label: prediction.label,
-                        probability: prediction.probability,
-                    },
+                    Ok(kept) => {
+                        if kept == Kept::Superseded {
+                            debug!(key = %answer.request.key, "a later upload's result is stored; this one only answers its client");
+                        }
+                        Outcome::Label {
+                            label: prediction.label,
+                            probability: prediction.probability,
+                        }
+                    }
                     // Retrying cannot store it: tell the client instead of cycling to the dead-letter queue.
                     Err(StoreError::Invalid(reason)) => {
                         warn!(%reason, key = %answer.request.key, "cannot store result");

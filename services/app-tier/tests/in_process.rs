@@ -120,3 +120,68 @@ async fn requests_a_worker_cannot_read_go_back_and_then_to_the_dead_letter_queue
     bodies.sort();
     assert_eq!(bodies, vec![b"not a request".to_vec(), newer.to_vec()]);
 }
+
+/// Uploads that share an output key (`cat.png`, then `cat.jpg`, both answer as `cat`) whose
+/// requests finish out of order: the newest upload's result is the one stored, as the order kept
+/// beside it shows, though the older request finished last. Each client still gets its own label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
+    use std::time::Duration;
+
+    use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
+    use imgrec_domain::ports::{ObjectKey, UploadOrder};
+
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults().unwrap();
+    settings.data_dir = dir.path().to_path_buf();
+    settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
+    settings.app_tier.poll_wait_ms = 100;
+    let ports = imgrec_runtime::backend::Ports::connect(&settings).await.unwrap();
+    let responses = ports.response_queues.open(&settings.queues.responses).await.unwrap();
+    let fixtures = workspace().join("services/classifier/tests/fixtures");
+    let worker = app_tier::worker::spawn(settings.clone(), "app-instance1");
+
+    // Newer first (submitted at 2 s), then the older (1 s), each to completion.
+    let mut orders = Vec::new();
+    for (name, fixture, at_ms) in [("cat.png", "small.png", 2_000), ("cat.jpg", "small.jpg", 1_000)] {
+        let key = ObjectKey::new(name).unwrap();
+        let bytes = std::fs::read(fixtures.join(fixture)).unwrap();
+        let stored = ports
+            .store
+            .put(&settings.buckets.input, &key, bytes.into())
+            .await
+            .unwrap();
+        let request = ClassifyRequest {
+            version: VERSION,
+            request_id: uuid::Uuid::new_v4(),
+            key: name.into(),
+            object_version: stored.version,
+            submitted_at_ms: at_ms,
+            requeued: 0,
+            reply_to: None,
+        };
+        orders.push(UploadOrder::new(at_ms, &request.request_id.to_string()));
+        ports.requests.send(&request.encode()).await.unwrap();
+        let got = responses
+            .receive(1, Duration::from_secs(30), Duration::from_secs(20))
+            .await
+            .unwrap();
+        let response = ClassifyResponse::decode(&got[0].body).unwrap();
+        assert_eq!(response.request_id, request.request_id);
+        assert!(
+            matches!(response.outcome, Outcome::Label { .. }),
+            "{:?}",
+            response.outcome
+        );
+        responses.delete(&got[0].receipt).await.unwrap();
+    }
+    worker.stop().await.unwrap();
+    let kept = std::fs::read_to_string(dir.path().join("orders/output-bucket/cat")).unwrap();
+    assert_eq!(
+        kept,
+        orders[0].as_str(),
+        "the older upload's result replaced the newer one's"
+    );
+    assert!(dir.path().join("s3/output-bucket/cat").is_file());
+}

@@ -6,7 +6,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use crate::Aws;
-use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreResult, StoredObject};
+use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, StoreResult, StoredObject, UploadOrder};
 
 /// Buckets on S3. With versioning enabled on the bucket (Terraform does), `put` returns the
 /// version id, so a later upload of the same name cannot change what an earlier request reads.
@@ -80,6 +80,9 @@ fn versioning_status(xml: &[u8]) -> Option<Option<String>> {
     Some(Some(xml[start..start + len].to_owned()))
 }
 
+/// The user metadata (`x-amz-meta-upload-order`) that holds a result's `UploadOrder`.
+const ORDER_METADATA: &str = "upload-order";
+
 #[async_trait]
 impl ObjectStore for S3ObjectStore {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
@@ -97,6 +100,48 @@ impl ObjectStore for S3ObjectStore {
         // "null" is what S3 reports for a bucket without versioning.
         let version = out.version_id().filter(|v| *v != "null").map(str::to_owned);
         Ok(StoredObject { version })
+    }
+
+    /// Reads the stored object's order (user metadata `upload-order`) and ETag, then writes only
+    /// if the object is still that one (If-Match, or If-None-Match when there is none): another
+    /// writer between the two makes the put fail (412, or 409 for a race), and it starts over.
+    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> StoreResult<Kept> {
+        const ATTEMPTS: usize = 10;
+        for _ in 0..ATTEMPTS {
+            let head = self.client.head_object().bucket(bucket).key(key.as_str());
+            let stored = match self.aws.call("HeadObject", head.send()).await {
+                Ok(out) => {
+                    let stored = out
+                        .metadata()
+                        .and_then(|m| m.get(ORDER_METADATA))
+                        .and_then(|o| UploadOrder::parse(o));
+                    if stored.as_ref().is_some_and(|stored| stored > order) {
+                        return Ok(Kept::Superseded);
+                    }
+                    Some(out.e_tag().unwrap_or_default().to_owned())
+                }
+                // HeadObject has no body, so no error code: a 404 is all S3 says.
+                Err(e) if e.code_is("NotFound") || e.code_is("NoSuchKey") => None,
+                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into()),
+            };
+            let put = self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key.as_str())
+                .metadata(ORDER_METADATA, order.as_str())
+                .body(ByteStream::from(bytes.clone()));
+            let put = match &stored {
+                Some(etag) => put.if_match(etag),
+                None => put.if_none_match("*"),
+            };
+            match self.aws.call("PutObject", put.send()).await {
+                Ok(_) => return Ok(Kept::Stored),
+                Err(e) if e.code_is("PreconditionFailed") || e.code_is("ConditionalRequestConflict") => continue,
+                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into()),
+            }
+        }
+        Err(anyhow::anyhow!("S3 PutObject {bucket}/{key}: {ATTEMPTS} conditional writes in a row lost a race").into())
     }
 
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {

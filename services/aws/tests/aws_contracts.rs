@@ -32,6 +32,14 @@ async fn s3_object_store_contract() {
     let err = store.check_bucket("no-such-bucket").await.unwrap_err();
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
     contract::object_store_contract(store.clone(), "input-bucket").await;
+    bootstrap::create(&aws, &resources(&["output-bucket"], None))
+        .await
+        .unwrap();
+    contract::newest_result_contract(
+        vec![Arc::new(store.clone()), Arc::new(S3ObjectStore::new(&aws))],
+        "output-bucket",
+    )
+    .await;
     let missing = ObjectKey::new("missing.jpg").unwrap();
     assert!(store.get("input-bucket", &missing, None).await.unwrap().is_none());
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::file_names::{key_of, relative_path, LONG_DIR};
 use super::group_commit::GroupCommit;
-use imgrec_domain::ports::{ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
+use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject, UploadOrder};
 
 /// Buckets as folders: `<root>/s3/<bucket>/<file name of key>`, where an ordinary key is its own
 /// file name (`test_0`) and any other maps to a safe one (see `file_names`). Writes are atomic
@@ -134,6 +134,59 @@ impl FsObjectStore {
         Ok((version, to_sync))
     }
 
+    /// `put_blocking` unless the object answers a later upload. The object's order is kept beside
+    /// it (`orders/<bucket>/<file name of key>`), and the compare and the write happen under a lock
+    /// on the bucket that every process of the stack takes. The order is written before the
+    /// object: a crash between the two leaves an order newer than the object, which only keeps
+    /// older results out until that upload's request (not deleted, so delivered again) writes it.
+    fn put_newest_blocking(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        bytes: &[u8],
+        order: &UploadOrder,
+    ) -> StoreResult<(Kept, Vec<PathBuf>)> {
+        check_bucket(bucket)?;
+        let locks = self.root.join("locks");
+        std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
+        let lock_path = locks.join(bucket);
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let order_path = self.root.join("orders").join(bucket).join(relative_path(key));
+        let stored = match std::fs::read_to_string(&order_path) {
+            Ok(text) => UploadOrder::parse(text.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("cannot read {}", order_path.display()))
+                    .into())
+            }
+        };
+        if stored.as_ref().is_some_and(|stored| stored > order) {
+            return Ok((Kept::Superseded, Vec::new()));
+        }
+        let order_dir = order_path.parent().expect("a key's path has a parent");
+        let mut to_sync = create_dirs(order_dir)?;
+        let tmp_dir = self.root.join("tmp");
+        std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
+        tmp.write_all(order.as_str().as_bytes())
+            .context("cannot write a temp file")?;
+        tmp.as_file().sync_all().context("cannot sync a temp file")?;
+        tmp.persist(&order_path)
+            .map_err(|e| anyhow::Error::from(e.error).context(format!("cannot write {}", order_path.display())))?;
+        to_sync.push(order_dir.to_path_buf());
+        let (_, dirs) = self.put_blocking(bucket, key, bytes)?;
+        to_sync.extend(dirs);
+        Ok((Kept::Stored, to_sync))
+    }
+
     fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
         check_bucket(bucket)?;
         let path = match version {
@@ -236,6 +289,19 @@ impl ObjectStore for FsObjectStore {
             None => return Err(anyhow::anyhow!("the folder sync task ended (shutting down)").into()),
         }
         Ok(StoredObject { version: Some(version) })
+    }
+
+    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> StoreResult<Kept> {
+        let (this, bucket, key, order) = (self.clone(), bucket.to_owned(), key.clone(), order.clone());
+        let (kept, dirs) = blocking(move || this.put_newest_blocking(&bucket, &key, &bytes, &order)).await?;
+        if !dirs.is_empty() {
+            match self.dir_syncs.submit(dirs, sync_dirs).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(anyhow::anyhow!(e).into()),
+                None => return Err(anyhow::anyhow!("the folder sync task ended (shutting down)").into()),
+            }
+        }
+        Ok(kept)
     }
 
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {

@@ -561,3 +561,18 @@ async fn old_versions_and_messages_expire_and_the_rest_stays() {
         .unwrap();
     assert_eq!(left, ["requests", "requests-dlq", "responsesX"]);
 }
+
+/// Two handles on one folder store, as two processes of the stack have: the newest result stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fs_object_store_keeps_the_newest_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = vec![
+        Arc::new(FsObjectStore::new(dir.path())),
+        Arc::new(FsObjectStore::new(dir.path())),
+    ];
+    contract::newest_result_contract(stores, "output-bucket").await;
+    // The order lives beside the object, not in the bucket.
+    let listed = FsObjectStore::new(dir.path()).list("output-bucket").await.unwrap();
+    let listed: Vec<&str> = listed.iter().map(|k| k.as_str()).collect();
+    assert_eq!(listed, ["cat", "dir/dog", "race"]);
+}

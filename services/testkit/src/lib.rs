@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use imgrec_domain::ports::{Fleet, Lease, ObjectKey, ObjectStore, Receipt, WorkQueue};
+use imgrec_domain::ports::{Fleet, Kept, Lease, ObjectKey, ObjectStore, Receipt, UploadOrder, WorkQueue};
 
 /// A request queue with its dead-letter queue, as the adapter under test configures them.
 pub struct QueuePair<Q> {
@@ -242,6 +242,74 @@ pub async fn object_store_contract<S: ObjectStore>(store: S, bucket: &str) {
     let mut want: Vec<String> = odd.iter().cloned().chain(["test_0.JPEG".to_owned()]).collect();
     want.sort();
     assert_eq!(keys, want);
+}
+
+/// The newest upload's result stays: an older one's write is refused whenever it comes, a newer
+/// one's (or the same one's again: a redelivered request) replaces it, and of many writers racing
+/// on one key the newest wins. `stores` are handles on one store (one per process, locally).
+pub async fn newest_result_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket: &str) {
+    let store = &stores[0];
+    let order = |ms: u64| UploadOrder::new(ms, &format!("req{ms}"));
+    let key = ObjectKey::new("cat").expect("key");
+    let put = |bytes: &'static [u8], ms: u64| {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            store
+                .put_newest(bucket, &key, Bytes::from_static(bytes), &order(ms))
+                .await
+                .expect("put_newest")
+        }
+    };
+    let read = || async { store.get(bucket, &key, None).await.expect("get") };
+    assert_eq!(put(b"two", 2_000).await, Kept::Stored);
+    assert_eq!(
+        put(b"one", 1_000).await,
+        Kept::Superseded,
+        "an older result replaced a newer one"
+    );
+    assert_eq!(read().await.as_deref(), Some(&b"two"[..]));
+    assert_eq!(put(b"three", 3_000).await, Kept::Stored);
+    assert_eq!(
+        put(b"three", 3_000).await,
+        Kept::Stored,
+        "a redelivered request stores again"
+    );
+    assert_eq!(read().await.as_deref(), Some(&b"three"[..]));
+    // An object `put` wrote (no order) is replaced by any result.
+    let plain = ObjectKey::new("dir/dog").expect("key");
+    store
+        .put(bucket, &plain, Bytes::from_static(b"old"))
+        .await
+        .expect("put");
+    let kept = store
+        .put_newest(bucket, &plain, Bytes::from_static(b"new"), &order(1))
+        .await
+        .expect("put_newest");
+    assert_eq!(kept, Kept::Stored);
+
+    // Racing writers, through every handle, in a scrambled order: the newest stays.
+    let race = ObjectKey::new("race").expect("key");
+    let orders: Vec<u64> = (0..16u64).map(|i| (i * 7) % 16).collect();
+    let writes: Vec<_> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| {
+            let (store, race, bucket) = (stores[i % stores.len()].clone(), race.clone(), bucket.to_owned());
+            tokio::spawn(async move {
+                let bytes = Bytes::from(format!("result {ms}"));
+                store
+                    .put_newest(&bucket, &race, bytes, &UploadOrder::new(ms, &format!("req{ms}")))
+                    .await
+            })
+        })
+        .collect();
+    for write in writes {
+        write.await.expect("task").expect("put_newest");
+    }
+    assert_eq!(
+        store.get(bucket, &race, None).await.expect("get").as_deref(),
+        Some(&b"result 15"[..])
+    );
 }
 
 /// Keys S3 would refuse or that its REST API cannot carry unchanged are rejected before any I/O.

@@ -10,5 +10,5 @@ mod work_queue;
 pub use fleet::{Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, LaunchFailure, Resize};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
-pub use object_store::{KeyError, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject};
+pub use object_store::{Kept, KeyError, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject, UploadOrder};
 pub use work_queue::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};

@@ -58,6 +58,45 @@ pub struct StoredObject {
     pub version: Option<String>,
 }
 
+/// Where a result stands among the results stored under one key: the order of the uploads they
+/// answer, later uploads greater. Results of several uploads can share an output key (the same file
+/// sent twice; `cat.jpg` and `cat.png` both answer as `cat`), and their requests can finish in any
+/// order (a retried older one last): the result of the newest upload is the one that stays.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UploadOrder(String);
+
+impl UploadOrder {
+    /// When the upload was stored (the web tier's clock, ms since the epoch), then its request's
+    /// id to order two of one millisecond.
+    pub fn new(stored_at_ms: u64, request_id: &str) -> Self {
+        Self(format!("{stored_at_ms:020}-{request_id}"))
+    }
+
+    /// An order as `as_str` wrote it (kept beside the object); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, id) = text.split_once('-')?;
+        let ok = ms.len() == 20
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        ok.then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What `put_newest` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// The bytes are the object now.
+    Stored,
+    /// The object there answers a later upload, and stays.
+    Superseded,
+}
+
 /// Why a store call failed: the request itself (retrying cannot help: a bad bucket name or version,
 /// an object too large), or the store (an outage, a full disk, throttling: retry later).
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +120,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject>;
+    /// Writes `bytes` as `key` unless the object there was written for a later upload, atomically
+    /// against concurrent writers of the key (a conditional write, or a lock).
+    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> StoreResult<Kept>;
     /// The object's bytes (that version's when given); `None` if there is no such object.
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>>;
     /// Every key in the bucket, sorted.

@@ -124,10 +124,13 @@ locals {
       Action   = ["s3:GetObject", "s3:GetObjectVersion"]
       Resource = ["${var.input_bucket_arn}/*"]
     },
+    # A result is written only over an older upload's: HeadObject (s3:GetObject) reads the stored
+    # result's order and ETag, a conditional PutObject writes (a missing key reads as 404, not 403,
+    # thanks to FindBuckets' ListBucket on the output bucket).
     {
       Sid      = "StoreResults"
       Effect   = "Allow"
-      Action   = ["s3:PutObject"]
+      Action   = ["s3:GetObject", "s3:PutObject"]
       Resource = ["${var.output_bucket_arn}/*"]
     },
     {
