@@ -55,23 +55,7 @@ impl FsObjectStore {
     /// Removes temp files older than `age`: what a process killed in the middle of a put left.
     /// Younger ones may belong to a put in progress in another process.
     pub fn sweep_temp_files(&self, age: std::time::Duration) -> anyhow::Result<usize> {
-        let dir = self.root.join("tmp");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
-            if old && std::fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        remove_files_older_than(&self.root.join("tmp"), age)
     }
 
     /// Removes the version links (`versions/<bucket>/<id>`) written longer than `age` ago, in every
@@ -79,25 +63,9 @@ impl FsObjectStore {
     /// The current objects are other links to the same files and stay.
     pub fn sweep_versions(&self, age: std::time::Duration) -> anyhow::Result<usize> {
         let root = self.root.join("versions");
-        let buckets = match std::fs::read_dir(&root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e).with_context(|| format!("cannot list {}", root.display())),
-        };
         let mut removed = 0;
-        for bucket in buckets.flatten() {
-            let Ok(versions) = std::fs::read_dir(bucket.path()) else {
-                continue;
-            };
-            for version in versions.flatten() {
-                let old = version
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
-                if old && std::fs::remove_file(version.path()).is_ok() {
-                    removed += 1;
-                }
-            }
+        for bucket in entries(&root)? {
+            removed += remove_files_older_than(&bucket.path(), age)?;
         }
         Ok(removed)
     }
@@ -136,7 +104,8 @@ impl FsObjectStore {
 
     /// `put_blocking` unless the object answers a later upload. The object's order is kept beside
     /// it (`orders/<bucket>/<file name of key>`), and the compare and the write happen under a lock
-    /// on the bucket that every process of the stack takes. The order is written before the
+    /// that every process of the stack takes: one of `LOCK_STRIPES` per bucket, by key, so that
+    /// writers of different keys rarely wait for each other. The order is written before the
     /// object: a crash between the two leaves an order newer than the object, which only keeps
     /// older results out until that upload's request (not deleted, so delivered again) writes it.
     fn put_newest_blocking(
@@ -147,9 +116,9 @@ impl FsObjectStore {
         order: &UploadOrder,
     ) -> StoreResult<(Kept, Vec<PathBuf>)> {
         check_bucket(bucket)?;
-        let locks = self.root.join("locks");
+        let locks = self.root.join("locks").join(bucket);
         std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
-        let lock_path = locks.join(bucket);
+        let lock_path = locks.join(lock_stripe(key).to_string());
         let lock = std::fs::File::options()
             .create(true)
             .truncate(false)
@@ -272,6 +241,41 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+const LOCK_STRIPES: u32 = 64;
+
+/// The lock stripe of `key`: FNV-1a, the same in every process and release.
+fn lock_stripe(key: &ObjectKey) -> u32 {
+    let hash = key
+        .as_str()
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash % LOCK_STRIPES
+}
+
+/// The entries of `dir`; none if it does not exist.
+fn entries(dir: &Path) -> anyhow::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    }
+}
+
+/// Removes the files in `dir` last modified longer than `age` ago; how many.
+fn remove_files_older_than(dir: &Path, age: std::time::Duration) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for entry in entries(dir)? {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {

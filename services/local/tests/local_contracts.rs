@@ -129,6 +129,32 @@ async fn sqlite_queue_group_commits_lose_and_mix_up_nothing() {
     assert_eq!(bodies, want);
 }
 
+/// A worker that is a shell running `script` (`w` as its $0).
+fn shell_worker(script: &str) -> WorkerCommand {
+    WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into(), "w".into()],
+        env: vec![],
+        memory_max_bytes: None,
+    }
+}
+
+/// Another process's writer: holds the database's write lock for `held` from when this returns.
+fn hold_write_lock(db: &Path, held: Duration) -> std::thread::JoinHandle<()> {
+    let mut other = imgrec_local::open_db(db).unwrap();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(held);
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    writer
+}
+
 #[tokio::test]
 async fn fs_object_store_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,12 +239,7 @@ async fn fs_object_store_refuses_bad_bucket_names_and_versions() {
 #[tokio::test]
 async fn process_fleet_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let command = WorkerCommand {
-        program: "/bin/sh".into(),
-        args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
-        env: vec![],
-        memory_max_bytes: None,
-    };
+    let command = shell_worker("exec sleep 60");
     // `sleep` sends no heartbeats: a timeout far beyond the test.
     let fleet: Arc<dyn Fleet> = Arc::new(
         ProcessFleet::new(
@@ -235,12 +256,7 @@ async fn process_fleet_contract() {
 #[tokio::test]
 async fn process_fleet_notices_a_crashed_instance() {
     let dir = tempfile::tempdir().unwrap();
-    let command = WorkerCommand {
-        program: "/bin/sh".into(),
-        args: vec!["-c".into(), "exit 3".into(), "w".into()],
-        env: vec![],
-        memory_max_bytes: None,
-    };
+    let command = shell_worker("exit 3");
     let fleet = ProcessFleet::new(
         command,
         &dir.path().join("queue.sqlite3"),
@@ -265,12 +281,7 @@ async fn process_fleet_notices_a_crashed_instance() {
 async fn process_fleet_kills_instances_that_miss_their_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
     for script in ["kill -STOP $$", "exec sleep 60"] {
-        let command = WorkerCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into(), "w".into()],
-            env: vec![],
-            memory_max_bytes: None,
-        };
+        let command = shell_worker(script);
         let fleet = ProcessFleet::new(
             command,
             &dir.path().join("queue.sqlite3"),
@@ -352,12 +363,7 @@ async fn sqlite_lease_contract() {
 async fn a_fenced_fleet_launches_only_under_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("queue.sqlite3");
-    let command = WorkerCommand {
-        program: "/bin/sh".into(),
-        args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
-        env: vec![],
-        memory_max_bytes: None,
-    };
+    let command = shell_worker("exec sleep 60");
     let fleet = ProcessFleet::new(command, &db, Duration::from_secs(3600), "holder-a")
         .unwrap()
         .fenced_by("scaler");
@@ -393,25 +399,10 @@ fn the_fleet_waits_for_the_database_off_the_callers_runtime() {
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("queue.sqlite3");
-        let command = WorkerCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "exec sleep 60".into(), "worker".into()],
-            env: vec![],
-            memory_max_bytes: None,
-        };
+        let command = shell_worker("exec sleep 60");
         let fleet = ProcessFleet::new(command, &db, Duration::from_secs(3600), "web-instance1").unwrap();
         // Another process's writer holds the lock for a second.
-        let mut other = imgrec_local::open_db(&db).unwrap();
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let writer = std::thread::spawn(move || {
-            let tx = other
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
-                .unwrap();
-            locked_tx.send(()).unwrap();
-            std::thread::sleep(Duration::from_secs(1));
-            tx.commit().unwrap();
-        });
-        locked_rx.recv().unwrap();
+        let writer = hold_write_lock(&db, Duration::from_secs(1));
         // A task beside the launch: the longest it waited for its 10 ms timer.
         let ticker = tokio::spawn(async {
             let mut worst = Duration::ZERO;
@@ -442,12 +433,7 @@ fn the_fleet_waits_for_the_database_off_the_callers_runtime() {
 async fn a_wall_clock_step_does_not_make_beating_workers_look_silent() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("queue.sqlite3");
-    let command = WorkerCommand {
-        program: "/bin/sh".into(),
-        args: vec!["-c".into(), "exec sleep 60".into(), "w".into()],
-        env: vec![],
-        memory_max_bytes: None,
-    };
+    let command = shell_worker("exec sleep 60");
     let fleet = ProcessFleet::new(command, &db, Duration::from_millis(500), "web-instance1").unwrap();
     fleet.launch("app-instance1").await.unwrap();
     let status = SqliteInstanceStatus::open(&db, "app-instance1").unwrap();
@@ -478,17 +464,7 @@ async fn visibility_counts_from_the_receive_not_from_the_wait_for_the_lock() {
     let db = dir.path().join("queue.sqlite3");
     let queue = SqliteQueue::open(&db, "requests", None).unwrap();
     queue.send(b"once").await.unwrap();
-    let mut other = imgrec_local::open_db(&db).unwrap();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let writer = std::thread::spawn(move || {
-        let tx = other
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        tx.commit().unwrap();
-    });
-    locked_rx.recv().unwrap();
+    let writer = hold_write_lock(&db, Duration::from_millis(1500));
     let visibility = Duration::from_secs(2);
     let got = queue.receive(1, visibility, Duration::ZERO).await.unwrap();
     assert_eq!(got.len(), 1);
