@@ -182,11 +182,15 @@ def answers_lost_in_a_pause(files: list[Path], tmp: Path, i: int) -> int:
             before = [pool.submit(send, a, n) for n in range(40)]
             wait_until("requests wait at A", lambda: a.status()["waiting_requests"] >= 10, 30, every=0.02)
             a.proc.send_signal(signal.SIGSTOP)
+            # B and C may wait for A to resume if it was stopped holding the database's write lock.
             time.sleep(1)
-            b.start()
+            b.launch()
             time.sleep(7)
-            c.start()
+            c.launch()
+            time.sleep(2)
             a.proc.send_signal(signal.SIGCONT)
+            b.wait_ready()
+            c.wait_ready()
             after = [pool.submit(send, s, n) for n, s in zip(range(40, 100), [a, b, c] * 20)]
             statuses = [f.result(timeout=180) for f in before + after]
     finally:

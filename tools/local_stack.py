@@ -104,9 +104,16 @@ class Stack:
         self.log = data_dir.parent / f"{data_dir.name}-{log_name}.log"
 
     def start(self) -> "Stack":
+        return self.launch().wait_ready()
+
+    def launch(self) -> "Stack":
+        """Starts the process without waiting for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log.open("ab")
         self.proc = subprocess.Popen([str(WEB_TIER)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        return self
+
+    def wait_ready(self) -> "Stack":
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
