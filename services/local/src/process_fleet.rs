@@ -86,7 +86,7 @@ struct Processes {
     /// The lease a launch must be made under (the scaler's), checked in the statement that
     /// claims the name: a scaler whose lease ran out cannot start a worker, however late its
     /// launch comes.
-    fence: Option<String>,
+    fence: std::sync::OnceLock<String>,
 }
 
 /// A claimed name's row gets its pid within this long (the spawn in between).
@@ -102,7 +102,7 @@ impl ProcessFleet {
             owner: owner.to_owned(),
             workers: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
-            fence: None,
+            fence: std::sync::OnceLock::new(),
             db: Arc::new(Mutex::new(super::db::open(db)?)),
             heartbeat_timeout,
         });
@@ -123,10 +123,9 @@ impl ProcessFleet {
     }
 
     /// Launches only while the owner holds the lease `name` (the scaler's).
-    pub fn fenced_by(mut self, lease: &str) -> Self {
-        if let Some(processes) = Arc::get_mut(&mut self.processes) {
-            processes.fence = Some(lease.to_owned());
-        }
+    pub fn fenced_by(self, lease: &str) -> Self {
+        // Set once, as the fleet is built: a fence that could change would fence nothing.
+        let _ = self.processes.fence.set(lease.to_owned());
         self
     }
 
@@ -330,10 +329,10 @@ impl Processes {
              ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3,
                  beat_mono_ms = NULL
              WHERE instances.owner = ?3 OR instances.owner IS NULL",
-            params![name, now_ms() as i64, self.owner, self.fence],
+            params![name, now_ms() as i64, self.owner, self.fence.get()],
         )?;
         if claimed == 0 {
-            if let Some(fence) = &self.fence {
+            if let Some(fence) = self.fence.get() {
                 let conn: &Connection = &db;
                 if !super::lease::holds(conn, fence, &self.owner)? {
                     bail!("not launching {name}: this host no longer holds the {fence} lease");

@@ -133,6 +133,11 @@ impl ScalerLease {
         self.valid_until
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
     }
+
+    /// Whether enough validity is left to change the fleet now.
+    fn may_act(&self) -> bool {
+        self.left() >= self.act_margin()
+    }
 }
 
 /// Whether this scaler may change the fleet this tick, and until when.
@@ -301,7 +306,7 @@ impl Scaler {
                 }
             }
         }
-        let acting = held.left() >= held.act_margin();
+        let acting = held.may_act();
         if acting && !self.acting {
             info!(holder = held.lease.holder(), "acting as the scaler");
         } else if !acting && self.acting {
@@ -327,10 +332,8 @@ impl Scaler {
         let instances = self.fleet.instances().await?;
         self.check_launches().await;
         // Observing took time: act only with the margin still left.
-        if let (Role::Acting { until: Some(_) }, Some(held)) = (role, &self.lease) {
-            if held.left() < held.act_margin() {
-                role = Role::Watching;
-            }
+        if self.lease.as_ref().is_some_and(|held| !held.may_act()) {
+            role = Role::Watching;
         }
         let Role::Acting { until } = role else {
             let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());

@@ -56,7 +56,6 @@ impl Drop for WebTierName {
 
 pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
     let configured = settings.web.name.clone().filter(|n| !n.is_empty());
-    let id = uuid::Uuid::new_v4().simple().to_string();
     if settings.backend == Backend::Aws {
         // One web tier per configured name (one per instance): the queue Terraform made for it.
         let name = configured.unwrap_or_else(|| "web-instance1".into());
@@ -69,6 +68,7 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
             keeper: None,
         });
     }
+    let id = uuid::Uuid::new_v4().simple().to_string();
     let holder = format!("pid {} {id}", std::process::id());
     let db = settings.queue_db();
     let mut conn = imgrec_local::open_db(&db)?;
