@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 type Labels = Vec<Result<Prediction, ClassifyError>>;
 
-struct Job {
+struct ModelRun {
     images: Vec<Bytes>,
     max_pixels: usize,
     reply: oneshot::Sender<Result<Labels, String>>,
@@ -23,13 +23,13 @@ struct Job {
 
 /// A handle to the thread; the thread ends when the handle is dropped.
 pub struct InferenceThread {
-    jobs: mpsc::Sender<Job>,
+    runs: mpsc::Sender<ModelRun>,
 }
 
 impl InferenceThread {
     /// Starts the thread and loads the model on it; returns once the model is loaded.
     pub async fn start(settings: InferenceSettings, limits: ImageLimits) -> anyhow::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (runs, queue) = mpsc::channel::<ModelRun>();
         let (loaded, load_result) = oneshot::channel();
         std::thread::Builder::new()
             .name("inference".into())
@@ -44,26 +44,26 @@ impl InferenceThread {
                         return;
                     }
                 };
-                for job in queue {
-                    let views: Vec<&[u8]> = job.images.iter().map(|b| b.as_ref()).collect();
+                for run in queue {
+                    let views: Vec<&[u8]> = run.images.iter().map(|b| b.as_ref()).collect();
                     // A bug in decoding one image must not take the model thread down with it.
-                    let labels = catch_unwind(AssertUnwindSafe(|| classifier.classify_within(&views, job.max_pixels)))
+                    let labels = catch_unwind(AssertUnwindSafe(|| classifier.classify_within(&views, run.max_pixels)))
                         .map_err(|panic| panic_message(&*panic));
-                    let _ = job.reply.send(labels);
+                    let _ = run.reply.send(labels);
                 }
             })
             .context("cannot start the inference thread")?;
         load_result
             .await
             .context("the inference thread stopped while loading the model")??;
-        Ok(Self { jobs })
+        Ok(Self { runs })
     }
 
     /// Labels for `images` (one per image, in order), in model runs of at most `max_pixels`.
     pub async fn classify(&self, images: Vec<Bytes>, max_pixels: usize) -> anyhow::Result<Labels> {
         let (reply, labels) = oneshot::channel();
-        self.jobs
-            .send(Job {
+        self.runs
+            .send(ModelRun {
                 images,
                 max_pixels,
                 reply,

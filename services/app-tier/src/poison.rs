@@ -24,7 +24,7 @@ impl Job {
 
 /// What a worker does with one receive.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct Split {
     /// First-time requests, classified together.
     pub batch: Vec<Job>,
     /// Suspects, each classified alone, after the batch is answered.
@@ -35,18 +35,18 @@ pub struct Plan {
 
 /// Splits a receive. A suspect already requeued `max_requeues` times is kept (and classified
 /// alone) instead of being requeued again.
-pub fn plan(jobs: Vec<Job>, max_requeues: u32) -> Plan {
-    let mut plan = Plan::default();
+pub fn split(jobs: Vec<Job>, max_requeues: u32) -> Split {
+    let mut split = Split::default();
     for job in jobs {
         if !job.is_suspect() {
-            plan.batch.push(job);
-        } else if plan.alone.is_empty() || job.request.requeued >= max_requeues {
-            plan.alone.push(job);
+            split.batch.push(job);
+        } else if split.alone.is_empty() || job.request.requeued >= max_requeues {
+            split.alone.push(job);
         } else {
-            plan.requeue.push(job);
+            split.requeue.push(job);
         }
     }
-    plan
+    split
 }
 
 #[cfg(test)]
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn first_receives_are_batched_together() {
-        let p = plan((0..8).map(|n| job(n, 1, 0)).collect(), 3);
+        let p = split((0..8).map(|n| job(n, 1, 0)).collect(), 3);
         assert_eq!(p.batch.len(), 8);
         assert!(p.alone.is_empty() && p.requeue.is_empty());
     }
@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn a_worker_holds_one_suspect_and_requeues_the_others() {
         let jobs = vec![job(0, 2, 0), job(1, 1, 0), job(2, 2, 0), job(3, 1, 1), job(4, 3, 0)];
-        let p = plan(jobs, 3);
+        let p = split(jobs, 3);
         assert_eq!(keys(&p.batch), ["1.jpg"]);
         assert_eq!(keys(&p.alone), ["0.jpg"]);
         assert_eq!(keys(&p.requeue), ["2.jpg", "3.jpg", "4.jpg"]);
@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn requeues_are_bounded() {
-        let p = plan(vec![job(0, 2, 0), job(1, 1, 3), job(2, 2, 2)], 3);
+        let p = split(vec![job(0, 2, 0), job(1, 1, 3), job(2, 2, 2)], 3);
         assert_eq!(keys(&p.alone), ["0.jpg", "1.jpg"]);
         assert_eq!(keys(&p.requeue), ["2.jpg"]);
     }

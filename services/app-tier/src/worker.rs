@@ -19,8 +19,8 @@ use imgrec_domain::ports::{
     ApiCalls, InstanceState, InstanceStatus, Kept, ObjectKey, Receipt, Received, StoreError, UploadOrder,
 };
 use imgrec_runtime::backend::{self, Ports};
-use imgrec_runtime::shutdown::pause;
-use tokio::sync::watch;
+use imgrec_runtime::consumer::Consumer;
+use imgrec_runtime::shutdown::{Shutdown, Spawned};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let span = tracing::info_span!("app-tier", instance = %args.name);
     runtime.block_on(
         async {
-            let shutdown = imgrec_runtime::shutdown::on_signal()?;
+            let shutdown = Shutdown::on_signals()?;
             serve(settings, args.name, shutdown).await
         }
         .instrument(span),
@@ -51,26 +51,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A worker running in this process (`spawn`).
-pub struct Spawned {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Spawned {
-    /// Stops it as SIGTERM does (it finishes what it holds), and waits until it has.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        self.task.await?
-    }
-}
-
-/// Runs the worker `name` in this process.
+/// Runs the worker `name` in this process; stopping it is what SIGTERM does (it finishes what it
+/// holds).
 pub fn spawn(settings: Settings, name: &str) -> Spawned {
-    let (stop, shutdown) = watch::channel(false);
     let span = tracing::info_span!("app-tier", instance = %name);
-    let task = tokio::spawn(serve(settings, name.to_owned(), shutdown).instrument(span));
-    Spawned { stop, task }
+    let name = name.to_owned();
+    Spawned::spawn(|shutdown| serve(settings, name, shutdown).instrument(span))
 }
 
 struct Worker {
@@ -84,16 +70,19 @@ struct Worker {
 /// The longest wait between two tries of a failing receive (well under the stall timeout).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Takes requests from the queue until `shutdown` turns true, then finishes what it holds.
-pub async fn serve(settings: Settings, name: String, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let calls = ApiCalls::default();
-    let status = backend::instance_status(&settings, &name, &calls).await?;
+/// Takes requests from the queue until a stop is asked, then finishes what it holds.
+pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyhow::Result<()> {
+    let api_calls = ApiCalls::default();
+    let status = backend::instance_status(&settings, &name, &api_calls).await?;
     status.report(InstanceState::Pending, false).await?;
-    let app = settings.app_tier.clone();
-    let progress = Progress::new(app.stall_timeout());
+    let progress = Progress::new(settings.app_tier.stall_timeout());
     // Beats until the end of this function: stopping (the last batch answered) is progress too.
-    let heartbeats = tokio::spawn(heartbeat(status.clone(), progress.clone(), app.heartbeat()));
-    let ports = Ports::connect_as(&settings, Some(&name), calls).await?;
+    let heartbeats = tokio::spawn(heartbeat(
+        status.clone(),
+        progress.clone(),
+        settings.app_tier.heartbeat(),
+    ));
+    let ports = Ports::connect_as(&settings, Some(&name), api_calls).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let inference = InferenceThread::start(inference, limits).await?;
     let worker = Arc::new(Worker {
@@ -107,49 +96,58 @@ pub async fn serve(settings: Settings, name: String, mut shutdown: watch::Receiv
     progress.mark();
     info!("ready");
 
-    let (batch, wait) = (app.batch_size, Duration::from_millis(app.poll_wait_ms));
-    let visibility = worker.settings.queues.visibility_timeout();
-    let mut busy = false;
-    let mut backoff = Duration::from_millis(100);
-    let mut answering: Option<JoinHandle<()>> = None;
-    while !*shutdown.borrow() {
-        // Not cancelled by the shutdown signal: a receive cut short could leave messages taken
-        // but unprocessed until their visibility timeout. It returns within `poll_wait_ms`.
-        let messages = match worker.ports.requests.receive(batch, visibility, wait).await {
-            Ok(m) => {
-                backoff = Duration::from_millis(100);
-                m
+    worker.clone().work(&*status, shutdown).await;
+    heartbeats.abort();
+    report(&*status, InstanceState::Stopping, false).await;
+    let calls = worker.ports.calls.snapshot();
+    info!(api_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
+    Ok(())
+}
+
+impl Worker {
+    /// The worker loop: receive, run the batch, answer it while the next one runs.
+    async fn work(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown) {
+        let app = &self.settings.app_tier;
+        let mut requests = Consumer::new(
+            self.ports.requests.clone(),
+            "requests",
+            app.batch_size,
+            self.settings.queues.visibility_timeout(),
+            Duration::from_millis(app.poll_wait_ms),
+        )
+        .max_backoff(MAX_BACKOFF);
+        let mut busy = false;
+        let mut answering: Option<JoinHandle<()>> = None;
+        // Not interruptible: a receive cut short could leave messages taken but unprocessed until
+        // their visibility timeout. It returns within `poll_wait_ms`.
+        while let Some(messages) = requests.next(&mut shutdown).await {
+            self.progress.mark();
+            let has_work = !messages.is_empty() || answering.as_ref().is_some_and(|h| !h.is_finished());
+            if busy != has_work {
+                busy = has_work;
+                report(status, InstanceState::Running, busy).await;
             }
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, "cannot receive requests; retrying");
-                if pause(backoff, &mut shutdown).await {
-                    break;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-            Err(e) => {
-                // The queue is gone or forbidden: only an operator can fix that. Say so loudly and
-                // slowly, and stay alive so that the worker resumes by itself once it is fixed.
-                error!(error = %e, "cannot receive requests, and retrying will not help; next try in {}s", MAX_BACKOFF.as_secs());
-                if pause(MAX_BACKOFF, &mut shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        progress.mark();
-        let has_work = !messages.is_empty() || answering.as_ref().is_some_and(|h| !h.is_finished());
-        if busy != has_work {
-            busy = has_work;
-            report(&*status, InstanceState::Running, busy).await;
+            answering = self.take_on(messages, answering).await;
         }
-        let plan = poison::plan(worker.decode(messages).await, worker.settings.queues.max_receives);
-        let mut alone = plan.alone;
-        alone.extend(worker.requeue(plan.requeue).await);
+        if let Some(last) = answering {
+            let _ = last.await;
+        }
+    }
+
+    /// Runs one receive's requests: first-time ones together, suspects each alone (`poison`).
+    /// Each group's answering starts as the next group runs; returns the one still answering.
+    async fn take_on(
+        self: &Arc<Self>,
+        messages: Vec<Received>,
+        mut answering: Option<JoinHandle<()>>,
+    ) -> Option<JoinHandle<()>> {
+        let split = poison::split(self.decode(messages).await, self.settings.queues.max_receives);
+        let mut alone = split.alone;
+        alone.extend(self.requeue(split.requeue).await);
         // Every request held stays hidden from other workers until answered, for as long as this
         // worker makes progress.
-        let groups: Vec<(bool, Vec<Job>)> = std::iter::once((false, plan.batch))
+        let visibility = self.settings.queues.visibility_timeout();
+        let groups: Vec<(bool, Vec<Job>)> = std::iter::once((false, split.batch))
             .filter(|(_, batch)| !batch.is_empty())
             .chain(alone.into_iter().map(|job| (true, vec![job])))
             .collect();
@@ -157,7 +155,7 @@ pub async fn serve(settings: Settings, name: String, mut shutdown: watch::Receiv
             .iter()
             .map(|(_, jobs)| {
                 let receipts = jobs.iter().map(|j| j.receipt.clone()).collect();
-                tokio::spawn(keep_invisible(worker.clone(), receipts, visibility))
+                tokio::spawn(keep_invisible(self.clone(), receipts, visibility))
             })
             .collect();
         for ((suspect, jobs), keeper) in groups.into_iter().zip(keepers) {
@@ -168,12 +166,12 @@ pub async fn serve(settings: Settings, name: String, mut shutdown: watch::Receiv
                 }
                 warn!(key = %jobs[0].request.key, receives = jobs[0].receive_count, "classifying a retried request alone");
             }
-            let answers = worker.classify(jobs).await;
-            progress.mark();
+            let answers = self.run_batch(jobs).await;
+            self.progress.mark();
             if let Some(previous) = answering.take() {
                 let _ = previous.await;
             }
-            let w = worker.clone();
+            let w = self.clone();
             answering = Some(tokio::spawn(
                 async move {
                     w.answer_all(answers).await;
@@ -182,15 +180,8 @@ pub async fn serve(settings: Settings, name: String, mut shutdown: watch::Receiv
                 .in_current_span(),
             ));
         }
+        answering
     }
-    if let Some(last) = answering {
-        let _ = last.await;
-    }
-    heartbeats.abort();
-    report(&*status, InstanceState::Stopping, false).await;
-    let calls = worker.ports.calls.snapshot();
-    info!(aws_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
-    Ok(())
 }
 
 /// When the worker loop last moved. A worker whose loop stalls (a hung model run, a deadlock)
@@ -318,9 +309,9 @@ impl Worker {
         Vec::new()
     }
 
-    /// Fetches and classifies a batch. Requests that should be retried (transient failures) get
-    /// no answer and stay in the queue.
-    async fn classify(&self, jobs: Vec<Job>) -> Vec<Classified> {
+    /// Fetches a batch's images and classifies them in one model run. Requests that should be
+    /// retried (transient failures) get no answer and stay in the queue.
+    async fn run_batch(&self, jobs: Vec<Job>) -> Vec<Classified> {
         let requests: Vec<(Receipt, ClassifyRequest)> = jobs.into_iter().map(|j| (j.receipt, j.request)).collect();
         let images = join_all(requests.iter().map(|(_, r)| self.fetch(r))).await;
         let inputs: Vec<Bytes> = images.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();

@@ -19,8 +19,9 @@ use imgrec_domain::ports::{
     Fleet, FleetError, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, QueueDepth, QueueError, QueueResult,
     ScalingMetrics, WorkQueue,
 };
+use imgrec_runtime::shutdown::Shutdown;
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 /// What the scaler last saw and decided; `/status` and `/metrics` show it.
@@ -432,12 +433,12 @@ impl Scaler {
         status.launch_failure = failure;
     }
 
-    /// Ticks until `shutdown` turns true, then stops the fleet.
-    pub async fn run(mut self, tick: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Ticks until a stop is asked, then stops the fleet.
+    pub async fn run(mut self, tick: Duration, mut shutdown: Shutdown) -> anyhow::Result<()> {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick: Option<Instant> = None;
-        while !*shutdown.borrow() {
+        while !shutdown.is_requested() {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = self.nudge.notified() => {
@@ -445,11 +446,11 @@ impl Scaler {
                     if let Some(at) = last_tick {
                         tokio::select! {
                             _ = tokio::time::sleep_until(at + MIN_TICK_GAP) => {}
-                            _ = shutdown.changed() => break,
+                            _ = shutdown.requested() => break,
                         }
                     }
                 }
-                _ = shutdown.changed() => break,
+                _ = shutdown.requested() => break,
             }
             last_tick = Some(Instant::now());
             if let Err(e) = self.tick().await {
@@ -465,9 +466,8 @@ impl Scaler {
                     "scaler tick failed and retrying will not help until this is fixed; next try in {}s",
                     PERMANENT_FAILURE_PAUSE.as_secs()
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(PERMANENT_FAILURE_PAUSE) => {}
-                    _ = shutdown.changed() => break,
+                if shutdown.pause(PERMANENT_FAILURE_PAUSE).await {
+                    break;
                 }
             }
         }

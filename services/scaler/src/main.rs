@@ -124,16 +124,18 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Run) | None => {}
     }
     let ports = Ports::connect(&settings).await?;
-    let worker = std::env::current_exe()?.with_file_name("app-tier");
     // Beside a web tier (on AWS every web instance runs one), named after it.
     let host = settings.web.name.clone().unwrap_or_else(|| "scaler".into());
     let lease = backend::scaler_lease(&settings, &backend::unique_holder(&host), &ports.calls).await?;
     // Locally its workers are alive while this process holds a lease: the scaler's own.
-    let fleet = backend::fleet(&settings, worker, lease.holder(), &ports.calls).await?;
+    let fleet = backend::fleet(&settings, lease.holder(), &ports.calls).await?;
     let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
         .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
         .with_lease(lease, settings.scaler.lease_ttl());
     scaler
-        .run(settings.scaler.tick(), imgrec_runtime::shutdown::on_signal()?)
+        .run(
+            settings.scaler.tick(),
+            imgrec_runtime::shutdown::Shutdown::on_signals()?,
+        )
         .await
 }

@@ -106,10 +106,10 @@ async fn a_watching_scaler_shows_the_fleet_and_never_acts_on_it() {
     });
     let scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone()).watching();
     let status = scaler.status();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
     let run = tokio::spawn(scaler.run(Duration::from_millis(20), shutdown));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.send(true).unwrap();
+    stop.stop();
     run.await.unwrap().unwrap();
     assert_eq!(fleet.resizes.load(Ordering::SeqCst), 0);
     let s = status.read().unwrap().clone();
@@ -124,10 +124,10 @@ async fn tries_in_half_a_second(transient: bool) -> (u32, Option<String>) {
     });
     let scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone());
     let status = scaler.status();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
     let run = tokio::spawn(scaler.run(Duration::from_millis(20), shutdown));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.send(true).unwrap();
+    stop.stop();
     // The pause ends at shutdown rather than when it runs out.
     tokio::time::timeout(Duration::from_secs(2), run)
         .await
@@ -175,7 +175,7 @@ async fn nudges_coalesce_into_ticks_at_least_the_minimum_gap_apart() {
     });
     let scaler = Scaler::observing(PolicyKind::Default.build(config()), Arc::new(Waiting), fleet.clone());
     let nudge = scaler.handle().nudge;
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
     let run = tokio::spawn(scaler.run(Duration::from_secs(3600), shutdown));
     let window = Duration::from_secs(1);
     let started = tokio::time::Instant::now();
@@ -183,7 +183,7 @@ async fn nudges_coalesce_into_ticks_at_least_the_minimum_gap_apart() {
         nudge.notify_one();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    stop.send(true).unwrap();
+    stop.stop();
     run.await.unwrap().unwrap();
     let ticks = fleet.ticks.load(Ordering::SeqCst);
     let most = 2 + (window.as_millis() / scaler::MIN_TICK_GAP.as_millis()) as u32;

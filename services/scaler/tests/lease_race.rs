@@ -174,7 +174,7 @@ fn config() -> PolicyConfig {
 async fn race(seed: u64) -> Record {
     let store = Arc::new(Store::default());
     let record = Arc::new(Mutex::new(Record::default()));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
     let mut runs = Vec::new();
     for index in 0..2 {
         let me = format!("scaler-{index}");
@@ -196,7 +196,7 @@ async fn race(seed: u64) -> Record {
         runs.push(tokio::spawn(scaler.run(TICK, shutdown.clone())));
     }
     tokio::time::sleep(RUN).await;
-    stop.send(true).unwrap();
+    stop.stop();
     for run in runs {
         let _ = run.await.unwrap();
     }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use imgrec_domain::config::Queues;
 use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_domain::ports::{ResponseQueues, WorkQueue};
-use imgrec_runtime::shutdown::pause;
-use tokio::sync::{oneshot, watch};
+use imgrec_runtime::consumer::Consumer;
+use imgrec_runtime::shutdown::Shutdown;
+use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
 
@@ -101,41 +102,19 @@ impl Waiters {
     }
 }
 
-/// Consumes the response queue until shutdown, counting the responses in `completed`.
-pub async fn responses(
-    queue: Arc<dyn WorkQueue>,
-    waiters: Waiters,
-    completed: Arc<AtomicU64>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    while !*shutdown.borrow() {
-        let got = tokio::select! {
-            r = queue.receive(10, Duration::from_secs(30), Duration::from_secs(1)) => r,
-            _ = shutdown.changed() => break,
-        };
-        let messages = match got {
-            Ok(m) => {
-                backoff = Duration::from_millis(100);
-                m
-            }
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, "cannot receive responses; retrying");
-                if pause(backoff, &mut shutdown).await {
-                    break;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot receive responses, and retrying will not help until this is fixed");
-                if pause(backoff, &mut shutdown).await {
-                    break;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
+/// Consumes the response queue until a stop, counting the responses in `completed`.
+pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, completed: Arc<AtomicU64>, mut shutdown: Shutdown) {
+    // Interruptible: a response taken and not delivered comes back after its visibility, and is
+    // in the bucket anyway.
+    let mut consumer = Consumer::new(
+        queue.clone(),
+        "responses",
+        10,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .interruptible();
+    while let Some(messages) = consumer.next(&mut shutdown).await {
         let mut receipts = Vec::with_capacity(messages.len());
         for m in messages {
             match ClassifyResponse::decode(&m.body) {
@@ -178,24 +157,18 @@ pub async fn dead_letters(
     response_queues: Arc<dyn ResponseQueues>,
     queues: Queues,
     web_tier: String,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     const RETRY: Duration = Duration::from_secs(5);
-    while !*shutdown.borrow() {
-        let got = tokio::select! {
-            r = queue.receive(10, DEAD_LETTER_HIDE, Duration::from_secs(2)) => r,
-            _ = shutdown.changed() => break,
-        };
-        let messages = match got {
-            Ok(messages) => messages,
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot read the dead-letter queue");
-                if pause(RETRY, &mut shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
+    let mut consumer = Consumer::new(
+        queue.clone(),
+        "dead letters",
+        10,
+        DEAD_LETTER_HIDE,
+        Duration::from_secs(2),
+    )
+    .interruptible();
+    while let Some(messages) = consumer.next(&mut shutdown).await {
         for m in messages {
             let Ok(request) = ClassifyRequest::decode(&m.body) else {
                 continue;

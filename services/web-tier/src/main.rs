@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    let signals = imgrec_runtime::shutdown::signals()?;
+    let shutdown = imgrec_runtime::shutdown::Shutdown::on_signals()?;
     let listener = web_tier::bind(&settings).await?;
-    web_tier::serve(settings, listener, signals).await
+    web_tier::serve(settings, listener, shutdown).await
 }

@@ -17,8 +17,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use imgrec_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 use warp::reply::Response;
 use warp::Filter;
@@ -59,9 +60,9 @@ pub fn connection_limit(configured: usize) -> usize {
     configured.min(usize::try_from(fit).unwrap_or(usize::MAX))
 }
 
-/// Serves `routes` on `listener` until `stop` turns true, then lets open connections finish their
+/// Serves `routes` on `listener` until a stop is asked, then lets open connections finish their
 /// current request; returns when every connection is closed.
-pub async fn serve<F>(listener: TcpListener, routes: F, limits: ServerLimits, mut stop: watch::Receiver<bool>)
+pub async fn serve<F>(listener: TcpListener, routes: F, limits: ServerLimits, mut shutdown: Shutdown)
 where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
@@ -74,7 +75,7 @@ where
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = stopped(&mut stop) => break,
+            _ = shutdown.requested() => break,
         };
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -86,7 +87,7 @@ where
                     continue;
                 }
             },
-            _ = stopped(&mut stop) => break,
+            _ = shutdown.requested() => break,
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(warp::service(routes.clone()));
@@ -101,9 +102,4 @@ where
     drop(listener);
     info!(open = graceful.count(), "stopped accepting; finishing open connections");
     graceful.shutdown().await;
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // A closed channel means the owner is gone: stop too.
-    let _ = stop.wait_for(|stop| *stop).await;
 }

@@ -42,7 +42,7 @@ async fn upload(client: &Client, url: &str, form: Form, json: bool) -> (StatusCo
     (response.status(), response.text().await.expect("body"))
 }
 
-async fn get_status(client: &Client, web: &web_tier::Spawned) -> serde_json::Value {
+async fn get_status(client: &Client, web: &web_tier::SpawnedWebTier) -> serde_json::Value {
     let response = client.get(format!("{}status", web.url())).send().await.expect("status");
     response.json().await.expect("status JSON")
 }

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::shutdown::Shutdown;
 use imgrec_domain::config::{Backend, Settings};
 use imgrec_local::FsObjectStore;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// What to expire, and how often to look.
@@ -54,9 +54,9 @@ impl Retention {
     }
 }
 
-/// Locally, sweeps expired versions and messages now and then until `stop`; nothing on AWS, where
+/// Locally, sweeps expired versions and messages now and then until a stop; nothing on AWS, where
 /// the buckets and queues expire their own.
-pub fn housekeeping(settings: &Settings, mut stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+pub fn housekeeping(settings: &Settings, mut shutdown: Shutdown) -> Option<JoinHandle<()>> {
     if settings.backend != Backend::Local {
         return None;
     }
@@ -73,9 +73,8 @@ pub fn housekeeping(settings: &Settings, mut stop: watch::Receiver<bool>) -> Opt
                 Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep expired versions and messages"),
                 Err(e) => tracing::warn!(error = %e, "the retention sweep failed"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|stop| *stop) => break,
+            if shutdown.pause(every).await {
+                break;
             }
         }
     }))

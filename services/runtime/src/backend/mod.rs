@@ -10,9 +10,9 @@ mod web_tier_name;
 pub use housekeeping::housekeeping;
 pub use web_tier_name::{web_tier_name, WebTierName};
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use imgrec_domain::config::{Backend, Settings};
 use imgrec_domain::ports::{
     ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue,
@@ -84,18 +84,17 @@ fn local_store(settings: &Settings) -> FsObjectStore {
     store
 }
 
-/// The app-tier fleet a scaler drives. Locally its workers, `worker_program run --name ...`,
-/// belong to `owner` (the process holding the scaler lease).
-pub async fn fleet(
-    settings: &Settings,
-    worker_program: PathBuf,
-    owner: &str,
-    calls: &ApiCalls,
-) -> anyhow::Result<Arc<dyn Fleet>> {
+/// The app-tier fleet a scaler drives. Locally its workers are processes of the `app-tier`
+/// binary beside this one (`app-tier run --name app-instanceK`), owned by `owner` (the process
+/// holding the scaler lease).
+pub async fn fleet(settings: &Settings, owner: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Fleet>> {
     match settings.fleet.backend {
         Backend::Local => {
+            let program = std::env::current_exe()
+                .context("cannot find this program, to start the app tier beside it")?
+                .with_file_name(WORKER_PROGRAM);
             let command = WorkerCommand {
-                program: worker_program,
+                program,
                 args: vec!["run".into()],
                 env: Vec::new(),
                 memory_max_bytes: Some(settings.fleet.worker_memory_max_bytes).filter(|&b| b > 0),
@@ -108,6 +107,9 @@ pub async fn fleet(
         Backend::Aws => aws::fleet(settings, calls).await,
     }
 }
+
+/// The app tier's binary, installed beside the web tier's and the scaler's.
+const WORKER_PROGRAM: &str = "app-tier";
 
 /// What a scaler must hold to act, as several may run: locally every web tier hosts one (a lease in
 /// the shared database, which also fences the local fleet's launches); on AWS every web instance

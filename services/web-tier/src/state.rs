@@ -1,0 +1,52 @@
+//! The web tier's state, shared by its handlers and its background tasks.
+
+use std::sync::Arc;
+
+use imgrec_domain::config::Settings;
+use imgrec_runtime::backend::Ports;
+use scaler::ScalerHandle;
+use tokio::sync::watch;
+
+use crate::dispatch::Waiters;
+use crate::history::History;
+use crate::metrics::Metrics;
+use crate::upload::UploadLimits;
+
+pub struct WebTier {
+    pub settings: Settings,
+    pub ports: Ports,
+    /// This web tier's name (`web-instanceK`; another one if it loses this one while paused).
+    pub name: watch::Receiver<String>,
+    /// The response queue its answers come back on (this process's own).
+    pub reply_to: String,
+    /// Requests waiting for their answer.
+    pub waiters: Waiters,
+    pub metrics: Metrics,
+    pub upload_limits: UploadLimits,
+    /// The hosted scaler, when this process runs one.
+    pub scaler: Option<ScalerHandle>,
+    /// What the dashboard charts.
+    pub history: History,
+}
+
+impl WebTier {
+    pub fn new(
+        settings: Settings,
+        ports: Ports,
+        name: watch::Receiver<String>,
+        reply_to: String,
+        scaler: Option<ScalerHandle>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
+            settings,
+            ports,
+            name,
+            reply_to,
+            waiters: Waiters::default(),
+            metrics: Metrics::new(),
+            scaler,
+            history: History::default(),
+        })
+    }
+}

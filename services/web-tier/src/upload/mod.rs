@@ -1,0 +1,209 @@
+//! `POST /`: the upload, read within limits and checked before anything is stored or queued,
+//! stored in the input bucket, queued, and answered with its label when the response comes back.
+
+mod body;
+mod budget;
+mod check;
+
+pub use budget::{Budget, MEMORY_WAIT};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imgrec_classifier::ImageLimits;
+use imgrec_domain::config::WebSettings;
+use imgrec_domain::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
+use imgrec_domain::ports::StoreError;
+use serde_json::json;
+use uuid::Uuid;
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+
+use crate::dispatch::{Answer, Waiting};
+use crate::error::UploadError;
+use crate::reply;
+use crate::state::WebTier;
+
+/// What an upload may be, and the budgets it draws on.
+#[derive(Clone)]
+pub struct UploadLimits {
+    pub max_file_bytes: u64,
+    pub body_timeout: Duration,
+    pub image: ImageLimits,
+    pub body_budget: Budget,
+    pub decode_budget: Budget,
+}
+
+impl UploadLimits {
+    pub fn new(web: &WebSettings, image: ImageLimits) -> Self {
+        Self {
+            max_file_bytes: web.max_upload_bytes,
+            body_timeout: web.body_timeout(),
+            image,
+            body_budget: Budget::new(web.upload_buffer_bytes),
+            decode_budget: Budget::new(web.decode_budget_bytes),
+        }
+    }
+}
+
+/// A `POST /` as it arrives: the headers the upload needs and the body, not yet read.
+pub struct UploadRequest<S> {
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub body: S,
+    pub wants_json: bool,
+}
+
+/// An upload's label, as the worker answered.
+struct Labelled {
+    image: String,
+    label: String,
+    probability: f32,
+    request_id: Uuid,
+    instance: String,
+}
+
+impl WebTier {
+    /// `POST /`: the label, or why there is none; counted by outcome.
+    pub async fn upload<S, B>(self: Arc<Self>, request: UploadRequest<S>) -> Response
+    where
+        S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
+        let start = Instant::now();
+        let wants_json = request.wants_json;
+        let labelled = self.label(request).await;
+        let took = start.elapsed();
+        let outcome = labelled.as_ref().map_or_else(UploadError::label, |_| "ok");
+        self.metrics.requests.with_label_values(&[outcome]).inc();
+        self.metrics
+            .latency
+            .with_label_values(&[outcome])
+            .observe(took.as_secs_f64());
+        match labelled {
+            Ok(labelled) => {
+                self.history.answered(Instant::now(), took);
+                if wants_json {
+                    let Labelled {
+                        image,
+                        label,
+                        probability,
+                        request_id,
+                        instance,
+                    } = labelled;
+                    reply::json(
+                        StatusCode::OK,
+                        &json!({ "image": image, "label": label, "probability": probability,
+                                 "request_id": request_id, "instance": instance }),
+                    )
+                } else {
+                    reply::text(StatusCode::OK, labelled.label)
+                }
+            }
+            Err(e) => refusal(e, wants_json),
+        }
+    }
+
+    async fn label<S, B>(&self, request: UploadRequest<S>) -> Result<Labelled, UploadError>
+    where
+        S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
+        if self.waiters.is_closed() {
+            return Err(UploadError::ShuttingDown);
+        }
+        let limits = &self.upload_limits;
+        let upload = body::read(request.content_type, request.content_length, request.body, limits).await?;
+        check::validate(upload.bytes.clone(), limits).await?;
+        let (request, waiting) = self.store_and_queue(upload).await?;
+        self.await_answer(request, waiting).await
+    }
+
+    /// Stores the upload in the input bucket and queues its request, waiting for its answer
+    /// before it is sent so that no answer can arrive unclaimed.
+    async fn store_and_queue(&self, upload: body::Upload) -> Result<(ClassifyRequest, Waiting), UploadError> {
+        let input = &self.settings.buckets.input;
+        let stored = match self.ports.store.put(input, &upload.key, upload.bytes).await {
+            Ok(stored) => stored,
+            Err(StoreError::Invalid(reason)) => return Err(UploadError::UnstorableName { reason }),
+            Err(StoreError::Unavailable(source)) => {
+                return Err(UploadError::Unavailable {
+                    what: "cannot store the upload",
+                    source,
+                })
+            }
+        };
+        drop(upload.reservation);
+        let request = ClassifyRequest {
+            version: VERSION,
+            request_id: Uuid::new_v4(),
+            key: upload.key.to_string(),
+            object_version: stored.version,
+            submitted_at_ms: now_ms(),
+            requeued: 0,
+            reply_to: Some(self.reply_to.clone()),
+        };
+        let waiting = self.waiters.register(request.request_id);
+        self.metrics.waiting_requests.set(self.waiters.len() as i64);
+        match self.ports.requests.send(&request.encode()).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                return Err(UploadError::Unavailable {
+                    what: "cannot queue the request",
+                    source: e.into(),
+                })
+            }
+            Err(e) => {
+                return Err(UploadError::QueueRefused {
+                    key: request.key,
+                    source: e.into(),
+                })
+            }
+        }
+        if let Some(scaler) = &self.scaler {
+            scaler.nudge.notify_one();
+        }
+        Ok((request, waiting))
+    }
+
+    async fn await_answer(&self, request: ClassifyRequest, mut waiting: Waiting) -> Result<Labelled, UploadError> {
+        let timeout = self.settings.web.response_timeout();
+        let answer = tokio::time::timeout(timeout, &mut waiting.answer).await;
+        let (image, _) = result_object(&request.key, "");
+        match answer {
+            Ok(Ok(Answer::Response(response))) => match response.outcome {
+                Outcome::Label { label, probability } => Ok(Labelled {
+                    image,
+                    label,
+                    probability,
+                    request_id: request.request_id,
+                    instance: response.instance,
+                }),
+                Outcome::Rejected { reason } => Err(UploadError::Rejected(reason)),
+                Outcome::DeadLettered { receives } => Err(UploadError::DeadLettered(receives)),
+            },
+            Ok(Ok(Answer::ShuttingDown)) => Err(UploadError::StoppedWaiting(image)),
+            Ok(Err(_)) | Err(_) => Err(UploadError::Timeout {
+                seconds: timeout.as_secs(),
+                image,
+            }),
+        }
+    }
+}
+
+/// An error's answer: its status and its one-line reason; `Retry-After` when coming back helps.
+fn refusal(e: UploadError, wants_json: bool) -> Response {
+    e.log();
+    let status = e.status();
+    let mut response = if wants_json {
+        reply::json(status, &json!({ "error": e.to_string() }))
+    } else {
+        reply::text(status, e.to_string())
+    };
+    if e.is_retryable() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
