@@ -52,11 +52,11 @@ def test_100_images_over_s3_and_sqs(tmp_path, datasets, aws_binaries):
             assert s3.get_object(Bucket="input-bucket", Key=f.name)["Body"].read() == f.read_bytes()
 
     # SDK calls per image: the web tier's from /metrics, the workers' from their exit log lines.
-    web = Counter({m[0]: int(m[1]) for m in re.findall(r'imgrec_aws_calls_total\{operation="(\w+)"\} (\d+)', metrics)})
+    web = Counter({m[0]: int(m[1]) for m in re.findall(r'imgrec_api_calls_total\{operation="(\w+)"\} (\d+)', metrics)})
     workers = Counter()
     for line in stack.logs().splitlines():
-        if "aws_calls=" in line:
-            workers.update(json.loads(line.split("aws_calls=", 1)[1].split(" ")[0].strip()))
+        if "api_calls=" in line:
+            workers.update(json.loads(line.split("api_calls=", 1)[1].split(" ")[0].strip()))
     per_image = {op: round(n / 100, 2) for op, n in sorted((web + workers).items())}
     print(f"\nweb tier calls: {dict(web)}\nworker calls: {dict(workers)}\nper image: {per_image}")
     assert web["PutObject"] == 100 and web["SendMessage"] == 100

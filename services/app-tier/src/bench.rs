@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use imgrec_classifier::decode::decode_rgb;
 use imgrec_classifier::Classifier;
-use imgrec_domain::config::Settings;
+use imgrec_runtime::settings::Settings;
 use ndarray::{Array3, Array4, Axis};
 
 #[derive(clap::Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use imgrec_classifier::{Classifier, ClassifyError};
-use imgrec_domain::config::Settings;
+use imgrec_runtime::settings::Settings;
 
 #[derive(clap::Args)]
 pub struct Args {

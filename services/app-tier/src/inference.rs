@@ -88,7 +88,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use std::path::Path;
 
-    use imgrec_domain::config::Settings;
+    use imgrec_runtime::settings::Settings;
 
     use super::*;
 

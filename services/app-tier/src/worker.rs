@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use imgrec_classifier::{ClassifyError, Prediction};
-use imgrec_domain::config::Settings;
 use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_domain::ports::{
-    ApiCalls, InstanceState, InstanceStatus, Kept, ObjectKey, Receipt, Received, StoreError, UploadOrder,
-};
-use imgrec_runtime::backend::{self, Ports};
+use imgrec_domain::ports::{InstanceState, InstanceStatus, Kept, ObjectKey, PortError, Receipt, Received, UploadOrder};
+use imgrec_runtime::backend::{self, Connection, Ports};
 use imgrec_runtime::consumer::Consumer;
+use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Spawned};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
@@ -72,8 +70,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Takes requests from the queue until a stop is asked, then finishes what it holds.
 pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyhow::Result<()> {
-    let api_calls = ApiCalls::default();
-    let status = backend::instance_status(&settings, &name, &api_calls).await?;
+    let connection = Connection::default();
+    let status = backend::instance_status(&settings, &name, &connection).await?;
     status.report(InstanceState::Pending, false).await?;
     let progress = Progress::new(settings.app_tier.stall_timeout());
     // Beats until the end of this function: stopping (the last batch answered) is progress too.
@@ -82,7 +80,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
         progress.clone(),
         settings.app_tier.heartbeat(),
     ));
-    let ports = Ports::connect_as(&settings, Some(&name), api_calls).await?;
+    let ports = Ports::connect_as(&settings, Some(&name), connection).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let inference = InferenceThread::start(inference, limits).await?;
     let worker = Arc::new(Worker {
@@ -99,7 +97,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
     worker.clone().work(&*status, shutdown).await;
     heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
-    let calls = worker.ports.calls.snapshot();
+    let calls = worker.ports.connection.calls.snapshot();
     info!(api_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
 }
@@ -445,7 +443,7 @@ impl Worker {
                             .put_newest(&self.settings.buckets.output, &key, Bytes::from(value), &order)
                             .await
                     }
-                    Err(e) => Err(StoreError::Invalid(format!("bad output key: {e}"))),
+                    Err(e) => Err(PortError::Refused(format!("bad output key: {e}"))),
                 };
                 match stored {
                     Ok(kept) => {
@@ -458,7 +456,7 @@ impl Worker {
                         }
                     }
                     // Retrying cannot store it: tell the client instead of cycling to the dead-letter queue.
-                    Err(StoreError::Invalid(reason)) => {
+                    Err(PortError::Refused(reason)) => {
                         warn!(%reason, key = %answer.request.key, "cannot store result");
                         Outcome::Rejected {
                             reason: "the result cannot be stored under this file name".into(),

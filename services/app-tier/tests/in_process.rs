@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use imgrec_classifier::Classifier;
-use imgrec_domain::config::Settings;
+use imgrec_runtime::settings::Settings;
 use reqwest::multipart::{Form, Part};
 
 fn workspace() -> PathBuf {

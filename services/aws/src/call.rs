@@ -10,7 +10,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use imgrec_domain::ports::{ApiCalls, FleetError, QueueError, StoreError};
+use imgrec_domain::ports::{ApiCalls, PortError};
 
 /// Error codes of answers that a later identical call may not get: throttling, and the services'
 /// own transient failures. (The SDK has already retried these `aws.max_attempts` times.)
@@ -141,17 +141,7 @@ impl fmt::Display for AwsError {
     }
 }
 
-impl From<AwsError> for QueueError {
-    fn from(e: AwsError) -> Self {
-        if e.transient {
-            Self::Transient(e.into())
-        } else {
-            Self::Permanent(e.into())
-        }
-    }
-}
-
-impl From<AwsError> for FleetError {
+impl From<AwsError> for PortError {
     fn from(e: AwsError) -> Self {
         if e.transient {
             Self::Transient(e.into())
@@ -162,7 +152,8 @@ impl From<AwsError> for FleetError {
 }
 
 /// S3's answers that no retry can change for this request; anything else (throttling, 5xx,
-/// network, a missing bucket or denied access, which an operator fixes) is `Unavailable`.
+/// network, a missing bucket or denied access, which an operator fixes) is worth retrying, as the
+/// store has always treated it: a request then reaches the dead-letter queue, not a wrong answer.
 const INVALID_REQUEST_CODES: [&str; 5] = [
     "InvalidArgument",
     "InvalidRequest",
@@ -171,11 +162,12 @@ const INVALID_REQUEST_CODES: [&str; 5] = [
     "InvalidObjectName",
 ];
 
-impl From<AwsError> for StoreError {
-    fn from(e: AwsError) -> Self {
-        match e.code.as_deref() {
-            Some(code) if INVALID_REQUEST_CODES.contains(&code) => Self::Invalid(e.to_string()),
-            _ => Self::Unavailable(e.into()),
+impl AwsError {
+    /// A failed S3 call as the `ObjectStore` port reports it.
+    pub fn into_store_error(self) -> PortError {
+        match self.code.as_deref() {
+            Some(code) if INVALID_REQUEST_CODES.contains(&code) => PortError::Refused(self.to_string()),
+            _ => PortError::Transient(self.into()),
         }
     }
 }
@@ -205,13 +197,25 @@ mod tests {
         assert!(!typed(403, "AccessDenied").transient);
         let e = typed(403, "AccessDenied").on("queue q");
         assert_eq!(e.to_string(), "SendMessage queue q: AccessDenied: m");
-        assert!(matches!(QueueError::from(e), QueueError::Permanent(_)));
+        assert!(matches!(PortError::from(e), PortError::Permanent(_)));
         assert!(matches!(
-            QueueError::from(typed(500, "InternalError")),
-            QueueError::Transient(_)
+            PortError::from(typed(500, "InternalError")),
+            PortError::Transient(_)
         ));
         let timeout: SdkError<SendMessageError, HttpResponse> = SdkError::timeout_error("slow");
         assert!(AwsError::new("SendMessage", &timeout).transient);
+    }
+
+    #[test]
+    fn the_store_refuses_what_s3_never_accepts_and_retries_the_rest() {
+        let typed = |status, code| AwsError::new("PutObject", &service_error(status, code));
+        assert!(matches!(
+            typed(400, "KeyTooLongError").into_store_error(),
+            PortError::Refused(_)
+        ));
+        for (status, code) in [(403, "AccessDenied"), (404, "NoSuchBucket"), (503, "SlowDown")] {
+            assert!(typed(status, code).into_store_error().is_transient(), "{code}");
+        }
     }
 
     #[test]

@@ -1,3 +1,7 @@
+//! The `Fleet` and `InstanceStatus` ports on an EC2 Auto Scaling group: the scaler sizes the
+//! group and names its instances with tags; an instance's readiness is the group's lifecycle
+//! state, and a busy one protects itself from scale-in.
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -11,7 +15,7 @@ use tracing::warn;
 use crate::Aws;
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
 use imgrec_domain::ports::{
-    Fleet, FleetError, FleetResult, Instance, InstanceState, InstanceStatus, LaunchFailure, Resize,
+    Fleet, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult, Resize,
 };
 
 /// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
@@ -48,7 +52,7 @@ struct Group {
 
 impl AsgFleet {
     /// A clear startup error when the group does not exist or access is denied.
-    pub async fn open(aws: &Aws, group: &str) -> FleetResult<Self> {
+    pub async fn open(aws: &Aws, group: &str) -> PortResult<Self> {
         let fleet = Self {
             aws: aws.clone(),
             autoscaling: aws_sdk_autoscaling::Client::new(&aws.sdk),
@@ -62,7 +66,7 @@ impl AsgFleet {
         Ok(fleet)
     }
 
-    async fn group(&self) -> FleetResult<Group> {
+    async fn group(&self) -> PortResult<Group> {
         let request = self
             .autoscaling
             .describe_auto_scaling_groups()
@@ -71,7 +75,7 @@ impl AsgFleet {
         let g = out
             .auto_scaling_groups()
             .first()
-            .ok_or_else(|| FleetError::Permanent(anyhow!("Auto Scaling group {:?} does not exist", self.group)))?;
+            .ok_or_else(|| PortError::Permanent(anyhow!("Auto Scaling group {:?} does not exist", self.group)))?;
         let members = g
             .instances()
             .iter()
@@ -91,7 +95,7 @@ impl AsgFleet {
         })
     }
 
-    async fn names(&self, ids: &[String]) -> FleetResult<HashMap<String, String>> {
+    async fn names(&self, ids: &[String]) -> PortResult<HashMap<String, String>> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -113,7 +117,7 @@ impl AsgFleet {
             .collect())
     }
 
-    async fn tag(&self, id: &str, name: &str) -> FleetResult<()> {
+    async fn tag(&self, id: &str, name: &str) -> PortResult<()> {
         let request = self
             .ec2
             .create_tags()
@@ -128,7 +132,7 @@ impl AsgFleet {
 
     /// The group's instances by name, newcomers named, plus the launches it has been asked for
     /// and not started yet (as pending, under the names chosen for them).
-    async fn list(&self, group: &Group) -> FleetResult<(Vec<Instance>, HashMap<String, String>)> {
+    async fn list(&self, group: &Group) -> PortResult<(Vec<Instance>, HashMap<String, String>)> {
         let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
         let mut names = self.names(&ids).await?;
         // Only the fleet that sizes the group (the acting scaler: `scale_to` sets its cap) names
@@ -191,7 +195,7 @@ impl AsgFleet {
         Ok((instances, names))
     }
 
-    async fn set_desired_capacity(&self, capacity: i32) -> FleetResult<()> {
+    async fn set_desired_capacity(&self, capacity: i32) -> PortResult<()> {
         let request = self
             .autoscaling
             .set_desired_capacity()
@@ -224,12 +228,12 @@ fn state(lifecycle: &LifecycleState) -> Option<InstanceState> {
 
 #[async_trait]
 impl Fleet for AsgFleet {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         let group = self.group().await?;
         Ok(self.list(&group).await?.0)
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize> {
         let group = self.group().await?;
         // The group's MaxSize bounds us even where the API would accept more (moto does).
         let max = max.min(group.max_size.max(0) as usize);
@@ -251,7 +255,7 @@ impl Fleet for AsgFleet {
         }
         for name in started {
             let id = names.iter().find(|(_, n)| *n == name).map(|(id, _)| id);
-            let id = id.ok_or_else(|| FleetError::Transient(anyhow!("{name} has no instance id yet")))?;
+            let id = id.ok_or_else(|| PortError::Transient(anyhow!("{name} has no instance id yet")))?;
             let request = self
                 .autoscaling
                 .terminate_instance_in_auto_scaling_group()
@@ -265,11 +269,11 @@ impl Fleet for AsgFleet {
         Ok(resize)
     }
 
-    async fn max_size(&self) -> FleetResult<Option<usize>> {
+    async fn max_size(&self) -> PortResult<Option<usize>> {
         Ok(Some(self.group().await?.max_size.max(0) as usize))
     }
 
-    async fn launch_failure(&self) -> FleetResult<Option<LaunchFailure>> {
+    async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
         let request = self
             .autoscaling
             .describe_scaling_activities()
@@ -323,7 +327,7 @@ impl AsgInstanceStatus {
 
 #[async_trait]
 impl InstanceStatus for AsgInstanceStatus {
-    async fn report(&self, state: InstanceState, busy: bool) -> FleetResult<()> {
+    async fn report(&self, state: InstanceState, busy: bool) -> PortResult<()> {
         // Readiness is the group's lifecycle state; only busyness is ours to report.
         let protect = busy && state == InstanceState::Running;
         let request = self

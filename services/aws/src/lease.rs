@@ -29,6 +29,7 @@ pub struct S3Lease {
     client: Client,
     bucket: String,
     key: String,
+    name: String,
     holder: String,
     /// The ETag of this holder's last successful put, for releasing it.
     held: Mutex<Option<String>>,
@@ -46,6 +47,7 @@ impl S3Lease {
             client: super::s3::client(&aws.sdk),
             bucket: bucket.to_owned(),
             key: format!("{PREFIX}{name}"),
+            name: name.to_owned(),
             holder: holder.to_owned(),
             held: Mutex::new(None),
         }
@@ -131,6 +133,10 @@ impl Lease for S3Lease {
         };
         self.write(&expired, Some(&etag)).await?;
         Ok(())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn holder(&self) -> &str {

@@ -23,14 +23,23 @@ pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;
 pub use sqs::{SqsQueue, SqsResponseQueues};
 
-use imgrec_domain::config::AwsSettings;
 use imgrec_domain::ports::ApiCalls;
+
+/// Where the SDK clients connect and how hard they retry.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoint {
+    /// Unset: the SDK's default chain.
+    pub region: Option<String>,
+    /// An AWS-compatible server instead of AWS (moto).
+    pub url: Option<String>,
+    pub max_attempts: u32,
+}
 
 /// Shared SDK configuration: region, optional endpoint, retries with exponential backoff and
 /// jitter on throttling and transient errors (the SDK's standard mode), bounded operation time.
-pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+pub async fn sdk_config(endpoint: &Endpoint) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+        .retry_config(RetryConfig::standard().with_max_attempts(endpoint.max_attempts.max(1)))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -38,18 +47,18 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
                 .operation_attempt_timeout(Duration::from_secs(30))
                 .build(),
         );
-    if let Some(region) = settings.region.as_deref().filter(|r| !r.is_empty()) {
+    if let Some(region) = endpoint.region.as_deref().filter(|r| !r.is_empty()) {
         loader = loader.region(Region::new(region.to_owned()));
     }
-    if let Some(endpoint) = settings.endpoint_url.as_deref().filter(|e| !e.is_empty()) {
-        loader = loader.endpoint_url(endpoint);
+    if let Some(url) = endpoint.url.as_deref().filter(|e| !e.is_empty()) {
+        loader = loader.endpoint_url(url);
     }
     loader.load().await
 }
 
 impl Aws {
-    /// The SDK configured from `settings`, counting calls into `calls`.
-    pub async fn connect(settings: &AwsSettings, calls: ApiCalls) -> Self {
-        Self::new(sdk_config(settings).await, calls)
+    /// The SDK configured for `endpoint`, counting calls into `calls`.
+    pub async fn connect(endpoint: &Endpoint, calls: ApiCalls) -> Self {
+        Self::new(sdk_config(endpoint).await, calls)
     }
 }

@@ -1,3 +1,6 @@
+//! The `MetricsSink` port on CloudWatch: the scaler's backlog and fleet size, each tick, for the
+//! dashboard and the alarms Terraform sets.
+
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 

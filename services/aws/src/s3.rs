@@ -1,3 +1,6 @@
+//! The `ObjectStore` port on S3: versioned puts, reads of one version, conditional writes that
+//! keep the newest upload's result.
+
 use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -6,7 +9,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use crate::Aws;
-use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, StoreResult, StoredObject, UploadOrder};
+use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, PortResult, StoredObject, UploadOrder};
 
 /// Buckets on S3. With versioning enabled on the bucket (Terraform does), `put` returns the
 /// version id, so a later upload of the same name cannot change what an earlier request reads.
@@ -85,7 +88,7 @@ const ORDER_METADATA: &str = "upload-order";
 
 #[async_trait]
 impl ObjectStore for S3ObjectStore {
-    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<StoredObject> {
         let request = self
             .client
             .put_object()
@@ -96,7 +99,7 @@ impl ObjectStore for S3ObjectStore {
             .aws
             .call("PutObject", request.send())
             .await
-            .map_err(|e| e.on(format_args!("{bucket}/{key}")))?;
+            .map_err(|e| e.on(format_args!("{bucket}/{key}")).into_store_error())?;
         // "null" is what S3 reports for a bucket without versioning.
         let version = out.version_id().filter(|v| *v != "null").map(str::to_owned);
         Ok(StoredObject { version })
@@ -105,7 +108,7 @@ impl ObjectStore for S3ObjectStore {
     /// Reads the stored object's order (user metadata `upload-order`) and ETag, then writes only
     /// if the object is still that one (If-Match, or If-None-Match when there is none): another
     /// writer between the two makes the put fail (412, or 409 for a race), and it starts over.
-    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> StoreResult<Kept> {
+    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept> {
         const ATTEMPTS: usize = 10;
         for _ in 0..ATTEMPTS {
             let head = self.client.head_object().bucket(bucket).key(key.as_str());
@@ -122,7 +125,7 @@ impl ObjectStore for S3ObjectStore {
                 }
                 // HeadObject has no body, so no error code: a 404 is all S3 says.
                 Err(e) if e.code_is("NotFound") || e.code_is("NoSuchKey") => None,
-                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into()),
+                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into_store_error()),
             };
             let put = self
                 .client
@@ -138,13 +141,13 @@ impl ObjectStore for S3ObjectStore {
             match self.aws.call("PutObject", put.send()).await {
                 Ok(_) => return Ok(Kept::Stored),
                 Err(e) if e.code_is("PreconditionFailed") || e.code_is("ConditionalRequestConflict") => continue,
-                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into()),
+                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into_store_error()),
             }
         }
         Err(anyhow::anyhow!("S3 PutObject {bucket}/{key}: {ATTEMPTS} conditional writes in a row lost a race").into())
     }
 
-    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>> {
         let request = self
             .client
             .get_object()
@@ -161,15 +164,18 @@ impl ObjectStore for S3ObjectStore {
                 Ok(Some(body.into_bytes()))
             }
             Err(e) if e.code_is("NoSuchKey") => Ok(None),
-            Err(e) => Err(e.on(format_args!("{bucket}/{key}")).into()),
+            Err(e) => Err(e.on(format_args!("{bucket}/{key}")).into_store_error()),
         }
     }
 
-    async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
+    async fn list(&self, bucket: &str) -> PortResult<Vec<ObjectKey>> {
         let mut pages = self.client.list_objects_v2().bucket(bucket).into_paginator().send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = self.aws.record("ListObjectsV2", page).map_err(|e| e.on(bucket))?;
+            let page = self
+                .aws
+                .record("ListObjectsV2", page)
+                .map_err(|e| e.on(bucket).into_store_error())?;
             for object in page.contents() {
                 if let Some(key) = object.key().and_then(|k| ObjectKey::new(k).ok()) {
                     keys.push(key);

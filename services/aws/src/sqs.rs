@@ -1,3 +1,6 @@
+//! The `WorkQueue` and `ResponseQueues` ports on SQS: long polling, batches of ten, and the
+//! redrive policy's dead-letter queue.
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use crate::Aws;
-use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};
+use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
 
 /// SQS's limit on messages per batch call.
 const BATCH: usize = 10;
@@ -27,14 +30,14 @@ pub struct SqsQueue {
     url: String,
 }
 
-fn utf8(body: &[u8]) -> QueueResult<&str> {
+fn utf8(body: &[u8]) -> PortResult<&str> {
     std::str::from_utf8(body)
         .context("SQS message bodies must be UTF-8")
-        .map_err(QueueError::Permanent)
+        .map_err(PortError::Permanent)
 }
 
 /// A batch call succeeds as a whole while single entries may fail: SQS says whose fault each is.
-fn batch_failures(operation: &str, failed: &[BatchResultErrorEntry], of: usize) -> QueueResult<()> {
+fn batch_failures(operation: &str, failed: &[BatchResultErrorEntry], of: usize) -> PortResult<()> {
     let Some(first) = failed.first() else {
         return Ok(());
     };
@@ -45,9 +48,9 @@ fn batch_failures(operation: &str, failed: &[BatchResultErrorEntry], of: usize) 
         first.message().unwrap_or("no message")
     );
     Err(if failed.iter().all(|f| f.sender_fault()) {
-        QueueError::Permanent(e)
+        PortError::Permanent(e)
     } else {
-        QueueError::Transient(e)
+        PortError::Transient(e)
     })
 }
 
@@ -58,7 +61,7 @@ fn whole_seconds(d: Duration) -> i32 {
 
 impl SqsQueue {
     /// Resolves the queue by name: a clear startup error when it does not exist or access is denied.
-    pub async fn open(aws: &Aws, name: &str) -> QueueResult<Self> {
+    pub async fn open(aws: &Aws, name: &str) -> PortResult<Self> {
         let client = Client::new(&aws.sdk);
         let url = aws
             .call("GetQueueUrl", client.get_queue_url().queue_name(name).send())
@@ -66,7 +69,7 @@ impl SqsQueue {
             .map_err(|e| e.on(format_args!("(SQS queue {name:?} is not usable)")))?
             .queue_url()
             .map(str::to_owned)
-            .ok_or_else(|| QueueError::Permanent(anyhow!("SQS returned no URL for queue {name:?}")))?;
+            .ok_or_else(|| PortError::Permanent(anyhow!("SQS returned no URL for queue {name:?}")))?;
         Ok(Self {
             aws: aws.clone(),
             client,
@@ -81,14 +84,14 @@ impl SqsQueue {
 
 #[async_trait]
 impl WorkQueue for SqsQueue {
-    async fn send(&self, body: &[u8]) -> QueueResult<()> {
+    async fn send(&self, body: &[u8]) -> PortResult<()> {
         let body = utf8(body)?;
         let request = self.client.send_message().queue_url(&self.url).message_body(body);
         self.aws.call("SendMessage", request.send()).await?;
         Ok(())
     }
 
-    async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> PortResult<()> {
         for chunk in bodies.chunks(BATCH) {
             let entries = chunk
                 .iter()
@@ -98,9 +101,9 @@ impl WorkQueue for SqsQueue {
                         .id(i.to_string())
                         .message_body(utf8(body)?)
                         .build()
-                        .map_err(|e| QueueError::Permanent(e.into()))
+                        .map_err(|e| PortError::Permanent(e.into()))
                 })
-                .collect::<QueueResult<Vec<_>>>()?;
+                .collect::<PortResult<Vec<_>>>()?;
             let request = self
                 .client
                 .send_message_batch()
@@ -112,7 +115,7 @@ impl WorkQueue for SqsQueue {
         Ok(())
     }
 
-    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>> {
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> PortResult<Vec<Received>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -130,7 +133,7 @@ impl WorkQueue for SqsQueue {
             .map(|m| {
                 let receipt = m
                     .receipt_handle()
-                    .ok_or_else(|| QueueError::Transient(anyhow!("SQS message without receipt handle")))?;
+                    .ok_or_else(|| PortError::Transient(anyhow!("SQS message without receipt handle")))?;
                 let receive_count = m
                     .attributes()
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
@@ -145,7 +148,7 @@ impl WorkQueue for SqsQueue {
             .collect()
     }
 
-    async fn delete(&self, receipt: &Receipt) -> QueueResult<()> {
+    async fn delete(&self, receipt: &Receipt) -> PortResult<()> {
         let request = self
             .client
             .delete_message()
@@ -155,7 +158,7 @@ impl WorkQueue for SqsQueue {
         Ok(())
     }
 
-    async fn delete_batch(&self, receipts: &[Receipt]) -> QueueResult<()> {
+    async fn delete_batch(&self, receipts: &[Receipt]) -> PortResult<()> {
         for chunk in receipts.chunks(BATCH) {
             let entries = chunk
                 .iter()
@@ -165,9 +168,9 @@ impl WorkQueue for SqsQueue {
                         .id(i.to_string())
                         .receipt_handle(&r.0)
                         .build()
-                        .map_err(|e| QueueError::Permanent(e.into()))
+                        .map_err(|e| PortError::Permanent(e.into()))
                 })
-                .collect::<QueueResult<Vec<_>>>()?;
+                .collect::<PortResult<Vec<_>>>()?;
             let request = self
                 .client
                 .delete_message_batch()
@@ -179,7 +182,7 @@ impl WorkQueue for SqsQueue {
         Ok(())
     }
 
-    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> QueueResult<()> {
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> PortResult<()> {
         let request = self
             .client
             .change_message_visibility()
@@ -190,7 +193,7 @@ impl WorkQueue for SqsQueue {
         Ok(())
     }
 
-    async fn depth(&self) -> QueueResult<QueueDepth> {
+    async fn depth(&self) -> PortResult<QueueDepth> {
         let request = self
             .client
             .get_queue_attributes()
@@ -228,7 +231,7 @@ impl SqsResponseQueues {
 
 #[async_trait]
 impl ResponseQueues for SqsResponseQueues {
-    async fn open(&self, name: &str) -> QueueResult<Arc<dyn WorkQueue>> {
+    async fn open(&self, name: &str) -> PortResult<Arc<dyn WorkQueue>> {
         let mut opened = self.opened.lock().await;
         if let Some(queue) = opened.get(name) {
             return Ok(queue.clone());

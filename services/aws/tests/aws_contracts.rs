@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use imgrec_aws::bootstrap::{self, Resources};
 use imgrec_aws::{AsgFleet, Aws, S3ObjectStore, SqsQueue};
-use imgrec_domain::ports::{ApiCalls, Fleet, FleetError, ObjectKey, ObjectStore, QueueError, WorkQueue};
+use imgrec_domain::ports::{ApiCalls, Fleet, ObjectKey, ObjectStore, PortError, WorkQueue};
 use imgrec_testkit::{self as contract, Delivery, Moto, QueuePair};
 
 fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Resources<'a> {
@@ -69,7 +69,7 @@ async fn sqs_queue_contracts() {
         .err()
         .expect("a missing queue is an error");
     assert!(missing.to_string().contains("no-such-queue"), "{missing}");
-    assert!(matches!(missing, QueueError::Permanent(_)), "{missing:?}");
+    assert!(matches!(missing, PortError::Permanent(_)), "{missing:?}");
     contract::queue_send_receive_delete(open("a").await).await;
     contract::queue_redelivery(open("b").await).await;
     contract::queue_concurrent_receivers(open("c").await, Delivery::AtLeastOnce).await;
@@ -110,7 +110,7 @@ async fn auto_scaling_fleet_contract() {
         .await
         .err()
         .expect("a missing group is an error");
-    assert!(matches!(missing, FleetError::Permanent(_)), "{missing:?}");
+    assert!(matches!(missing, PortError::Permanent(_)), "{missing:?}");
     let fleet = AsgFleet::open(&aws, "app-tier").await.unwrap();
     assert_eq!(fleet.max_size().await.unwrap(), Some(20));
     contract::fleet_contract(Arc::new(fleet), Duration::from_secs(20), false).await;

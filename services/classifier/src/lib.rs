@@ -6,6 +6,7 @@ pub mod manifest;
 pub mod preprocess;
 pub mod resize;
 pub mod runtime;
+mod settings;
 
 use std::path::Path;
 
@@ -15,9 +16,9 @@ use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::TensorRef;
 
 pub use decode::{ImageError, ImageLimits, RgbImage};
-pub use imgrec_domain::config::InferenceSettings;
 pub use manifest::Manifest;
 pub use preprocess::Preprocessor;
+pub use settings::InferenceSettings;
 
 /// The top-1 class of one image.
 #[derive(Debug, Clone, PartialEq)]

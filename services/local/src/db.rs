@@ -1,3 +1,6 @@
+//! The local stack's shared SQLite database: how every process opens it (WAL, busy timeout) and
+//! reads its clock.
+
 use std::path::Path;
 use std::time::Duration;
 

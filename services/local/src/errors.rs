@@ -3,7 +3,7 @@
 
 use std::io::ErrorKind;
 
-use imgrec_domain::ports::{FleetError, QueueError};
+use imgrec_domain::ports::PortError;
 use rusqlite::ErrorCode;
 
 /// `Some(true)` when a cause says the same call may succeed later (another process holds the
@@ -33,19 +33,19 @@ fn transient_cause(e: &anyhow::Error) -> Option<bool> {
 }
 
 /// A queue call whose cause does not tell is permanent: those are stale or malformed receipts.
-pub(crate) fn queue_error(e: anyhow::Error) -> QueueError {
+pub(crate) fn queue_error(e: anyhow::Error) -> PortError {
     match transient_cause(&e) {
-        Some(true) => QueueError::Transient(e),
-        _ => QueueError::Permanent(e),
+        Some(true) => PortError::Transient(e),
+        _ => PortError::Permanent(e),
     }
 }
 
 /// A fleet call whose cause does not tell is transient: those are races with another web tier's
 /// fleet over a name, which settle.
-pub(crate) fn fleet_error(e: anyhow::Error) -> FleetError {
+pub(crate) fn fleet_error(e: anyhow::Error) -> PortError {
     match transient_cause(&e) {
-        Some(false) => FleetError::Permanent(e),
-        _ => FleetError::Transient(e),
+        Some(false) => PortError::Permanent(e),
+        _ => PortError::Transient(e),
     }
 }
 

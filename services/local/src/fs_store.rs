@@ -1,3 +1,6 @@
+//! The `ObjectStore` port on folders: `<data_dir>/s3/<bucket>/<key>`, written atomically, with
+//! every version kept readable by its id for a while as the AWS buckets do.
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +11,7 @@ use bytes::Bytes;
 
 use super::file_names::{key_of, relative_path, LONG_DIR};
 use super::group_commit::GroupCommit;
-use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, StoreError, StoreResult, StoredObject, UploadOrder};
+use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder};
 
 /// Buckets as folders: `<root>/s3/<bucket>/<file name of key>`, where an ordinary key is its own
 /// file name (`test_0`) and any other maps to a safe one (see `file_names`). Writes are atomic
@@ -23,23 +26,23 @@ pub struct FsObjectStore {
     dir_syncs: GroupCommit<PathBuf, String>,
 }
 
-fn check_bucket(bucket: &str) -> StoreResult<()> {
+fn check_bucket(bucket: &str) -> PortResult<()> {
     let ok = (3..=63).contains(&bucket.len())
         && bucket
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !bucket.starts_with('.');
     if !ok {
-        return Err(StoreError::Invalid(format!("invalid bucket name {bucket:?}")));
+        return Err(PortError::Refused(format!("invalid bucket name {bucket:?}")));
     }
     Ok(())
 }
 
-fn check_version(version: &str) -> StoreResult<()> {
+fn check_version(version: &str) -> PortResult<()> {
     let ok =
         !version.is_empty() && version.len() <= 64 && version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !ok {
-        return Err(StoreError::Invalid(format!("invalid object version {version:?}")));
+        return Err(PortError::Refused(format!("invalid object version {version:?}")));
     }
     Ok(())
 }
@@ -75,7 +78,7 @@ impl FsObjectStore {
     }
 
     /// Writes the object and returns its version and the folders whose syncs make it durable.
-    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> StoreResult<(String, Vec<PathBuf>)> {
+    fn put_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> PortResult<(String, Vec<PathBuf>)> {
         check_bucket(bucket)?;
         let target = self.bucket_dir(bucket).join(relative_path(key));
         let versions = self.root.join("versions").join(bucket);
@@ -114,7 +117,7 @@ impl FsObjectStore {
         key: &ObjectKey,
         bytes: &[u8],
         order: &UploadOrder,
-    ) -> StoreResult<(Kept, Vec<PathBuf>)> {
+    ) -> PortResult<(Kept, Vec<PathBuf>)> {
         check_bucket(bucket)?;
         let locks = self.root.join("locks").join(bucket);
         std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
@@ -156,7 +159,7 @@ impl FsObjectStore {
         Ok((Kept::Stored, to_sync))
     }
 
-    fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
+    fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>> {
         check_bucket(bucket)?;
         let path = match version {
             Some(v) => {
@@ -174,7 +177,7 @@ impl FsObjectStore {
         }
     }
 
-    fn list_blocking(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
+    fn list_blocking(&self, bucket: &str) -> PortResult<Vec<ObjectKey>> {
         check_bucket(bucket)?;
         let base = self.bucket_dir(bucket);
         let mut keys = Vec::new();
@@ -278,13 +281,13 @@ fn remove_files_older_than(dir: &Path, age: std::time::Duration) -> anyhow::Resu
     Ok(removed)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PortResult<T> + Send + 'static) -> PortResult<T> {
     tokio::task::spawn_blocking(f).await.context("storage task failed")?
 }
 
 #[async_trait]
 impl ObjectStore for FsObjectStore {
-    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject> {
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<StoredObject> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
         let (version, dirs) = blocking(move || this.put_blocking(&bucket, &key, &bytes)).await?;
         match self.dir_syncs.submit(dirs, sync_dirs).await {
@@ -295,7 +298,7 @@ impl ObjectStore for FsObjectStore {
         Ok(StoredObject { version: Some(version) })
     }
 
-    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> StoreResult<Kept> {
+    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept> {
         let (this, bucket, key, order) = (self.clone(), bucket.to_owned(), key.clone(), order.clone());
         let (kept, dirs) = blocking(move || this.put_newest_blocking(&bucket, &key, &bytes, &order)).await?;
         if !dirs.is_empty() {
@@ -308,12 +311,12 @@ impl ObjectStore for FsObjectStore {
         Ok(kept)
     }
 
-    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>> {
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>> {
         let (this, bucket, key, version) = (self.clone(), bucket.to_owned(), key.clone(), version.map(str::to_owned));
         blocking(move || this.get_blocking(&bucket, &key, version.as_deref())).await
     }
 
-    async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>> {
+    async fn list(&self, bucket: &str) -> PortResult<Vec<ObjectKey>> {
         let (this, bucket) = (self.clone(), bucket.to_owned());
         blocking(move || this.list_blocking(&bucket)).await
     }

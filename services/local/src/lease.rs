@@ -124,14 +124,12 @@ impl Lease for SqliteLease {
         self.blocking(release).await
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn holder(&self) -> &str {
         &self.holder
-    }
-}
-
-impl SqliteLease {
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

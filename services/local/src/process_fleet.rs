@@ -1,3 +1,6 @@
+//! The `Fleet` and `InstanceStatus` ports on this machine's processes: each app-tier instance is
+//! an `app-tier run` child, recorded with its heartbeats in the shared database.
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -14,7 +17,7 @@ use crate::db::monotonic_ms;
 use crate::errors::fleet_error;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::fleet::{instance_number, plan};
-use imgrec_domain::ports::{Fleet, FleetResult, Instance, InstanceState, InstanceStatus, Resize};
+use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, PortResult, Resize};
 
 /// How long a worker asked to stop (SIGTERM) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -146,7 +149,7 @@ impl ProcessFleet {
     }
 
     /// Runs `f` on the blocking pool.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Processes) -> T + Send + 'static) -> FleetResult<T> {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Processes) -> T + Send + 'static) -> PortResult<T> {
         let processes = self.processes.clone();
         tokio::task::spawn_blocking(move || f(&processes))
             .await
@@ -397,11 +400,11 @@ fn kill_pid(pid: u32, signal: libc::c_int) {
 
 #[async_trait]
 impl Fleet for ProcessFleet {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         self.blocking(Processes::instances).await?
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize> {
         let resize = plan(desired, max, &self.instances().await?);
         for name in &resize.launch {
             self.launch(name).await.map_err(fleet_error)?;
@@ -415,7 +418,7 @@ impl Fleet for ProcessFleet {
         Ok(resize)
     }
 
-    async fn shutdown(&self) -> FleetResult<()> {
+    async fn shutdown(&self) -> PortResult<()> {
         // A worker finishes its batch in well under a second; a stopped or stuck one is killed.
         let deadline = Instant::now() + STOP_GRACE;
         self.processes.stop_all();
@@ -427,7 +430,7 @@ impl Fleet for ProcessFleet {
 }
 
 impl Processes {
-    fn instances(&self) -> FleetResult<Vec<Instance>> {
+    fn instances(&self) -> PortResult<Vec<Instance>> {
         let rows = self.rows().map_err(fleet_error)?;
         let mut gone = Vec::new();
         let mut instances = Vec::new();
@@ -507,7 +510,7 @@ impl Processes {
         workers.len()
     }
 
-    fn forget_own(&self) -> FleetResult<()> {
+    fn forget_own(&self) -> PortResult<()> {
         let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute("DELETE FROM instances WHERE owner = ?1", params![self.owner])
             .map_err(|e| fleet_error(e.into()))?;
@@ -561,7 +564,7 @@ impl SqliteInstanceStatus {
 
 #[async_trait]
 impl InstanceStatus for SqliteInstanceStatus {
-    async fn report(&self, state: InstanceState, busy: bool) -> FleetResult<()> {
+    async fn report(&self, state: InstanceState, busy: bool) -> PortResult<()> {
         let state = match state {
             InstanceState::Pending => "pending",
             InstanceState::Running => "running",
@@ -578,7 +581,7 @@ impl InstanceStatus for SqliteInstanceStatus {
         .map_err(fleet_error)
     }
 
-    async fn heartbeat(&self) -> FleetResult<()> {
+    async fn heartbeat(&self) -> PortResult<()> {
         self.write(|conn, name| {
             conn.execute(
                 "UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1",

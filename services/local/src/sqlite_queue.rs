@@ -1,3 +1,6 @@
+//! The `WorkQueue` and `ResponseQueues` ports on the local stack's SQLite database, with SQS's
+//! semantics: visibility timeouts, receipts, receive counts and a dead-letter queue.
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -10,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::errors::queue_error;
 use crate::group_commit::GroupCommit;
 use imgrec_domain::messages::now_ms;
-use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, ResponseQueues, WorkQueue};
+use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};
 
 /// Where messages go after too many receives (SQS's redrive policy).
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ impl SqliteQueue {
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &Self) -> anyhow::Result<T> + Send + 'static,
-    ) -> QueueResult<T> {
+    ) -> PortResult<T> {
         let this = self.clone();
         let done = tokio::task::spawn_blocking(move || {
             let mut conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,17 +190,17 @@ fn insert(conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<(
     Ok(())
 }
 
-fn message_id(receipt: &Receipt) -> QueueResult<i64> {
+fn message_id(receipt: &Receipt) -> PortResult<i64> {
     receipt
         .0
         .split_once('.')
         .and_then(|(id, _)| id.parse().ok())
-        .ok_or_else(|| QueueError::Permanent(anyhow::anyhow!("malformed receipt {:?}", receipt.0)))
+        .ok_or_else(|| PortError::Permanent(anyhow::anyhow!("malformed receipt {:?}", receipt.0)))
 }
 
 #[async_trait]
 impl WorkQueue for SqliteQueue {
-    async fn send(&self, body: &[u8]) -> QueueResult<()> {
+    async fn send(&self, body: &[u8]) -> PortResult<()> {
         let queue = self.clone();
         let commit = move |rows: Vec<(String, Vec<u8>)>| {
             let queue = queue.clone();
@@ -208,21 +211,21 @@ impl WorkQueue for SqliteQueue {
         };
         match self.outbox.submit([(self.name.clone(), body.to_vec())], commit).await {
             Some(Ok(())) => Ok(()),
-            Some(Err((true, e))) => Err(QueueError::Transient(anyhow::anyhow!(e))),
-            Some(Err((false, e))) => Err(QueueError::Permanent(anyhow::anyhow!(e))),
-            None => Err(QueueError::Transient(anyhow::anyhow!(
+            Some(Err((true, e))) => Err(PortError::Transient(anyhow::anyhow!(e))),
+            Some(Err((false, e))) => Err(PortError::Permanent(anyhow::anyhow!(e))),
+            None => Err(PortError::Transient(anyhow::anyhow!(
                 "queue {}: the commit was abandoned (shutting down)",
                 self.name
             ))),
         }
     }
 
-    async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> PortResult<()> {
         let rows: Vec<(String, Vec<u8>)> = bodies.iter().map(|b| (self.name.clone(), b.clone())).collect();
         self.blocking(move |conn, _| insert(conn, &rows)).await
     }
 
-    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>> {
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> PortResult<Vec<Received>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -242,15 +245,15 @@ impl WorkQueue for SqliteQueue {
         }
     }
 
-    async fn delete(&self, receipt: &Receipt) -> QueueResult<()> {
+    async fn delete(&self, receipt: &Receipt) -> PortResult<()> {
         self.delete_batch(std::slice::from_ref(receipt)).await
     }
 
-    async fn delete_batch(&self, receipts: &[Receipt]) -> QueueResult<()> {
+    async fn delete_batch(&self, receipts: &[Receipt]) -> PortResult<()> {
         let receipts: Vec<(i64, String)> = receipts
             .iter()
             .map(|r| Ok((message_id(r)?, r.0.clone())))
-            .collect::<QueueResult<_>>()?;
+            .collect::<PortResult<_>>()?;
         self.blocking(move |conn, q| {
             sync_commits(conn, false)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -268,7 +271,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> QueueResult<()> {
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> PortResult<()> {
         let id = message_id(receipt)?;
         let receipt = receipt.0.clone();
         self.blocking(move |conn, q| {
@@ -289,7 +292,7 @@ impl WorkQueue for SqliteQueue {
         .await
     }
 
-    async fn depth(&self) -> QueueResult<QueueDepth> {
+    async fn depth(&self) -> PortResult<QueueDepth> {
         self.blocking(|conn, q| {
             let now = now_ms() as i64;
             let (visible, in_flight): (Option<i64>, Option<i64>) = conn
@@ -326,7 +329,7 @@ impl SqliteResponseQueues {
 
 #[async_trait]
 impl ResponseQueues for SqliteResponseQueues {
-    async fn open(&self, name: &str) -> QueueResult<Arc<dyn WorkQueue>> {
+    async fn open(&self, name: &str) -> PortResult<Arc<dyn WorkQueue>> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         Ok(opened
             .entry(name.to_owned())

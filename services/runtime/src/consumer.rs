@@ -111,7 +111,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use async_trait::async_trait;
-    use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt};
+    use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt};
 
     use super::*;
 
@@ -123,13 +123,13 @@ mod tests {
 
     #[async_trait]
     impl WorkQueue for Flaky {
-        async fn send(&self, _: &[u8]) -> QueueResult<()> {
+        async fn send(&self, _: &[u8]) -> PortResult<()> {
             Ok(())
         }
-        async fn receive(&self, _: usize, _: Duration, _: Duration) -> QueueResult<Vec<Received>> {
+        async fn receive(&self, _: usize, _: Duration, _: Duration) -> PortResult<Vec<Received>> {
             let n = self.receives.fetch_add(1, Ordering::SeqCst);
             if n < self.failures {
-                return Err(QueueError::Transient(anyhow::anyhow!("throttled")));
+                return Err(PortError::Transient(anyhow::anyhow!("throttled")));
             }
             Ok(vec![Received {
                 receipt: Receipt(n.to_string()),
@@ -137,13 +137,13 @@ mod tests {
                 receive_count: 1,
             }])
         }
-        async fn delete(&self, _: &Receipt) -> QueueResult<()> {
+        async fn delete(&self, _: &Receipt) -> PortResult<()> {
             Ok(())
         }
-        async fn change_visibility(&self, _: &Receipt, _: Duration) -> QueueResult<()> {
+        async fn change_visibility(&self, _: &Receipt, _: Duration) -> PortResult<()> {
             Ok(())
         }
-        async fn depth(&self) -> QueueResult<QueueDepth> {
+        async fn depth(&self) -> PortResult<QueueDepth> {
             Ok(QueueDepth::default())
         }
     }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
 use imgrec_domain::ports::{
-    Fleet, FleetError, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, QueueDepth, QueueError, QueueResult,
+    Fleet, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, PortError, PortResult, QueueDepth,
     ScalingMetrics, WorkQueue,
 };
 use imgrec_runtime::shutdown::Shutdown;
@@ -73,7 +73,7 @@ impl Clock for SystemClock {
 /// What the scaler observes of the request queue: waiting and in-flight requests.
 #[async_trait]
 pub trait Backlog: Send + Sync + 'static {
-    async fn backlog(&self) -> QueueResult<QueueDepth>;
+    async fn backlog(&self) -> PortResult<QueueDepth>;
 }
 
 /// The request queue itself.
@@ -81,7 +81,7 @@ struct QueueBacklog(Arc<dyn WorkQueue>);
 
 #[async_trait]
 impl Backlog for QueueBacklog {
-    async fn backlog(&self) -> QueueResult<QueueDepth> {
+    async fn backlog(&self) -> PortResult<QueueDepth> {
         self.0.depth().await
     }
 }
@@ -272,7 +272,7 @@ impl Scaler {
 
     /// Takes or renews the lease (every third of its time to live); on losing it to another, stops
     /// the instances this host started.
-    async fn hold_lease(&mut self) -> anyhow::Result<Role> {
+    async fn hold_lease(&mut self) -> PortResult<Role> {
         if self.watch_only {
             return Ok(Role::Watching);
         }
@@ -327,7 +327,7 @@ impl Scaler {
     }
 
     /// One observe-decide-apply round (only observe while another scaler acts).
-    pub async fn tick(&mut self) -> anyhow::Result<Decision> {
+    pub async fn tick(&mut self) -> PortResult<Decision> {
         let mut role = self.hold_lease().await?;
         let backlog = self.requests.backlog().await?;
         let instances = self.fleet.instances().await?;
@@ -363,7 +363,11 @@ impl Scaler {
             // Cut off where the lease may have run out: another scaler may act from then on.
             Some(until) => tokio::time::timeout_at(until, self.fleet.scale_to(decision.desired, max))
                 .await
-                .map_err(|_| anyhow::anyhow!("stopped scaling where the scaler lease may have expired"))??,
+                .map_err(|_| {
+                    PortError::Transient(anyhow::anyhow!(
+                        "stopped scaling where the scaler lease may have expired"
+                    ))
+                })??,
             None => self.fleet.scale_to(decision.desired, max).await?,
         };
         let actions = (resize.launch.len() + resize.retire.len()) as u64;
@@ -455,7 +459,7 @@ impl Scaler {
             last_tick = Some(Instant::now());
             if let Err(e) = self.tick().await {
                 let message = format!("{e:#}");
-                let permanent = is_permanent(&e);
+                let permanent = !e.is_transient();
                 self.status.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(message.clone());
                 if !permanent {
                     warn!(error = %message, "scaler tick failed; retrying next tick");
@@ -484,12 +488,4 @@ impl Scaler {
         }
         Ok(stopped?)
     }
-}
-
-/// Whether a tick failed on a port error that says retrying cannot help.
-fn is_permanent(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(cause.downcast_ref::<FleetError>(), Some(FleetError::Permanent(_)))
-            || matches!(cause.downcast_ref::<QueueError>(), Some(QueueError::Permanent(_)))
-    })
 }

@@ -8,8 +8,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use imgrec_domain::config::Settings;
 use imgrec_runtime::backend::{self, Ports};
+use imgrec_runtime::settings::Settings;
 use scaler::Scaler;
 
 mod simulate;
@@ -73,8 +73,13 @@ async fn bootstrap(_: &Settings, _: usize, _: usize) -> anyhow::Result<()> {
 #[cfg(feature = "aws")]
 async fn bootstrap(settings: &Settings, group_max_size: usize, web_tiers: usize) -> anyhow::Result<()> {
     use imgrec_aws::bootstrap;
-    use imgrec_domain::config::Backend;
-    let aws = imgrec_aws::Aws::connect(&settings.aws, Default::default()).await;
+    use imgrec_runtime::settings::Backend;
+    let endpoint = imgrec_aws::Endpoint {
+        region: settings.aws.region.clone(),
+        url: settings.aws.endpoint_url.clone(),
+        max_attempts: settings.aws.max_attempts,
+    };
+    let aws = imgrec_aws::Aws::connect(&endpoint, Default::default()).await;
     let (b, q) = (&settings.buckets, &settings.queues);
     let response_queues: Vec<String> = (1..=web_tiers)
         .map(|k| q.response_queue_of(&format!("web-instance{k}")))
@@ -126,11 +131,11 @@ async fn run() -> anyhow::Result<()> {
     let ports = Ports::connect(&settings).await?;
     // Beside a web tier (on AWS every web instance runs one), named after it.
     let host = settings.web.name.clone().unwrap_or_else(|| "scaler".into());
-    let lease = backend::scaler_lease(&settings, &backend::unique_holder(&host), &ports.calls).await?;
+    let lease = backend::scaler_lease(&settings, &backend::unique_holder(&host), &ports.connection).await?;
     // Locally its workers are alive while this process holds a lease: the scaler's own.
-    let fleet = backend::fleet(&settings, lease.holder(), &ports.calls).await?;
+    let fleet = backend::fleet(&settings, lease.holder(), &ports.connection).await?;
     let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
-        .with_metrics(backend::metrics_sink(&settings, &ports.calls).await)
+        .with_metrics(backend::metrics_sink(&settings, &ports.connection).await)
         .with_lease(lease, settings.scaler.lease_ttl());
     scaler
         .run(

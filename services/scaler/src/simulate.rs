@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use imgrec_domain::config::Settings;
 use imgrec_domain::policy::PolicyKind;
+use imgrec_runtime::settings::Settings;
 use scaler::sim::{self, Profile, Row};
 
 pub fn run(settings: &Settings, out: &Path, seed: u64) -> anyhow::Result<bool> {

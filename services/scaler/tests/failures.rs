@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{Fleet, FleetError, FleetResult, Instance, LaunchFailure, QueueDepth, QueueResult, Resize};
+use imgrec_domain::ports::{Fleet, Instance, LaunchFailure, PortError, PortResult, QueueDepth, Resize};
 use scaler::{Backlog, Scaler, PERMANENT_FAILURE_PAUSE};
 
 struct Waiting;
 
 #[async_trait]
 impl Backlog for Waiting {
-    async fn backlog(&self) -> QueueResult<QueueDepth> {
+    async fn backlog(&self) -> PortResult<QueueDepth> {
         Ok(QueueDepth {
             visible: 5,
             in_flight: 0,
@@ -32,17 +32,17 @@ struct Failing {
 
 #[async_trait]
 impl Fleet for Failing {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         self.tries.fetch_add(1, Ordering::SeqCst);
         let e = anyhow::anyhow!("Auto Scaling group \"app-tier\" does not exist");
         Err(if self.transient {
-            FleetError::Transient(e)
+            PortError::Transient(e)
         } else {
-            FleetError::Permanent(e)
+            PortError::Permanent(e)
         })
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
         unreachable!("never listed")
     }
 }
@@ -68,16 +68,16 @@ const QUOTA: &str = "You have requested more vCPU capacity than your current vCP
 
 #[async_trait]
 impl Fleet for OverQuota {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         Ok(Vec::new())
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
         self.resizes.fetch_add(1, Ordering::SeqCst);
         Ok(Resize::default())
     }
 
-    async fn launch_failure(&self) -> FleetResult<Option<LaunchFailure>> {
+    async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
         Ok(Some(LaunchFailure {
             at_s: 1_796_284_000,
             reason: QUOTA.into(),
@@ -156,12 +156,12 @@ struct Counting {
 
 #[async_trait]
 impl Fleet for Counting {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         self.ticks.fetch_add(1, Ordering::SeqCst);
         Ok(Vec::new())
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
         Ok(Resize::default())
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{Fleet, FleetResult, Instance, Lease, QueueDepth, QueueResult, Resize};
+use imgrec_domain::ports::{Fleet, Instance, Lease, PortResult, QueueDepth, Resize};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scaler::{Backlog, Scaler};
@@ -88,6 +88,10 @@ impl Lease for SlowLease {
         Ok(())
     }
 
+    fn name(&self) -> &str {
+        "scaler"
+    }
+
     fn holder(&self) -> &str {
         &self.me
     }
@@ -113,11 +117,11 @@ struct CheckedFleet {
 
 #[async_trait]
 impl Fleet for CheckedFleet {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         Ok(Vec::new())
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
         let took = Duration::from_millis(self.rng.lock().unwrap().random_range(0..1_500));
         let started = Instant::now();
         self.check(started, "starting");
@@ -152,7 +156,7 @@ struct Waiting;
 
 #[async_trait]
 impl Backlog for Waiting {
-    async fn backlog(&self) -> QueueResult<QueueDepth> {
+    async fn backlog(&self) -> PortResult<QueueDepth> {
         Ok(QueueDepth {
             visible: 50,
             in_flight: 0,

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use imgrec_domain::config::Settings;
 use imgrec_domain::policy::PolicyKind;
+use imgrec_runtime::settings::Settings;
 use scaler::sim::{self, Profile, Row, INSTANCE_CAP};
 
 const SEED: u64 = 7;

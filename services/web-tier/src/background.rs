@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use imgrec_domain::config::Settings;
 use imgrec_runtime::backend::{self, Ports, WebTierName};
+use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Stopper};
 use scaler::Scaler;
 use tokio::task::JoinHandle;
@@ -30,17 +30,17 @@ pub async fn hosted_scaler(
     }
     // Owned by this process, not its name: a name can pass to another web tier while this one is
     // paused, its workers do not.
-    let fleet = backend::fleet(settings, &web_tier.holder, &ports.calls).await?;
+    let fleet = backend::fleet(settings, &web_tier.holder, &ports.connection).await?;
     let scaler = Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet);
     if !web.run_scaler {
         return Ok(Some(scaler.watching()));
     }
     Ok(Some(
         scaler
-            .with_metrics(backend::metrics_sink(settings, &ports.calls).await)
+            .with_metrics(backend::metrics_sink(settings, &ports.connection).await)
             .with_completions(completed.clone())
             .with_lease(
-                backend::scaler_lease(settings, &web_tier.holder, &ports.calls).await?,
+                backend::scaler_lease(settings, &web_tier.holder, &ports.connection).await?,
                 settings.scaler.lease_ttl(),
             ),
     ))

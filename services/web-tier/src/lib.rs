@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use imgrec_domain::config::Settings;
 use imgrec_runtime::backend::{self, Ports};
+use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Spawned};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

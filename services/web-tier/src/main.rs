@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use imgrec_domain::config::Settings;
+use imgrec_runtime::settings::Settings;
 
 fn main() -> ExitCode {
     imgrec_runtime::logging::init();

@@ -68,10 +68,10 @@ impl Metrics {
         let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
         let calls = calls.snapshot();
         if !calls.is_empty() {
-            text.push_str("# HELP imgrec_aws_calls_total AWS SDK calls of this process, by operation\n");
-            text.push_str("# TYPE imgrec_aws_calls_total counter\n");
+            text.push_str("# HELP imgrec_api_calls_total Cloud API calls of this process's adapters, by operation\n");
+            text.push_str("# TYPE imgrec_api_calls_total counter\n");
             for (operation, n) in calls {
-                text.push_str(&format!("imgrec_aws_calls_total{{operation=\"{operation}\"}} {n}\n"));
+                text.push_str(&format!("imgrec_api_calls_total{{operation=\"{operation}\"}} {n}\n"));
             }
         }
         text

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use imgrec_domain::config::Settings;
 use imgrec_runtime::backend::Ports;
+use imgrec_runtime::settings::Settings;
 use scaler::ScalerHandle;
 use tokio::sync::watch;
 

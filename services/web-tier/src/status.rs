@@ -115,7 +115,7 @@ impl WebTier {
             }
         }
         reply::with_header(
-            m.render(&self.ports.calls),
+            m.render(&self.ports.connection.calls),
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use imgrec_domain::config::Settings;
-use imgrec_domain::ports::{QueueDepth, QueueError, QueueResult, Receipt, Received, WorkQueue};
+use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt, Received, WorkQueue};
 use imgrec_runtime::backend::Ports;
+use imgrec_runtime::settings::Settings;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
 
@@ -181,32 +181,32 @@ struct Refusing {
 }
 
 impl Refusing {
-    fn error(&self) -> QueueError {
+    fn error(&self) -> PortError {
         let e = anyhow::anyhow!("SendMessage: the queue refuses");
         if self.transient {
-            QueueError::Transient(e)
+            PortError::Transient(e)
         } else {
-            QueueError::Permanent(e)
+            PortError::Permanent(e)
         }
     }
 }
 
 #[async_trait::async_trait]
 impl WorkQueue for Refusing {
-    async fn send(&self, _: &[u8]) -> QueueResult<()> {
+    async fn send(&self, _: &[u8]) -> PortResult<()> {
         Err(self.error())
     }
-    async fn receive(&self, _: usize, _: Duration, wait: Duration) -> QueueResult<Vec<Received>> {
+    async fn receive(&self, _: usize, _: Duration, wait: Duration) -> PortResult<Vec<Received>> {
         tokio::time::sleep(wait).await;
         Err(self.error())
     }
-    async fn delete(&self, _: &Receipt) -> QueueResult<()> {
+    async fn delete(&self, _: &Receipt) -> PortResult<()> {
         Err(self.error())
     }
-    async fn change_visibility(&self, _: &Receipt, _: Duration) -> QueueResult<()> {
+    async fn change_visibility(&self, _: &Receipt, _: Duration) -> PortResult<()> {
         Err(self.error())
     }
-    async fn depth(&self) -> QueueResult<QueueDepth> {
+    async fn depth(&self) -> PortResult<QueueDepth> {
         Err(self.error())
     }
 }

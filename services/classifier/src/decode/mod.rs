@@ -4,7 +4,7 @@
 mod jpeg;
 mod png;
 
-pub use imgrec_domain::config::ImageLimits;
+pub use crate::settings::ImageLimits;
 pub use jpeg::MAX_SCANS;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved `RGBRGB...`.

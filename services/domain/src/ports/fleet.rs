@@ -1,7 +1,12 @@
+//! `Fleet`: the app-tier instances the scaler sizes, how a resize is planned, and how an
+//! instance reports its state (`InstanceStatus`).
+
 use std::collections::HashSet;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+
+use super::error::PortResult;
 
 /// App-tier instances are `app-instance1`, `app-instance2`, ...
 pub const INSTANCE_PREFIX: &str = "app-instance";
@@ -108,48 +113,28 @@ pub fn instance_number(name: &str) -> (u64, String) {
     (k, name.to_owned())
 }
 
-/// Why a fleet call failed, told apart by what the scaler does about it.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    /// Throttled, timed out, database busy, a launch that may work next time: retry next tick.
-    #[error("{0:#}")]
-    Transient(anyhow::Error),
-    /// The group or the worker program is missing, access is denied, the setup is wrong:
-    /// retrying fails again until an operator acts.
-    #[error("{0:#}")]
-    Permanent(anyhow::Error),
-}
-
-impl FleetError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
-    }
-}
-
-pub type FleetResult<T> = Result<T, FleetError>;
-
 /// The app-tier instances: OS processes locally, an Auto Scaling group on AWS. The fleet names its
 /// instances; the scaler only says how many.
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
     /// Every instance not yet gone, crashed ones already noticed and dropped.
-    async fn instances(&self) -> FleetResult<Vec<Instance>>;
+    async fn instances(&self) -> PortResult<Vec<Instance>>;
     /// Moves toward `desired` serving instances in one step (`plan`): launches what is missing at
     /// once, as far as `max` instances alive in any state allows, and asks the surplus to finish
     /// what it holds and stop. Returns what it did.
-    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize>;
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize>;
     /// The most instances this fleet can hold, if it has its own bound (an Auto Scaling group's
     /// MaxSize); the scaler never asks for more.
-    async fn max_size(&self) -> FleetResult<Option<usize>> {
+    async fn max_size(&self) -> PortResult<Option<usize>> {
         Ok(None)
     }
     /// The latest launch that failed in the last `LAUNCH_FAILURE_WINDOW`, if any. Fleets whose
     /// launches fail in the call itself (local processes) report through `scale_to` instead.
-    async fn launch_failure(&self) -> FleetResult<Option<LaunchFailure>> {
+    async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
         Ok(None)
     }
     /// Stops every instance (on shutdown of the stack).
-    async fn shutdown(&self) -> FleetResult<()> {
+    async fn shutdown(&self) -> PortResult<()> {
         Ok(())
     }
 }
@@ -158,11 +143,11 @@ pub trait Fleet: Send + Sync + 'static {
 /// and that it is alive and making progress.
 #[async_trait]
 pub trait InstanceStatus: Send + Sync + 'static {
-    async fn report(&self, state: InstanceState, busy: bool) -> FleetResult<()>;
+    async fn report(&self, state: InstanceState, busy: bool) -> PortResult<()>;
     /// Called every `app_tier.heartbeat_ms` while the worker makes progress; a fleet that watches
     /// heartbeats replaces an instance that misses them. (On EC2 the systemd watchdog does, so
     /// there is nothing to send to the group.)
-    async fn heartbeat(&self) -> FleetResult<()> {
+    async fn heartbeat(&self) -> PortResult<()> {
         Ok(())
     }
 }

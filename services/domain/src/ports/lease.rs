@@ -1,3 +1,6 @@
+//! `Lease`: one holder at a time, until it stops renewing; the scaler's and the local web tiers'
+//! names.
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +13,8 @@ pub trait Lease: Send + Sync + 'static {
     async fn hold(&self, ttl: Duration) -> anyhow::Result<bool>;
     /// Gives it up at once (on shutdown), so another holder need not wait for it to expire.
     async fn release(&self) -> anyhow::Result<()>;
+    /// What is leased (`scaler`, `web-instance2`).
+    fn name(&self) -> &str;
     /// Who this side is, for logs and `/status`.
     fn holder(&self) -> &str;
 }

@@ -1,3 +1,6 @@
+//! `MetricsSink`: where the scaler publishes its metrics; `ApiCalls`: the cloud API calls a
+//! process's adapters make.
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

@@ -1,4 +1,8 @@
+//! `ObjectStore`: the input and output buckets, and `ObjectKey`, the keys every backend stores.
+
 use async_trait::async_trait;
+
+use super::error::PortResult;
 use bytes::Bytes;
 
 /// A validated object key: S3's keys (1 to 1,024 bytes of UTF-8) less those its REST API cannot
@@ -97,34 +101,15 @@ pub enum Kept {
     Superseded,
 }
 
-/// Why a store call failed: the request itself (retrying cannot help: a bad bucket name or version,
-/// an object too large), or the store (an outage, a full disk, throttling: retry later).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Unavailable(#[from] anyhow::Error),
-}
-
-impl StoreError {
-    /// Worth retrying: the same call may succeed later.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
 /// Buckets of objects: folders locally, S3 on AWS.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
-    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> StoreResult<StoredObject>;
+    async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<StoredObject>;
     /// Writes `bytes` as `key` unless the object there was written for a later upload, atomically
     /// against concurrent writers of the key (a conditional write, or a lock).
-    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> StoreResult<Kept>;
+    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept>;
     /// The object's bytes (that version's when given); `None` if there is no such object.
-    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> StoreResult<Option<Bytes>>;
+    async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>>;
     /// Every key in the bucket, sorted.
-    async fn list(&self, bucket: &str) -> StoreResult<Vec<ObjectKey>>;
+    async fn list(&self, bucket: &str) -> PortResult<Vec<ObjectKey>>;
 }

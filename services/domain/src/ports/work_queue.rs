@@ -1,7 +1,11 @@
+//! `WorkQueue`: the request, response and dead-letter queues, with SQS's semantics.
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use super::error::PortResult;
 
 /// Proof of one receipt of a message, needed to delete it or change its visibility. A message
 /// received again gets a new receipt; the old one no longer deletes it.
@@ -30,34 +34,13 @@ impl QueueDepth {
     }
 }
 
-/// Why a queue call failed, told apart by what a caller does about it.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// Throttled, timed out, connection lost, database busy: the same call may succeed later, so
-    /// retry with backoff.
-    #[error("{0:#}")]
-    Transient(anyhow::Error),
-    /// The queue is missing or forbidden, the setup is wrong, or the queue will never accept this
-    /// call (a malformed receipt, a body it cannot carry): retrying fails again, so say so loudly.
-    #[error("{0:#}")]
-    Permanent(anyhow::Error),
-}
-
-impl QueueError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
-    }
-}
-
-pub type QueueResult<T> = Result<T, QueueError>;
-
 /// A queue with SQS semantics: at-least-once delivery, visibility timeouts, receive counts and a
 /// dead-letter queue after too many receives.
 #[async_trait]
 pub trait WorkQueue: Send + Sync + 'static {
-    async fn send(&self, body: &[u8]) -> QueueResult<()>;
+    async fn send(&self, body: &[u8]) -> PortResult<()>;
     /// Sends several messages in as few round trips as the backend allows.
-    async fn send_batch(&self, bodies: &[Vec<u8>]) -> QueueResult<()> {
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> PortResult<()> {
         for body in bodies {
             self.send(body).await?;
         }
@@ -65,23 +48,23 @@ pub trait WorkQueue: Send + Sync + 'static {
     }
     /// Up to `max` messages, each hidden from other receivers for `visibility`; waits up to `wait`
     /// for the first one (long polling).
-    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> QueueResult<Vec<Received>>;
-    async fn delete(&self, receipt: &Receipt) -> QueueResult<()>;
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> PortResult<Vec<Received>>;
+    async fn delete(&self, receipt: &Receipt) -> PortResult<()>;
     /// Deletes several received messages in as few round trips as the backend allows.
-    async fn delete_batch(&self, receipts: &[Receipt]) -> QueueResult<()> {
+    async fn delete_batch(&self, receipts: &[Receipt]) -> PortResult<()> {
         for receipt in receipts {
             self.delete(receipt).await?;
         }
         Ok(())
     }
     /// Hides a received message for `visibility` from now (zero makes it visible at once).
-    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> QueueResult<()>;
-    async fn depth(&self) -> QueueResult<QueueDepth>;
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> PortResult<()>;
+    async fn depth(&self) -> PortResult<QueueDepth>;
 }
 
 /// The web tiers' response queues by name: each web tier has its own, and each request names the
 /// one its answer goes to. Opened once per name and kept.
 #[async_trait]
 pub trait ResponseQueues: Send + Sync + 'static {
-    async fn open(&self, name: &str) -> QueueResult<Arc<dyn WorkQueue>>;
+    async fn open(&self, name: &str) -> PortResult<Arc<dyn WorkQueue>>;
 }

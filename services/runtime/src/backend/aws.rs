@@ -3,46 +3,71 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-
-use super::Ports;
 use imgrec_aws::{
-    AsgFleet, AsgInstanceStatus, Aws, CloudWatchSink, S3Lease, S3ObjectStore, SqsQueue, SqsResponseQueues,
+    AsgFleet, AsgInstanceStatus, Aws, CloudWatchSink, Endpoint, S3Lease, S3ObjectStore, SqsQueue, SqsResponseQueues,
 };
-use imgrec_domain::config::Settings;
-use imgrec_domain::ports::{ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink};
+use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink};
+use tokio::sync::OnceCell;
 
-pub async fn ports(settings: &Settings, calls: ApiCalls) -> anyhow::Result<Ports> {
+use super::{Connection, Ports};
+use crate::settings::Settings;
+
+/// The SDK configuration a process's adapters share, loaded by the first one that needs it.
+#[derive(Default)]
+pub struct Clients(OnceCell<Aws>);
+
+async fn aws<'a>(settings: &Settings, connection: &'a Connection) -> &'a Aws {
+    connection
+        .clients
+        .0
+        .get_or_init(|| async {
+            let s = &settings.aws;
+            let endpoint = Endpoint {
+                region: s.region.clone(),
+                url: s.endpoint_url.clone(),
+                max_attempts: s.max_attempts,
+            };
+            Aws::connect(&endpoint, connection.calls.clone()).await
+        })
+        .await
+}
+
+pub async fn ports(settings: &Settings, connection: Connection) -> anyhow::Result<Ports> {
     let q = &settings.queues;
-    let aws = Aws::connect(&settings.aws, calls.clone()).await;
-    let store = S3ObjectStore::new(&aws);
+    let aws = aws(settings, &connection).await;
+    let store = S3ObjectStore::new(aws);
     store.check_bucket(&settings.buckets.input).await?;
     store.check_versioning(&settings.buckets.input).await?;
     store.check_bucket(&settings.buckets.output).await?;
     Ok(Ports {
         store: Arc::new(store),
-        requests: Arc::new(SqsQueue::open(&aws, &q.requests).await?),
-        response_queues: Arc::new(SqsResponseQueues::new(&aws)),
-        dead_letter: Arc::new(SqsQueue::open(&aws, &q.dead_letter).await?),
-        calls,
+        requests: Arc::new(SqsQueue::open(aws, &q.requests).await?),
+        response_queues: Arc::new(SqsResponseQueues::new(aws)),
+        dead_letter: Arc::new(SqsQueue::open(aws, &q.dead_letter).await?),
+        connection: connection.clone(),
     })
 }
 
-pub async fn fleet(settings: &Settings, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Fleet>> {
-    let aws = Aws::connect(&settings.aws, calls.clone()).await;
-    Ok(Arc::new(AsgFleet::open(&aws, &settings.aws.auto_scaling_group).await?))
+pub async fn fleet(settings: &Settings, connection: &Connection) -> anyhow::Result<Arc<dyn Fleet>> {
+    let aws = aws(settings, connection).await;
+    Ok(Arc::new(AsgFleet::open(aws, &settings.aws.auto_scaling_group).await?))
 }
 
-pub async fn scaler_lease(settings: &Settings, holder: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
-    let aws = Aws::connect(&settings.aws, calls.clone()).await;
+pub async fn scaler_lease(
+    settings: &Settings,
+    holder: &str,
+    connection: &Connection,
+) -> anyhow::Result<Arc<dyn Lease>> {
+    let aws = aws(settings, connection).await;
     let bucket = settings.aws.lease_bucket.as_ref().unwrap_or(&settings.buckets.input);
-    Ok(Arc::new(S3Lease::new(&aws, bucket, "scaler", holder)))
+    Ok(Arc::new(S3Lease::new(aws, bucket, "scaler", holder)))
 }
 
-pub async fn metrics_sink(settings: &Settings, calls: &ApiCalls) -> Option<Arc<dyn MetricsSink>> {
-    let aws = Aws::connect(&settings.aws, calls.clone()).await;
+pub async fn metrics_sink(settings: &Settings, connection: &Connection) -> Option<Arc<dyn MetricsSink>> {
+    let aws = aws(settings, connection).await;
     let s = &settings.aws;
     Some(Arc::new(CloudWatchSink::new(
-        &aws,
+        aws,
         &s.metric_namespace,
         &s.auto_scaling_group,
     )))
@@ -52,15 +77,15 @@ pub async fn metrics_sink(settings: &Settings, calls: &ApiCalls) -> Option<Arc<d
 pub async fn instance_status(
     settings: &Settings,
     _name: &str,
-    calls: &ApiCalls,
+    connection: &Connection,
 ) -> anyhow::Result<Arc<dyn InstanceStatus>> {
-    let aws = Aws::connect(&settings.aws, calls.clone()).await;
+    let aws = aws(settings, connection).await;
     let id = match settings.aws.instance_id.clone().filter(|i| !i.is_empty()) {
         Some(id) => id,
         None => own_instance_id().await?,
     };
     Ok(Arc::new(AsgInstanceStatus::new(
-        &aws,
+        aws,
         &settings.aws.auto_scaling_group,
         &id,
     )))

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::settings::{Backend, Settings};
 use crate::shutdown::Shutdown;
-use imgrec_domain::config::{Backend, Settings};
 use imgrec_local::FsObjectStore;
 use tokio::task::JoinHandle;
 
@@ -26,7 +26,7 @@ impl Retention {
         let secs = Duration::from_secs;
         Self {
             data_dir: settings.data_dir.clone(),
-            db: settings.queue_db(),
+            db: settings.local_db(),
             versions: secs(settings.buckets.version_retention_s),
             queues: vec![
                 (q.requests.clone(), false, secs(q.request_retention_s)),

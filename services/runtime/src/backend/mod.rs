@@ -12,8 +12,8 @@ pub use web_tier_name::{web_tier_name, WebTierName};
 
 use std::sync::Arc;
 
+use crate::settings::{Backend, Settings};
 use anyhow::Context;
-use imgrec_domain::config::{Backend, Settings};
 use imgrec_domain::ports::{
     ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue,
 };
@@ -21,6 +21,17 @@ use imgrec_local::{
     DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
     WorkerCommand,
 };
+
+/// One process's link to its backend, shared by every adapter the wiring builds for it: the
+/// cloud API calls they make, by operation (none locally), and on AWS one SDK configuration,
+/// loaded once. Clones share both.
+#[derive(Clone, Default)]
+pub struct Connection {
+    pub calls: ApiCalls,
+    // Read by the AWS wiring only; a build without it has none to share.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
+    clients: Arc<aws::Clients>,
+}
 
 /// The storage and queues every tier uses.
 #[derive(Clone)]
@@ -30,25 +41,27 @@ pub struct Ports {
     /// Each web tier's own response queue, by name.
     pub response_queues: Arc<dyn ResponseQueues>,
     pub dead_letter: Arc<dyn WorkQueue>,
-    /// The cloud API calls this process makes, by operation (none locally): pass it to the other
-    /// wiring functions so that one count covers all of them.
-    pub calls: ApiCalls,
+    /// Pass it to the other wiring functions, so that they share its clients and its counts.
+    pub connection: Connection,
 }
 
 impl Ports {
     /// Connects, checking that every bucket and queue exists and is accessible.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        Self::connect_as(settings, None, ApiCalls::default()).await
+        Self::connect_as(settings, None, Connection::default()).await
     }
 
     /// Connects as the app-tier instance `instance`: locally, requests it receives are marked as
     /// held by it, so that the fleet gives them back at once if it dies.
-    /// (`calls` counts its cloud API calls, with those of the other adapters it is given to.)
-    pub async fn connect_as(settings: &Settings, instance: Option<&str>, calls: ApiCalls) -> anyhow::Result<Self> {
+    pub async fn connect_as(
+        settings: &Settings,
+        instance: Option<&str>,
+        connection: Connection,
+    ) -> anyhow::Result<Self> {
         let q = &settings.queues;
         match settings.backend {
             Backend::Local => {
-                let db = settings.queue_db();
+                let db = settings.local_db();
                 let dead_letter = DeadLetter {
                     queue: q.dead_letter.clone(),
                     max_receives: q.max_receives,
@@ -64,10 +77,10 @@ impl Ports {
                     }),
                     response_queues: Arc::new(SqliteResponseQueues::open(&db)?),
                     dead_letter: Arc::new(SqliteQueue::open(&db, &q.dead_letter, None)?),
-                    calls,
+                    connection,
                 })
             }
-            Backend::Aws => aws::ports(settings, calls).await,
+            Backend::Aws => aws::ports(settings, connection).await,
         }
     }
 }
@@ -87,7 +100,7 @@ fn local_store(settings: &Settings) -> FsObjectStore {
 /// The app-tier fleet a scaler drives. Locally its workers are processes of the `app-tier`
 /// binary beside this one (`app-tier run --name app-instanceK`), owned by `owner` (the process
 /// holding the scaler lease).
-pub async fn fleet(settings: &Settings, owner: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Fleet>> {
+pub async fn fleet(settings: &Settings, owner: &str, connection: &Connection) -> anyhow::Result<Arc<dyn Fleet>> {
     match settings.fleet.backend {
         Backend::Local => {
             let program = std::env::current_exe()
@@ -100,11 +113,11 @@ pub async fn fleet(settings: &Settings, owner: &str, calls: &ApiCalls) -> anyhow
                 memory_max_bytes: Some(settings.fleet.worker_memory_max_bytes).filter(|&b| b > 0),
             };
             Ok(Arc::new(
-                ProcessFleet::new(command, &settings.queue_db(), settings.fleet.heartbeat_timeout(), owner)?
+                ProcessFleet::new(command, &settings.local_db(), settings.fleet.heartbeat_timeout(), owner)?
                     .fenced_by(SCALER_LEASE),
             ))
         }
-        Backend::Aws => aws::fleet(settings, calls).await,
+        Backend::Aws => aws::fleet(settings, connection).await,
     }
 }
 
@@ -115,11 +128,20 @@ const WORKER_PROGRAM: &str = "app-tier";
 /// the shared database, which also fences the local fleet's launches); on AWS every web instance
 /// runs one (a lease object in the input bucket, written with conditional puts). `holder` names
 /// this process uniquely; locally it must be the fleet's owner.
-pub async fn scaler_lease(settings: &Settings, holder: &str, calls: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
+pub async fn scaler_lease(
+    settings: &Settings,
+    holder: &str,
+    connection: &Connection,
+) -> anyhow::Result<Arc<dyn Lease>> {
     match settings.fleet.backend {
-        Backend::Local => Ok(Arc::new(SqliteLease::open(&settings.queue_db(), SCALER_LEASE, holder)?)),
-        Backend::Aws => aws::scaler_lease(settings, holder, calls).await,
+        Backend::Local => lease(settings, SCALER_LEASE, holder),
+        Backend::Aws => aws::scaler_lease(settings, holder, connection).await,
     }
+}
+
+/// A lease among the local stack's processes, in their shared database.
+fn lease(settings: &Settings, name: &str, holder: &str) -> anyhow::Result<Arc<dyn Lease>> {
+    Ok(Arc::new(SqliteLease::open(&settings.local_db(), name, holder)?))
 }
 
 /// The local lease the acting scaler holds.
@@ -136,10 +158,10 @@ pub fn unique_holder(host: &str) -> String {
 
 /// Where the scaler publishes its metrics: CloudWatch for an AWS fleet; none locally (`/status`
 /// and `/metrics` show them).
-pub async fn metrics_sink(settings: &Settings, calls: &ApiCalls) -> Option<Arc<dyn MetricsSink>> {
+pub async fn metrics_sink(settings: &Settings, connection: &Connection) -> Option<Arc<dyn MetricsSink>> {
     match settings.fleet.backend {
         Backend::Local => None,
-        Backend::Aws => aws::metrics_sink(settings, calls).await,
+        Backend::Aws => aws::metrics_sink(settings, connection).await,
     }
 }
 
@@ -147,10 +169,10 @@ pub async fn metrics_sink(settings: &Settings, calls: &ApiCalls) -> Option<Arc<d
 pub async fn instance_status(
     settings: &Settings,
     name: &str,
-    calls: &ApiCalls,
+    connection: &Connection,
 ) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     match settings.fleet.backend {
-        Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.queue_db(), name)?)),
-        Backend::Aws => aws::instance_status(settings, name, calls).await,
+        Backend::Local => Ok(Arc::new(SqliteInstanceStatus::open(&settings.local_db(), name)?)),
+        Backend::Aws => aws::instance_status(settings, name, connection).await,
     }
 }

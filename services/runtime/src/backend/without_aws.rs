@@ -2,9 +2,14 @@
 
 use std::sync::Arc;
 
-use super::Ports;
-use imgrec_domain::config::Settings;
-use imgrec_domain::ports::{ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink};
+use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink};
+
+use super::{Connection, Ports};
+use crate::settings::Settings;
+
+/// No clients to share.
+#[derive(Default)]
+pub struct Clients;
 
 fn unsupported() -> anyhow::Error {
     anyhow::anyhow!(
@@ -13,22 +18,22 @@ fn unsupported() -> anyhow::Error {
     )
 }
 
-pub async fn ports(_: &Settings, _: ApiCalls) -> anyhow::Result<Ports> {
+pub async fn ports(_: &Settings, _: Connection) -> anyhow::Result<Ports> {
     Err(unsupported())
 }
 
-pub async fn fleet(_: &Settings, _: &ApiCalls) -> anyhow::Result<Arc<dyn Fleet>> {
+pub async fn fleet(_: &Settings, _: &Connection) -> anyhow::Result<Arc<dyn Fleet>> {
     Err(unsupported())
 }
 
-pub async fn scaler_lease(_: &Settings, _: &str, _: &ApiCalls) -> anyhow::Result<Arc<dyn Lease>> {
+pub async fn scaler_lease(_: &Settings, _: &str, _: &Connection) -> anyhow::Result<Arc<dyn Lease>> {
     Err(unsupported())
 }
 
-pub async fn metrics_sink(_: &Settings, _: &ApiCalls) -> Option<Arc<dyn MetricsSink>> {
+pub async fn metrics_sink(_: &Settings, _: &Connection) -> Option<Arc<dyn MetricsSink>> {
     None
 }
 
-pub async fn instance_status(_: &Settings, _: &str, _: &ApiCalls) -> anyhow::Result<Arc<dyn InstanceStatus>> {
+pub async fn instance_status(_: &Settings, _: &str, _: &Connection) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     Err(unsupported())
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use imgrec_domain::ports::fleet::plan;
-use imgrec_domain::ports::{Fleet, FleetResult, Instance, QueueDepth, QueueResult, Resize};
+use imgrec_domain::ports::{Fleet, Instance, PortResult, QueueDepth, Resize};
 
 use crate::{Backlog, Clock, Completions};
 
@@ -33,7 +33,7 @@ impl World {
 
 #[async_trait]
 impl Backlog for World {
-    async fn backlog(&self) -> QueueResult<QueueDepth> {
+    async fn backlog(&self) -> PortResult<QueueDepth> {
         Ok(self.lock().backlog)
     }
 }
@@ -52,11 +52,11 @@ impl Completions for World {
 
 #[async_trait]
 impl Fleet for World {
-    async fn instances(&self) -> FleetResult<Vec<Instance>> {
+    async fn instances(&self) -> PortResult<Vec<Instance>> {
         Ok(self.lock().instances.clone())
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> FleetResult<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize> {
         let mut observed = self.lock();
         let resize = plan(desired, max, &observed.instances);
         observed.resize = resize.clone();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use imgrec_classifier::ImageLimits;
 use imgrec_domain::config::WebSettings;
 use imgrec_domain::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
-use imgrec_domain::ports::StoreError;
+use imgrec_domain::ports::PortError;
 use serde_json::json;
 use uuid::Uuid;
 use warp::http::{header, StatusCode};
@@ -125,8 +125,8 @@ impl WebTier {
         let input = &self.settings.buckets.input;
         let stored = match self.ports.store.put(input, &upload.key, upload.bytes).await {
             Ok(stored) => stored,
-            Err(StoreError::Invalid(reason)) => return Err(UploadError::UnstorableName { reason }),
-            Err(StoreError::Unavailable(source)) => {
+            Err(PortError::Refused(reason)) => return Err(UploadError::UnstorableName { reason }),
+            Err(PortError::Transient(source) | PortError::Permanent(source)) => {
                 return Err(UploadError::Unavailable {
                     what: "cannot store the upload",
                     source,
