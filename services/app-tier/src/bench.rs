@@ -50,17 +50,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| std::fs::read(p).with_context(|| p.display().to_string()))
         .collect::<Result<_, _>>()?;
 
+    let (tensors, mut report) = time_preparation(&classifier, &images, args.rounds)?;
+    report.extend(time_inference(&mut classifier, &tensors, args.rounds)?);
+    println!("{}", serde_json::Value::Object(report));
+    Ok(ExitCode::SUCCESS)
+}
+
+type Report = serde_json::Map<String, serde_json::Value>;
+
+/// Median milliseconds to prepare an image, and (the same work again, stage by stage, to show where
+/// the time goes) to decode and to resize it; with the tensors prepared.
+fn time_preparation(
+    classifier: &Classifier,
+    images: &[Vec<u8>],
+    rounds: usize,
+) -> anyhow::Result<(Vec<Array3<f32>>, Report)> {
     let (mut prepare_ms, mut decode_ms, mut resize_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut tensors: Vec<Array3<f32>> = Vec::new();
     let pre = classifier.preprocessor();
-    for _ in 0..args.rounds {
+    for _ in 0..rounds {
         tensors.clear();
-        for bytes in &images {
+        for bytes in images {
             let start = Instant::now();
             let tensor = pre.prepare(bytes)?;
             prepare_ms.push(start.elapsed().as_secs_f64() * 1e3);
             tensors.push(tensor);
-            // The same work again, stage by stage, to show where the time goes.
             let start = Instant::now();
             let image = decode_rgb(bytes, pre.limits())?;
             decode_ms.push(start.elapsed().as_secs_f64() * 1e3);
@@ -69,36 +83,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             resize_ms.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let mut report = Report::new();
+    report.insert("prepare_ms".into(), median(prepare_ms).into());
+    report.insert("decode_ms".into(), median(decode_ms).into());
+    report.insert("resize_ms".into(), median(resize_ms).into());
+    Ok((tensors, report))
+}
 
-    let mut per_batch = serde_json::Map::new();
+/// Median inference milliseconds per image in batches of 1, 2, 4 and 8.
+fn time_inference(classifier: &mut Classifier, tensors: &[Array3<f32>], rounds: usize) -> anyhow::Result<Report> {
+    let mut report = Report::new();
+    let Some(shape) = tensors.first().map(|t| t.dim()) else {
+        return Ok(report);
+    };
     for batch_size in [1usize, 2, 4, 8] {
         // Same-shape tensors only: batches need one shape (native-size models vary per image).
-        let shape = tensors[0].dim();
         let same: Vec<&Array3<f32>> = tensors.iter().filter(|t| t.dim() == shape).collect();
         let batches: Vec<Array4<f32>> = same
             .chunks_exact(batch_size)
             .map(|chunk| ndarray::stack(Axis(0), &chunk.iter().map(|t| t.view()).collect::<Vec<_>>()))
             .collect::<Result<_, _>>()?;
         let Some(first) = batches.first() else {
-            per_batch.insert(format!("infer_batch{batch_size}_ms"), serde_json::Value::Null);
+            report.insert(format!("infer_batch{batch_size}_ms"), serde_json::Value::Null);
             continue;
         };
         classifier.logits(first.view())?; // warm-up
         let mut per_image_ms = Vec::new();
-        for _ in 0..args.rounds {
+        for _ in 0..rounds {
             for batch in &batches {
                 let start = Instant::now();
                 classifier.logits(batch.view())?;
                 per_image_ms.push(start.elapsed().as_secs_f64() * 1e3 / batch_size as f64);
             }
         }
-        per_batch.insert(format!("infer_batch{batch_size}_ms"), median(per_image_ms).into());
+        report.insert(format!("infer_batch{batch_size}_ms"), median(per_image_ms).into());
     }
-    let mut report = serde_json::Map::new();
-    report.insert("prepare_ms".into(), median(prepare_ms).into());
-    report.insert("decode_ms".into(), median(decode_ms).into());
-    report.insert("resize_ms".into(), median(resize_ms).into());
-    report.extend(per_batch);
-    println!("{}", serde_json::Value::Object(report));
-    Ok(ExitCode::SUCCESS)
+    Ok(report)
 }

@@ -15,7 +15,7 @@ use futures::future::join_all;
 use imgrec_classifier::{ClassifyError, Prediction};
 use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
 use imgrec_domain::ports::{InstanceState, InstanceStatus, Kept, ObjectKey, PortError, Receipt, Received, UploadOrder};
-use imgrec_runtime::backend::{self, Connection, Ports};
+use imgrec_runtime::backend::{self, Adapters, Connection};
 use imgrec_runtime::consumer::Consumer;
 use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Spawned};
@@ -60,7 +60,7 @@ pub fn spawn(settings: Settings, name: &str) -> Spawned {
 struct Worker {
     name: String,
     settings: Settings,
-    ports: Ports,
+    adapters: Adapters,
     inference: InferenceThread,
     progress: Progress,
 }
@@ -80,13 +80,13 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
         progress.clone(),
         settings.app_tier.heartbeat(),
     ));
-    let ports = Ports::connect_as(&settings, Some(&name), connection).await?;
+    let adapters = Adapters::connect_as(&settings, Some(&name), connection).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let inference = InferenceThread::start(inference, limits).await?;
     let worker = Arc::new(Worker {
         name,
         settings,
-        ports,
+        adapters,
         inference,
         progress: progress.clone(),
     });
@@ -97,7 +97,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
     worker.clone().work(&*status, shutdown).await;
     heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
-    let calls = worker.ports.connection.calls.snapshot();
+    let calls = worker.adapters.connection.calls.snapshot();
     info!(api_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
     Ok(())
 }
@@ -107,7 +107,7 @@ impl Worker {
     async fn work(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown) {
         let app = &self.settings.app_tier;
         let mut requests = Consumer::new(
-            self.ports.requests.clone(),
+            self.adapters.requests.clone(),
             "requests",
             app.batch_size,
             self.settings.queues.visibility_timeout(),
@@ -293,7 +293,7 @@ impl Worker {
                 .encode()
             })
             .collect();
-        if let Err(e) = self.ports.requests.send_batch(&bodies).await {
+        if let Err(e) = self.adapters.requests.send_batch(&bodies).await {
             warn!(error = %format!("{e:#}"), "cannot requeue suspect requests; classifying them alone");
             return jobs;
         }
@@ -354,7 +354,7 @@ impl Worker {
     /// Makes requests visible again at once, to be retried (alone: see `poison`).
     async fn release(&self, receipts: impl Iterator<Item = &Receipt>) {
         for r in receipts {
-            if let Err(e) = self.ports.requests.change_visibility(r, Duration::ZERO).await {
+            if let Err(e) = self.adapters.requests.change_visibility(r, Duration::ZERO).await {
                 warn!(error = %format!("{e:#}"), "cannot release a request; it returns after its visibility timeout");
             }
         }
@@ -364,7 +364,7 @@ impl Worker {
         let key = ObjectKey::new(request.key.as_str()).map_err(|e| Fetch::Missing(format!("bad input key: {e}")))?;
         let input = &self.settings.buckets.input;
         match self
-            .ports
+            .adapters
             .store
             .get(input, &key, request.object_version.as_deref())
             .await
@@ -396,7 +396,7 @@ impl Worker {
         }
         let sent = join_all(by_queue.into_iter().map(|(queue, ready)| async move {
             let bodies: Vec<Vec<u8>> = ready.iter().map(|(_, r)| r.encode()).collect();
-            let sent = match self.ports.response_queues.open(&queue).await {
+            let sent = match self.adapters.response_queues.open(&queue).await {
                 Ok(q) => q.send_batch(&bodies).await,
                 Err(e) => Err(e),
             };
@@ -438,7 +438,7 @@ impl Worker {
                 let order = UploadOrder::new(answer.request.submitted_at_ms, &answer.request.request_id.to_string());
                 let stored = match ObjectKey::new(key) {
                     Ok(key) => {
-                        self.ports
+                        self.adapters
                             .store
                             .put_newest(&self.settings.buckets.output, &key, Bytes::from(value), &order)
                             .await
@@ -482,7 +482,7 @@ impl Worker {
     }
 
     async fn delete(&self, receipts: &[Receipt]) {
-        if let Err(e) = self.ports.requests.delete_batch(receipts).await {
+        if let Err(e) = self.adapters.requests.delete_batch(receipts).await {
             warn!(error = %format!("{e:#}"), "cannot delete requests; they will be answered again");
         }
     }
@@ -498,7 +498,7 @@ async fn keep_invisible(worker: Arc<Worker>, receipts: Vec<Receipt>, visibility:
             continue;
         }
         for r in &receipts {
-            if let Err(e) = worker.ports.requests.change_visibility(r, visibility).await {
+            if let Err(e) = worker.adapters.requests.change_visibility(r, visibility).await {
                 warn!(error = %format!("{e:#}"), "cannot extend visibility");
             }
         }

@@ -93,16 +93,16 @@ async fn requests_a_worker_cannot_read_go_back_and_then_to_the_dead_letter_queue
     settings.queues.visibility_timeout_s = 1;
     settings.queues.max_receives = 2;
     settings.app_tier.poll_wait_ms = 100;
-    let ports = imgrec_runtime::backend::Ports::connect(&settings).await.unwrap();
+    let adapters = imgrec_runtime::backend::Adapters::connect(&settings).await.unwrap();
     let newer = br#"{"version":2,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","key":"a.png","shape":"new"}"#;
-    ports.requests.send(newer).await.unwrap();
-    ports.requests.send(b"not a request").await.unwrap();
+    adapters.requests.send(newer).await.unwrap();
+    adapters.requests.send(b"not a request").await.unwrap();
 
     let worker = app_tier::worker::spawn(settings, "app-instance1");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let dead = ports.dead_letter.depth().await.unwrap().total();
-        let waiting = ports.requests.depth().await.unwrap().total();
+        let dead = adapters.dead_letter.depth().await.unwrap().total();
+        let waiting = adapters.requests.depth().await.unwrap().total();
         if dead == 2 && waiting == 0 {
             break;
         }
@@ -111,7 +111,7 @@ async fn requests_a_worker_cannot_read_go_back_and_then_to_the_dead_letter_queue
     }
     worker.stop().await.unwrap();
     // Both kept, bytes intact.
-    let kept = ports
+    let kept = adapters
         .dead_letter
         .receive(10, Duration::from_secs(30), Duration::ZERO)
         .await
@@ -137,8 +137,8 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
     settings.data_dir = dir.path().to_path_buf();
     settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
     settings.app_tier.poll_wait_ms = 100;
-    let ports = imgrec_runtime::backend::Ports::connect(&settings).await.unwrap();
-    let responses = ports.response_queues.open(&settings.queues.responses).await.unwrap();
+    let adapters = imgrec_runtime::backend::Adapters::connect(&settings).await.unwrap();
+    let responses = adapters.response_queues.open(&settings.queues.responses).await.unwrap();
     let fixtures = workspace().join("services/classifier/tests/fixtures");
     let worker = app_tier::worker::spawn(settings.clone(), "app-instance1");
 
@@ -147,7 +147,7 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
     for (name, fixture, at_ms) in [("cat.png", "small.png", 2_000), ("cat.jpg", "small.jpg", 1_000)] {
         let key = ObjectKey::new(name).unwrap();
         let bytes = std::fs::read(fixtures.join(fixture)).unwrap();
-        let stored = ports
+        let stored = adapters
             .store
             .put(&settings.buckets.input, &key, bytes.into())
             .await
@@ -162,7 +162,7 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
             reply_to: None,
         };
         orders.push(UploadOrder::new(at_ms, &request.request_id.to_string()));
-        ports.requests.send(&request.encode()).await.unwrap();
+        adapters.requests.send(&request.encode()).await.unwrap();
         let got = responses
             .receive(1, Duration::from_secs(30), Duration::from_secs(20))
             .await

@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::Aws;
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
 use imgrec_domain::ports::{
-    Fleet, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult, Resize,
+    Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult,
 };
 
 /// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
@@ -135,6 +135,38 @@ impl AsgFleet {
     async fn list(&self, group: &Group) -> PortResult<(Vec<Instance>, HashMap<String, String>)> {
         let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
         let mut names = self.names(&ids).await?;
+        self.name_newcomers(&ids, &mut names).await?;
+        let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        first_seen.retain(|id, _| ids.contains(id));
+        let mut instances: Vec<Instance> = group
+            .members
+            .iter()
+            .filter_map(|(id, lifecycle, protected)| {
+                Some(Instance {
+                    name: names.get(id).cloned().unwrap_or_else(|| id.clone()),
+                    state: state(lifecycle)?,
+                    launched_at: *first_seen.entry(id.clone()).or_insert_with(SystemTime::now),
+                    busy: *protected,
+                })
+            })
+            .collect();
+        // The group counts launches it has not started in its desired capacity.
+        let serving = instances.iter().filter(|i| i.serves()).count();
+        let unseen = (group.desired.max(0) as usize).saturating_sub(serving);
+        let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        pending.truncate(unseen);
+        instances.extend(pending.iter().map(|(name, asked)| Instance {
+            name: name.clone(),
+            state: InstanceState::Pending,
+            launched_at: *asked,
+            busy: false,
+        }));
+        instances.sort_by_key(|i| instance_number(&i.name));
+        Ok((instances, names))
+    }
+
+    /// Tags the group's unnamed instances with the names the scaler chose for them.
+    async fn name_newcomers(&self, ids: &[String], names: &mut HashMap<String, String>) -> PortResult<()> {
         // Only the fleet that sizes the group (the acting scaler: `scale_to` sets its cap) names
         // newcomers; a watcher shows them by instance id until then, so that two processes never
         // race to tag one instance.
@@ -166,33 +198,7 @@ impl AsgFleet {
                 None => warn!(instance = %id, cap, "no free instance name within the cap; left unnamed"),
             }
         }
-        let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
-        first_seen.retain(|id, _| ids.contains(id));
-        let mut instances: Vec<Instance> = group
-            .members
-            .iter()
-            .filter_map(|(id, lifecycle, protected)| {
-                Some(Instance {
-                    name: names.get(id).cloned().unwrap_or_else(|| id.clone()),
-                    state: state(lifecycle)?,
-                    launched_at: *first_seen.entry(id.clone()).or_insert_with(SystemTime::now),
-                    busy: *protected,
-                })
-            })
-            .collect();
-        // The group counts launches it has not started in its desired capacity.
-        let serving = instances.iter().filter(|i| i.serves()).count();
-        let unseen = (group.desired.max(0) as usize).saturating_sub(serving);
-        let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
-        pending.truncate(unseen);
-        instances.extend(pending.iter().map(|(name, asked)| Instance {
-            name: name.clone(),
-            state: InstanceState::Pending,
-            launched_at: *asked,
-            busy: false,
-        }));
-        instances.sort_by_key(|i| instance_number(&i.name));
-        Ok((instances, names))
+        Ok(())
     }
 
     async fn set_desired_capacity(&self, capacity: i32) -> PortResult<()> {
@@ -233,7 +239,7 @@ impl Fleet for AsgFleet {
         Ok(self.list(&group).await?.0)
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<FleetChange> {
         let group = self.group().await?;
         // The group's MaxSize bounds us even where the API would accept more (moto does).
         let max = max.min(group.max_size.max(0) as usize);

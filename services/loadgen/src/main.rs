@@ -159,8 +159,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .timeout(Duration::from_secs(args.timeout))
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let bar = ProgressBar::new(jobs.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}").expect("valid template"));
 
     let start = Instant::now();
     let (burst_done, done) = tokio::sync::watch::channel(false);
@@ -168,9 +166,48 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let tail = Duration::from_secs(args.plot_tail);
         tokio::spawn(timeline::record(client.clone(), args.url.clone(), start, done, tail))
     });
-    let outcomes: Vec<RequestResult> = futures::stream::iter(jobs)
+    let outcomes = burst(&client, &args, jobs, start).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = burst_done.send(true);
+
+    let summary = Summary::of(&outcomes, expected.as_ref(), seconds);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        summary.print();
+    }
+    if let (Some(path), Some(sampler)) = (&args.plot, sampler) {
+        let samples = sampler.await.context("the /status sampler failed")?;
+        let points: Vec<plot::Point> = outcomes
+            .iter()
+            .map(|o| plot::Point {
+                sent: o.sent,
+                latency: o.latency,
+                ok: o.result.is_ok(),
+            })
+            .collect();
+        let title = format!(
+            "{} uploads over {} connections: {:.1} s, p50 {:.2} s, p99 {:.2} s",
+            summary.requests, args.concurrency, summary.seconds, summary.latency_p50_s, summary.latency_p99_s
+        );
+        plot::timeline(path, &title, &samples, &points)?;
+        eprintln!("timeline: {} ({} samples of /status)", path.display(), samples.len());
+    }
+    Ok(summary.errors == 0 && summary.wrong == 0)
+}
+
+/// Sends every upload, `args.concurrency` at a time, with a progress bar.
+async fn burst(
+    client: &reqwest::Client,
+    args: &Args,
+    jobs: Vec<(PathBuf, Vec<u8>)>,
+    start: Instant,
+) -> Vec<RequestResult> {
+    let bar = ProgressBar::new(jobs.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}").expect("valid template"));
+    let outcomes = futures::stream::iter(jobs)
         .map(|(path, bytes)| {
-            let (client, url, bar) = (&client, args.url.as_str(), &bar);
+            let (url, bar) = (args.url.as_str(), &bar);
             async move {
                 let t = Instant::now();
                 let sent = t.duration_since(start).as_secs_f64();
@@ -191,79 +228,63 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .buffer_unordered(args.concurrency.max(1))
         .collect()
         .await;
-    let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let _ = burst_done.send(true);
+    outcomes
+}
 
-    let mut latencies: Vec<f64> = outcomes.iter().map(|o| o.latency).collect();
-    latencies.sort_by(f64::total_cmp);
-    let (mut ok, mut wrong, mut unchecked, mut samples) = (0, 0, 0, Vec::new());
-    for o in &outcomes {
-        match (&o.result, expected.as_ref().and_then(|e| e.get(&o.file))) {
-            (Ok(label), Some(want)) if label == want => ok += 1,
-            (Ok(label), Some(want)) => {
-                wrong += 1;
-                samples.push(format!("{}: got {label:?}, expected {want:?}", o.file));
+impl Summary {
+    /// The burst's counts and latencies, labels checked against `expected` when given.
+    fn of(outcomes: &[RequestResult], expected: Option<&HashMap<String, String>>, seconds: f64) -> Self {
+        let mut latencies: Vec<f64> = outcomes.iter().map(|o| o.latency).collect();
+        latencies.sort_by(f64::total_cmp);
+        let (mut ok, mut wrong, mut unchecked, mut samples) = (0, 0, 0, Vec::new());
+        for o in outcomes {
+            match (&o.result, expected.and_then(|e| e.get(&o.file))) {
+                (Ok(label), Some(want)) if label == want => ok += 1,
+                (Ok(label), Some(want)) => {
+                    wrong += 1;
+                    samples.push(format!("{}: got {label:?}, expected {want:?}", o.file));
+                }
+                (Ok(_), None) => {
+                    ok += 1;
+                    unchecked += usize::from(expected.is_some());
+                }
+                (Err(e), _) => samples.push(format!("{}: {e}", o.file)),
             }
-            (Ok(_), None) => {
-                ok += 1;
-                unchecked += usize::from(expected.is_some());
-            }
-            (Err(e), _) => samples.push(format!("{}: {e}", o.file)),
+        }
+        let errors = outcomes.iter().filter(|o| o.result.is_err()).count();
+        samples.truncate(10);
+        Summary {
+            requests: outcomes.len(),
+            ok,
+            errors,
+            wrong,
+            unchecked,
+            seconds,
+            throughput_per_s: outcomes.len() as f64 / seconds,
+            latency_mean_s: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
+            latency_p50_s: percentile(&latencies, 50.0),
+            latency_p95_s: percentile(&latencies, 95.0),
+            latency_p99_s: percentile(&latencies, 99.0),
+            latency_max_s: latencies.last().copied().unwrap_or(f64::NAN),
+            error_samples: samples,
         }
     }
-    let errors = outcomes.iter().filter(|o| o.result.is_err()).count();
-    samples.truncate(10);
-    let summary = Summary {
-        requests: outcomes.len(),
-        ok,
-        errors,
-        wrong,
-        unchecked,
-        seconds,
-        throughput_per_s: outcomes.len() as f64 / seconds,
-        latency_mean_s: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
-        latency_p50_s: percentile(&latencies, 50.0),
-        latency_p95_s: percentile(&latencies, 95.0),
-        latency_p99_s: percentile(&latencies, 99.0),
-        latency_max_s: latencies.last().copied().unwrap_or(f64::NAN),
-        error_samples: samples,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        let s = &summary;
+
+    fn print(&self) {
         println!(
             "requests {}  ok {}  errors {}  wrong labels {}",
-            s.requests, s.ok, s.errors, s.wrong
+            self.requests, self.ok, self.errors, self.wrong
         );
-        println!("{:.2} s, {:.1} requests/s", s.seconds, s.throughput_per_s);
+        println!("{:.2} s, {:.1} requests/s", self.seconds, self.throughput_per_s);
         println!(
             "latency mean {:.3} s  p50 {:.3} s  p95 {:.3} s  p99 {:.3} s  max {:.3} s",
-            s.latency_mean_s, s.latency_p50_s, s.latency_p95_s, s.latency_p99_s, s.latency_max_s
+            self.latency_mean_s, self.latency_p50_s, self.latency_p95_s, self.latency_p99_s, self.latency_max_s
         );
-        for sample in &s.error_samples {
+        for sample in &self.error_samples {
             println!("  {sample}");
         }
     }
-    if let (Some(path), Some(sampler)) = (&args.plot, sampler) {
-        let samples = sampler.await.context("the /status sampler failed")?;
-        let points: Vec<plot::Point> = outcomes
-            .iter()
-            .map(|o| plot::Point {
-                sent: o.sent,
-                latency: o.latency,
-                ok: o.result.is_ok(),
-            })
-            .collect();
-        let title = format!(
-            "{} uploads over {} connections: {:.1} s, p50 {:.2} s, p99 {:.2} s",
-            summary.requests, args.concurrency, summary.seconds, summary.latency_p50_s, summary.latency_p99_s
-        );
-        plot::timeline(path, &title, &samples, &points)?;
-        eprintln!("timeline: {} ({} samples of /status)", path.display(), samples.len());
-    }
-    Ok(summary.errors == 0 && summary.wrong == 0)
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,5 @@
 //! `--plot`: one SVG of a run, three panels over the same time axis: the instances (running,
-//! starting, stopping, desired), the backlog, and every request's latency at the moment it was
+//! pending, stopping, desired), the backlog, and every request's latency at the moment it was
 //! answered (errors in red). The picture of a burst scaling out and back in.
 
 use std::path::Path;
@@ -19,7 +19,7 @@ pub struct Point {
 }
 
 const RUNNING: RGBColor = RGBColor(44, 160, 44);
-const STARTING: RGBColor = RGBColor(255, 127, 14);
+const PENDING: RGBColor = RGBColor(255, 127, 14);
 const STOPPING: RGBColor = RGBColor(127, 127, 127);
 const ERROR: RGBColor = RGBColor(214, 39, 40);
 const OK: RGBColor = RGBColor(31, 119, 180);
@@ -41,14 +41,21 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
     let panels = root.split_evenly((3, 1));
+    instances(&panels[0], end, samples)?;
+    backlog(&panels[1], end, samples)?;
+    latencies(&panels[2], end, requests)?;
+    root.present()
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
 
+fn instances<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, end: f64, samples: &[Sample]) -> anyhow::Result<()> {
     let most = samples
         .iter()
         .map(|s| s.alive().max(s.desired.unwrap_or(0)))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let mut chart = panel(&panels[0], end, most)?;
+    let mut chart = panel(area, end, most)?;
     chart
         .configure_mesh()
         .x_desc("seconds")
@@ -59,7 +66,7 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
         .map_err(err)?;
     let lines: [Line; 4] = [
         ("running", RUNNING, |s| s.running as f64),
-        ("starting", STARTING, |s| s.starting as f64),
+        ("pending", PENDING, |s| s.pending as f64),
         ("stopping", STOPPING, |s| s.stopping as f64),
         ("desired", BLACK, |s| s.desired.unwrap_or(0) as f64),
     ];
@@ -77,10 +84,12 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(err)?;
+        .map_err(err)
+}
 
+fn backlog<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, end: f64, samples: &[Sample]) -> anyhow::Result<()> {
     let deepest = samples.iter().map(|s| s.backlog).max().unwrap_or(1).max(1) as f64;
-    let mut chart = panel(&panels[1], end, deepest)?;
+    let mut chart = panel(area, end, deepest)?;
     chart
         .configure_mesh()
         .x_desc("seconds")
@@ -93,9 +102,12 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
             OK.stroke_width(2),
         ))
         .map_err(err)?;
+    Ok(())
+}
 
+fn latencies<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, end: f64, requests: &[Point]) -> anyhow::Result<()> {
     let slowest = requests.iter().map(|r| r.latency).fold(0.1, f64::max);
-    let mut chart = panel(&panels[2], end, slowest)?;
+    let mut chart = panel(area, end, slowest)?;
     chart
         .configure_mesh()
         .x_desc("seconds (when each request was answered)")
@@ -108,8 +120,7 @@ pub fn timeline(path: &Path, title: &str, samples: &[Sample], requests: &[Point]
             Circle::new((r.sent + r.latency, r.latency), 2, color.filled())
         }))
         .map_err(err)?;
-    root.present()
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+    Ok(())
 }
 
 /// One panel over the run's time axis, up to a tenth above `top`.
@@ -148,7 +159,7 @@ mod tests {
             .map(|i| Sample {
                 t: i as f64 * 0.25,
                 desired: Some(if i < 30 { 4 } else { 0 }),
-                starting: usize::from(i < 4) * 4,
+                pending: usize::from(i < 4) * 4,
                 running: if (4..30).contains(&i) { 4 } else { 0 },
                 stopping: usize::from((30..34).contains(&i)) * 4,
                 backlog: 100u64.saturating_sub(i * 4),
@@ -174,7 +185,7 @@ mod tests {
             "100 uploads",
             "instances",
             "running",
-            "starting",
+            "pending",
             "stopping",
             "desired",
             "backlog",

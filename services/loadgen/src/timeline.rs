@@ -15,7 +15,7 @@ const EVERY: Duration = Duration::from_millis(250);
 pub struct Sample {
     pub t: f64,
     pub desired: Option<usize>,
-    pub starting: usize,
+    pub pending: usize,
     pub running: usize,
     pub stopping: usize,
     /// Waiting and in-flight requests.
@@ -24,7 +24,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn alive(&self) -> usize {
-        self.starting + self.running + self.stopping
+        self.pending + self.running + self.stopping
     }
 }
 
@@ -58,7 +58,7 @@ fn sample(t: f64, status: &Status) -> Sample {
     Sample {
         t,
         desired: status.capacity.desired,
-        starting: count("pending"),
+        pending: count("pending"),
         running: count("running"),
         stopping: count("stopping"),
         backlog: status.queue.pending + status.queue.in_flight,
@@ -118,7 +118,7 @@ mod tests {
         )
         .unwrap();
         let s = sample(1.5, &status);
-        assert_eq!((s.starting, s.running, s.stopping, s.alive()), (1, 2, 1, 4));
+        assert_eq!((s.pending, s.running, s.stopping, s.alive()), (1, 2, 1, 4));
         assert_eq!((s.desired, s.backlog, s.t), (Some(4), 10, 1.5));
     }
 }

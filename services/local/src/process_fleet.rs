@@ -17,7 +17,7 @@ use crate::db::monotonic_ms;
 use crate::errors::fleet_error;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::fleet::{instance_number, plan};
-use imgrec_domain::ports::{Fleet, Instance, InstanceState, InstanceStatus, PortResult, Resize};
+use imgrec_domain::ports::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, PortResult};
 
 /// How long a worker asked to stop (SIGTERM) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -293,6 +293,39 @@ impl Processes {
         if workers.contains_key(name) {
             bail!("instance {name} already exists");
         }
+        let mut cmd = self.worker_command(name);
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        self.claim(&db, name)?;
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                db.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+                return Err(e).with_context(|| format!("cannot start {}", self.command.program.display()));
+            }
+        };
+        tracing::info!(instance = name, pid = child.id(), "launched app-tier instance");
+        if let Err(e) = db.execute(
+            "UPDATE instances SET pid = ?2 WHERE name = ?1 AND pid IS NULL",
+            params![name, child.id()],
+        ) {
+            tracing::warn!(instance = name, error = %e, "cannot record the instance's pid");
+        }
+        drop(db);
+        workers.insert(
+            name.to_owned(),
+            WorkerProcess {
+                child,
+                launched_at: SystemTime::now(),
+                launched_mono_ms: monotonic_ms(),
+                retiring: false,
+                kill_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The worker's command line, and what the child sets up before it runs.
+    fn worker_command(&self, name: &str) -> Command {
         let mut cmd = Command::new(&self.command.program);
         cmd.args(&self.command.args)
             .arg("--name")
@@ -321,9 +354,13 @@ impl Processes {
                 Ok(())
             });
         }
-        // The name is claimed in the shared table first: another web tier's scaler acting at the
-        // same moment (a lease just taken over) cannot start a second worker of that name.
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        cmd
+    }
+
+    /// Claims the name in the shared table before the worker starts: another web tier's scaler
+    /// acting at the same moment (a lease just taken over) cannot start a second worker of that
+    /// name, and a scaler whose fence lease ran out cannot start one at all.
+    fn claim(&self, db: &Connection, name: &str) -> anyhow::Result<()> {
         let claimed = db.execute(
             "INSERT INTO instances (name, state, busy, updated_at_ms, pid, owner)
              SELECT ?1, 'pending', 0, ?2, NULL, ?3
@@ -336,38 +373,12 @@ impl Processes {
         )?;
         if claimed == 0 {
             if let Some(fence) = self.fence.get() {
-                let conn: &Connection = &db;
-                if !super::lease::holds(conn, fence, &self.owner)? {
+                if !super::lease::holds(db, fence, &self.owner)? {
                     bail!("not launching {name}: this host no longer holds the {fence} lease");
                 }
             }
             bail!("instance {name} belongs to another web tier");
         }
-        let child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                db.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
-                return Err(e).with_context(|| format!("cannot start {}", self.command.program.display()));
-            }
-        };
-        tracing::info!(instance = name, pid = child.id(), "launched app-tier instance");
-        if let Err(e) = db.execute(
-            "UPDATE instances SET pid = ?2 WHERE name = ?1 AND pid IS NULL",
-            params![name, child.id()],
-        ) {
-            tracing::warn!(instance = name, error = %e, "cannot record the instance's pid");
-        }
-        drop(db);
-        workers.insert(
-            name.to_owned(),
-            WorkerProcess {
-                child,
-                launched_at: SystemTime::now(),
-                launched_mono_ms: monotonic_ms(),
-                retiring: false,
-                kill_at: None,
-            },
-        );
         Ok(())
     }
 
@@ -404,7 +415,7 @@ impl Fleet for ProcessFleet {
         self.blocking(Processes::instances).await?
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<FleetChange> {
         let resize = plan(desired, max, &self.instances().await?);
         for name in &resize.launch {
             self.launch(name).await.map_err(fleet_error)?;

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
 use imgrec_domain::ports::{
-    Fleet, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, PortError, PortResult, QueueDepth,
+    Fleet, FleetChange, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, PortError, PortResult, QueueDepth,
     ScalingMetrics, WorkQueue,
 };
 use imgrec_runtime::shutdown::Shutdown;
@@ -359,50 +359,15 @@ impl Scaler {
         };
         let decision = self.policy.decide(&obs);
         let max = self.policy.config().max;
-        let resize = match until {
-            // Cut off where the lease may have run out: another scaler may act from then on.
-            Some(until) => tokio::time::timeout_at(until, self.fleet.scale_to(decision.desired, max))
-                .await
-                .map_err(|_| {
-                    PortError::Transient(anyhow::anyhow!(
-                        "stopped scaling where the scaler lease may have expired"
-                    ))
-                })??,
-            None => self.fleet.scale_to(decision.desired, max).await?,
-        };
+        let resize = self.apply(decision.desired, max, until, backlog).await?;
         let actions = (resize.launch.len() + resize.retire.len()) as u64;
-        if !resize.is_empty() {
-            info!(
-                desired = decision.desired,
-                visible = backlog.visible,
-                in_flight = backlog.in_flight,
-                launch = ?resize.launch,
-                retire = ?resize.retire,
-                "scaling"
-            );
-        }
         let instances = if actions > 0 {
             self.fleet.instances().await?
         } else {
             instances
         };
-        let due = self
-            .last_published
-            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= PUBLISH_EVERY)
-            || actions > 0;
-        if let Some(sink) = self.metrics.as_ref().filter(|_| due) {
-            self.last_published = Some(now);
-            let running = instances.iter().filter(|i| i.state == InstanceState::Running).count();
-            let metrics = ScalingMetrics {
-                backlog: backlog.total(),
-                backlog_per_instance: backlog.total() as f64 / running.max(1) as f64,
-                desired: decision.desired,
-                running,
-            };
-            if let Err(e) = sink.publish(&metrics).await {
-                warn!(error = %format!("{e:#}"), "cannot publish scaling metrics");
-            }
-        }
+        self.publish(now, backlog, decision.desired, &instances, actions > 0)
+            .await;
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.desired = decision.desired;
         status.max = max;
@@ -412,6 +377,67 @@ impl Scaler {
         status.last_error = None;
         status.acting = true;
         Ok(decision)
+    }
+
+    /// Resizes the fleet, cut off at `until` where the lease may run out: another scaler may act
+    /// from then on.
+    async fn apply(
+        &self,
+        desired: usize,
+        max: usize,
+        until: Option<Instant>,
+        backlog: QueueDepth,
+    ) -> PortResult<FleetChange> {
+        let resize = match until {
+            Some(until) => tokio::time::timeout_at(until, self.fleet.scale_to(desired, max))
+                .await
+                .map_err(|_| {
+                    PortError::Transient(anyhow::anyhow!(
+                        "stopped scaling where the scaler lease may have expired"
+                    ))
+                })??,
+            None => self.fleet.scale_to(desired, max).await?,
+        };
+        if !resize.is_empty() {
+            info!(
+                desired,
+                visible = backlog.visible,
+                in_flight = backlog.in_flight,
+                launch = ?resize.launch,
+                retire = ?resize.retire,
+                "scaling"
+            );
+        }
+        Ok(resize)
+    }
+
+    /// Publishes the metrics every `PUBLISH_EVERY`, and at once after a change.
+    async fn publish(
+        &mut self,
+        now: SystemTime,
+        backlog: QueueDepth,
+        desired: usize,
+        instances: &[Instance],
+        changed: bool,
+    ) {
+        let due = changed
+            || self
+                .last_published
+                .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= PUBLISH_EVERY);
+        let Some(sink) = self.metrics.as_ref().filter(|_| due) else {
+            return;
+        };
+        self.last_published = Some(now);
+        let running = instances.iter().filter(|i| i.state == InstanceState::Running).count();
+        let metrics = ScalingMetrics {
+            backlog: backlog.total(),
+            backlog_per_instance: backlog.total() as f64 / running.max(1) as f64,
+            desired,
+            running,
+        };
+        if let Err(e) = sink.publish(&metrics).await {
+            warn!(error = %format!("{e:#}"), "cannot publish scaling metrics");
+        }
     }
 
     /// Every `LAUNCH_CHECK_EVERY`, reads the fleet's failed launches: a vCPU quota or a capacity

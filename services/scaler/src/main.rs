@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use imgrec_runtime::backend::{self, Ports};
+use imgrec_runtime::backend::{self, Adapters};
 use imgrec_runtime::settings::Settings;
 use scaler::Scaler;
 
@@ -128,14 +128,14 @@ async fn run() -> anyhow::Result<()> {
         }
         Some(Command::Run) | None => {}
     }
-    let ports = Ports::connect(&settings).await?;
+    let adapters = Adapters::connect(&settings).await?;
     // Beside a web tier (on AWS every web instance runs one), named after it.
     let host = settings.web.name.clone().unwrap_or_else(|| "scaler".into());
-    let lease = backend::scaler_lease(&settings, &backend::unique_holder(&host), &ports.connection).await?;
+    let lease = backend::scaler_lease(&settings, &backend::unique_holder(&host), &adapters.connection).await?;
     // Locally its workers are alive while this process holds a lease: the scaler's own.
-    let fleet = backend::fleet(&settings, lease.holder(), &ports.connection).await?;
-    let scaler = Scaler::new(settings.scaler.policy()?, ports.requests, fleet)
-        .with_metrics(backend::metrics_sink(&settings, &ports.connection).await)
+    let fleet = backend::fleet(&settings, lease.holder(), &adapters.connection).await?;
+    let scaler = Scaler::new(settings.scaler.policy()?, adapters.requests, fleet)
+        .with_metrics(backend::metrics_sink(&settings, &adapters.connection).await)
         .with_lease(lease, settings.scaler.lease_ttl());
     scaler
         .run(

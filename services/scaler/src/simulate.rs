@@ -31,28 +31,7 @@ pub fn run(settings: &Settings, out: &Path, seed: u64) -> anyhow::Result<bool> {
             requests,
             elapsed.as_secs_f64(),
         )?;
-        // Speed of one run, median of 5 (the machine is shared and noisy).
-        for (scenario, _) in outcomes
-            .iter()
-            .filter(|(s, _)| ["burst-1000", "poisson"].contains(&s.name))
-        {
-            let mut times: Vec<f64> = (0..5)
-                .map(|_| {
-                    let started = Instant::now();
-                    sim::simulate(&profile, scenario, PolicyKind::Default, seed);
-                    started.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            times.sort_by(f64::total_cmp);
-            writeln!(
-                stdout,
-                "{}: {} ({} requests) under ours in {:.1} ms (median of 5)",
-                profile.name,
-                scenario.name,
-                scenario.arrivals.len(),
-                times[2]
-            )?;
-        }
+        speed(&mut stdout, &profile, &outcomes, seed)?;
         let shipped = profile.policy.scale_in_after.as_secs_f64();
         match sim::pick_scale_in(&profile, &outcomes, seed) {
             Some((window, cost)) => writeln!(
@@ -78,6 +57,33 @@ pub fn run(settings: &Settings, out: &Path, seed: u64) -> anyhow::Result<bool> {
     }
     writeln!(stdout, "report: {}", out.join("report.json").display())?;
     Ok(ok)
+}
+
+/// The speed of one run of ours on the headline scenarios: median of 5 (the machine is shared and
+/// noisy).
+fn speed(out: &mut impl Write, profile: &Profile, outcomes: &sim::Runs, seed: u64) -> anyhow::Result<()> {
+    for (scenario, _) in outcomes
+        .iter()
+        .filter(|(s, _)| ["burst-1000", "poisson"].contains(&s.name))
+    {
+        let mut times: Vec<f64> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                sim::simulate(profile, scenario, PolicyKind::Default, seed);
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        writeln!(
+            out,
+            "{}: {} ({} requests) under ours in {:.1} ms (median of 5)",
+            profile.name,
+            scenario.name,
+            scenario.arrivals.len(),
+            times[2]
+        )?;
+    }
+    Ok(())
 }
 
 fn table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {

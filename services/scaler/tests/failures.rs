@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{Fleet, Instance, LaunchFailure, PortError, PortResult, QueueDepth, Resize};
+use imgrec_domain::ports::{Fleet, FleetChange, Instance, LaunchFailure, PortError, PortResult, QueueDepth};
 use scaler::{Backlog, Scaler, PERMANENT_FAILURE_PAUSE};
 
 struct Waiting;
@@ -42,7 +42,7 @@ impl Fleet for Failing {
         })
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<FleetChange> {
         unreachable!("never listed")
     }
 }
@@ -72,9 +72,9 @@ impl Fleet for OverQuota {
         Ok(Vec::new())
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<FleetChange> {
         self.resizes.fetch_add(1, Ordering::SeqCst);
-        Ok(Resize::default())
+        Ok(FleetChange::default())
     }
 
     async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
@@ -161,8 +161,8 @@ impl Fleet for Counting {
         Ok(Vec::new())
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
-        Ok(Resize::default())
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<FleetChange> {
+        Ok(FleetChange::default())
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{Fleet, Instance, Lease, PortResult, QueueDepth, Resize};
+use imgrec_domain::ports::{Fleet, FleetChange, Instance, Lease, PortResult, QueueDepth};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scaler::{Backlog, Scaler};
@@ -121,7 +121,7 @@ impl Fleet for CheckedFleet {
         Ok(Vec::new())
     }
 
-    async fn scale_to(&self, _: usize, _: usize) -> PortResult<Resize> {
+    async fn scale_to(&self, _: usize, _: usize) -> PortResult<FleetChange> {
         let took = Duration::from_millis(self.rng.lock().unwrap().random_range(0..1_500));
         let started = Instant::now();
         self.check(started, "starting");
@@ -130,7 +130,7 @@ impl Fleet for CheckedFleet {
         let mut record = self.record.lock().unwrap();
         record.acts += 1;
         record.acts_by[self.index] += 1;
-        Ok(Resize::default())
+        Ok(FleetChange::default())
     }
 }
 

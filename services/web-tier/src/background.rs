@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use imgrec_runtime::backend::{self, Ports, WebTierName};
+use imgrec_runtime::backend::{self, Adapters, WebTierName};
 use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Stopper};
 use scaler::Scaler;
@@ -20,7 +20,7 @@ use crate::state::WebTier;
 /// the scaler lease), only watching the fleet when `web.watch_fleet`.
 pub async fn hosted_scaler(
     settings: &Settings,
-    ports: &Ports,
+    adapters: &Adapters,
     web_tier: &WebTierName,
     completed: &Arc<AtomicU64>,
 ) -> anyhow::Result<Option<Scaler>> {
@@ -30,17 +30,17 @@ pub async fn hosted_scaler(
     }
     // Owned by this process, not its name: a name can pass to another web tier while this one is
     // paused, its workers do not.
-    let fleet = backend::fleet(settings, &web_tier.holder, &ports.connection).await?;
-    let scaler = Scaler::new(settings.scaler.policy()?, ports.requests.clone(), fleet);
+    let fleet = backend::fleet(settings, &web_tier.holder, &adapters.connection).await?;
+    let scaler = Scaler::new(settings.scaler.policy()?, adapters.requests.clone(), fleet);
     if !web.run_scaler {
         return Ok(Some(scaler.watching()));
     }
     Ok(Some(
         scaler
-            .with_metrics(backend::metrics_sink(settings, &ports.connection).await)
+            .with_metrics(backend::metrics_sink(settings, &adapters.connection).await)
             .with_completions(completed.clone())
             .with_lease(
-                backend::scaler_lease(settings, &web_tier.holder, &ports.connection).await?,
+                backend::scaler_lease(settings, &web_tier.holder, &adapters.connection).await?,
                 settings.scaler.lease_ttl(),
             ),
     ))
@@ -57,8 +57,8 @@ impl Background {
     pub async fn start(tier: &Arc<WebTier>, scaler: Option<Scaler>, completed: Arc<AtomicU64>) -> anyhow::Result<Self> {
         let (stopper, shutdown) = Shutdown::new();
         let settings = &tier.settings;
-        let ports = &tier.ports;
-        let own_responses = ports.response_queues.open(&tier.reply_to).await?;
+        let adapters = &tier.adapters;
+        let own_responses = adapters.response_queues.open(&tier.reply_to).await?;
         let mut tasks = vec![
             tokio::spawn(dispatch::responses(
                 own_responses,
@@ -67,8 +67,8 @@ impl Background {
                 shutdown.clone(),
             )),
             tokio::spawn(dispatch::dead_letters(
-                ports.dead_letter.clone(),
-                ports.response_queues.clone(),
+                adapters.dead_letter.clone(),
+                adapters.response_queues.clone(),
                 settings.queues.clone(),
                 tier.name.borrow().clone(),
                 shutdown.clone(),

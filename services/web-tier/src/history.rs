@@ -19,7 +19,7 @@ pub struct Sample {
     pub t_ms: u64,
     /// What the scaler asked for (absent when this web tier hosts no scaler).
     pub desired: Option<usize>,
-    pub starting: usize,
+    pub pending: usize,
     pub running: usize,
     pub stopping: usize,
     /// Waiting and in-flight requests.
@@ -32,7 +32,7 @@ impl Sample {
         Self {
             t_ms: at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             desired,
-            starting: count(InstanceState::Pending),
+            pending: count(InstanceState::Pending),
             running: count(InstanceState::Running),
             stopping: count(InstanceState::Stopping),
             backlog: depth.total(),
@@ -121,7 +121,7 @@ mod tests {
         Sample {
             t_ms: t_s * 1000,
             desired: Some(1),
-            starting: 0,
+            pending: 0,
             running: 1,
             stopping: 0,
             backlog,
@@ -182,7 +182,7 @@ mod tests {
         };
         let s = Sample::of(at, Some(3), &instances, depth);
         assert_eq!(
-            (s.t_ms, s.desired, s.starting, s.running, s.stopping, s.backlog),
+            (s.t_ms, s.desired, s.pending, s.running, s.stopping, s.backlog),
             (5000, Some(3), 1, 2, 1, 7)
         );
     }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use imgrec_runtime::backend::{self, Ports};
+use imgrec_runtime::backend::{self, Adapters};
 use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Spawned};
 use tokio::net::TcpListener;
@@ -70,38 +70,38 @@ impl SpawnedWebTier {
 
 /// Runs a web tier in this process on a free port of `web.host`.
 pub async fn spawn(settings: Settings) -> anyhow::Result<SpawnedWebTier> {
-    let ports = Ports::connect(&settings).await?;
-    spawn_on(settings, ports).await
+    let adapters = Adapters::connect(&settings).await?;
+    spawn_on(settings, adapters).await
 }
 
 /// `spawn` on ports the caller built (a test's failing queue, say).
-pub async fn spawn_on(mut settings: Settings, ports: Ports) -> anyhow::Result<SpawnedWebTier> {
+pub async fn spawn_on(mut settings: Settings, adapters: Adapters) -> anyhow::Result<SpawnedWebTier> {
     settings.web.port = 0;
     let listener = bind(&settings).await?;
     let addr = listener.local_addr()?;
-    let spawned = Spawned::spawn(|shutdown| serve_on(settings, ports, listener, shutdown));
+    let spawned = Spawned::spawn(|shutdown| serve_on(settings, adapters, listener, shutdown));
     Ok(SpawnedWebTier { addr, spawned })
 }
 
 /// Serves on `listener` until a first stop request; then drains the waiting requests for up to
 /// `web.drain_timeout_s`, cut short by a second one.
 pub async fn serve(settings: Settings, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    let ports = Ports::connect(&settings).await?;
-    serve_on(settings, ports, listener, shutdown).await
+    let adapters = Adapters::connect(&settings).await?;
+    serve_on(settings, adapters, listener, shutdown).await
 }
 
 async fn serve_on(
     settings: Settings,
-    ports: Ports,
+    adapters: Adapters,
     listener: TcpListener,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let web_tier_name = backend::web_tier_name(&settings).await?;
     let completed = Arc::new(AtomicU64::new(0));
-    let scaler = background::hosted_scaler(&settings, &ports, &web_tier_name, &completed).await?;
+    let scaler = background::hosted_scaler(&settings, &adapters, &web_tier_name, &completed).await?;
     let tier = WebTier::new(
         settings,
-        ports,
+        adapters,
         web_tier_name.name.clone(),
         web_tier_name.response_queue.clone(),
         scaler.as_ref().map(|s| s.handle()),
@@ -127,7 +127,8 @@ async fn serve_on(
     drain(&tier, server, &mut shutdown).await;
     // Workers, the scaler and the response dispatcher ran on while the waiting were answered.
     background.stop().await?;
-    drop(web_tier_name);
+    // Given back, so that a web tier started next takes the name at once.
+    web_tier_name.release().await;
     info!("stopped");
     Ok(())
 }

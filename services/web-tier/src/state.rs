@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use imgrec_runtime::backend::Ports;
+use imgrec_runtime::backend::Adapters;
 use imgrec_runtime::settings::Settings;
 use scaler::ScalerHandle;
 use tokio::sync::watch;
@@ -14,7 +14,7 @@ use crate::upload::UploadLimits;
 
 pub struct WebTier {
     pub settings: Settings,
-    pub ports: Ports,
+    pub adapters: Adapters,
     /// This web tier's name (`web-instanceK`; another one if it loses this one while paused).
     pub name: watch::Receiver<String>,
     /// The response queue its answers come back on (this process's own).
@@ -32,7 +32,7 @@ pub struct WebTier {
 impl WebTier {
     pub fn new(
         settings: Settings,
-        ports: Ports,
+        adapters: Adapters,
         name: watch::Receiver<String>,
         reply_to: String,
         scaler: Option<ScalerHandle>,
@@ -40,7 +40,7 @@ impl WebTier {
         Arc::new(Self {
             upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
             settings,
-            ports,
+            adapters,
             name,
             reply_to,
             waiters: Waiters::default(),

@@ -33,7 +33,7 @@ impl WebTier {
         };
         let backlog = match backlog {
             Some(b) => b,
-            None => match self.ports.requests.depth().await {
+            None => match self.adapters.requests.depth().await {
                 Ok(depth) => depth,
                 Err(_) => return,
             },
@@ -44,7 +44,7 @@ impl WebTier {
 
     /// `GET /status`.
     pub async fn status(self: Arc<Self>) -> Response {
-        let depth = match self.ports.requests.depth().await {
+        let depth = match self.adapters.requests.depth().await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot read the queue depth");
@@ -54,7 +54,7 @@ impl WebTier {
                 );
             }
         };
-        let dead = self.ports.dead_letter.depth().await.map(|d| d.total()).ok();
+        let dead = self.adapters.dead_letter.depth().await.map(|d| d.total()).ok();
         let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
         let (desired, instances, error, acting, launch_failure) = match &self.scaler {
             Some(scaler) => {
@@ -101,7 +101,7 @@ impl WebTier {
     /// `GET /metrics`.
     pub async fn metrics(self: Arc<Self>) -> Response {
         let m = &self.metrics;
-        if let Ok(depth) = self.ports.requests.depth().await {
+        if let Ok(depth) = self.adapters.requests.depth().await {
             m.queue_pending.set(depth.visible as i64);
             m.queue_in_flight.set(depth.in_flight as i64);
         }
@@ -115,7 +115,7 @@ impl WebTier {
             }
         }
         reply::with_header(
-            m.render(&self.ports.connection.calls),
+            m.render(&self.adapters.connection.calls),
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt, Received, WorkQueue};
-use imgrec_runtime::backend::Ports;
+use imgrec_runtime::backend::Adapters;
 use imgrec_runtime::settings::Settings;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
@@ -219,9 +219,9 @@ async fn a_queue_that_may_recover_is_a_503_one_that_will_not_a_500() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let mut ports = Ports::connect(&settings).await.unwrap();
-        ports.requests = Arc::new(Refusing { transient });
-        let web = web_tier::spawn_on(settings, ports).await.unwrap();
+        let mut adapters = Adapters::connect(&settings).await.unwrap();
+        adapters.requests = Arc::new(Refusing { transient });
+        let web = web_tier::spawn_on(settings, adapters).await.unwrap();
         let (status, body) = upload(&Client::new(), &web.url(), form("myfile", "a.jpg", image()), false).await;
         assert_eq!(status, want, "{body}");
         assert!(body.contains("cannot queue the request"), "{body}");
@@ -332,8 +332,8 @@ async fn a_response_the_web_tier_cannot_read_stays_in_its_queue() {
     let status = get_status(&Client::new(), &web).await;
     let own_queue = status["web_tier"]["response_queue"].as_str().unwrap().to_owned();
     assert!(own_queue.starts_with("responses-web-instance1-"), "{own_queue}");
-    let ports = Ports::connect(&settings).await.unwrap();
-    let queue = ports.response_queues.open(&own_queue).await.unwrap();
+    let adapters = Adapters::connect(&settings).await.unwrap();
+    let queue = adapters.response_queues.open(&own_queue).await.unwrap();
     queue
         .send(br#"{"version":2,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8"}"#)
         .await

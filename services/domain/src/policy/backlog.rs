@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use super::{active, since, toward, Decision, Observation, PolicyConfig, ScalingPolicy};
+use super::{serving, since, toward, Decision, Observation, PolicyConfig, ScalingPolicy};
 use crate::ports::InstanceState;
 
 /// Steady load is sized to keep instances this busy: headroom for Poisson bursts.
@@ -58,7 +58,7 @@ impl BacklogPolicy {
 
         let mut supply = 0.0;
         let mut counted = 0;
-        for i in active(obs.instances) {
+        for i in serving(obs.instances) {
             let ready_in = match i.state {
                 InstanceState::Pending => (boot - since(obs.now, i.launched_at).as_secs_f64()).max(0.0),
                 _ => 0.0,
@@ -147,7 +147,7 @@ impl ScalingPolicy for BacklogPolicy {
         {
             self.recommendations.pop_front();
         }
-        let current = active(obs.instances).len();
+        let current = serving(obs.instances).len();
         let peak = self
             .recommendations
             .iter()

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use super::{active, since, toward, Decision, Observation, PolicyConfig, ScalingPolicy};
+use super::{serving, since, toward, Decision, Observation, PolicyConfig, ScalingPolicy};
 use crate::ports::InstanceState;
 
 /// Acts only when its period has passed since the last evaluation.
@@ -52,7 +52,7 @@ impl Naive {
 impl ScalingPolicy for Naive {
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
         if self.period.due(obs.now) {
-            let running = active(obs.instances).len();
+            let running = serving(obs.instances).len();
             self.desired = if obs.backlog.total() == 0 {
                 self.config.min
             } else {
@@ -108,7 +108,7 @@ impl ScalingPolicy for TargetTracking {
                 .iter()
                 .filter(|i| i.state == InstanceState::Running)
                 .count();
-            let capacity = active(obs.instances).len();
+            let capacity = serving(obs.instances).len();
             if in_service == 0 {
                 // The step policy: backlog and no capacity at all -> one instance.
                 if visible > 0.0 && capacity == 0 {

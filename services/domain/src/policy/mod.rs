@@ -116,7 +116,7 @@ impl PolicyKind {
 }
 
 /// Instances that serve (or soon will): all but those already stopping.
-pub fn active(instances: &[Instance]) -> Vec<&Instance> {
+pub fn serving(instances: &[Instance]) -> Vec<&Instance> {
     instances.iter().filter(|i| i.serves()).collect()
 }
 
@@ -134,7 +134,7 @@ fn since(now: SystemTime, then: SystemTime) -> Duration {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use crate::ports::fleet::{plan, Resize};
+    use crate::ports::fleet::{plan, FleetChange};
     use crate::ports::InstanceState;
 
     pub fn config() -> PolicyConfig {
@@ -176,7 +176,7 @@ pub(crate) mod test_support {
 
     /// Applies a decision to a simulated pool through the fleets' plan: launches run at once,
     /// retirements leave at once. Returns what changed.
-    pub fn apply(fleet: &mut Vec<Instance>, d: &Decision, now: f64) -> Resize {
+    pub fn apply(fleet: &mut Vec<Instance>, d: &Decision, now: f64) -> FleetChange {
         let resize = plan(d.desired, 20, fleet);
         fleet.retain(|i| !resize.retire.contains(&i.name));
         fleet.extend(resize.launch.iter().map(|n| Instance {

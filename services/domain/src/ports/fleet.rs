@@ -54,12 +54,12 @@ pub struct LaunchFailure {
 
 /// What a fleet does to move toward a desired size: the names it launches and retires.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resize {
+pub struct FleetChange {
     pub launch: Vec<String>,
     pub retire: Vec<String>,
 }
 
-impl Resize {
+impl FleetChange {
     pub fn is_empty(&self) -> bool {
         self.launch.is_empty() && self.retire.is_empty()
     }
@@ -70,10 +70,10 @@ impl Resize {
 /// for them to leave. New names are the lowest free `app-instanceK` (so never above
 /// `app-instance{max}`); the surplus retired is idle before busy, not yet running before running,
 /// newest first.
-pub fn plan(desired: usize, max: usize, instances: &[Instance]) -> Resize {
+pub fn plan(desired: usize, max: usize, instances: &[Instance]) -> FleetChange {
     let desired = desired.min(max);
     let serving: Vec<&Instance> = instances.iter().filter(|i| i.serves()).collect();
-    let mut resize = Resize::default();
+    let mut resize = FleetChange::default();
     if desired > serving.len() {
         let room = max.saturating_sub(instances.len());
         let taken: HashSet<&str> = instances.iter().map(|i| i.name.as_str()).collect();
@@ -122,7 +122,7 @@ pub trait Fleet: Send + Sync + 'static {
     /// Moves toward `desired` serving instances in one step (`plan`): launches what is missing at
     /// once, as far as `max` instances alive in any state allows, and asks the surplus to finish
     /// what it holds and stop. Returns what it did.
-    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize>;
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<FleetChange>;
     /// The most instances this fleet can hold, if it has its own bound (an Auto Scaling group's
     /// MaxSize); the scaler never asks for more.
     async fn max_size(&self) -> PortResult<Option<usize>> {
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(r.launch, ["app-instance2", "app-instance4"]);
         assert!(r.retire.is_empty());
         // At the cap nothing launches until app-instance3 is gone.
-        assert_eq!(plan(10, 2, &fleet), Resize::default());
+        assert_eq!(plan(10, 2, &fleet), FleetChange::default());
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod object_store;
 mod work_queue;
 
 pub use error::{PortError, PortResult};
-pub use fleet::{Fleet, Instance, InstanceState, InstanceStatus, LaunchFailure, Resize};
+pub use fleet::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
 pub use object_store::{Kept, KeyError, ObjectKey, ObjectStore, StoredObject, UploadOrder};

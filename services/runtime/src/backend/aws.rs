@@ -9,7 +9,7 @@ use imgrec_aws::{
 use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink};
 use tokio::sync::OnceCell;
 
-use super::{Connection, Ports};
+use super::{Adapters, Connection};
 use crate::settings::Settings;
 
 /// The SDK configuration a process's adapters share, loaded by the first one that needs it.
@@ -32,14 +32,14 @@ async fn aws<'a>(settings: &Settings, connection: &'a Connection) -> &'a Aws {
         .await
 }
 
-pub async fn ports(settings: &Settings, connection: Connection) -> anyhow::Result<Ports> {
+pub async fn adapters(settings: &Settings, connection: Connection) -> anyhow::Result<Adapters> {
     let q = &settings.queues;
     let aws = aws(settings, &connection).await;
     let store = S3ObjectStore::new(aws);
     store.check_bucket(&settings.buckets.input).await?;
     store.check_versioning(&settings.buckets.input).await?;
     store.check_bucket(&settings.buckets.output).await?;
-    Ok(Ports {
+    Ok(Adapters {
         store: Arc::new(store),
         requests: Arc::new(SqsQueue::open(aws, &q.requests).await?),
         response_queues: Arc::new(SqsResponseQueues::new(aws)),

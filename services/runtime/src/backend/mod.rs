@@ -33,9 +33,9 @@ pub struct Connection {
     clients: Arc<aws::Clients>,
 }
 
-/// The storage and queues every tier uses.
+/// The storage and queues every tier uses: the adapters behind its ports.
 #[derive(Clone)]
-pub struct Ports {
+pub struct Adapters {
     pub store: Arc<dyn ObjectStore>,
     pub requests: Arc<dyn WorkQueue>,
     /// Each web tier's own response queue, by name.
@@ -45,7 +45,7 @@ pub struct Ports {
     pub connection: Connection,
 }
 
-impl Ports {
+impl Adapters {
     /// Connects, checking that every bucket and queue exists and is accessible.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         Self::connect_as(settings, None, Connection::default()).await
@@ -80,7 +80,7 @@ impl Ports {
                     connection,
                 })
             }
-            Backend::Aws => aws::ports(settings, connection).await,
+            Backend::Aws => aws::adapters(settings, connection).await,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink};
 
-use super::{Connection, Ports};
+use super::{Adapters, Connection};
 use crate::settings::Settings;
 
 /// No clients to share.
@@ -18,7 +18,7 @@ fn unsupported() -> anyhow::Error {
     )
 }
 
-pub async fn ports(_: &Settings, _: Connection) -> anyhow::Result<Ports> {
+pub async fn adapters(_: &Settings, _: Connection) -> anyhow::Result<Adapters> {
     Err(unsupported())
 }
 

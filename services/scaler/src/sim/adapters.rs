@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use imgrec_domain::ports::fleet::plan;
-use imgrec_domain::ports::{Fleet, Instance, PortResult, QueueDepth, Resize};
+use imgrec_domain::ports::{Fleet, FleetChange, Instance, PortResult, QueueDepth};
 
 use crate::{Backlog, Clock, Completions};
 
@@ -18,7 +18,7 @@ pub struct Observed {
     pub backlog: QueueDepth,
     pub instances: Vec<Instance>,
     pub completion_rate: Option<f64>,
-    pub resize: Resize,
+    pub change: FleetChange,
 }
 
 /// The simulated world as every adapter sees it.
@@ -56,10 +56,10 @@ impl Fleet for World {
         Ok(self.lock().instances.clone())
     }
 
-    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<Resize> {
+    async fn scale_to(&self, desired: usize, max: usize) -> PortResult<FleetChange> {
         let mut observed = self.lock();
-        let resize = plan(desired, max, &observed.instances);
-        observed.resize = resize.clone();
-        Ok(resize)
+        let change = plan(desired, max, &observed.instances);
+        observed.change = change.clone();
+        Ok(change)
     }
 }

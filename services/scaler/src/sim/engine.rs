@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use std::sync::Arc;
 
 use imgrec_domain::policy::PolicyKind;
-use imgrec_domain::ports::{Instance, InstanceState, QueueDepth};
+use imgrec_domain::ports::{FleetChange, Instance, InstanceState, QueueDepth};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal, Normal};
@@ -205,27 +205,7 @@ fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> S
     )
     .with_clock(Arc::new(world.clone()))
     .with_completion_rate(Box::new(world.clone()));
-    let boot = &profile.boot;
-    let mut sim = Sim {
-        profile,
-        rng: StdRng::seed_from_u64(seed),
-        boot: Normal::new(boot.mean_s, boot.sd_s).expect("a valid boot time distribution"),
-        jitter: LogNormal::new(0.0, 0.1).expect("a valid service time jitter"),
-        events: BinaryHeap::new(),
-        seq: 0,
-        queue: VecDeque::new(),
-        in_flight: 0,
-        instances: Vec::new(),
-        live: Vec::new(),
-        idle: Vec::new(),
-        latencies: Vec::with_capacity(scenario.arrivals.len()),
-        completions: VecDeque::new(),
-        last_completion: 0,
-        instance_micros: 0,
-        peak: 0,
-        actions: 0,
-        max_waiting_at_cap: 0,
-    };
+    let mut sim = Sim::new(profile, seed, scenario.arrivals.len());
     for &t in &scenario.arrivals {
         sim.schedule(micros(t), Event::Arrival);
     }
@@ -243,50 +223,9 @@ fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> S
             Event::Ready(id) => sim.ready(id, now),
             Event::BatchDone(id) => sim.batch_done(id, now),
             Event::Tick => {
-                let (backlog, instances, completion_rate) = sim.observe(now);
-                *world.lock() = super::adapters::Observed {
-                    now: Some(clock(now)),
-                    backlog,
-                    instances,
-                    completion_rate,
-                    ..Default::default()
-                };
-                // The real scaler's observe-decide-apply round; its fleet is this simulation's,
-                // whose plan picks names and the instances to retire.
-                futures::executor::block_on(scaler.tick()).expect("a simulated tick cannot fail");
-                let resize = std::mem::take(&mut world.lock().resize);
-                for name in resize.launch {
-                    let id = sim.instances.len();
-                    let boot_s = sim.boot.sample(&mut sim.rng).max(boot.min_s);
-                    sim.instances.push(SimInstance {
-                        name,
-                        launched: now,
-                        phase: Phase::Booting,
-                        stopping: false,
-                        batch: Vec::new(),
-                    });
-                    sim.live.push(id);
-                    sim.schedule(now + micros(boot_s), Event::Ready(id));
-                    sim.actions += 1;
-                }
-                for name in resize.retire {
-                    if let Some(&id) = sim.live.iter().find(|&&id| sim.instances[id].name == name) {
-                        sim.actions += 1;
-                        match sim.instances[id].phase {
-                            Phase::Busy => sim.instances[id].stopping = true,
-                            _ => sim.stop(id, now),
-                        }
-                    }
-                }
-                let live = sim.live().count();
-                let serving = sim.live().filter(|i| !i.stopping).count();
-                sim.peak = sim.peak.max(live);
-                if serving >= config.max {
-                    sim.max_waiting_at_cap = sim.max_waiting_at_cap.max(sim.queue.len());
-                }
-                series.push(seconds(now), live, sim.queue.len() + sim.in_flight);
-                let done = sim.latencies.len() == total;
-                if done && live <= config.min {
+                scale(&mut scaler, &world, &mut sim, now);
+                let live = sim.record(now, &mut series);
+                if sim.latencies.len() == total && live <= config.min {
                     back_at_min = Some(now);
                     break;
                 }
@@ -300,26 +239,111 @@ fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> S
     for id in sim.live.clone() {
         sim.stop(id, end);
     }
-    let first_arrival = micros(scenario.arrivals.first().copied().unwrap_or(0.0));
-    let mut latencies = sim.latencies;
-    latencies.sort_by(f64::total_cmp);
     SimRun {
-        row: Row {
-            scenario: format!("{}/{}", profile.name, scenario.name),
-            profile: profile.name.to_string(),
+        row: sim.row(scenario, kind, back_at_min),
+        series,
+    }
+}
+
+/// The real scaler's observe-decide-apply round on what the simulation shows at `now`; its fleet is
+/// this simulation's, whose plan picks names and the instances to retire.
+fn scale(scaler: &mut Scaler, world: &World, sim: &mut Sim, now: Micros) {
+    let (backlog, instances, completion_rate) = sim.observe(now);
+    *world.lock() = super::adapters::Observed {
+        now: Some(clock(now)),
+        backlog,
+        instances,
+        completion_rate,
+        ..Default::default()
+    };
+    futures::executor::block_on(scaler.tick()).expect("a simulated tick cannot fail");
+    let change = std::mem::take(&mut world.lock().change);
+    sim.apply(change, now);
+}
+
+impl<'a> Sim<'a> {
+    fn new(profile: &'a Profile, seed: u64, requests: usize) -> Self {
+        let boot = &profile.boot;
+        Sim {
+            profile,
+            rng: StdRng::seed_from_u64(seed),
+            boot: Normal::new(boot.mean_s, boot.sd_s).expect("a valid boot time distribution"),
+            jitter: LogNormal::new(0.0, 0.1).expect("a valid service time jitter"),
+            events: BinaryHeap::new(),
+            seq: 0,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            instances: Vec::new(),
+            live: Vec::new(),
+            idle: Vec::new(),
+            latencies: Vec::with_capacity(requests),
+            completions: VecDeque::new(),
+            last_completion: 0,
+            instance_micros: 0,
+            peak: 0,
+            actions: 0,
+            max_waiting_at_cap: 0,
+        }
+    }
+
+    /// Boots what the fleet launched and stops what it retired (a busy one after its batch).
+    fn apply(&mut self, change: FleetChange, now: Micros) {
+        for name in change.launch {
+            let id = self.instances.len();
+            let boot_s = self.boot.sample(&mut self.rng).max(self.profile.boot.min_s);
+            self.instances.push(SimInstance {
+                name,
+                launched: now,
+                phase: Phase::Booting,
+                stopping: false,
+                batch: Vec::new(),
+            });
+            self.live.push(id);
+            self.schedule(now + micros(boot_s), Event::Ready(id));
+            self.actions += 1;
+        }
+        for name in change.retire {
+            if let Some(&id) = self.live.iter().find(|&&id| self.instances[id].name == name) {
+                self.actions += 1;
+                match self.instances[id].phase {
+                    Phase::Busy => self.instances[id].stopping = true,
+                    _ => self.stop(id, now),
+                }
+            }
+        }
+    }
+
+    /// Records the pool and the backlog after a tick; returns the instances alive.
+    fn record(&mut self, now: Micros, series: &mut Series) -> usize {
+        let live = self.live().count();
+        let serving = self.live().filter(|i| !i.stopping).count();
+        self.peak = self.peak.max(live);
+        if serving >= self.profile.policy.max {
+            self.max_waiting_at_cap = self.max_waiting_at_cap.max(self.queue.len());
+        }
+        series.push(seconds(now), live, self.queue.len() + self.in_flight);
+        live
+    }
+
+    fn row(self, scenario: &Scenario, kind: PolicyKind, back_at_min: Option<Micros>) -> Row {
+        let first_arrival = micros(scenario.arrivals.first().copied().unwrap_or(0.0));
+        let mut latencies = self.latencies;
+        latencies.sort_by(f64::total_cmp);
+        Row {
+            scenario: format!("{}/{}", self.profile.name, scenario.name),
+            profile: self.profile.name.to_string(),
             policy: kind.name().to_string(),
-            requests: total,
+            requests: scenario.arrivals.len(),
             completed: latencies.len(),
             p50_latency_s: percentile(&latencies, 0.50),
             p99_latency_s: percentile(&latencies, 0.99),
-            completion_s: seconds(sim.last_completion.saturating_sub(first_arrival)),
-            instance_seconds: sim.instance_micros as f64 / 1e6,
-            peak_instances: sim.peak,
-            scaling_actions: sim.actions,
-            max_waiting_at_cap: sim.max_waiting_at_cap,
-            back_at_min_s: back_at_min.map(|t| seconds(t.saturating_sub(sim.last_completion))),
-        },
-        series,
+            completion_s: seconds(self.last_completion.saturating_sub(first_arrival)),
+            instance_seconds: self.instance_micros as f64 / 1e6,
+            peak_instances: self.peak,
+            scaling_actions: self.actions,
+            max_waiting_at_cap: self.max_waiting_at_cap,
+            back_at_min_s: back_at_min.map(|t| seconds(t.saturating_sub(self.last_completion))),
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl WebTier {
     /// before it is sent so that no answer can arrive unclaimed.
     async fn store_and_queue(&self, upload: body::Upload) -> Result<(ClassifyRequest, Waiting), UploadError> {
         let input = &self.settings.buckets.input;
-        let stored = match self.ports.store.put(input, &upload.key, upload.bytes).await {
+        let stored = match self.adapters.store.put(input, &upload.key, upload.bytes).await {
             Ok(stored) => stored,
             Err(PortError::Refused(reason)) => return Err(UploadError::UnstorableName { reason }),
             Err(PortError::Transient(source) | PortError::Permanent(source)) => {
@@ -145,7 +145,7 @@ impl WebTier {
         };
         let waiting = self.waiters.register(request.request_id);
         self.metrics.waiting_requests.set(self.waiters.len() as i64);
-        match self.ports.requests.send(&request.encode()).await {
+        match self.adapters.requests.send(&request.encode()).await {
             Ok(()) => {}
             Err(e) if e.is_transient() => {
                 return Err(UploadError::Unavailable {
