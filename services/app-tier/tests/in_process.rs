@@ -11,6 +11,7 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+// Long: the whole path of one upload through both tiers, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifiers_label() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();

@@ -30,6 +30,8 @@ fn check(members: &[Member], max: usize, context: &str) {
     }
 }
 
+// Long: one randomised run whose every step checks the same invariants; split, the steps would
+// only pass the whole state around.
 fn run(kind: PolicyKind, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let max = rng.random_range(1..=8);

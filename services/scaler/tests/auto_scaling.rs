@@ -26,6 +26,7 @@ async fn name_tags(ec2: &aws_sdk_ec2::Client) -> HashMap<String, String> {
         .collect()
 }
 
+// Long: one scale-out and scale-in story against moto, read top to bottom; its steps share the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let moto = Moto::start();

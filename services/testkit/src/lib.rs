@@ -247,6 +247,7 @@ pub async fn object_store_contract<S: ObjectStore>(store: S, bucket: &str) {
 /// The newest upload's result stays: an older one's write is refused whenever it comes, a newer
 /// one's (or the same one's again: a redelivered request) replaces it, and of many writers racing
 /// on one key the newest wins. `stores` are handles on one store (one per process, locally).
+// Long: the contract's cases in order (older, newer, again, racing), on one key; each needs the last.
 pub async fn newest_result_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket: &str) {
     let store = &stores[0];
     let order = |ms: u64| UploadOrder::new(ms, &format!("req{ms}"));
