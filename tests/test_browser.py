@@ -159,6 +159,14 @@ def test_the_upload_page_labels_files_chosen_together_or_dropped_and_says_why_on
         assert took.endswith(" s") and float(took[:-2]) > 0
     label, cls, _ = shown["notes.jpg"]
     assert cls == "error" and label.startswith("415: "), label
+    # Each labelled image: its thumbnail, drawn in the browser, and its top 5 with confidences.
+    tops = top_fives(browser)
+    for f in files:
+        labels, percents, width = tops[f.name]
+        assert len(labels) == 5 and labels[0] == want[f.name], tops[f.name]
+        assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.05, tops[f.name]
+        assert width == 64, tops[f.name]
+    assert tops["notes.jpg"][0] == [], "a refused upload has no classes"
     errors = console_errors(browser)
     # The refused upload is an answer the page shows, not a page error.
     assert [e for e in errors if "415" not in e["message"]] == [], errors
@@ -168,8 +176,18 @@ def done_rows(driver, count: int):
     rows = driver.execute_script(
         "return [...document.querySelectorAll('#rows tr')].map(tr => [...tr.cells].map(c => c.textContent)"
         ".concat([tr.cells[1].className]))")
-    finished = [(name, label, cls, took) for name, label, took, cls in rows if label != "classifying…" and took]
+    finished = [(name, label, cls, took) for name, label, _top, took, cls in rows if label != "classifying…" and took]
     return finished if len(finished) == count else None
+
+
+def top_fives(driver) -> dict[str, tuple[list[str], list[float], int]]:
+    """Each row's top-5 list (labels, percentages) and its thumbnail's drawn width, by file name."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#rows tr')].map(tr => [tr.cells[0].textContent,"
+        " [...tr.cells[2].querySelectorAll('li')].map(li => [...li.children].slice(0, 2).map(c => c.textContent)),"
+        " tr.cells[0].querySelector('canvas').width])")
+    return {name: ([label for label, _ in top], [float(p.rstrip('%')) for _, p in top], width)
+            for name, top, width in rows}
 
 
 CONTRAST = """

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
-use imgrec_classifier::{Classifier, ClassifyError, ImageLimits, InferenceSettings, Prediction};
+use imgrec_classifier::{Classifier, ClassifyError, ImageLimits, InferenceSettings, ModelId, Prediction};
 use tokio::sync::oneshot;
 
 type Labels = Vec<Result<Prediction, ClassifyError>>;
@@ -24,6 +24,8 @@ struct ModelRun {
 /// A handle to the thread; the thread ends when the handle is dropped.
 pub struct InferenceThread {
     runs: mpsc::Sender<ModelRun>,
+    /// The model the thread loaded.
+    pub model: ModelId,
 }
 
 impl InferenceThread {
@@ -36,7 +38,7 @@ impl InferenceThread {
             .spawn(move || {
                 let mut classifier = match Classifier::load(&settings, limits) {
                     Ok(c) => {
-                        let _ = loaded.send(Ok(()));
+                        let _ = loaded.send(Ok(c.model().clone()));
                         c
                     }
                     Err(e) => {
@@ -53,10 +55,10 @@ impl InferenceThread {
                 }
             })
             .context("cannot start the inference thread")?;
-        load_result
+        let model = load_result
             .await
             .context("the inference thread stopped while loading the model")??;
-        Ok(Self { runs })
+        Ok(Self { runs, model })
     }
 
     /// Labels for `images` (one per image, in order), in model runs of at most `max_pixels`.

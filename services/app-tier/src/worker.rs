@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use imgrec_classifier::{ClassifyError, Prediction};
-use imgrec_domain::messages::{result_object, ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
+use imgrec_domain::messages::{
+    result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, VERSION,
+};
 use imgrec_domain::ports::{InstanceState, InstanceStatus, Kept, ObjectKey, PortError, Receipt, Received, UploadOrder};
 use imgrec_runtime::backend::{self, Adapters, Connection};
 use imgrec_runtime::consumer::Consumer;
@@ -450,9 +452,17 @@ impl Worker {
                         if kept == Kept::Superseded {
                             debug!(key = %answer.request.key, "a later upload's result is stored; this one only answers its client");
                         }
+                        let model = &self.inference.model;
                         Outcome::Label {
                             label: prediction.label,
                             probability: prediction.probability,
+                            top: (prediction.top.into_iter())
+                                .map(|(label, probability)| Scored { label, probability })
+                                .collect(),
+                            model: Some(ModelId {
+                                name: model.name.clone(),
+                                version: model.version.clone(),
+                            }),
                         }
                     }
                     // Retrying cannot store it: tell the client instead of cycling to the dead-letter queue.

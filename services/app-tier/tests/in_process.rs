@@ -79,6 +79,75 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
     web.stop().await.unwrap();
 }
 
+/// `?k=N`: a JSON answer lists the N most likely classes with their probabilities, most likely
+/// first, and names the model; a plain-text answer stays the one label; a bad `k` is a 400 before
+/// anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults().unwrap();
+    settings.data_dir = dir.path().to_path_buf();
+    settings.web.host = "127.0.0.1".into();
+    settings.web.run_scaler = false;
+    settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
+    let image = std::fs::read(workspace().join("services/classifier/tests/fixtures/small.jpg")).unwrap();
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let client = reqwest::Client::new();
+    let post = |query: &str, json: bool, name: &str| {
+        let form = Form::new().part("myfile", Part::bytes(image.clone()).file_name(name.to_owned()));
+        let mut request = client.post(format!("{}{query}", web.url())).multipart(form);
+        if json {
+            request = request.header("accept", "application/json");
+        }
+        request.send()
+    };
+
+    let answer: serde_json::Value = post("?k=5", true, "a.jpg").await.unwrap().json().await.unwrap();
+    let top = answer["top"].as_array().unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(top.len(), 5, "{answer}");
+    assert_eq!(top[0]["label"], answer["label"], "{answer}");
+    assert_eq!(top[0]["probability"], answer["probability"], "{answer}");
+    let p: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+    assert!(p.windows(2).all(|w| w[0] >= w[1]), "most likely first: {p:?}");
+    assert!(p.iter().sum::<f64>() <= 1.0 + 1e-5 && p[4] > 0.0, "{p:?}");
+    assert_eq!(answer["model"]["name"], "efficientnet-lite0", "{answer}");
+    let version = answer["model"]["version"].as_str().unwrap();
+    assert!(
+        version.len() == 12 && version.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{version}"
+    );
+
+    let plain = post("?k=5", false, "b.jpg").await.unwrap().text().await.unwrap();
+    assert_eq!(
+        plain.trim(),
+        answer["label"].as_str().unwrap(),
+        "plain text stays the one label"
+    );
+    let default: serde_json::Value = post("", true, "c.jpg").await.unwrap().json().await.unwrap();
+    assert_eq!(default["top"].as_array().map(Vec::len), Some(1), "{default}");
+    let ten: serde_json::Value = post("?k=10&trace=1", true, "d.jpg")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ten["top"].as_array().map(Vec::len), Some(10), "{ten}");
+
+    for bad in ["?k=0", "?k=11", "?k=five", "?k=-1", "?k=1.5"] {
+        let response = post(bad, false, "bad.jpg").await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST, "{bad}");
+        assert!(response.text().await.unwrap().contains("k must be"), "{bad}");
+    }
+    assert!(
+        !dir.path().join("s3/input-bucket/bad.jpg").exists(),
+        "refused before storing"
+    );
+    worker.stop().await.unwrap();
+    web.stop().await.unwrap();
+}
+
 /// A request this release cannot read (a newer version from an upgraded web tier, or no request
 /// at all) is never deleted: it comes back for other workers and ends in the dead-letter queue
 /// after `queues.max_receives`, where an operator finds it.

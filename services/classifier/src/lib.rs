@@ -1,5 +1,5 @@
-//! Image bytes -> top-1 ImageNet label: decode, preprocess as the model's manifest says, run the
-//! ONNX model in batches, softmax, argmax.
+//! Image bytes -> ImageNet labels: decode, preprocess as the model's manifest says, run the ONNX
+//! model in batches, softmax, the most likely classes.
 
 pub mod decode;
 pub mod manifest;
@@ -20,12 +20,27 @@ pub use manifest::Manifest;
 pub use preprocess::Preprocessor;
 pub use settings::InferenceSettings;
 
-/// The top-1 class of one image.
+/// How many of the most likely classes a prediction keeps.
+pub const TOP_K: usize = 10;
+
+/// The classes of one image the model finds most likely.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
+    /// The most likely class (the first on ties, as numpy's argmax).
     pub index: usize,
     pub label: String,
     pub probability: f32,
+    /// The `TOP_K` most likely (fewer if the model has fewer classes), most likely first; the first
+    /// is `label`.
+    pub top: Vec<(String, f32)>,
+}
+
+/// Which model answers: its manifest's name, and a version that changes whenever its graph or
+/// weights do (the first 12 hex digits of `model.onnx`'s SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelId {
+    pub name: String,
+    pub version: String,
 }
 
 /// Why one image got no label.
@@ -43,6 +58,7 @@ pub struct Classifier {
     labels: Vec<String>,
     input_name: String,
     output_name: String,
+    model: ModelId,
 }
 
 impl Classifier {
@@ -69,6 +85,10 @@ impl Classifier {
             .commit_from_file(&model)
             .map_err(|e| anyhow!("cannot load {}: {e}", model.display()))?;
         let (input_name, output_name) = (manifest.input.name.clone(), manifest.output.name.clone());
+        let model_id = ModelId {
+            name: manifest.name.clone(),
+            version: file_version(&model)?,
+        };
         ensure!(
             session.inputs().iter().any(|i| i.name() == input_name),
             "{} has no input named {input_name:?}",
@@ -85,7 +105,12 @@ impl Classifier {
             labels,
             input_name,
             output_name,
+            model: model_id,
         })
+    }
+
+    pub fn model(&self) -> &ModelId {
+        &self.model
     }
 
     pub fn preprocessor(&self) -> &Preprocessor {
@@ -142,7 +167,7 @@ impl Classifier {
                 logits
                     .rows()
                     .into_iter()
-                    .map(|row| self.top1(row.as_slice().unwrap_or(&row.to_vec()))),
+                    .map(|row| self.ranked(row.as_slice().unwrap_or(&row.to_vec()))),
             );
         }
         Ok(predictions)
@@ -199,15 +224,54 @@ impl Classifier {
             .collect()
     }
 
-    fn top1(&self, logits: &[f32]) -> Prediction {
+    fn ranked(&self, logits: &[f32]) -> Prediction {
         let (index, max) = argmax(logits);
         let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+        let top = top_k(logits, TOP_K)
+            .into_iter()
+            .map(|i| (self.labels[i].clone(), (logits[i] - max).exp() / sum))
+            .collect();
         Prediction {
             index,
             label: self.labels[index].clone(),
             probability: 1.0 / sum,
+            top,
         }
     }
+}
+
+/// The indices of the `k` largest values, largest first; of equal values the first (so the first
+/// index is `argmax`'s).
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    // NaN logits sort last rather than poisoning the order.
+    let key = |i: &usize| {
+        if values[*i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            values[*i]
+        }
+    };
+    order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+    order.truncate(k);
+    order
+}
+
+/// The first 12 hex digits of a file's SHA-256.
+fn file_version(path: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let cannot = || format!("cannot read {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(cannot)?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut chunk).with_context(cannot)? {
+            0 => break,
+            n => hasher.update(&chunk[..n]),
+        }
+    }
+    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
 }
 
 /// Index and value of the largest element; the first one on ties, as numpy's argmax.
@@ -230,4 +294,19 @@ fn load_labels(path: &Path) -> anyhow::Result<Vec<String>> {
         serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of names", path.display()))?;
     ensure!(!labels.is_empty(), "{} has no labels", path.display());
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_largest_first_with_ties_in_index_order_and_nan_last() {
+        let values = [0.5, 2.0, f32::NAN, 2.0, -1.0, 0.7];
+        assert_eq!(top_k(&values, 4), vec![1, 3, 5, 0]);
+        assert_eq!(top_k(&values, 1)[0], argmax(&values).0);
+        assert_eq!(top_k(&values, 99).len(), values.len(), "never more than there are");
+        assert_eq!(top_k(&values, 99).last(), Some(&2), "NaN last");
+        assert!(top_k(&[], 3).is_empty());
+    }
 }

@@ -53,16 +53,36 @@ pub enum Outcome {
     Label {
         label: String,
         probability: f32,
+        /// The most likely classes, most likely first (up to `TOP_K`); absent in older workers'
+        /// answers, which carry only the top one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        top: Vec<Scored>,
+        /// The model that answered; absent in older workers' answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<ModelId>,
     },
     /// The image could not be classified; `reason` is one line for the client.
-    Rejected {
-        reason: String,
-    },
+    Rejected { reason: String },
     /// The request failed on every receive and was set aside in the dead-letter queue (sent by
     /// whichever web tier read it there).
-    DeadLettered {
-        receives: u32,
-    },
+    DeadLettered { receives: u32 },
+}
+
+/// How many classes an answer can list: `?k=` goes up to this.
+pub const TOP_K: usize = 10;
+
+/// One class and how likely the model finds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub label: String,
+    pub probability: f32,
+}
+
+/// Which model answered: its name and a version that changes whenever its graph or weights do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelId {
+    pub name: String,
+    pub version: String,
 }
 
 #[derive(Debug, thiserror::Error)]

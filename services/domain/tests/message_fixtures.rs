@@ -46,6 +46,15 @@ fn todays_requests_are_read_and_written_unchanged() {
 fn todays_responses_are_read_and_written_unchanged() {
     let r: ClassifyResponse = read("response-v1-label.json");
     assert!(matches!(r.outcome, Outcome::Label { ref label, .. } if label == "bathtub"));
+    let r: ClassifyResponse = read("response-v1-label-top.json");
+    let Outcome::Label { top, model, .. } = r.outcome else {
+        panic!("not a label")
+    };
+    assert_eq!(
+        top.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(),
+        ["bathtub", "tub"]
+    );
+    assert_eq!(model.map(|m| m.version).as_deref(), Some("0123456789ab"));
     let r: ClassifyResponse = read("response-v1-rejected.json");
     assert!(matches!(r.outcome, Outcome::Rejected { .. }));
     let r: ClassifyResponse = read("response-v1-dead-lettered.json");

@@ -79,14 +79,21 @@ fn upload_request() -> impl Filter<
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(warp::header::optional::<String>("accept"))
+        .and(query())
         .map(
-            |content_type, content_length, body, accept: Option<String>| UploadRequest {
+            |content_type, content_length, body, accept: Option<String>, query| UploadRequest {
                 content_type,
                 content_length,
                 body: Box::pin(body),
                 wants_json: accept.is_some_and(|a| a.contains("application/json")),
+                query,
             },
         )
+}
+
+/// The query string, empty when there is none.
+fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 /// Maps warp's own rejections (unknown path, wrong method) to one-line answers.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use imgrec_classifier::ImageLimits;
 use imgrec_domain::config::WebSettings;
-use imgrec_domain::messages::{now_ms, result_object, ClassifyRequest, Message, Outcome, VERSION};
+use imgrec_domain::messages::{
+    now_ms, result_object, ClassifyRequest, Message, ModelId, Outcome, Scored, TOP_K, VERSION,
+};
 use imgrec_domain::ports::PortError;
 use serde_json::json;
 use uuid::Uuid;
@@ -52,6 +54,33 @@ pub struct UploadRequest<S> {
     pub content_length: Option<u64>,
     pub body: S,
     pub wants_json: bool,
+    /// The raw query string (`k=5`).
+    pub query: String,
+}
+
+/// What the query string asks of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerOptions {
+    /// How many of the most likely classes a JSON answer lists.
+    pub k: usize,
+}
+
+impl AnswerOptions {
+    /// `k=N` (1 to `TOP_K`, default 1). Other parameters are ignored, as clients add their own
+    /// (cache busters, tracing ids).
+    pub fn parse(query: &str) -> Result<Self, UploadError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|_| UploadError::BadRequest("the query string is not form-encoded".into()))?;
+        let mut options = Self { k: 1 };
+        for (_, value) in pairs.iter().filter(|(name, _)| name == "k") {
+            options.k = value
+                .parse()
+                .ok()
+                .filter(|k| (1..=TOP_K).contains(k))
+                .ok_or_else(|| UploadError::BadRequest(format!("k must be a whole number from 1 to {TOP_K}")))?;
+        }
+        Ok(options)
+    }
 }
 
 /// An upload's label, as the worker answered.
@@ -59,6 +88,9 @@ struct Labelled {
     image: String,
     label: String,
     probability: f32,
+    /// Most likely first; just the label from a worker that sends no ranking.
+    top: Vec<Scored>,
+    model: Option<ModelId>,
     request_id: Uuid,
     instance: String,
 }
@@ -72,7 +104,10 @@ impl WebTier {
     {
         let start = Instant::now();
         let wants_json = request.wants_json;
-        let labelled = self.label(request).await;
+        let (labelled, options) = match AnswerOptions::parse(&request.query) {
+            Ok(options) => (self.label(request).await, options),
+            Err(e) => (Err(e), AnswerOptions { k: 1 }),
+        };
         let took = start.elapsed();
         let outcome = labelled.as_ref().map_or_else(UploadError::label, |_| "ok");
         self.metrics.requests.with_label_values(&[outcome]).inc();
@@ -88,13 +123,16 @@ impl WebTier {
                         image,
                         label,
                         probability,
+                        mut top,
+                        model,
                         request_id,
                         instance,
                     } = labelled;
+                    top.truncate(options.k);
                     reply::json(
                         StatusCode::OK,
-                        &json!({ "image": image, "label": label, "probability": probability,
-                                 "request_id": request_id, "instance": instance }),
+                        &json!({ "image": image, "label": label, "probability": probability, "top": top,
+                                 "model": model, "request_id": request_id, "instance": instance }),
                     )
                 } else {
                     reply::text(StatusCode::OK, labelled.label)
@@ -172,8 +210,23 @@ impl WebTier {
         let (image, _) = result_object(&request.key, "");
         match answer {
             Ok(Ok(Answer::Response(response))) => match response.outcome {
-                Outcome::Label { label, probability } => Ok(Labelled {
+                Outcome::Label {
+                    label,
+                    probability,
+                    mut top,
+                    model,
+                } => Ok(Labelled {
                     image,
+                    top: {
+                        if top.is_empty() {
+                            top.push(Scored {
+                                label: label.clone(),
+                                probability,
+                            });
+                        }
+                        top
+                    },
+                    model,
                     label,
                     probability,
                     request_id: request.request_id,
@@ -206,4 +259,21 @@ fn refusal(e: UploadError, wants_json: bool) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_is_a_whole_number_from_1_to_top_k_and_other_parameters_are_ignored() {
+        let k = |query: &str| AnswerOptions::parse(query).map(|o| o.k).map_err(|e| e.to_string());
+        assert_eq!(k(""), Ok(1));
+        assert_eq!(k("k=5"), Ok(5));
+        assert_eq!(k("k=10&cache=123"), Ok(10));
+        assert_eq!(k("k=%35"), Ok(5), "percent-encoded");
+        for bad in ["k=0", "k=11", "k=", "k=five", "k=-1", "k=1.5", "k=99999999999999999999"] {
+            assert!(k(bad).is_err_and(|e| e.contains("k must be")), "{bad}");
+        }
+    }
 }
