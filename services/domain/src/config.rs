@@ -78,6 +78,9 @@ pub struct WebSettings {
     /// tier on the same data folder holds; on AWS, Terraform sets it per instance.
     #[serde(default)]
     pub name: Option<String>,
+    /// Refuse at once (503, `Retry-After`) an upload the pool at its cap cannot answer within
+    /// `response_timeout_s`, instead of answering it 504 then.
+    pub admission_control: bool,
 }
 
 impl WebSettings {

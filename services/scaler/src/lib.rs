@@ -39,6 +39,8 @@ pub struct ScalerStatus {
     pub launch_failure: Option<LaunchFailure>,
     /// Whether this scaler acts on the fleet (holds the lease); others only watch.
     pub acting: bool,
+    /// Requests completed per second recently, as the acting scaler counts them.
+    pub completion_rate: Option<f64>,
 }
 
 pub type SharedStatus = Arc<RwLock<ScalerStatus>>;
@@ -351,11 +353,12 @@ impl Scaler {
             self.policy.cap(limit);
         }
         let now = self.clock.now();
+        let completion_rate = self.completions.as_mut().and_then(|c| c.rate(now));
         let obs = Observation {
             now,
             backlog,
             instances: &instances,
-            completion_rate: self.completions.as_mut().and_then(|c| c.rate(now)),
+            completion_rate,
         };
         let decision = self.policy.decide(&obs);
         let max = self.policy.config().max;
@@ -376,6 +379,7 @@ impl Scaler {
         status.scaling_actions += actions;
         status.last_error = None;
         status.acting = true;
+        status.completion_rate = completion_rate;
         Ok(decision)
     }
 

@@ -1,6 +1,8 @@
 //! Why an upload got no label: one variant per answer, each with its HTTP status and the label it
 //! is counted under in `imgrec_requests_total` and `imgrec_request_duration_seconds`.
 
+use std::time::Duration;
+
 use imgrec_classifier::decode::ImageError;
 use warp::http::StatusCode;
 
@@ -24,6 +26,9 @@ pub enum UploadError {
     Busy,
     #[error("the service is shutting down; try again")]
     ShuttingDown,
+    /// Admission control: the pool at its cap cannot answer this upload within the timeout.
+    #[error("too many requests are waiting to answer this one in time; try again in {}s", retry_after.as_secs())]
+    Overloaded { retry_after: Duration },
     /// The store or the queue failed in a way that may pass.
     #[error("{what}; try again later")]
     Unavailable {
@@ -67,9 +72,11 @@ impl UploadError {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
             },
-            Self::Busy | Self::ShuttingDown | Self::Unavailable { .. } | Self::StoppedWaiting(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Busy
+            | Self::ShuttingDown
+            | Self::Overloaded { .. }
+            | Self::Unavailable { .. }
+            | Self::StoppedWaiting(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::QueueRefused { .. } | Self::DeadLettered(_) | Self::CheckFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -85,6 +92,7 @@ impl UploadError {
             | Self::Image(_)
             | Self::UnstorableName { .. } => "bad_request",
             Self::Busy | Self::ShuttingDown | Self::Unavailable { .. } | Self::StoppedWaiting(_) => "unavailable",
+            Self::Overloaded { .. } => "overloaded",
             Self::Rejected(_) => "rejected",
             Self::QueueRefused { .. } | Self::DeadLettered(_) | Self::CheckFailed => "failed",
             Self::Timeout { .. } => "timeout",
@@ -94,6 +102,14 @@ impl UploadError {
     /// Worth retrying after a pause (`Retry-After`).
     pub fn is_retryable(&self) -> bool {
         self.status() == StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// How long a client should wait before trying again, if trying again helps.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after } => Some(*retry_after),
+            _ => self.is_retryable().then_some(Duration::from_secs(1)),
+        }
     }
 
     /// Says in the log what the client is not told: the store's or the queue's own words.

@@ -105,7 +105,7 @@ async fn serve_on(
         web_tier_name.name.clone(),
         web_tier_name.response_queue.clone(),
         scaler.as_ref().map(|s| s.handle()),
-    );
+    )?;
     let background = Background::start(&tier, scaler, completed).await?;
 
     let web = &tier.settings.web;

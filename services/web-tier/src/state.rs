@@ -1,7 +1,9 @@
 //! The web tier's state, shared by its handlers and its background tasks.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use imgrec_domain::policy::admission::Admission;
 use imgrec_runtime::backend::Adapters;
 use imgrec_runtime::settings::Settings;
 use scaler::ScalerHandle;
@@ -27,6 +29,10 @@ pub struct WebTier {
     pub scaler: Option<ScalerHandle>,
     /// What the dashboard charts.
     pub history: History,
+    /// How uploads are judged, when `web.admission_control` is on and a scaler shows the pool.
+    pub admission: Option<Admission>,
+    /// Uploads refused by admission control.
+    pub refused: AtomicU64,
 }
 
 impl WebTier {
@@ -36,8 +42,15 @@ impl WebTier {
         name: watch::Receiver<String>,
         reply_to: String,
         scaler: Option<ScalerHandle>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> anyhow::Result<Arc<Self>> {
+        let admission = match (&scaler, settings.web.admission_control) {
+            (Some(_), true) => Some(Admission::new(
+                &settings.scaler.policy_config()?,
+                settings.web.response_timeout(),
+            )),
+            _ => None,
+        };
+        Ok(Arc::new(Self {
             upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
             settings,
             adapters,
@@ -47,6 +60,8 @@ impl WebTier {
             metrics: Metrics::new(),
             scaler,
             history: History::default(),
-        })
+            admission,
+            refused: AtomicU64::new(0),
+        }))
     }
 }

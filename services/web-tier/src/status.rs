@@ -1,6 +1,7 @@
 //! `GET /status`, `GET /status/history` and `GET /metrics`: the queue, the fleet as the scaler
 //! last saw it, and this web tier's own counts.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -94,6 +95,11 @@ impl WebTier {
                 "recent": self.history.recent(Instant::now()),
                 "scaler_error": error,
                 "web_tier": { "name": *self.name.borrow(), "response_queue": self.reply_to, "scaler_acting": acting },
+                "admission": {
+                    "enabled": self.admission.is_some(),
+                    "refused": self.refused.load(Ordering::Relaxed),
+                    "rate_at_cap": self.admission.as_ref().map(|a| a.rate_at_cap(&self.load())),
+                },
             }),
         )
     }

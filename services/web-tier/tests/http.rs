@@ -430,3 +430,73 @@ async fn a_wait_for_upload_memory_ends_in_503() {
     drop(holder);
     web.stop().await.unwrap();
 }
+
+/// Admission control: with a pool that clears one request a second at its cap and a 3 s
+/// timeout, the third upload waiting cannot be answered in time: it is refused at once with 503
+/// and `Retry-After`, before anything is stored, and counted; turned off, it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_the_pool_cannot_answer_in_time_are_refused_at_once_with_retry_after() {
+    for enabled in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.web.watch_fleet = true;
+        s.web.admission_control = enabled;
+        s.web.response_timeout_s = 3;
+        (s.scaler.max, s.scaler.service_time_s, s.scaler.boot_time_s) = (1, 1.0, 0.5);
+        let web = web_tier::spawn(s).await.unwrap();
+        let client = Client::new();
+        // No workers: the first two wait (0.5 s of boot, then 1 s each, within 3 s) for their 504.
+        let waiting: Vec<_> = ["a.jpg", "b.jpg"]
+            .into_iter()
+            .map(|name| tokio::spawn(upload_owned(client.clone(), web.url(), name)))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get_status(&client, &web).await["waiting_requests"] != 2 {
+            assert!(Instant::now() < deadline, "the first two never waited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        let response = client
+            .post(web.url())
+            .multipart(form("myfile", "c.jpg", image()))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        if enabled {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()["retry-after"], "1");
+            assert!(response.text().await.unwrap().contains("try again in 1s"));
+            println!("refused in {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "refused at once, not after the timeout: {took:?}"
+            );
+            assert!(!dir.path().join("s3/input-bucket/c.jpg").exists(), "nothing stored");
+            let status = get_status(&client, &web).await;
+            assert_eq!(status["admission"]["refused"], 1, "{status}");
+            assert_eq!(status["admission"]["rate_at_cap"], 1.0, "{status}");
+            let metrics = client.get(format!("{}metrics", web.url())).send().await.unwrap();
+            let metrics = metrics.text().await.unwrap();
+            assert!(
+                metrics.contains(r#"imgrec_requests_total{outcome="overloaded"} 1"#),
+                "{metrics}"
+            );
+        } else {
+            assert_eq!(
+                response.status(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "accepted, then timed out"
+            );
+            assert_eq!(get_status(&client, &web).await["admission"]["enabled"], false);
+        }
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+        }
+        web.stop().await.unwrap();
+    }
+}
+
+async fn upload_owned(client: Client, url: String, name: &'static str) -> StatusCode {
+    upload(&client, &url, form("myfile", name, image()), false).await.0
+}

@@ -5,6 +5,7 @@
 //! `BacklogPolicy` is ours and the default; `Naive`, `TargetTracking` and `Keda` model the usual
 //! alternatives so that the simulator can compare them on the same scenarios.
 
+pub mod admission;
 mod backlog;
 mod baselines;
 

@@ -1,6 +1,7 @@
 //! `POST /`: the upload, read within limits and checked before anything is stored or queued,
 //! stored in the input bucket, queued, and answered with its label when the response comes back.
 
+mod admit;
 mod body;
 mod budget;
 mod check;
@@ -150,6 +151,7 @@ impl WebTier {
         if self.waiters.is_closed() {
             return Err(UploadError::ShuttingDown);
         }
+        self.admit()?;
         let limits = &self.upload_limits;
         let upload = body::read(request.content_type, request.content_length, request.body, limits).await?;
         check::validate(upload.bytes.clone(), limits).await?;
@@ -253,10 +255,10 @@ fn refusal(e: UploadError, wants_json: bool) -> Response {
     } else {
         reply::text(status, e.to_string())
     };
-    if e.is_retryable() {
+    if let Some(after) = e.retry_after() {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(after.as_secs().max(1)));
     }
     response
 }
