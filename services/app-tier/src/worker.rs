@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use imgrec_classifier::{ClassifyError, Prediction};
 use imgrec_domain::messages::{
-    result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, VERSION,
+    now_ms, result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, Timings, VERSION,
 };
 use imgrec_domain::ports::{InstanceState, InstanceStatus, Kept, ObjectKey, PortError, Receipt, Received, UploadOrder};
 use imgrec_runtime::backend::{self, Adapters, Connection};
@@ -252,6 +252,8 @@ struct Classified {
     receipt: Receipt,
     request: ClassifyRequest,
     outcome: Result<Prediction, String>,
+    /// When the image went through a model run.
+    timings: Option<Timings>,
 }
 
 impl Worker {
@@ -313,12 +315,16 @@ impl Worker {
     /// retried (transient failures) get no answer and stay in the queue.
     async fn run_batch(&self, jobs: Vec<Job>) -> Vec<Classified> {
         let requests: Vec<(Receipt, ClassifyRequest)> = jobs.into_iter().map(|j| (j.receipt, j.request)).collect();
+        let fetched_at = now_ms();
         let images = join_all(requests.iter().map(|(_, r)| self.fetch(r))).await;
         let inputs: Vec<Bytes> = images.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
+        let batch_size = inputs.len();
+        let started = Instant::now();
         let results = self
             .inference
             .classify(inputs, self.settings.app_tier.max_batch_pixels)
             .await;
+        let inference_ms = started.elapsed().as_secs_f64() * 1e3 / batch_size.max(1) as f64;
         let mut results = match results {
             Ok(r) => r.into_iter(),
             Err(e) => {
@@ -330,6 +336,7 @@ impl Worker {
         let mut failed = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
         for ((receipt, request), image) in requests.into_iter().zip(images) {
+            let ran = image.is_ok();
             let outcome = match image {
                 Err(Fetch::Missing(reason)) => Err(reason),
                 Err(Fetch::Unavailable) => continue,
@@ -343,10 +350,16 @@ impl Worker {
                     }
                 },
             };
+            let timings = Timings {
+                queue_wait_ms: fetched_at.saturating_sub(request.submitted_at_ms),
+                inference_ms,
+                batch_size: batch_size as u32,
+            };
             answers.push(Classified {
                 receipt,
                 request,
                 outcome,
+                timings: ran.then_some(timings),
             });
         }
         self.release(failed.iter()).await;
@@ -487,6 +500,7 @@ impl Worker {
             key: answer.request.key,
             outcome,
             instance: self.name.clone(),
+            timings: answer.timings,
         };
         Some((answer.receipt, reply_to, response))
     }

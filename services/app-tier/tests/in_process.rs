@@ -144,6 +144,32 @@ async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
         !dir.path().join("s3/input-bucket/bad.jpg").exists(),
         "refused before storing"
     );
+
+    // Where the four answers' time went: one observation each of queue wait, inference per image
+    // and batch size (one image a run here).
+    let metrics = reqwest::get(format!("{}metrics", web.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for histogram in [
+        "imgrec_queue_wait_seconds",
+        "imgrec_inference_seconds",
+        "imgrec_batch_size",
+    ] {
+        assert!(
+            metrics.contains(&format!("{histogram}_count 4")),
+            "{histogram}: {metrics}"
+        );
+    }
+    assert!(metrics.contains("imgrec_batch_size_bucket{le=\"1\"} 4"), "{metrics}");
+    let inference = metric(&metrics, "imgrec_inference_seconds_sum");
+    assert!(inference > 0.0 && inference < 4.0 * 5.0, "{inference}");
+    assert!(
+        metrics.contains("imgrec_oldest_waiting_seconds 0"),
+        "nothing waits now: {metrics}"
+    );
     worker.stop().await.unwrap();
     web.stop().await.unwrap();
 }
@@ -254,4 +280,11 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
         "the older upload's result replaced the newer one's"
     );
     assert!(dir.path().join("s3/output-bucket/cat").is_file());
+}
+
+/// The value of a sample line `name value` in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }

@@ -45,6 +45,22 @@ pub struct ClassifyResponse {
     pub outcome: Outcome,
     /// The app-tier instance that answered.
     pub instance: String,
+    /// Where the request's time went on the worker; absent in older workers' answers and in
+    /// answers without a model run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+/// A request's time on the app tier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the upload's queueing (the web tier's clock) to its worker fetching the image (the
+    /// worker's clock): time in the queue, give or take the two clocks' skew.
+    pub queue_wait_ms: u64,
+    /// The model run's time per image of the run.
+    pub inference_ms: f64,
+    /// Images in the model run.
+    pub batch_size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,6 +47,7 @@ fn todays_responses_are_read_and_written_unchanged() {
     let r: ClassifyResponse = read("response-v1-label.json");
     assert!(matches!(r.outcome, Outcome::Label { ref label, .. } if label == "bathtub"));
     let r: ClassifyResponse = read("response-v1-label-top.json");
+    assert_eq!(r.timings.map(|t| (t.queue_wait_ms, t.batch_size)), Some((1250, 8)));
     let Outcome::Label { top, model, .. } = r.outcome else {
         panic!("not a label")
     };

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imgrec_domain::config::Queues;
 use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 #[derive(Debug)]
 pub enum Answer {
-    Response(ClassifyResponse),
+    Response(Box<ClassifyResponse>),
     /// The web tier stopped before the answer came (the result still lands in the bucket).
     ShuttingDown,
 }
@@ -32,7 +32,8 @@ pub struct Waiters {
 
 #[derive(Default)]
 struct Table {
-    waiting: HashMap<Uuid, oneshot::Sender<Answer>>,
+    /// Each waiting request's answer channel, and since when it waits.
+    waiting: HashMap<Uuid, (Instant, oneshot::Sender<Answer>)>,
     /// Set on shutdown: later registrations are answered `ShuttingDown` at once.
     closed: bool,
 }
@@ -62,7 +63,7 @@ impl Waiters {
         if table.closed {
             let _ = tx.send(Answer::ShuttingDown);
         } else {
-            table.waiting.insert(id, tx);
+            table.waiting.insert(id, (Instant::now(), tx));
         }
         drop(table);
         Waiting {
@@ -74,13 +75,18 @@ impl Waiters {
 
     fn deliver(&self, id: Uuid, answer: Answer) -> bool {
         match self.lock().waiting.remove(&id) {
-            Some(tx) => tx.send(answer).is_ok(),
+            Some((_, tx)) => tx.send(answer).is_ok(),
             None => false,
         }
     }
 
     pub fn len(&self) -> usize {
         self.lock().waiting.len()
+    }
+
+    /// How long the longest-waiting request has waited.
+    pub fn oldest(&self) -> Option<Duration> {
+        self.lock().waiting.values().map(|(since, _)| since.elapsed()).max()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -95,7 +101,7 @@ impl Waiters {
             table.waiting.drain().collect()
         };
         let n = waiting.len();
-        for (_, tx) in waiting {
+        for (_, (_, tx)) in waiting {
             let _ = tx.send(Answer::ShuttingDown);
         }
         n
@@ -121,7 +127,7 @@ pub async fn responses(queue: Arc<dyn WorkQueue>, waiters: Waiters, completed: A
                 Ok(response) => {
                     completed.fetch_add(1, Ordering::Relaxed);
                     let id = response.request_id;
-                    if !waiters.deliver(id, Answer::Response(response)) {
+                    if !waiters.deliver(id, Answer::Response(Box::new(response))) {
                         // Its client gave up, or it was sent to an earlier web tier of this name;
                         // the result is in the bucket.
                         debug!(%id, "response with nobody waiting");
@@ -186,6 +192,7 @@ pub async fn dead_letters(
                     receives: queues.max_receives,
                 },
                 instance: web_tier.clone(),
+                timings: None,
             };
             let sent = match response_queues.open(&reply_to).await {
                 Ok(q) => q.send(&answer.encode()).await,

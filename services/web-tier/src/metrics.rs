@@ -1,9 +1,16 @@
 //! Prometheus metrics of the web tier (and of the scaler it hosts).
 
+use imgrec_domain::messages::Timings;
 use imgrec_domain::ports::ApiCalls;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+/// Seconds, from a few milliseconds to the response timeout.
+const SECONDS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -14,6 +21,10 @@ pub struct Metrics {
     pub desired_capacity: IntGauge,
     pub instances: IntGaugeVec,
     pub waiting_requests: IntGauge,
+    pub oldest_waiting: Gauge,
+    pub queue_wait: Histogram,
+    pub inference: Histogram,
+    pub batch_size: Histogram,
 }
 
 impl Metrics {
@@ -25,9 +36,8 @@ impl Metrics {
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("imgrec_request_duration_seconds", "Time from upload to answer").buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-            ]),
+            HistogramOpts::new("imgrec_request_duration_seconds", "Time from upload to answer")
+                .buckets(SECONDS.to_vec()),
             &["outcome"],
         )
         .expect("valid metric");
@@ -47,6 +57,35 @@ impl Metrics {
         registry.register(Box::new(requests.clone())).expect("unique metric");
         registry.register(Box::new(latency.clone())).expect("unique metric");
         registry.register(Box::new(instances.clone())).expect("unique metric");
+        let oldest_waiting = Gauge::new(
+            "imgrec_oldest_waiting_seconds",
+            "How long this web tier's longest-waiting request has waited",
+        )
+        .expect("valid metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric")
+        };
+        let queue_wait = histogram(
+            "imgrec_queue_wait_seconds",
+            "From an upload's queueing to its worker fetching it",
+            SECONDS.to_vec(),
+        );
+        let inference = histogram(
+            "imgrec_inference_seconds",
+            "Model run time per image of the run",
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+        );
+        let batch_size = histogram(
+            "imgrec_batch_size",
+            "Images per model run, one observation per answered image",
+            (1..=10).map(f64::from).collect(),
+        );
+        registry
+            .register(Box::new(oldest_waiting.clone()))
+            .expect("unique metric");
+        for h in [&queue_wait, &inference, &batch_size] {
+            registry.register(Box::new(h.clone())).expect("unique metric");
+        }
         Self {
             registry,
             requests,
@@ -56,7 +95,18 @@ impl Metrics {
             desired_capacity,
             instances,
             waiting_requests,
+            oldest_waiting,
+            queue_wait,
+            inference,
+            batch_size,
         }
+    }
+
+    /// Where an answered request's time went on the app tier.
+    pub fn observe(&self, timings: &Timings) {
+        self.queue_wait.observe(timings.queue_wait_ms as f64 / 1e3);
+        self.inference.observe(timings.inference_ms / 1e3);
+        self.batch_size.observe(f64::from(timings.batch_size));
     }
 
     /// The registry's text, with the cloud API calls this process made (none locally).

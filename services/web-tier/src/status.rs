@@ -112,6 +112,8 @@ impl WebTier {
             m.queue_in_flight.set(depth.in_flight as i64);
         }
         m.waiting_requests.set(self.waiters.len() as i64);
+        m.oldest_waiting
+            .set(self.waiters.oldest().unwrap_or_default().as_secs_f64());
         if let Some(scaler) = &self.scaler {
             let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
             m.desired_capacity.set(s.desired as i64);

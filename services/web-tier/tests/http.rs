@@ -482,6 +482,10 @@ async fn uploads_the_pool_cannot_answer_in_time_are_refused_at_once_with_retry_a
                 metrics.contains(r#"imgrec_requests_total{outcome="overloaded"} 1"#),
                 "{metrics}"
             );
+            let oldest: f64 = (metrics.lines())
+                .find_map(|l| l.strip_prefix("imgrec_oldest_waiting_seconds ")?.parse().ok())
+                .unwrap_or_else(|| panic!("{metrics}"));
+            assert!(oldest > 0.0 && oldest < 3.5, "the first two wait: {oldest}");
         } else {
             assert_eq!(
                 response.status(),

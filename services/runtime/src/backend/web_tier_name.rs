@@ -91,7 +91,7 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
         Some(name) => {
             let lease = open(name)?;
             anyhow::ensure!(
-                lease.hold(WEB_NAME_TTL).await?,
+                hold_at_start(&lease).await?,
                 "a web tier named {name} is already running on {}",
                 settings.data_dir.display()
             );
@@ -116,11 +116,32 @@ pub async fn web_tier_name(settings: &Settings) -> anyhow::Result<WebTierName> {
 async fn claim_lowest(open: &OpenLease) -> anyhow::Result<Arc<dyn Lease>> {
     for k in 1.. {
         let lease = open(&format!("{PREFIX}{k}"))?;
-        if lease.hold(WEB_NAME_TTL).await? {
+        if hold_at_start(&lease).await? {
             return Ok(lease);
         }
     }
     unreachable!("one of infinitely many names is free")
+}
+
+/// How long a starting web tier keeps trying to claim a name while the shared database stays
+/// locked (another process stopped in the middle of a write holds its lock until it resumes).
+const CLAIM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `lease.hold`, tried again while it fails (a locked database) for up to `CLAIM_PATIENCE`.
+async fn hold_at_start(lease: &Arc<dyn Lease>) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match lease.hold(WEB_NAME_TTL).await {
+            Ok(held) => return Ok(held),
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), name = lease.name(), "cannot claim a web tier name yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Renews the name; if another web tier holds it (this one was paused past its lease), claims the
@@ -154,5 +175,54 @@ async fn keep(held: Held, open: OpenLease, configured: bool, name: watch::Sender
             },
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew this web tier's name"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Fails (as a locked database does) its first `failures` holds.
+    struct Locked {
+        failures: u32,
+        tries: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Lease for Locked {
+        async fn hold(&self, _: Duration) -> anyhow::Result<bool> {
+            let n = self.tries.fetch_add(1, Ordering::SeqCst);
+            anyhow::ensure!(n >= self.failures, "database is locked");
+            Ok(true)
+        }
+        async fn release(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn name(&self) -> &str {
+            "web-instance1"
+        }
+        fn holder(&self) -> &str {
+            "test"
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_web_tier_waits_out_a_locked_database_then_gives_up() {
+        let briefly: Arc<dyn Lease> = Arc::new(Locked {
+            failures: 5,
+            tries: AtomicU32::new(0),
+        });
+        assert!(hold_at_start(&briefly).await.unwrap());
+        let started = tokio::time::Instant::now();
+        let for_good: Arc<dyn Lease> = Arc::new(Locked {
+            failures: u32::MAX,
+            tries: AtomicU32::new(0),
+        });
+        let e = hold_at_start(&for_good).await.unwrap_err();
+        assert!(e.to_string().contains("locked"), "{e}");
+        let waited = started.elapsed();
+        assert!(waited <= CLAIM_PATIENCE && waited > CLAIM_PATIENCE / 2, "{waited:?}");
     }
 }

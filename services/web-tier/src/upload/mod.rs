@@ -211,32 +211,37 @@ impl WebTier {
         let answer = tokio::time::timeout(timeout, &mut waiting.answer).await;
         let (image, _) = result_object(&request.key, "");
         match answer {
-            Ok(Ok(Answer::Response(response))) => match response.outcome {
-                Outcome::Label {
-                    label,
-                    probability,
-                    mut top,
-                    model,
-                } => Ok(Labelled {
-                    image,
-                    top: {
-                        if top.is_empty() {
-                            top.push(Scored {
-                                label: label.clone(),
-                                probability,
-                            });
-                        }
-                        top
-                    },
-                    model,
-                    label,
-                    probability,
-                    request_id: request.request_id,
-                    instance: response.instance,
-                }),
-                Outcome::Rejected { reason } => Err(UploadError::Rejected(reason)),
-                Outcome::DeadLettered { receives } => Err(UploadError::DeadLettered(receives)),
-            },
+            Ok(Ok(Answer::Response(response))) => {
+                if let Some(timings) = &response.timings {
+                    self.metrics.observe(timings);
+                }
+                match response.outcome {
+                    Outcome::Label {
+                        label,
+                        probability,
+                        mut top,
+                        model,
+                    } => Ok(Labelled {
+                        image,
+                        top: {
+                            if top.is_empty() {
+                                top.push(Scored {
+                                    label: label.clone(),
+                                    probability,
+                                });
+                            }
+                            top
+                        },
+                        model,
+                        label,
+                        probability,
+                        request_id: request.request_id,
+                        instance: response.instance,
+                    }),
+                    Outcome::Rejected { reason } => Err(UploadError::Rejected(reason)),
+                    Outcome::DeadLettered { receives } => Err(UploadError::DeadLettered(receives)),
+                }
+            }
             Ok(Ok(Answer::ShuttingDown)) => Err(UploadError::StoppedWaiting(image)),
             Ok(Err(_)) | Err(_) => Err(UploadError::Timeout {
                 seconds: timeout.as_secs(),
