@@ -56,7 +56,7 @@ impl Queues {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebSettings {
     pub host: String,
@@ -81,6 +81,23 @@ pub struct WebSettings {
     /// Refuse at once (503, `Retry-After`) an upload the pool at its cap cannot answer within
     /// `response_timeout_s`, instead of answering it 504 then.
     pub admission_control: bool,
+    /// API keys: when any is set (here or in `api_keys_file`), an upload without a valid one is 401.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// A file of more keys, one a line: `name sha256-hex rate_per_s burst` (`#` starts a comment).
+    #[serde(default)]
+    pub api_keys_file: Option<std::path::PathBuf>,
+}
+
+/// One client's key, stored as its SHA-256 (hex) so that the config holds no secret, with the
+/// rate its uploads may come at (a token bucket: `burst` at once, refilled at `rate_per_s`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: String,
+    pub rate_per_s: f64,
+    pub burst: u32,
 }
 
 impl WebSettings {

@@ -26,6 +26,12 @@ pub enum UploadError {
     Busy,
     #[error("the service is shutting down; try again")]
     ShuttingDown,
+    /// API keys are configured and this upload carries no valid one.
+    #[error("a valid API key is required (Authorization: Bearer <key>, or X-Api-Key)")]
+    Unauthorized,
+    /// This key's uploads came faster than its rate.
+    #[error("this API key's rate is used up; try again in {}s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
     /// Admission control: the pool at its cap cannot answer this upload within the timeout.
     #[error("too many requests are waiting to answer this one in time; try again in {}s", retry_after.as_secs())]
     Overloaded { retry_after: Duration },
@@ -80,6 +86,8 @@ impl UploadError {
             Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::QueueRefused { .. } | Self::DeadLettered(_) | Self::CheckFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -93,6 +101,8 @@ impl UploadError {
             | Self::UnstorableName { .. } => "bad_request",
             Self::Busy | Self::ShuttingDown | Self::Unavailable { .. } | Self::StoppedWaiting(_) => "unavailable",
             Self::Overloaded { .. } => "overloaded",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Rejected(_) => "rejected",
             Self::QueueRefused { .. } | Self::DeadLettered(_) | Self::CheckFailed => "failed",
             Self::Timeout { .. } => "timeout",
@@ -107,7 +117,7 @@ impl UploadError {
     /// How long a client should wait before trying again, if trying again helps.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Overloaded { retry_after } => Some(*retry_after),
+            Self::Overloaded { retry_after } | Self::RateLimited { retry_after } => Some(*retry_after),
             _ => self.is_retryable().then_some(Duration::from_secs(1)),
         }
     }

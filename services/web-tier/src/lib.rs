@@ -7,6 +7,7 @@
 //! `serve` runs it on a bound listener until asked to stop (the binary: on SIGTERM/SIGINT);
 //! `spawn` runs one in-process on a free port, for tests.
 
+mod api_keys;
 mod background;
 mod dispatch;
 mod error;

@@ -8,6 +8,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use crate::api_keys;
 use crate::reply;
 use crate::state::WebTier;
 use crate::upload::UploadRequest;
@@ -80,13 +81,22 @@ fn upload_request() -> impl Filter<
         .and(warp::body::stream())
         .and(warp::header::optional::<String>("accept"))
         .and(query())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("x-api-key"))
         .map(
-            |content_type, content_length, body, accept: Option<String>, query| UploadRequest {
+            |content_type,
+             content_length,
+             body,
+             accept: Option<String>,
+             query,
+             authorization: Option<String>,
+             x_api_key: Option<String>| UploadRequest {
                 content_type,
                 content_length,
                 body: Box::pin(body),
                 wants_json: accept.is_some_and(|a| a.contains("application/json")),
                 query,
+                api_key: api_keys::presented(authorization.as_deref(), x_api_key.as_deref()),
             },
         )
 }

@@ -9,6 +9,7 @@ use imgrec_runtime::settings::Settings;
 use scaler::ScalerHandle;
 use tokio::sync::watch;
 
+use crate::api_keys::ApiKeys;
 use crate::dispatch::Waiters;
 use crate::history::History;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct WebTier {
     pub admission: Option<Admission>,
     /// Uploads refused by admission control.
     pub refused: AtomicU64,
+    /// The keys uploads must carry, when any are configured.
+    pub api_keys: Option<ApiKeys>,
 }
 
 impl WebTier {
@@ -50,6 +53,7 @@ impl WebTier {
             )),
             _ => None,
         };
+        let api_keys = ApiKeys::load(&settings.web)?;
         Ok(Arc::new(Self {
             upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
             settings,
@@ -62,6 +66,7 @@ impl WebTier {
             history: History::default(),
             admission,
             refused: AtomicU64::new(0),
+            api_keys,
         }))
     }
 }

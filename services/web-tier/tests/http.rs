@@ -504,3 +504,77 @@ async fn uploads_the_pool_cannot_answer_in_time_are_refused_at_once_with_retry_a
 async fn upload_owned(client: Client, url: String, name: &'static str) -> StatusCode {
     upload(&client, &url, form("myfile", name, image()), false).await.0
 }
+
+/// With API keys configured, an upload needs a valid one (401 and `WWW-Authenticate` otherwise,
+/// before anything is read or stored) and comes at most at its key's rate (429 and
+/// `Retry-After`); the read-only endpoints stay open, for health checks and dashboards.
+#[tokio::test]
+async fn uploads_need_a_valid_api_key_within_its_rate_when_keys_are_configured() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    let sha = |key: &str| -> String {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    s.web.api_keys = vec![imgrec_domain::config::ApiKey {
+        name: "tests".into(),
+        sha256: sha("let-me-in"),
+        rate_per_s: 0.2,
+        burst: 2,
+    }];
+    let web = web_tier::spawn(s).await.unwrap();
+    let client = Client::new();
+    let post = |key: Option<(&'static str, &'static str)>| {
+        let mut request = client
+            .post(web.url())
+            .multipart(form("myfile", "a.jpg", b"not an image".to_vec()));
+        if let Some((header, value)) = key {
+            request = request.header(header, value);
+        }
+        request.send()
+    };
+    for key in [
+        None,
+        Some(("authorization", "Bearer wrong")),
+        Some(("x-api-key", "let-me-out")),
+    ] {
+        let response = post(key).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{key:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    // Past the key check, the (bad) image is judged: 415, twice, then the bucket is empty.
+    let first = post(Some(("authorization", "Bearer let-me-in"))).await.unwrap();
+    assert_eq!(first.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let second = post(Some(("x-api-key", "let-me-in"))).await.unwrap();
+    assert_eq!(second.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let third = post(Some(("x-api-key", "let-me-in"))).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let after: u64 = third.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&after), "{after}");
+    assert_eq!(stored(dir.path()), 0);
+    assert_eq!(
+        get_status(&client, &web).await["queue"]["pending"],
+        0,
+        "status needs no key"
+    );
+    let metrics = client
+        .get(format!("{}metrics", web.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"imgrec_requests_total{outcome="unauthorized"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"imgrec_requests_total{outcome="rate_limited"} 1"#),
+        "{metrics}"
+    );
+    web.stop().await.unwrap();
+}

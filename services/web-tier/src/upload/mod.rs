@@ -57,6 +57,8 @@ pub struct UploadRequest<S> {
     pub wants_json: bool,
     /// The raw query string (`k=5`).
     pub query: String,
+    /// The API key it carries, if any.
+    pub api_key: Option<String>,
 }
 
 /// What the query string asks of an answer.
@@ -105,7 +107,11 @@ impl WebTier {
     {
         let start = Instant::now();
         let wants_json = request.wants_json;
-        let (labelled, options) = match AnswerOptions::parse(&request.query) {
+        let allowed = match &self.api_keys {
+            Some(keys) => keys.check(request.api_key.as_deref()),
+            None => Ok(()),
+        };
+        let (labelled, options) = match allowed.and_then(|()| AnswerOptions::parse(&request.query)) {
             Ok(options) => (self.label(request).await, options),
             Err(e) => (Err(e), AnswerOptions { k: 1 }),
         };
@@ -264,6 +270,11 @@ fn refusal(e: UploadError, wants_json: bool) -> Response {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from(after.as_secs().max(1)));
+    }
+    if matches!(e, UploadError::Unauthorized) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
     response
 }
