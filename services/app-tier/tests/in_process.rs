@@ -11,17 +11,27 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-// Long: the whole path of one upload through both tiers, read top to bottom.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifiers_label() {
+/// Settings for a web tier without a scaler (the test starts its one worker) on `data`.
+fn one_web_tier_and_worker(data: &Path) -> Settings {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::defaults().unwrap();
-    settings.data_dir = dir.path().to_path_buf();
+    settings.data_dir = data.to_path_buf();
     settings.web.host = "127.0.0.1".into();
     settings.web.run_scaler = false;
     settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
-    let image = std::fs::read(workspace().join("services/classifier/tests/fixtures/small.jpg")).unwrap();
+    settings
+}
+
+fn small_jpg() -> Vec<u8> {
+    std::fs::read(workspace().join("services/classifier/tests/fixtures/small.jpg")).unwrap()
+}
+
+// Long: the whole path of one upload through both tiers, read top to bottom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifiers_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = one_web_tier_and_worker(dir.path());
+    let image = small_jpg();
     let image_again = image.clone();
     let want = {
         let mut classifier = Classifier::load(&settings.inference, settings.image_limits).unwrap();
@@ -84,14 +94,9 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
 /// anything is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::defaults().unwrap();
-    settings.data_dir = dir.path().to_path_buf();
-    settings.web.host = "127.0.0.1".into();
-    settings.web.run_scaler = false;
-    settings.inference.model_dir = workspace().join("models/efficientnet-lite0");
-    let image = std::fs::read(workspace().join("services/classifier/tests/fixtures/small.jpg")).unwrap();
+    let settings = one_web_tier_and_worker(dir.path());
+    let image = small_jpg();
     let web = web_tier::spawn(settings.clone()).await.unwrap();
     let worker = app_tier::worker::spawn(settings, "app-instance1");
     let client = reqwest::Client::new();
