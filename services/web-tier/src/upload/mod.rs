@@ -107,14 +107,7 @@ impl WebTier {
     {
         let start = Instant::now();
         let wants_json = request.wants_json;
-        let allowed = match &self.api_keys {
-            Some(keys) => keys.check(request.api_key.as_deref()),
-            None => Ok(()),
-        };
-        let (labelled, options) = match allowed.and_then(|()| AnswerOptions::parse(&request.query)) {
-            Ok(options) => (self.label(request).await, options),
-            Err(e) => (Err(e), AnswerOptions { k: 1 }),
-        };
+        let labelled = self.label(request).await;
         let took = start.elapsed();
         let outcome = labelled.as_ref().map_or_else(UploadError::label, |_| "ok");
         self.metrics.requests.with_label_values(&[outcome]).inc();
@@ -123,7 +116,7 @@ impl WebTier {
             .with_label_values(&[outcome])
             .observe(took.as_secs_f64());
         match labelled {
-            Ok(labelled) => {
+            Ok((labelled, options)) => {
                 self.history.answered(Instant::now(), took);
                 if wants_json {
                     let Labelled {
@@ -149,11 +142,17 @@ impl WebTier {
         }
     }
 
-    async fn label<S, B>(&self, request: UploadRequest<S>) -> Result<Labelled, UploadError>
+    /// Refuses what it must before reading the body (no key, a bad query, a stop, overload), then
+    /// reads, checks, stores and queues the upload and waits for its label.
+    async fn label<S, B>(&self, request: UploadRequest<S>) -> Result<(Labelled, AnswerOptions), UploadError>
     where
         S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
         B: bytes::Buf + Send + 'static,
     {
+        if let Some(keys) = &self.api_keys {
+            keys.check(request.api_key.as_deref())?;
+        }
+        let options = AnswerOptions::parse(&request.query)?;
         if self.waiters.is_closed() {
             return Err(UploadError::ShuttingDown);
         }
@@ -162,7 +161,7 @@ impl WebTier {
         let upload = body::read(request.content_type, request.content_length, request.body, limits).await?;
         check::validate(upload.bytes.clone(), limits).await?;
         let (request, waiting) = self.store_and_queue(upload).await?;
-        self.await_answer(request, waiting).await
+        Ok((self.await_answer(request, waiting).await?, options))
     }
 
     /// Stores the upload in the input bucket and queues its request, waiting for its answer
