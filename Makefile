@@ -138,6 +138,7 @@ bench: build-aws $(DEFAULT_MODEL)
 	$(PY) tools/bench_faults.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_web_tiers.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_web_tiers.py --size 1280x960 $(DATASETS)/imagenet-100
+	$(PY) tools/bench_overload.py $(DATASETS)/imagenet-100
 
 # The README's timelines (docs/timeline-100.svg, docs/timeline-1000.svg) from real local runs.
 timeline: build $(DEFAULT_MODEL) $(VENV_STAMP)

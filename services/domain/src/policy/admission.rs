@@ -2,9 +2,11 @@
 //! within the response timeout. One it cannot is better refused at once (503 with `Retry-After`)
 //! than accepted and answered 504 when the timeout runs out.
 //!
-//! The estimate errs on the side of admitting: the pool's rate is the faster of the configured
-//! service time and the observed one, and only a pool with nothing running waits for a boot. So
-//! a refusal means that even the hopeful estimate misses the deadline.
+//! Until the pool is saturated the estimate errs on the side of admitting: the pool's rate is the
+//! faster of the configured service time and the observed one, and only a pool with nothing
+//! running waits for a boot. Once every instance of a pool at its cap is busy, the rate it is seen
+//! to complete at is the rate at its cap, and a configured service time that was too hopeful no
+//! longer matters.
 
 use std::time::Duration;
 
@@ -54,14 +56,20 @@ impl Admission {
         }
     }
 
-    /// Requests per second the pool clears at its cap.
+    /// Requests per second the pool clears at its cap. Once the pool is at its cap and every
+    /// instance is busy, what it completes is that rate, measured; before, the faster of the
+    /// configured and the observed rate per busy instance, times the cap.
     pub fn rate_at_cap(&self, load: &Load) -> f64 {
+        let observed = load.completion_rate.filter(|r| r.is_finite() && *r > 0.0);
+        if let Some(rate) = observed.filter(|_| self.max > 0 && load.running >= self.max && load.busy >= self.max) {
+            return rate;
+        }
         let configured = 1.0 / self.service_time.as_secs_f64().max(1e-6);
-        let observed = match (load.completion_rate, load.busy) {
-            (Some(rate), busy) if busy > 0 && rate.is_finite() => rate / busy as f64,
+        let per_busy = match (observed, load.busy) {
+            (Some(rate), busy) if busy > 0 => rate / busy as f64,
             _ => 0.0,
         };
-        self.max as f64 * configured.max(observed)
+        self.max as f64 * configured.max(per_busy)
     }
 
     pub fn judge(&self, load: &Load) -> Verdict {
@@ -154,6 +162,31 @@ mod tests {
         assert_eq!(a.rate_at_cap(&l), 40.0);
         (l.completion_rate, l.busy) = (Some(f64::NAN), 5);
         assert_eq!(a.rate_at_cap(&l), 40.0);
+    }
+
+    #[test]
+    fn a_saturated_pool_at_its_cap_is_judged_by_what_it_completes() {
+        let a = admission();
+        let saturated = Load {
+            backlog: 1_000,
+            running: 20,
+            busy: 20,
+            completion_rate: Some(5.0),
+        };
+        assert_eq!(a.rate_at_cap(&saturated), 5.0, "measured, not the hopeful 40");
+        assert_eq!(
+            a.judge(&saturated),
+            Verdict::Refuse {
+                retry_after: Duration::from_secs(81)
+            }
+        );
+        let one_idle = Load { busy: 19, ..saturated };
+        assert_eq!(a.rate_at_cap(&one_idle), 40.0, "not saturated: the hopeful estimate");
+        let uncounted = Load {
+            completion_rate: None,
+            ..saturated
+        };
+        assert_eq!(a.rate_at_cap(&uncounted), 40.0);
     }
 
     #[test]
