@@ -47,6 +47,15 @@ async fn get_status(client: &Client, web: &web_tier::SpawnedWebTier) -> serde_js
     response.json().await.expect("status JSON")
 }
 
+async fn get_metrics(client: &Client, web: &web_tier::SpawnedWebTier) -> String {
+    let response = client
+        .get(format!("{}metrics", web.url()))
+        .send()
+        .await
+        .expect("metrics");
+    response.text().await.expect("metrics text")
+}
+
 fn stored(data: &Path) -> usize {
     std::fs::read_dir(data.join("s3/input-bucket")).map_or(0, |d| d.count())
 }
@@ -476,8 +485,7 @@ async fn uploads_the_pool_cannot_answer_in_time_are_refused_at_once_with_retry_a
             let status = get_status(&client, &web).await;
             assert_eq!(status["admission"]["refused"], 1, "{status}");
             assert_eq!(status["admission"]["rate_at_cap"], 1.0, "{status}");
-            let metrics = client.get(format!("{}metrics", web.url())).send().await.unwrap();
-            let metrics = metrics.text().await.unwrap();
+            let metrics = get_metrics(&client, &web).await;
             assert!(
                 metrics.contains(r#"imgrec_requests_total{outcome="overloaded"} 1"#),
                 "{metrics}"
@@ -560,14 +568,7 @@ async fn uploads_need_a_valid_api_key_within_its_rate_when_keys_are_configured()
         0,
         "status needs no key"
     );
-    let metrics = client
-        .get(format!("{}metrics", web.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_metrics(&client, &web).await;
     assert!(
         metrics.contains(r#"imgrec_requests_total{outcome="unauthorized"} 3"#),
         "{metrics}"
