@@ -344,6 +344,8 @@ impl Scaler {
             status.backlog = backlog;
             status.instances = instances;
             status.acting = false;
+            // Only the acting scaler counts completions: a rate from when this one acted is stale.
+            status.completion_rate = None;
             return Ok(Decision {
                 desired: status.desired,
             });
