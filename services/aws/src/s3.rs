@@ -168,8 +168,50 @@ impl ObjectStore for S3ObjectStore {
         }
     }
 
-    async fn list(&self, bucket: &str) -> PortResult<Vec<ObjectKey>> {
-        let mut pages = self.client.list_objects_v2().bucket(bucket).into_paginator().send();
+    /// PutObject with `If-None-Match: *`: S3 answers 412 when the key exists, and 409 while
+    /// another conditional write of the key is in flight (that one settles it, so ask again).
+    async fn put_if_absent(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<bool> {
+        const ATTEMPTS: usize = 10;
+        for attempt in 0..ATTEMPTS {
+            let put = self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key.as_str())
+                .if_none_match("*")
+                .body(ByteStream::from(bytes.clone()));
+            match self.aws.call("PutObject", put.send()).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.code_is("PreconditionFailed") => return Ok(false),
+                Err(e) if e.code_is("ConditionalRequestConflict") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+                }
+                Err(e) => return Err(e.on(format_args!("{bucket}/{key}")).into_store_error()),
+            }
+        }
+        Err(
+            anyhow::anyhow!("S3 PutObject {bucket}/{key}: {ATTEMPTS} conditional writes in a row met a conflict")
+                .into(),
+        )
+    }
+
+    async fn delete(&self, bucket: &str, key: &ObjectKey) -> PortResult<()> {
+        let request = self.client.delete_object().bucket(bucket).key(key.as_str());
+        self.aws
+            .call("DeleteObject", request.send())
+            .await
+            .map_err(|e| e.on(format_args!("{bucket}/{key}")).into_store_error())?;
+        Ok(())
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>> {
+        let request = self.client.list_objects_v2().bucket(bucket);
+        let request = if prefix.is_empty() {
+            request
+        } else {
+            request.prefix(prefix)
+        };
+        let mut pages = request.into_paginator().send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
             let page = self

@@ -40,6 +40,11 @@ async fn s3_object_store_contract() {
         "output-bucket",
     )
     .await;
+    contract::create_once_contract(
+        vec![Arc::new(store.clone()), Arc::new(S3ObjectStore::new(&aws))],
+        "output-bucket",
+    )
+    .await;
     let missing = ObjectKey::new("missing.jpg").unwrap();
     assert!(store.get("input-bucket", &missing, None).await.unwrap().is_none());
 

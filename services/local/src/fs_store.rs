@@ -73,6 +73,19 @@ impl FsObjectStore {
         Ok(removed)
     }
 
+    /// Makes the names a write created durable: syncs their folders, in groups shared by
+    /// concurrent writes.
+    async fn sync(&self, dirs: Vec<PathBuf>) -> PortResult<()> {
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        match self.dir_syncs.submit(dirs, sync_dirs).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(anyhow::anyhow!(e).into()),
+            None => Err(anyhow::anyhow!("the folder sync task ended (shutting down)").into()),
+        }
+    }
+
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.root.join("s3").join(bucket)
     }
@@ -119,17 +132,7 @@ impl FsObjectStore {
         order: &UploadOrder,
     ) -> PortResult<(Kept, Vec<PathBuf>)> {
         check_bucket(bucket)?;
-        let locks = self.root.join("locks").join(bucket);
-        std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
-        let lock_path = locks.join(lock_stripe(key).to_string());
-        let lock = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        lock.lock()
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let _lock = self.lock(bucket, key)?;
         let order_path = self.root.join("orders").join(bucket).join(relative_path(key));
         let stored = match std::fs::read_to_string(&order_path) {
             Ok(text) => UploadOrder::parse(text.trim()),
@@ -159,6 +162,51 @@ impl FsObjectStore {
         Ok((Kept::Stored, to_sync))
     }
 
+    /// Holds the lock of `key`'s stripe until dropped: every process of the stack takes the same.
+    fn lock(&self, bucket: &str, key: &ObjectKey) -> PortResult<std::fs::File> {
+        let locks = self.root.join("locks").join(bucket);
+        std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
+        let lock_path = locks.join(lock_stripe(key).to_string());
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        Ok(lock)
+    }
+
+    /// `put_blocking` under the key's lock, unless the object exists.
+    fn put_if_absent_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> PortResult<Option<Vec<PathBuf>>> {
+        check_bucket(bucket)?;
+        let _lock = self.lock(bucket, key)?;
+        let target = self.bucket_dir(bucket).join(relative_path(key));
+        if target
+            .try_exists()
+            .with_context(|| format!("cannot check {}", target.display()))?
+        {
+            return Ok(None);
+        }
+        Ok(Some(self.put_blocking(bucket, key, bytes)?.1))
+    }
+
+    /// Removes the object (under the key's lock, so never halfway through a conditional put) and
+    /// returns the folder to sync.
+    fn delete_blocking(&self, bucket: &str, key: &ObjectKey) -> PortResult<Vec<PathBuf>> {
+        check_bucket(bucket)?;
+        let _lock = self.lock(bucket, key)?;
+        let target = self.bucket_dir(bucket).join(relative_path(key));
+        match std::fs::remove_file(&target) {
+            Ok(()) => Ok(target.parent().map(Path::to_path_buf).into_iter().collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot remove {}", target.display()))
+                .into()),
+        }
+    }
+
     fn get_blocking(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>> {
         check_bucket(bucket)?;
         let path = match version {
@@ -177,7 +225,7 @@ impl FsObjectStore {
         }
     }
 
-    fn list_blocking(&self, bucket: &str) -> PortResult<Vec<ObjectKey>> {
+    fn list_blocking(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>> {
         check_bucket(bucket)?;
         let base = self.bucket_dir(bucket);
         let mut keys = Vec::new();
@@ -202,7 +250,9 @@ impl FsObjectStore {
                         stack.push(path);
                     }
                 } else if let Some(key) = path.strip_prefix(&base).ok().and_then(key_of) {
-                    keys.push(key);
+                    if key.as_str().starts_with(prefix) {
+                        keys.push(key);
+                    }
                 }
             }
         }
@@ -290,24 +340,14 @@ impl ObjectStore for FsObjectStore {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<StoredObject> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
         let (version, dirs) = blocking(move || this.put_blocking(&bucket, &key, &bytes)).await?;
-        match self.dir_syncs.submit(dirs, sync_dirs).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(anyhow::anyhow!(e).into()),
-            None => return Err(anyhow::anyhow!("the folder sync task ended (shutting down)").into()),
-        }
+        self.sync(dirs).await?;
         Ok(StoredObject { version: Some(version) })
     }
 
     async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept> {
         let (this, bucket, key, order) = (self.clone(), bucket.to_owned(), key.clone(), order.clone());
         let (kept, dirs) = blocking(move || this.put_newest_blocking(&bucket, &key, &bytes, &order)).await?;
-        if !dirs.is_empty() {
-            match self.dir_syncs.submit(dirs, sync_dirs).await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return Err(anyhow::anyhow!(e).into()),
-                None => return Err(anyhow::anyhow!("the folder sync task ended (shutting down)").into()),
-            }
-        }
+        self.sync(dirs).await?;
         Ok(kept)
     }
 
@@ -316,9 +356,24 @@ impl ObjectStore for FsObjectStore {
         blocking(move || this.get_blocking(&bucket, &key, version.as_deref())).await
     }
 
-    async fn list(&self, bucket: &str) -> PortResult<Vec<ObjectKey>> {
-        let (this, bucket) = (self.clone(), bucket.to_owned());
-        blocking(move || this.list_blocking(&bucket)).await
+    async fn put_if_absent(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<bool> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
+        let Some(dirs) = blocking(move || this.put_if_absent_blocking(&bucket, &key, &bytes)).await? else {
+            return Ok(false);
+        };
+        self.sync(dirs).await?;
+        Ok(true)
+    }
+
+    async fn delete(&self, bucket: &str, key: &ObjectKey) -> PortResult<()> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
+        let dirs = blocking(move || this.delete_blocking(&bucket, &key)).await?;
+        self.sync(dirs).await
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>> {
+        let (this, bucket, prefix) = (self.clone(), bucket.to_owned(), prefix.to_owned());
+        blocking(move || this.list_blocking(&bucket, &prefix)).await
     }
 }
 

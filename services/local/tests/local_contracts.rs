@@ -548,7 +548,18 @@ async fn fs_object_store_keeps_the_newest_result() {
     ];
     contract::newest_result_contract(stores, "output-bucket").await;
     // The order lives beside the object, not in the bucket.
-    let listed = FsObjectStore::new(dir.path()).list("output-bucket").await.unwrap();
+    let listed = FsObjectStore::new(dir.path()).list("output-bucket", "").await.unwrap();
     let listed: Vec<&str> = listed.iter().map(|k| k.as_str()).collect();
     assert_eq!(listed, ["cat", "dir/dog", "race"]);
+}
+
+/// Two handles on one folder store: of racing creators of a key, exactly one stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fs_object_store_creates_a_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = vec![
+        Arc::new(FsObjectStore::new(dir.path())),
+        Arc::new(FsObjectStore::new(dir.path())),
+    ];
+    contract::create_once_contract(stores, "output-bucket").await;
 }

@@ -232,16 +232,62 @@ pub async fn object_store_contract<S: ObjectStore>(store: S, bucket: &str) {
         let got = store.get(bucket, &key, None).await.expect("get");
         assert_eq!(got.as_deref(), Some(&[i as u8; 3][..]), "{name:?}");
     }
-    let keys: Vec<String> = store
-        .list(bucket)
-        .await
-        .expect("list")
-        .iter()
-        .map(|k| k.to_string())
-        .collect();
+    let store = &store;
+    let listed = |prefix: &'static str| async move {
+        let keys = store.list(bucket, prefix).await.expect("list");
+        keys.iter().map(|k| k.to_string()).collect::<Vec<String>>()
+    };
     let mut want: Vec<String> = odd.iter().cloned().chain(["test_0.JPEG".to_owned()]).collect();
     want.sort();
-    assert_eq!(keys, want);
+    assert_eq!(listed("").await, want);
+    assert_eq!(listed("dir").await, ["dir", "dir/test_1.png"]);
+    assert_eq!(listed("dir/").await, ["dir/test_1.png"]);
+    assert!(listed("nothing/").await.is_empty());
+}
+
+/// Of many writers creating one key at once (through every handle), exactly one stores and the
+/// object holds its bytes; a key deleted can be created again; deleting nothing is no error.
+pub async fn create_once_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket: &str) {
+    let key = ObjectKey::new("_claims/job-1").expect("key");
+    let writes: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, key, bucket) = (stores[i % stores.len()].clone(), key.clone(), bucket.to_owned());
+            tokio::spawn(async move {
+                (
+                    i,
+                    store
+                        .put_if_absent(&bucket, &key, Bytes::from(format!("claim {i}")))
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for write in writes {
+        let (i, stored) = write.await.expect("task");
+        if stored.expect("put_if_absent") {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "writers that stored: {winners:?}");
+    let store = &stores[0];
+    let held = store.get(bucket, &key, None).await.expect("get");
+    assert_eq!(held, Some(Bytes::from(format!("claim {}", winners[0]))));
+    assert!(!store
+        .put_if_absent(bucket, &key, Bytes::from_static(b"late"))
+        .await
+        .expect("put_if_absent"));
+    store.delete(bucket, &key).await.expect("delete");
+    assert!(store.get(bucket, &key, None).await.expect("get").is_none());
+    store.delete(bucket, &key).await.expect("deleting nothing");
+    assert!(store
+        .put_if_absent(bucket, &key, Bytes::from_static(b"again"))
+        .await
+        .expect("put_if_absent"));
+    assert_eq!(
+        store.get(bucket, &key, None).await.expect("get").as_deref(),
+        Some(&b"again"[..])
+    );
 }
 
 /// The newest upload's result stays: an older one's write is refused whenever it comes, a newer

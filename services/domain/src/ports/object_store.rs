@@ -110,6 +110,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept>;
     /// The object's bytes (that version's when given); `None` if there is no such object.
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>>;
-    /// Every key in the bucket, sorted.
-    async fn list(&self, bucket: &str) -> PortResult<Vec<ObjectKey>>;
+    /// Writes `bytes` as `key` only if there is no object there, atomically against concurrent
+    /// writers of the key: of several, exactly one stores. `false` when an object was there.
+    async fn put_if_absent(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<bool>;
+    /// Removes the object (its current version: older ones stay readable by id for a while); no
+    /// error if there is none.
+    async fn delete(&self, bucket: &str, key: &ObjectKey) -> PortResult<()>;
+    /// The keys in the bucket that start with `prefix` (every key for `""`), sorted.
+    async fn list(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>>;
 }
