@@ -64,6 +64,7 @@ mod tests {
                 submitted_at_ms: 0,
                 requeued,
                 reply_to: None,
+                answer_record: None,
             },
             receive_count,
         }

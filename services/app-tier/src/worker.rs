@@ -17,6 +17,7 @@ use imgrec_domain::messages::{
     now_ms, result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, Timings, VERSION,
 };
 use imgrec_domain::ports::{InstanceState, InstanceStatus, Kept, ObjectKey, PortError, Receipt, Received, UploadOrder};
+use imgrec_domain::records;
 use imgrec_runtime::backend::{self, Adapters, Connection};
 use imgrec_runtime::consumer::Consumer;
 use imgrec_runtime::settings::Settings;
@@ -502,6 +503,20 @@ impl Worker {
             instance: self.name.clone(),
             timings: answer.timings,
         };
+        if let Some(record) = &answer.request.answer_record {
+            let output = &self.settings.buckets.output;
+            match records::store_answer(self.adapters.store.as_ref(), output, record, &response).await {
+                Ok(()) => {}
+                // A request naming no record's key: its client still gets the answer.
+                Err(PortError::Refused(reason)) => {
+                    warn!(%reason, request_id = %response.request_id, "cannot keep the answer")
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), %record, "cannot keep the answer; will retry");
+                    return None;
+                }
+            }
+        }
         Some((answer.receipt, reply_to, response))
     }
 

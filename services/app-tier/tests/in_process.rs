@@ -261,6 +261,7 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
             submitted_at_ms: at_ms,
             requeued: 0,
             reply_to: None,
+            answer_record: None,
         };
         orders.push(UploadOrder::new(at_ms, &request.request_id.to_string()));
         adapters.requests.send(&request.encode()).await.unwrap();
@@ -292,4 +293,88 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A retry storm with one `Idempotency-Key`: every retry, racing or late, gets the first upload's
+/// answer, and only that one is stored, queued and classified; the key with other bytes is a 422.
+// Long: the storm, the late retry and the misuse, read top to bottom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_with_one_idempotency_key_get_one_classification_and_its_answer() {
+    const RETRIES: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = one_web_tier_and_worker(dir.path());
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let client = reqwest::Client::new();
+    let send = |key: &'static str, bytes: Vec<u8>| {
+        let (client, url) = (client.clone(), web.url());
+        async move {
+            let form = Form::new().part("myfile", Part::bytes(bytes).file_name("storm.jpg"));
+            let response = (client.post(url).header("accept", "application/json"))
+                .header("idempotency-key", key)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    // All sent before any worker runs, so that every retry finds the first still waiting.
+    let storm: Vec<_> = (0..RETRIES)
+        .map(|_| tokio::spawn(send("order-42", small_jpg())))
+        .collect();
+    let metrics = || async {
+        let text = reqwest::get(format!("{}metrics", web.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&text, "imgrec_idempotent_replays_total")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while metrics().await < (RETRIES - 1) as f64 {
+        assert!(std::time::Instant::now() < deadline, "the retries never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status: serde_json::Value = reqwest::get(format!("{}status", web.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["queue"]["pending"], 1,
+        "one request queued for {RETRIES} uploads: {status}"
+    );
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let mut answers = Vec::new();
+    for upload in storm {
+        let (code, body) = upload.await.unwrap();
+        assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+        answers.push(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "answers differ: {answers:?}");
+    // A late retry: answered from the kept answer at once.
+    let (code, body) = send("order-42", small_jpg()).await;
+    assert_eq!(code, reqwest::StatusCode::OK);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), answers[0]);
+    let versions = std::fs::read_dir(dir.path().join("versions/input-bucket"))
+        .unwrap()
+        .count();
+    assert_eq!(versions, 1, "the image was stored once");
+    // The same key with other bytes, and a bad key.
+    let mut other = small_jpg();
+    other.extend_from_slice(b"trailing bytes");
+    let (code, body) = send("order-42", other).await;
+    assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("Idempotency-Key"), "{body}");
+    let (code, _) = send("tab\tkey", small_jpg()).await;
+    assert_eq!(code, reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(
+        metrics().await,
+        RETRIES as f64,
+        "replays: the storm's retries and the late one"
+    );
+    worker.stop().await.unwrap();
+    web.stop().await.unwrap();
 }

@@ -118,6 +118,37 @@ impl WebSettings {
     }
 }
 
+/// Jobs (`POST /jobs`) and idempotency keys: what the web tier accepts and how long it keeps
+/// their records.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    /// How long jobs, their answers and idempotency keys are kept at least.
+    pub retention_s: u64,
+    /// Images one job may hold.
+    pub max_images: usize,
+    /// A job's whole body must arrive within this many seconds.
+    pub body_timeout_s: u64,
+    /// Deliveries of a job's callback tried at most, backing off from 1 s.
+    pub callback_attempts: u32,
+    /// Each callback delivery's timeout.
+    pub callback_timeout_s: u64,
+}
+
+impl JobSettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_s)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_s.max(1))
+    }
+
+    pub fn callback_timeout(&self) -> Duration {
+        Duration::from_secs(self.callback_timeout_s.max(1))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AppTierSettings {

@@ -7,3 +7,4 @@ pub mod messages;
 pub mod policy;
 pub mod ports;
 pub mod public;
+pub mod records;

@@ -30,6 +30,10 @@ pub struct ClassifyRequest {
     /// Absent in requests of older web tiers: the answer goes to `queues.responses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// Where the answer is also kept, in the output bucket (a `records` key): for the images of
+    /// jobs and uploads sent with an idempotency key, whose answers outlive the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_record: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -185,6 +189,7 @@ mod tests {
             submitted_at_ms: 5,
             requeued: 0,
             reply_to: Some("responses-web-instance2".into()),
+            answer_record: None,
         };
         assert_eq!(ClassifyRequest::decode(&req.encode()).unwrap(), req);
         let mut future = serde_json::to_value(&req).unwrap();

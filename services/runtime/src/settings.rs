@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use config::{Config, Environment, File, FileFormat};
 use imgrec_classifier::{ImageLimits, InferenceSettings};
-use imgrec_domain::config::{AppTierSettings, Buckets, Queues, ScalerSettings, WebSettings};
+use imgrec_domain::config::{AppTierSettings, Buckets, JobSettings, Queues, ScalerSettings, WebSettings};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
@@ -34,6 +34,7 @@ pub struct Settings {
     pub buckets: Buckets,
     pub queues: Queues,
     pub web: WebSettings,
+    pub jobs: JobSettings,
     pub app_tier: AppTierSettings,
     pub scaler: ScalerSettings,
     pub fleet: FleetSettings,
@@ -117,6 +118,18 @@ impl Settings {
         anyhow::ensure!(
             settings.app_tier.batch_size >= 1,
             "app_tier.batch_size must be at least 1"
+        );
+        let jobs = &settings.jobs;
+        anyhow::ensure!(
+            jobs.max_images >= 1 && jobs.callback_attempts >= 1,
+            "jobs.max_images and jobs.callback_attempts must be at least 1"
+        );
+        // An idempotency key must outlive its client's retries, which come after a response timeout.
+        anyhow::ensure!(
+            jobs.retention_s >= settings.web.response_timeout_s,
+            "jobs.retention_s ({} s) must be at least web.response_timeout_s ({} s)",
+            jobs.retention_s,
+            settings.web.response_timeout_s
         );
         Ok(settings)
     }

@@ -61,7 +61,8 @@ impl ApiKeys {
     }
 
     /// Whether an upload carrying `presented` may go on now.
-    pub fn check(&self, presented: Option<&str>) -> Result<(), UploadError> {
+    /// The name of the key presented, if it is one of these and within its rate.
+    pub fn check(&self, presented: Option<&str>) -> Result<String, UploadError> {
         let key = presented.filter(|k| !k.is_empty()).ok_or(UploadError::Unauthorized)?;
         let hash: String = Sha256::digest(key.as_bytes())
             .iter()
@@ -73,7 +74,8 @@ impl ApiKeys {
             UploadError::RateLimited {
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
             }
-        })
+        })?;
+        Ok(name.clone())
     }
 }
 

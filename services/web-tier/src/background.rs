@@ -66,13 +66,7 @@ impl Background {
                 completed,
                 shutdown.clone(),
             )),
-            tokio::spawn(dispatch::dead_letters(
-                adapters.dead_letter.clone(),
-                adapters.response_queues.clone(),
-                settings.queues.clone(),
-                tier.name.borrow().clone(),
-                shutdown.clone(),
-            )),
+            tokio::spawn(dispatch::dead_letters(tier.clone(), shutdown.clone())),
             tokio::spawn(sample(tier.clone(), shutdown.clone())),
         ];
         tasks.extend(backend::housekeeping(settings, shutdown.clone()));

@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use imgrec_domain::config::Queues;
 use imgrec_domain::messages::{ClassifyRequest, ClassifyResponse, Message, Outcome, VERSION};
-use imgrec_domain::ports::{ResponseQueues, WorkQueue};
+use imgrec_domain::ports::WorkQueue;
+use imgrec_domain::records;
 use imgrec_runtime::consumer::Consumer;
 use imgrec_runtime::shutdown::Shutdown;
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
+
+use crate::state::WebTier;
 
 #[derive(Debug)]
 pub enum Answer {
@@ -158,13 +160,9 @@ pub const DEAD_LETTER_HIDE: Duration = Duration::from_secs(12 * 3600);
 /// Tells waiting clients about their requests that landed in the dead-letter queue: whichever web
 /// tier reads one sends a `DeadLettered` answer to the response queue the request names (its own
 /// included). The messages stay there for an operator; each is read once in `DEAD_LETTER_HIDE`.
-pub async fn dead_letters(
-    queue: Arc<dyn WorkQueue>,
-    response_queues: Arc<dyn ResponseQueues>,
-    queues: Queues,
-    web_tier: String,
-    mut shutdown: Shutdown,
-) {
+pub async fn dead_letters(tier: Arc<WebTier>, mut shutdown: Shutdown) {
+    let queue = tier.adapters.dead_letter.clone();
+    let queues = &tier.settings.queues;
     const RETRY: Duration = Duration::from_secs(5);
     let mut consumer = Consumer::new(
         queue.clone(),
@@ -180,22 +178,31 @@ pub async fn dead_letters(
                 continue;
             };
             warn!(request_id = %request.request_id, key = %request.key, "request dead-lettered");
-            let reply_to = request
-                .reply_to
+            let reply_to = (request.reply_to.clone())
                 .filter(|q| queues.is_response_queue(q))
                 .unwrap_or_else(|| queues.responses.clone());
             let answer = ClassifyResponse {
                 version: VERSION,
                 request_id: request.request_id,
-                key: request.key,
+                key: request.key.clone(),
                 outcome: Outcome::DeadLettered {
                     receives: queues.max_receives,
                 },
-                instance: web_tier.clone(),
+                instance: tier.name.borrow().clone(),
                 timings: None,
             };
-            let sent = match response_queues.open(&reply_to).await {
-                Ok(q) => q.send(&answer.encode()).await,
+            let kept = match &request.answer_record {
+                Some(record) => {
+                    let output = &tier.settings.buckets.output;
+                    records::store_answer(tier.adapters.store.as_ref(), output, record, &answer).await
+                }
+                None => Ok(()),
+            };
+            let sent = match kept {
+                Ok(()) => match tier.adapters.response_queues.open(&reply_to).await {
+                    Ok(q) => q.send(&answer.encode()).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             if let Err(e) = sent {

@@ -59,6 +59,11 @@ pub enum UploadError {
     StoppedWaiting(String),
     #[error("no label within {seconds}s; the result will still be stored as {image}")]
     Timeout { seconds: u64, image: String },
+    /// An idempotency key or a job's client token sent again with other files.
+    #[error("this {0} was first sent with other files (names or bytes); use a new one for a new request")]
+    KeyReused(&'static str),
+    #[error("{0}")]
+    NotFound(String),
     /// The image check itself failed (a bug, not the client's fault).
     #[error("image check failed")]
     CheckFailed,
@@ -83,7 +88,8 @@ impl UploadError {
             | Self::Overloaded { .. }
             | Self::Unavailable { .. }
             | Self::StoppedWaiting(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Rejected(_) | Self::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::QueueRefused { .. } | Self::DeadLettered(_) | Self::CheckFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -98,7 +104,9 @@ impl UploadError {
             | Self::BodyTimeout(_)
             | Self::TooLarge(_)
             | Self::Image(_)
-            | Self::UnstorableName { .. } => "bad_request",
+            | Self::UnstorableName { .. }
+            | Self::KeyReused(_) => "bad_request",
+            Self::NotFound(_) => "not_found",
             Self::Busy | Self::ShuttingDown | Self::Unavailable { .. } | Self::StoppedWaiting(_) => "unavailable",
             Self::Overloaded { .. } => "overloaded",
             Self::Unauthorized => "unauthorized",

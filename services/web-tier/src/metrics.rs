@@ -3,8 +3,8 @@
 use imgrec_domain::messages::Timings;
 use imgrec_domain::ports::ApiCalls;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Seconds, from a few milliseconds to the response timeout.
@@ -25,6 +25,11 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     pub inference: Histogram,
     pub batch_size: Histogram,
+    /// Uploads answered with an earlier upload's answer (same idempotency key).
+    pub replays: IntCounter,
+    /// Jobs accepted, and their images.
+    pub jobs: IntCounter,
+    pub job_images: IntCounter,
 }
 
 impl Metrics {
@@ -86,6 +91,17 @@ impl Metrics {
         for h in [&queue_wait, &inference, &batch_size] {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let replays = counter(
+            "imgrec_idempotent_replays_total",
+            "Uploads answered with the answer of the first upload of their idempotency key",
+        );
+        let jobs = counter("imgrec_jobs_total", "Jobs accepted");
+        let job_images = counter("imgrec_job_images_total", "Images of the jobs accepted");
         Self {
             registry,
             requests,
@@ -99,6 +115,9 @@ impl Metrics {
             queue_wait,
             inference,
             batch_size,
+            replays,
+            jobs,
+            job_images,
         }
     }
 

@@ -83,6 +83,7 @@ fn upload_request() -> impl Filter<
         .and(query())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("x-api-key"))
+        .and(warp::header::optional::<String>("idempotency-key"))
         .map(
             |content_type,
              content_length,
@@ -90,13 +91,15 @@ fn upload_request() -> impl Filter<
              accept: Option<String>,
              query,
              authorization: Option<String>,
-             x_api_key: Option<String>| UploadRequest {
+             x_api_key: Option<String>,
+             idempotency_key| UploadRequest {
                 content_type,
                 content_length,
                 body: Box::pin(body),
                 wants_json: accept.is_some_and(|a| a.contains("application/json")),
                 query,
                 api_key: api_keys::presented(authorization.as_deref(), x_api_key.as_deref()),
+                idempotency_key,
             },
         )
 }

@@ -2,9 +2,10 @@
 //! stored in the input bucket, queued, and answered with its label when the response comes back.
 
 mod admit;
-mod body;
+pub(crate) mod body;
 mod budget;
-mod check;
+pub(crate) mod check;
+mod idempotency;
 
 pub use budget::{Budget, MEMORY_WAIT};
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use imgrec_classifier::ImageLimits;
 use imgrec_domain::config::WebSettings;
 use imgrec_domain::messages::{
-    now_ms, result_object, ClassifyRequest, Message, ModelId, Outcome, Scored, TOP_K, VERSION,
+    now_ms, result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, TOP_K, VERSION,
 };
 use imgrec_domain::ports::PortError;
 use serde_json::json;
@@ -59,6 +60,8 @@ pub struct UploadRequest<S> {
     pub query: String,
     /// The API key it carries, if any.
     pub api_key: Option<String>,
+    /// Its `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
 }
 
 /// What the query string asks of an answer.
@@ -149,10 +152,11 @@ impl WebTier {
         S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
         B: bytes::Buf + Send + 'static,
     {
-        if let Some(keys) = &self.api_keys {
-            keys.check(request.api_key.as_deref())?;
-        }
+        let client = self.client(request.api_key.as_deref())?;
         let options = AnswerOptions::parse(&request.query)?;
+        let once = (request.idempotency_key.as_deref())
+            .map(|key| idempotency::digest("Idempotency-Key", &client, key))
+            .transpose()?;
         if self.waiters.is_closed() {
             return Err(UploadError::ShuttingDown);
         }
@@ -160,13 +164,48 @@ impl WebTier {
         let limits = &self.upload_limits;
         let upload = body::read(request.content_type, request.content_length, request.body, limits).await?;
         check::validate(upload.bytes.clone(), limits).await?;
-        let (request, waiting) = self.store_and_queue(upload).await?;
-        Ok((self.await_answer(request, waiting).await?, options))
+        let labelled = match once {
+            Some(digest) => self.label_once(upload, &digest).await?,
+            None => {
+                let (request, waiting) = self.store_and_queue(upload, Uuid::new_v4(), None).await?;
+                self.await_answer(request, waiting).await?
+            }
+        };
+        Ok((labelled, options))
+    }
+
+    /// Who is calling: the name of the API key presented when keys are configured (refused
+    /// without a valid one), else "".
+    pub(crate) fn client(&self, api_key: Option<&str>) -> Result<String, UploadError> {
+        match &self.api_keys {
+            Some(keys) => keys.check(api_key),
+            None => Ok(String::new()),
+        }
     }
 
     /// Stores the upload in the input bucket and queues its request, waiting for its answer
-    /// before it is sent so that no answer can arrive unclaimed.
-    async fn store_and_queue(&self, upload: body::Upload) -> Result<(ClassifyRequest, Waiting), UploadError> {
+    /// before it is sent so that no answer can arrive unclaimed. `answer_record`: where the
+    /// worker also keeps the answer.
+    async fn store_and_queue(
+        &self,
+        upload: body::Upload,
+        request_id: Uuid,
+        answer_record: Option<String>,
+    ) -> Result<(ClassifyRequest, Waiting), UploadError> {
+        let request = self.store(upload, request_id, answer_record).await?;
+        let waiting = self.waiters.register(request.request_id);
+        self.metrics.waiting_requests.set(self.waiters.len() as i64);
+        self.queue(&[request.clone()]).await?;
+        Ok((request, waiting))
+    }
+
+    /// Stores the upload in the input bucket: its request, not yet queued.
+    pub(crate) async fn store(
+        &self,
+        upload: body::Upload,
+        request_id: Uuid,
+        answer_record: Option<String>,
+    ) -> Result<ClassifyRequest, UploadError> {
         let input = &self.settings.buckets.input;
         let stored = match self.adapters.store.put(input, &upload.key, upload.bytes).await {
             Ok(stored) => stored,
@@ -179,18 +218,22 @@ impl WebTier {
             }
         };
         drop(upload.reservation);
-        let request = ClassifyRequest {
+        Ok(ClassifyRequest {
             version: VERSION,
-            request_id: Uuid::new_v4(),
+            request_id,
             key: upload.key.to_string(),
             object_version: stored.version,
             submitted_at_ms: now_ms(),
             requeued: 0,
             reply_to: Some(self.reply_to.clone()),
-        };
-        let waiting = self.waiters.register(request.request_id);
-        self.metrics.waiting_requests.set(self.waiters.len() as i64);
-        match self.adapters.requests.send(&request.encode()).await {
+            answer_record,
+        })
+    }
+
+    /// Queues stored uploads' requests, in as few calls as the queue allows.
+    pub(crate) async fn queue(&self, requests: &[ClassifyRequest]) -> Result<(), UploadError> {
+        let bodies: Vec<Vec<u8>> = requests.iter().map(Message::encode).collect();
+        match self.adapters.requests.send_batch(&bodies).await {
             Ok(()) => {}
             Err(e) if e.is_transient() => {
                 return Err(UploadError::Unavailable {
@@ -200,7 +243,7 @@ impl WebTier {
             }
             Err(e) => {
                 return Err(UploadError::QueueRefused {
-                    key: request.key,
+                    key: requests.first().map(|r| r.key.clone()).unwrap_or_default(),
                     source: e.into(),
                 })
             }
@@ -208,7 +251,7 @@ impl WebTier {
         if let Some(scaler) = &self.scaler {
             scaler.nudge.notify_one();
         }
-        Ok((request, waiting))
+        Ok(())
     }
 
     async fn await_answer(&self, request: ClassifyRequest, mut waiting: Waiting) -> Result<Labelled, UploadError> {
@@ -216,42 +259,44 @@ impl WebTier {
         let answer = tokio::time::timeout(timeout, &mut waiting.answer).await;
         let (image, _) = result_object(&request.key, "");
         match answer {
-            Ok(Ok(Answer::Response(response))) => {
-                if let Some(timings) = &response.timings {
-                    self.metrics.observe(timings);
-                }
-                match response.outcome {
-                    Outcome::Label {
-                        label,
-                        probability,
-                        mut top,
-                        model,
-                    } => Ok(Labelled {
-                        image,
-                        top: {
-                            if top.is_empty() {
-                                top.push(Scored {
-                                    label: label.clone(),
-                                    probability,
-                                });
-                            }
-                            top
-                        },
-                        model,
-                        label,
-                        probability,
-                        request_id: request.request_id,
-                        instance: response.instance,
-                    }),
-                    Outcome::Rejected { reason } => Err(UploadError::Rejected(reason)),
-                    Outcome::DeadLettered { receives } => Err(UploadError::DeadLettered(receives)),
-                }
-            }
+            Ok(Ok(Answer::Response(response))) => self.labelled(*response, image),
             Ok(Ok(Answer::ShuttingDown)) => Err(UploadError::StoppedWaiting(image)),
             Ok(Err(_)) | Err(_) => Err(UploadError::Timeout {
                 seconds: timeout.as_secs(),
                 image,
             }),
+        }
+    }
+
+    /// A worker's answer as the upload's label (or why there is none), its timings observed.
+    fn labelled(&self, response: ClassifyResponse, image: String) -> Result<Labelled, UploadError> {
+        if let Some(timings) = &response.timings {
+            self.metrics.observe(timings);
+        }
+        match response.outcome {
+            Outcome::Label {
+                label,
+                probability,
+                top,
+                model,
+            } => Ok(Labelled {
+                image,
+                top: if top.is_empty() {
+                    vec![Scored {
+                        label: label.clone(),
+                        probability,
+                    }]
+                } else {
+                    top
+                },
+                model,
+                label,
+                probability,
+                request_id: response.request_id,
+                instance: response.instance,
+            }),
+            Outcome::Rejected { reason } => Err(UploadError::Rejected(reason)),
+            Outcome::DeadLettered { receives } => Err(UploadError::DeadLettered(receives)),
         }
     }
 }
