@@ -378,3 +378,154 @@ async fn retries_with_one_idempotency_key_get_one_classification_and_its_answer(
     worker.stop().await.unwrap();
     web.stop().await.unwrap();
 }
+
+/// Takes one HTTP request on `listener` and answers 200: its body.
+async fn one_callback(listener: &tokio::net::TcpListener) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let mut buf = Vec::new();
+    let body_at = loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the callback ended early");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap();
+            if buf.len() >= at + 4 + len {
+                break at + 4;
+            }
+        }
+    };
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    serde_json::from_slice(&buf[body_at..]).unwrap()
+}
+
+fn job_form(names: &[&str], bytes: &[u8]) -> Form {
+    names.iter().fold(Form::new(), |form, name| {
+        let bytes = if name.starts_with("bad") {
+            b"not an image".to_vec()
+        } else {
+            bytes.to_vec()
+        };
+        form.part("myfile", Part::bytes(bytes).file_name(name.to_string()))
+    })
+}
+
+/// A job of many images: 202 with its id and `Location`; every web tier on the deployment
+/// reports each image's label (or its refusal); the callback is called once when it completes;
+/// a retry with its client token gets the same job, and other files with that token a 422.
+// Long: one job's life, from submission through completion, callback and retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_of_many_images_is_answered_per_image_by_any_web_tier_and_calls_back_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = one_web_tier_and_worker(dir.path());
+    let image = small_jpg();
+    let want = {
+        let mut classifier = Classifier::load(&settings.inference, settings.image_limits).unwrap();
+        classifier.classify(&[&image]).remove(0).unwrap().label
+    };
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let other_web = web_tier::spawn(settings.clone()).await.unwrap();
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback = format!("http://{}/done", listener.local_addr().unwrap());
+    let client = reqwest::Client::new();
+    let names = ["a.jpg", "b.jpg", "bad.jpg", "c.jpg", "d.JPEG", "a.jpg"];
+    let submit = |names: &'static [&'static str], bytes: Vec<u8>| {
+        let (client, url, callback) = (client.clone(), format!("{}jobs", web.url()), callback.clone());
+        async move {
+            let response = (client.post(url).query(&[("callback_url", callback)]))
+                .header("idempotency-key", "batch-1")
+                .multipart(job_form(names, &bytes))
+                .send()
+                .await
+                .unwrap();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned());
+            (
+                response.status(),
+                location,
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (code, location, accepted) = submit(
+        &["a.jpg", "b.jpg", "bad.jpg", "c.jpg", "d.JPEG", "a.jpg"],
+        image.clone(),
+    )
+    .await;
+    assert_eq!(code, reqwest::StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(location.as_deref(), Some(format!("/jobs/{id}").as_str()));
+    assert_eq!(accepted["images"], names.len());
+
+    let called = tokio::time::timeout(std::time::Duration::from_secs(60), one_callback(&listener))
+        .await
+        .expect("no callback within 60 s");
+    assert_eq!(called["status"], "completed", "{called}");
+    let report: serde_json::Value = (client
+        .get(format!("{}jobs/{id}?k=3", other_web.url()))
+        .send()
+        .await
+        .unwrap())
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(report["status"], "completed");
+    assert_eq!(
+        report["counts"],
+        serde_json::json!({"total": 6, "done": 5, "failed": 1, "pending": 0})
+    );
+    let images = report["images"].as_array().unwrap();
+    for (image, name) in images.iter().zip(names) {
+        assert_eq!(image["file"], name);
+        if name.starts_with("bad") {
+            assert_eq!(image["status"], "failed");
+            assert!(image["error"].as_str().is_some_and(|e| !e.is_empty()), "{image}");
+        } else {
+            assert_eq!(image["status"], "done", "{image}");
+            assert_eq!(image["label"], want.as_str());
+            assert_eq!(image["top"].as_array().unwrap().len(), 3);
+            assert_eq!(image["model"]["name"], "efficientnet-lite0");
+        }
+    }
+    assert_eq!(images[4]["image"], "d");
+
+    // The retry with the token: the same job, nothing queued again; other files: 422.
+    let (code, _, again) = submit(
+        &["a.jpg", "b.jpg", "bad.jpg", "c.jpg", "d.JPEG", "a.jpg"],
+        image.clone(),
+    )
+    .await;
+    assert_eq!(
+        (code, &again["job_id"]),
+        (reqwest::StatusCode::ACCEPTED, &accepted["job_id"])
+    );
+    let (code, _, other) = submit(&["a.jpg"], image.clone()).await;
+    assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{other}");
+    let text = reqwest::get(format!("{}metrics", web.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&text, "imgrec_jobs_total"), 1.0);
+    assert_eq!(metric(&text, "imgrec_job_images_total"), 6.0);
+    for missing in ["0123456789abcdef0123456789abcdef", "nope", "..%2F..%2Fetc"] {
+        let response = client.get(format!("{}jobs/{missing}", web.url())).send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND, "{missing}");
+    }
+    worker.stop().await.unwrap();
+    other_web.stop().await.unwrap();
+    web.stop().await.unwrap();
+}

@@ -1,6 +1,7 @@
 //! The web tier: the HTTP front of the service (and, locally, a host of the scaler).
 //!
 //! The endpoints are in `routes`: `POST /` (multipart field `myfile` or `inputFile`) -> the label;
+//! `POST /jobs` (one or many files) -> 202 and the job's id, `GET /jobs/{id}` its images' labels;
 //! `GET /` upload page; `GET /status`, `GET /status/history`, `GET /dashboard`, `GET /metrics`,
 //! `GET /healthz`.
 //!
@@ -12,6 +13,7 @@ mod background;
 mod dispatch;
 mod error;
 mod history;
+mod jobs;
 mod metrics;
 mod reply;
 mod routes;

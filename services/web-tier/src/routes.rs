@@ -26,6 +26,17 @@ pub fn routes(
         .and(with(tier.clone()))
         .and(upload_request())
         .then(WebTier::upload);
+    let submit_job = warp::path!("jobs")
+        .and(warp::post())
+        .and(with(tier.clone()))
+        .and(upload_request())
+        .then(WebTier::submit_job);
+    let job_status = warp::path!("jobs" / String)
+        .and(warp::get())
+        .and(with(tier.clone()))
+        .and(query())
+        .and(api_key())
+        .then(|id, tier: Arc<WebTier>, query, api_key| tier.job_status(id, query, api_key));
     let page = get_at("").map(|| warp::reply::html(PAGE));
     let status = get_at("status").and(with(tier.clone())).then(WebTier::status);
     let history = warp::path!("status" / "history")
@@ -37,6 +48,10 @@ pub fn routes(
     let health = get_at("healthz").map(|| "ok\n");
     upload
         .map(Reply::into_response)
+        .or(submit_job)
+        .unify()
+        .or(job_status)
+        .unify()
         .or(page.map(Reply::into_response))
         .unify()
         .or(status)
@@ -81,27 +96,30 @@ fn upload_request() -> impl Filter<
         .and(warp::body::stream())
         .and(warp::header::optional::<String>("accept"))
         .and(query())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("x-api-key"))
+        .and(api_key())
         .and(warp::header::optional::<String>("idempotency-key"))
         .map(
-            |content_type,
-             content_length,
-             body,
-             accept: Option<String>,
-             query,
-             authorization: Option<String>,
-             x_api_key: Option<String>,
-             idempotency_key| UploadRequest {
-                content_type,
-                content_length,
-                body: Box::pin(body),
-                wants_json: accept.is_some_and(|a| a.contains("application/json")),
-                query,
-                api_key: api_keys::presented(authorization.as_deref(), x_api_key.as_deref()),
-                idempotency_key,
+            |content_type, content_length, body, accept: Option<String>, query, api_key, idempotency_key| {
+                UploadRequest {
+                    content_type,
+                    content_length,
+                    body: Box::pin(body),
+                    wants_json: accept.is_some_and(|a| a.contains("application/json")),
+                    query,
+                    api_key,
+                    idempotency_key,
+                }
             },
         )
+}
+
+/// The API key presented (`Authorization: Bearer`, or `X-Api-Key`), if any.
+fn api_key() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("x-api-key"))
+        .map(|authorization: Option<String>, x_api_key: Option<String>| {
+            api_keys::presented(authorization.as_deref(), x_api_key.as_deref())
+        })
 }
 
 /// The query string, empty when there is none.

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::api_keys::ApiKeys;
 use crate::dispatch::Waiters;
 use crate::history::History;
+use crate::jobs::AnswerCache;
 use crate::metrics::Metrics;
 use crate::upload::UploadLimits;
 
@@ -36,6 +37,8 @@ pub struct WebTier {
     pub refused: AtomicU64,
     /// The keys uploads must carry, when any are configured.
     pub api_keys: Option<ApiKeys>,
+    /// Jobs' answers read before.
+    pub answers: AnswerCache,
 }
 
 impl WebTier {
@@ -67,6 +70,7 @@ impl WebTier {
             admission,
             refused: AtomicU64::new(0),
             api_keys,
+            answers: AnswerCache::default(),
         }))
     }
 }

@@ -10,7 +10,7 @@ use crate::error::UploadError;
 use crate::state::WebTier;
 
 impl WebTier {
-    pub(super) fn admit(&self) -> Result<(), UploadError> {
+    pub(crate) fn admit(&self) -> Result<(), UploadError> {
         let Some(admission) = &self.admission else {
             return Ok(());
         };

@@ -64,24 +64,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
     B: Buf + Send + 'static,
 {
-    let boundary = content_type
-        .as_deref()
-        .and_then(|ct| multer::parse_boundary(ct).ok())
-        .ok_or_else(|| {
-            UploadError::BadRequest("send the image as multipart/form-data in the field \"myfile\"".into())
-        })?;
-    let max_body = limits.max_file_bytes + FRAMING_BYTES;
-    if content_length.is_some_and(|n| n > max_body) {
-        return Err(UploadError::TooLarge(limits.max_file_bytes));
-    }
-    let sizes = FIELDS.iter().fold(
-        multer::SizeLimit::new()
-            .whole_stream(max_body)
-            .per_field(OTHER_FIELD_BYTES),
-        |sizes, field| sizes.for_field(*field, limits.max_file_bytes),
-    );
-    let stream = body.map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining())));
-    let multipart = multer::Multipart::with_constraints(stream, boundary, multer::Constraints::new().size_limit(sizes));
+    let multipart = multipart(content_type, content_length, body, limits.max_file_bytes, 1)?;
     let mut reservation = limits.body_budget.share();
     let reading = first_file(multipart, limits.max_file_bytes, &mut reservation);
     let (name, bytes) = tokio::time::timeout(limits.body_timeout, reading)
@@ -101,6 +84,61 @@ where
     })
 }
 
+/// The multipart body of up to `files` files of up to `max_file` bytes each, in the fields
+/// `FIELDS`, with room for framing and small fields around them.
+pub fn multipart<S, B>(
+    content_type: Option<String>,
+    content_length: Option<u64>,
+    body: S,
+    max_file: u64,
+    files: u64,
+) -> Result<multer::Multipart<'static>, UploadError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+    B: Buf + Send + 'static,
+{
+    let boundary = content_type
+        .as_deref()
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+        .ok_or_else(|| {
+            UploadError::BadRequest("send the image as multipart/form-data in the field \"myfile\"".into())
+        })?;
+    let max_body = max_file.saturating_add(FRAMING_BYTES).saturating_mul(files);
+    if content_length.is_some_and(|n| n > max_body) {
+        return Err(UploadError::TooLarge(max_file));
+    }
+    let sizes = FIELDS.iter().fold(
+        multer::SizeLimit::new()
+            .whole_stream(max_body)
+            .per_field(OTHER_FIELD_BYTES),
+        |sizes, field| sizes.for_field(*field, max_file),
+    );
+    let stream = body.map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining())));
+    Ok(multer::Multipart::with_constraints(
+        stream,
+        boundary,
+        multer::Constraints::new().size_limit(sizes),
+    ))
+}
+
+/// A field's bytes, its share of the body budget grown as they arrive (`keep`), or read through
+/// and dropped.
+pub async fn field_bytes(
+    field: &mut multer::Field<'static>,
+    max: u64,
+    share: &mut Share,
+    keep: bool,
+) -> Result<Bytes, UploadError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+        if keep {
+            share.cover((buf.len() + chunk.len()) as u64).await?;
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// The first file field's name and bytes; its share of the body budget grows with the bytes kept.
 async fn first_file(
     mut multipart: multer::Multipart<'static>,
@@ -111,22 +149,16 @@ async fn first_file(
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
         let wanted = found.is_none() && field.name().is_some_and(|n| FIELDS.contains(&n));
         let name = field.file_name().unwrap_or_default().to_owned();
-        let mut buf = BytesMut::new();
         // Other fields (and a second file) are read through and dropped.
-        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
-            if wanted {
-                share.cover((buf.len() + chunk.len()) as u64).await?;
-                buf.extend_from_slice(&chunk);
-            }
-        }
+        let bytes = field_bytes(&mut field, max, share, wanted).await?;
         if wanted {
-            found = Some((name, buf.freeze()));
+            found = Some((name, bytes));
         }
     }
     found.ok_or_else(|| UploadError::BadRequest(format!("no file: send the image in the form field {:?}", FIELDS[0])))
 }
 
-fn multipart_error(e: multer::Error, max: u64) -> UploadError {
+pub fn multipart_error(e: multer::Error, max: u64) -> UploadError {
     match e {
         multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
             UploadError::TooLarge(max)

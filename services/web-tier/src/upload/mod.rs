@@ -5,9 +5,9 @@ mod admit;
 pub(crate) mod body;
 mod budget;
 pub(crate) mod check;
-mod idempotency;
+pub(crate) mod idempotency;
 
-pub use budget::{Budget, MEMORY_WAIT};
+pub use budget::{Budget, Share, MEMORY_WAIT};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,7 +195,7 @@ impl WebTier {
         let request = self.store(upload, request_id, answer_record).await?;
         let waiting = self.waiters.register(request.request_id);
         self.metrics.waiting_requests.set(self.waiters.len() as i64);
-        self.queue(&[request.clone()]).await?;
+        self.queue(std::slice::from_ref(&request)).await?;
         Ok((request, waiting))
     }
 
@@ -302,7 +302,7 @@ impl WebTier {
 }
 
 /// An error's answer: its status and its one-line reason; `Retry-After` when coming back helps.
-fn refusal(e: UploadError, wants_json: bool) -> Response {
+pub(crate) fn refusal(e: UploadError, wants_json: bool) -> Response {
     e.log();
     let status = e.status();
     let mut response = if wants_json {

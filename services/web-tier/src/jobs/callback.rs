@@ -1,0 +1,159 @@
+//! A job's callback: once every image has its answer, the web tier that accepted the job POSTs
+//! the job's status (as `GET /jobs/{id}` shows it) to the callback URL, trying a few times with
+//! back-off. The callback's record is created once, so that the job is called back once even if
+//! another web tier ever delivers it too. The callback never reaches a link-local address (the
+//! instance metadata service).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgrec_domain::messages::now_ms;
+use imgrec_domain::records::{self, Job};
+use reqwest::Url;
+
+use crate::error::UploadError;
+use crate::state::WebTier;
+
+/// How often the accepting web tier looks at the job's progress.
+const POLL: Duration = Duration::from_secs(2);
+const MAX_URL_LEN: usize = 2048;
+
+/// `url` if it is one a callback can go to: http or https, with a host.
+pub fn check_url(url: &str) -> Result<String, UploadError> {
+    let bad = |why: &str| UploadError::BadRequest(format!("callback_url {why}"));
+    if url.len() > MAX_URL_LEN {
+        return Err(bad(&format!("is longer than {MAX_URL_LEN} characters")));
+    }
+    let parsed = Url::parse(url).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad("must be an http or https URL with a host"));
+    }
+    Ok(parsed.to_string())
+}
+
+/// Addresses a callback never goes to: link-local (the instance metadata service among them),
+/// unspecified, multicast and broadcast.
+fn forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => ip.is_link_local() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast(),
+        IpAddr::V6(ip) => {
+            (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.to_ipv4_mapped().is_some_and(|v4| forbidden(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl WebTier {
+    /// Waits for the job to finish (while the job is kept and this web tier runs), then calls
+    /// its callback.
+    pub(super) async fn call_back_when_done(self: Arc<Self>, job: Job) {
+        let Some(url) = job.callback_url.clone() else { return };
+        let kept_until = job.created_at_ms + self.settings.jobs.retention_s * 1000;
+        let report = loop {
+            if self.waiters.is_closed() || now_ms() > kept_until {
+                tracing::warn!(job = %job.id, "the job's callback was not sent: the job did not finish while this web tier ran");
+                return;
+            }
+            match self.progress(job.clone()).await {
+                Ok(progress) if progress.pending() == 0 => break progress.report(crate::jobs::REPORT_TOP),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, job = %job.id, "cannot read the job's progress"),
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let output = &self.settings.buckets.output;
+        let claim = self
+            .adapters
+            .store
+            .put_if_absent(output, &records::job_callback(&job.id), bytes::Bytes::from(url.clone()))
+            .await;
+        if !matches!(claim, Ok(true)) {
+            return;
+        }
+        let jobs = &self.settings.jobs;
+        for attempt in 0..jobs.callback_attempts {
+            match deliver(&url, &report, jobs.callback_timeout()).await {
+                Ok(()) => {
+                    tracing::info!(job = %job.id, "job's callback delivered");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, attempt = attempt + 1, error = %format!("{e:#}"), "job's callback failed")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1 << attempt.min(6))).await;
+        }
+        tracing::warn!(job = %job.id, attempts = jobs.callback_attempts, "gave up on the job's callback");
+    }
+}
+
+/// One POST of the job's status, to an address checked and then pinned (so that a second DNS
+/// answer cannot send it elsewhere); any 2xx is delivered.
+async fn deliver(url: &str, report: &serde_json::Value, timeout: Duration) -> anyhow::Result<()> {
+    let parsed = Url::parse(url)?;
+    let host = parsed.host_str().unwrap_or_default().to_owned();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let lookup = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(timeout, tokio::net::lookup_host((lookup.as_str(), port)))
+        .await
+        .map_err(|_| anyhow::anyhow!("resolving {host} timed out"))??
+        .collect();
+    let addr = addrs
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("{host} has no address"))?;
+    if let Some(bad) = addrs.iter().find(|a| forbidden(a.ip())) {
+        anyhow::bail!("{host} resolves to {}, where callbacks never go", bad.ip());
+    }
+    let client = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .build()?;
+    let response = client.post(parsed).json(report).send().await?;
+    anyhow::ensure!(response.status().is_success(), "answered {}", response.status());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_go_to_http_hosts_and_never_to_link_local_addresses() {
+        assert!(check_url("https://example.com/done?x=1").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/").is_ok());
+        for bad in ["ftp://example.com/", "file:///etc/passwd", "not a url", "http://"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url(&format!("http://x/{}", "a".repeat(MAX_URL_LEN))).is_err());
+        for ip in [
+            "169.254.169.254",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(forbidden(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.5", "93.184.216.34", "::1"] {
+            assert!(!forbidden(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_callback_to_the_metadata_service_is_refused_before_any_request() {
+        let err = deliver(
+            "http://169.254.169.254/latest/meta-data/",
+            &serde_json::json!({}),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("never go"), "{err}");
+    }
+}

@@ -1,0 +1,295 @@
+//! `POST /jobs`: each file part is read, checked, stored and queued as it arrives (so a job of a
+//! thousand images never sits in memory), then the job is recorded and answered 202. An image
+//! the workers could not read gets its refusal as its answer at once; a failure of the store or
+//! the queue fails the whole submission (the client sends it again, with its client token to
+//! get one job).
+
+use std::sync::Arc;
+
+use imgrec_domain::messages::{now_ms, ClassifyResponse, Outcome, VERSION};
+use imgrec_domain::records::{self, Job, JobId, JobImage};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use super::JobParams;
+use crate::error::UploadError;
+use crate::reply;
+use crate::state::WebTier;
+use crate::upload::body::{self, Upload};
+use crate::upload::idempotency::digest;
+use crate::upload::{check, refusal, UploadRequest};
+
+/// Requests queued in one call (SQS's batch limit).
+const QUEUE_BATCH: usize = 10;
+
+/// The job as accepted: new, or the one a client token named before.
+struct Accepted {
+    job: Job,
+    /// False when a retry found it.
+    new: bool,
+}
+
+impl WebTier {
+    /// `POST /jobs`: 202 with the job's id and `Location`, or why not.
+    pub async fn submit_job<S, B>(self: Arc<Self>, request: UploadRequest<S>) -> Response
+    where
+        S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
+        match self.accept_job(request).await {
+            Ok(Accepted { job, new }) => {
+                if new {
+                    self.metrics.jobs.inc();
+                    self.metrics.job_images.inc_by(job.images.len() as u64);
+                    if job.callback_url.is_some() {
+                        tokio::spawn(self.clone().call_back_when_done(job.clone()));
+                    }
+                }
+                let location = format!("/jobs/{}", job.id);
+                let mut response = reply::json(
+                    StatusCode::ACCEPTED,
+                    &json!({ "job_id": job.id, "status_url": location, "images": job.images.len() }),
+                );
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                response
+            }
+            Err(e) => refusal(e, true),
+        }
+    }
+
+    async fn accept_job<S, B>(&self, request: UploadRequest<S>) -> Result<Accepted, UploadError>
+    where
+        S: futures::Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
+        let client = self.client(request.api_key.as_deref())?;
+        let mut params = JobParams::parse(&request.query)?;
+        if request.idempotency_key.is_some() {
+            params.client_token = request.idempotency_key;
+        }
+        if self.waiters.is_closed() {
+            return Err(UploadError::ShuttingDown);
+        }
+        self.admit()?;
+        let jobs = &self.settings.jobs;
+        let max_file = self.upload_limits.max_file_bytes;
+        let multipart = body::multipart(
+            request.content_type,
+            request.content_length,
+            request.body,
+            max_file,
+            jobs.max_images as u64,
+        )?;
+        let reading = self.read_job(multipart, params, &client);
+        tokio::time::timeout(jobs.body_timeout(), reading)
+            .await
+            .map_err(|_| UploadError::BodyTimeout(jobs.body_timeout().as_secs()))?
+    }
+
+    // Long: one pass over the parts, each read, checked, stored and queued in turn.
+    async fn read_job(
+        &self,
+        mut multipart: multer::Multipart<'static>,
+        mut params: JobParams,
+        client: &str,
+    ) -> Result<Accepted, UploadError> {
+        let max_file = self.upload_limits.max_file_bytes;
+        let mut id: Option<(JobId, Option<Job>)> = None;
+        let mut images = Vec::new();
+        let mut fingerprint = Sha256::new();
+        let mut batch = Vec::with_capacity(QUEUE_BATCH);
+        while let Some(mut field) = (multipart.next_field().await).map_err(|e| body::multipart_error(e, max_file))? {
+            let Some(name) = field.file_name().map(str::to_owned) else {
+                let mut share = self.upload_limits.body_budget.share();
+                let value = body::field_bytes(&mut field, max_file, &mut share, true).await?;
+                let field_name = field.name().unwrap_or_default().to_owned();
+                let value = String::from_utf8_lossy(&value).into_owned();
+                if params.set(&field_name, value)? && id.is_some() {
+                    return Err(UploadError::BadRequest(format!("send {field_name} before the files")));
+                }
+                continue;
+            };
+            if images.len() == self.settings.jobs.max_images {
+                return Err(UploadError::BadRequest(format!(
+                    "a job holds at most {} images",
+                    self.settings.jobs.max_images
+                )));
+            }
+            if id.is_none() {
+                id = Some(self.job_id(params.client_token.as_deref(), client).await?);
+            }
+            let (job_id, earlier) = id.as_ref().expect("set above");
+            let mut share = self.upload_limits.body_budget.share();
+            let bytes = body::field_bytes(&mut field, max_file, &mut share, true).await?;
+            for part in [
+                &(name.len() as u64).to_be_bytes()[..],
+                name.as_bytes(),
+                &(bytes.len() as u64).to_be_bytes(),
+                &bytes,
+            ] {
+                fingerprint.update(part);
+            }
+            let index = images.len();
+            let request_id = Uuid::new_v4();
+            images.push(JobImage {
+                image: name.clone(),
+                request_id,
+            });
+            if earlier.is_some() {
+                // A retry of a job already recorded: only its fingerprint matters.
+                continue;
+            }
+            let answer_record = records::job_answer(job_id, index);
+            match self.checked(&name, bytes, share).await? {
+                Ok(upload) => {
+                    batch.push(self.store(upload, request_id, Some(answer_record.to_string())).await?);
+                    if batch.len() == QUEUE_BATCH {
+                        self.queue(&batch).await?;
+                        batch.clear();
+                    }
+                }
+                Err(refused) => self.refuse_image(&answer_record, request_id, &name, refused).await?,
+            }
+        }
+        if !batch.is_empty() {
+            self.queue(&batch).await?;
+        }
+        let Some((id, earlier)) = id else {
+            return Err(UploadError::BadRequest(format!(
+                "no file: send the images as form fields {:?}",
+                body::FIELDS[0]
+            )));
+        };
+        let fingerprint: String = fingerprint.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(earlier) = earlier {
+            return same_job(earlier, &fingerprint);
+        }
+        let job = Job {
+            id,
+            created_at_ms: now_ms(),
+            fingerprint,
+            images,
+            callback_url: params.callback_url,
+        };
+        self.record_job(job, params.client_token.is_some()).await
+    }
+
+    /// A new random id, or the one the client token names, with its job if it was recorded.
+    async fn job_id(&self, token: Option<&str>, client: &str) -> Result<(JobId, Option<Job>), UploadError> {
+        let Some(token) = token else {
+            return Ok((JobId::random(), None));
+        };
+        let id =
+            JobId::from_digest(&digest("client_token", client, token)?).expect("a SHA-256 digest is 64 hex digits");
+        let earlier = self.job(&id).await?;
+        Ok((id, earlier))
+    }
+
+    /// The upload of part `name`, or why a worker could not classify it (the job goes on).
+    async fn checked(
+        &self,
+        name: &str,
+        bytes: bytes::Bytes,
+        reservation: crate::upload::Share,
+    ) -> Result<Result<Upload, UploadError>, UploadError> {
+        let key = match body::key_from_file_name(name) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
+        if bytes.is_empty() {
+            return Ok(Err(UploadError::BadRequest("empty file".into())));
+        }
+        match check::validate(bytes.clone(), &self.upload_limits).await {
+            Ok(_) => Ok(Ok(Upload {
+                key,
+                bytes,
+                reservation,
+            })),
+            // Only a fault of the image is its own answer; the service's (busy, failed) fail the job.
+            Err(e) if e.status().is_client_error() => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps an image's refusal as its answer.
+    async fn refuse_image(
+        &self,
+        record: &imgrec_domain::ports::ObjectKey,
+        request_id: Uuid,
+        name: &str,
+        refused: UploadError,
+    ) -> Result<(), UploadError> {
+        let response = ClassifyResponse {
+            version: VERSION,
+            request_id,
+            key: name.to_owned(),
+            outcome: Outcome::Rejected {
+                reason: refused.to_string(),
+            },
+            instance: self.name.borrow().clone(),
+            timings: None,
+        };
+        let output = &self.settings.buckets.output;
+        records::store_answer(self.adapters.store.as_ref(), output, record.as_str(), &response)
+            .await
+            .map_err(|e| UploadError::Unavailable {
+                what: "cannot keep an image's answer",
+                source: e.into(),
+            })
+    }
+
+    /// Records the job; with a client token, only if no retry recorded it first.
+    async fn record_job(&self, job: Job, once: bool) -> Result<Accepted, UploadError> {
+        let output = &self.settings.buckets.output;
+        let key = records::job(&job.id);
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&job).expect("jobs serialize"));
+        let store = &self.adapters.store;
+        let unavailable = |e: imgrec_domain::ports::PortError| UploadError::Unavailable {
+            what: "cannot record the job",
+            source: e.into(),
+        };
+        if !once {
+            store.put(output, &key, bytes).await.map_err(unavailable)?;
+            return Ok(Accepted { job, new: true });
+        }
+        if store.put_if_absent(output, &key, bytes).await.map_err(unavailable)? {
+            return Ok(Accepted { job, new: true });
+        }
+        let earlier = self.job(&job.id).await?.ok_or_else(|| UploadError::Unavailable {
+            what: "cannot read the job",
+            source: anyhow::anyhow!("recorded and gone"),
+        })?;
+        same_job(earlier, &job.fingerprint)
+    }
+
+    /// The job recorded as `id`, if any.
+    pub(super) async fn job(&self, id: &JobId) -> Result<Option<Job>, UploadError> {
+        let output = &self.settings.buckets.output;
+        let unavailable = |e: anyhow::Error| UploadError::Unavailable {
+            what: "cannot read the job",
+            source: e,
+        };
+        let bytes =
+            (self.adapters.store.get(output, &records::job(id), None).await).map_err(|e| unavailable(e.into()))?;
+        bytes
+            .map(|b| serde_json::from_slice(&b))
+            .transpose()
+            .map_err(|e| unavailable(e.into()))
+    }
+}
+
+/// The job a client token named before, if this retry sent the same files.
+fn same_job(earlier: Job, fingerprint: &str) -> Result<Accepted, UploadError> {
+    if earlier.fingerprint != fingerprint {
+        return Err(UploadError::KeyReused("client token"));
+    }
+    Ok(Accepted {
+        job: earlier,
+        new: false,
+    })
+}
