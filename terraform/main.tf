@@ -32,6 +32,7 @@ locals {
     max_receives         = var.max_receives
     visibility_timeout_s = var.visibility_timeout_s
     batch_size           = var.batch_size
+    job_retention_s      = var.job_retention_days * 86400
     app_min_size         = var.app_min_size
     app_max_size         = local.app_max_size
     auto_scaling_group   = local.app_group_name
@@ -53,6 +54,8 @@ module "output_bucket" {
   name           = "${var.name_prefix}-${local.account_id}-output"
   force_destroy  = var.force_destroy
   retention_days = var.retention_days
+  # Jobs' and idempotency keys' records (see services/domain/src/records.rs).
+  record_retention_days = var.job_retention_days
 }
 
 # The scaler lease (one small object, rewritten with conditional puts): of the scalers on the web

@@ -147,6 +147,17 @@ variable "retention_days" {
   }
 }
 
+variable "job_retention_days" {
+  description = "Days jobs (POST /jobs), their answers and idempotency keys are kept: the services' jobs.retention_s, and the output bucket's lifecycle rule for its _imgrec/ records."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.job_retention_days >= 1 && var.job_retention_days <= 365 && floor(var.job_retention_days) == var.job_retention_days
+    error_message = "job_retention_days must be a whole number from 1 to 365."
+  }
+}
+
 variable "batch_size" {
   description = "Requests an app-tier worker receives and classifies in one model run (SQS allows at most 10 per receive)."
   type        = number

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from local_stack import Stack, loadgen, stack_processes, wait_until, worker_names
+from local_stack import Stack, job_status, loadgen, stack_processes, submit_job, wait_job, wait_until, worker_names
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
 MAX = 4
@@ -273,4 +273,69 @@ def test_a_web_tier_paused_past_its_name_lease_loses_no_answer(tmp_path, thumbs,
     if names[a] != "web-instance1":
         # It lost its name while stopped, and said so.
         assert f"going on as {names[a]}" in a.logs(), a.logs()[-3000:]
+    assert stack_processes(data) == [], "processes outlived the stacks"
+
+
+def test_a_job_outlives_the_web_tier_that_took_it_and_retries_are_classified_once(tmp_path, thumbs, want):
+    """A 1,000-image job sent to one web tier is polled to completion through the other while the
+    first is SIGKILLed midway: every image's label delivered, right. Then a retry storm across both
+    web tiers, each key sent 8 times: 8 answers per key, all the first's, each image stored once."""
+    data = tmp_path / "data"
+    jobs_dir = tmp_path / "job"
+    jobs_dir.mkdir()
+    files = []
+    for k in range(10):
+        for f in thumbs:
+            files.append(jobs_dir / f"j{k}_{f.name}")
+            shutil.copyfile(f, files[-1])
+    stacks = [Stack(data, log_name=f"web{k}", **SETTINGS) for k in range(2)]
+    try:
+        for s in stacks:
+            s.start()
+        doomed, survivor = stacks
+        accepted = submit_job(doomed.url, files, token="job-1")
+        job_id = accepted["job_id"]
+        assert accepted["images"] == 1000
+        wait_until("the job is under way", lambda: 0 < job_status(survivor.url, job_id)["counts"]["done"], 60, every=0.05)
+        doomed.proc.send_signal(signal.SIGKILL)
+        doomed.proc.wait(5)
+        midway = job_status(survivor.url, job_id)["counts"]
+        assert midway["pending"] > 0, f"the job was done before the kill: {midway}"
+        report = wait_job([survivor.url], job_id, timeout=300)
+        assert report["counts"] == {"total": 1000, "done": 1000, "failed": 0, "pending": 0}, report["counts"]
+        for image, f in zip(report["images"], files):
+            assert image["file"] == f.name
+            assert image["label"] == want[f.name.split("_", 1)[1]], image
+        print(f"\njob of 1000: {midway['pending']} pending when the accepting web tier was killed; all delivered")
+
+        # The retry storm: a second web tier in place of the killed one, 10 keys x 8 sends.
+        stacks.append(Stack(data, log_name="web2", **SETTINGS).start())
+        urls = [survivor.url, stacks[-1].url]
+        before = len(list((data / "versions" / "input-bucket").iterdir()))
+
+        def send(i: int):
+            import requests
+
+            f = thumbs[i % 10]
+            r = requests.post(urls[i % 2], files={"myfile": (f"storm_{f.name}", f.read_bytes())},
+                              headers={"Idempotency-Key": f"key-{i % 10}", "Accept": "application/json"}, timeout=120)
+            return i % 10, r.status_code, r.json()
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(80) as pool:
+            answers = list(pool.map(send, range(80)))
+        by_key: dict[int, list] = {}
+        for key, code, body in answers:
+            assert code == 200, body
+            by_key.setdefault(key, []).append(body)
+        for key, bodies in by_key.items():
+            assert len(bodies) == 8 and all(b == bodies[0] for b in bodies), bodies
+            assert bodies[0]["label"] == want[thumbs[key].name]
+        stored = len(list((data / "versions" / "input-bucket").iterdir())) - before
+        assert stored == 10, f"{stored} images stored for 10 keys"
+    finally:
+        for s in stacks:
+            if s.proc and s.proc.poll() is None:
+                s.stop()
     assert stack_processes(data) == [], "processes outlived the stacks"

@@ -198,6 +198,41 @@ def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None =
     return json.loads(result.stdout), result
 
 
+def submit_job(url: str, files, *, token: str | None = None, timeout: float = 600) -> dict:
+    """POST /jobs with each file a part of the field "myfile": the 202's JSON."""
+    import requests
+
+    parts = [("myfile", (Path(f).name, Path(f).read_bytes(), "application/octet-stream")) for f in files]
+    headers = {"Idempotency-Key": token} if token else {}
+    response = requests.post(url + "jobs", files=parts, headers=headers, timeout=timeout)
+    assert response.status_code == 202, (response.status_code, response.text[:500])
+    assert response.headers["Location"] == f"/jobs/{response.json()['job_id']}"
+    return response.json()
+
+
+def job_status(url: str, job_id: str) -> dict:
+    with urllib.request.urlopen(f"{url}jobs/{job_id}", timeout=30) as r:
+        return json.load(r)
+
+
+def wait_job(urls, job_id: str, timeout: float) -> dict:
+    """Polls GET /jobs/{id} (through each of `urls` in turn, skipping one that does not answer)
+    until the job completes: its last report."""
+    deadline = time.monotonic() + timeout
+    turn = 0
+    while time.monotonic() < deadline:
+        url = urls[turn % len(urls)]
+        turn += 1
+        try:
+            report = job_status(url, job_id)
+        except OSError:
+            continue
+        if report["status"] == "completed":
+            return report
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not complete within {timeout}s")
+
+
 class MotoServer:
     """moto server (the venv's moto, as a module: a venv's scripts break when it moves) on a free
     loopback port."""

@@ -77,6 +77,29 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
   }
 
+  # Jobs' and idempotency keys' records go sooner (where rules overlap, S3 honours the shorter
+  # expiration).
+  dynamic "rule" {
+    for_each = var.record_retention_days > 0 ? ["jobs/", "idempotency/"] : []
+
+    content {
+      id     = "records-${trimsuffix(rule.value, "/")}"
+      status = "Enabled"
+
+      filter {
+        prefix = "_imgrec/${rule.value}"
+      }
+
+      expiration {
+        days = var.record_retention_days
+      }
+
+      noncurrent_version_expiration {
+        noncurrent_days = 1
+      }
+    }
+  }
+
   depends_on = [aws_s3_bucket_versioning.this]
 }
 

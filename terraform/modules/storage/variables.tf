@@ -33,3 +33,14 @@ variable "noncurrent_version_days" {
     error_message = "noncurrent_version_days must be at least 1."
   }
 }
+
+variable "record_retention_days" {
+  description = "Days the service's records under _imgrec/jobs/ and _imgrec/idempotency/ are kept (0: no rule of their own)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.record_retention_days >= 0 && floor(var.record_retention_days) == var.record_retention_days
+    error_message = "record_retention_days must be a whole number, 0 for no rule."
+  }
+}

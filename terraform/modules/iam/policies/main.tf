@@ -57,6 +57,16 @@ locals {
       Action   = ["sqs:SendMessage"]
       Resource = var.response_queue_arns
     },
+    # Jobs and idempotency keys: records under _imgrec/ in the output bucket, created once
+    # (PutObject with If-None-Match), read (a missing one is 404, not 403, thanks to FindBuckets'
+    # ListBucket, which also lists a job's answers), and an idempotency key freed when its upload
+    # could not be queued (DeleteObject).
+    {
+      Sid      = "KeepJobRecords"
+      Effect   = "Allow"
+      Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+      Resource = ["${var.output_bucket_arn}/_imgrec/*"]
+    },
     # The scaler (on every web instance): its lease object, read and written with conditional puts.
     {
       Sid      = "ScalerLease"
