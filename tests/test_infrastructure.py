@@ -503,7 +503,7 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
         "region": "eu-west-1", "input_bucket": "imgrec-123456789012-input", "output_bucket": "imgrec-123456789012-output",
         "request_queue": "imgrec-requests", "response_queue": "imgrec-responses", "dead_letter_queue": "imgrec-requests-dlq",
         "response_timeout_s": 120, "lease_bucket": "imgrec-123456789012-state",
-        "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "app_min_size": 0, "app_max_size": 19,
+        "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "job_retention_s": 86400, "app_min_size": 0, "app_max_size": 19,
         "auto_scaling_group": "imgrec-app-tier", "metric_namespace": "imgrec",
     }
     assert set(passed) == set(sample)

@@ -9,9 +9,10 @@ import threading
 import boto3
 import botocore
 import pytest
+import requests
 
 from conftest import ROOT
-from local_stack import MotoServer, loadgen
+from local_stack import MotoServer, loadgen, submit_job, wait_job
 from rehearsal.gateway import Gateway, Principal
 from rehearsal.stack import Rehearsal, burst_outcome, report
 
@@ -134,6 +135,11 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
         watcher.start()
         try:
             summary, run = loadgen(rehearsal.url, images, concurrency=100, expected=expected)
+            # A job and a retried upload, under the same roles: their records in the output bucket.
+            job = submit_job(rehearsal.url, images[:10], token="rehearsal-job")
+            job = wait_job([rehearsal.url], job["job_id"], timeout=120)
+            retried = [requests.post(rehearsal.url, files={"myfile": (images[0].name, images[0].read_bytes())},
+                                     headers={"Idempotency-Key": "rehearsal-1"}, timeout=120) for _ in range(2)]
             outcome = burst_outcome(rehearsal, summary)
             instances = len(rehearsal.player.seen)
         finally:
@@ -145,6 +151,8 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
     # Nor refused for breaking one of AWS's limits (a visibility over 12 hours, say).
     assert outcome.stats["faults"] == {}, report(outcome)
     assert (outcome.ok, outcome.wrong, outcome.errors) == (100, 0, 0), (summary["error_samples"], logs[-3000:])
+    assert job["counts"] == {"total": 10, "done": 10, "failed": 0, "pending": 0}, job
+    assert [(r.status_code, r.text) for r in retried] == [(200, retried[0].text)] * 2
     assert outcome.peak_instances >= 1 and outcome.final_instances == 0
     assert max(shown) >= 1, "/status never showed an instance"
     calls = outcome.stats["calls"]
