@@ -86,6 +86,22 @@ impl FsObjectStore {
         }
     }
 
+    /// Removes the objects of `bucket` under `prefix` written longer than `age` ago: the
+    /// service's records, as the output bucket's lifecycle rule expires them on AWS.
+    pub fn sweep_prefix(&self, bucket: &str, prefix: &str, age: std::time::Duration) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for key in self.list_blocking(bucket, prefix)? {
+            let path = self.bucket_dir(bucket).join(relative_path(&key));
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+            if old && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.root.join("s3").join(bucket)
     }

@@ -190,6 +190,40 @@ fn fs_object_store_sweeps_old_temp_files_only() {
     assert!(!old.exists() && fresh.exists());
 }
 
+/// Records past their retention go; younger ones, and results outside the prefix, stay.
+#[tokio::test]
+async fn fs_object_store_sweeps_old_records_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsObjectStore::new(dir.path());
+    for key in ["_imgrec/jobs/old", "_imgrec/jobs/fresh", "test_0"] {
+        let key = ObjectKey::new(key).unwrap();
+        store
+            .put("output-bucket", &key, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    let path = dir.path().join("s3/output-bucket/_imgrec%2Fjobs%2Fold");
+    let result = dir.path().join("s3/output-bucket/test_0");
+    for old in [&path, &result] {
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .sweep_prefix("output-bucket", "_imgrec/", Duration::from_secs(600))
+            .unwrap(),
+        1
+    );
+    let left = store.list("output-bucket", "").await.unwrap();
+    let left: Vec<&str> = left.iter().map(|k| k.as_str()).collect();
+    assert_eq!(left, ["_imgrec/jobs/fresh", "test_0"]);
+}
+
 #[tokio::test]
 async fn fs_object_store_failed_puts_leave_nothing_and_are_transient() {
     let dir = tempfile::tempdir().unwrap();

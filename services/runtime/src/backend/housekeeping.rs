@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::settings::{Backend, Settings};
 use crate::shutdown::Shutdown;
+use imgrec_domain::records;
 use imgrec_local::FsObjectStore;
 use tokio::task::JoinHandle;
 
@@ -16,6 +17,8 @@ struct Retention {
     data_dir: PathBuf,
     db: PathBuf,
     versions: Duration,
+    /// (bucket, retention) of the service's records (jobs, idempotency keys).
+    records: (String, Duration),
     /// (queue, also its `-suffixed` queues, retention)
     queues: Vec<(String, bool, Duration)>,
 }
@@ -28,6 +31,7 @@ impl Retention {
             data_dir: settings.data_dir.clone(),
             db: settings.local_db(),
             versions: secs(settings.buckets.version_retention_s),
+            records: (settings.buckets.output.clone(), settings.jobs.retention()),
             queues: vec![
                 (q.requests.clone(), false, secs(q.request_retention_s)),
                 (q.dead_letter.clone(), false, secs(q.dead_letter_retention_s)),
@@ -39,12 +43,16 @@ impl Retention {
     /// A quarter of the shortest retention, between a second and an hour: nothing outlives its
     /// retention by much, and a sweep of an idle stack costs nothing.
     fn every(&self) -> Duration {
-        let shortest = self.queues.iter().map(|(_, _, d)| *d).chain([self.versions]).min();
+        let shortest = (self.queues.iter().map(|(_, _, d)| *d))
+            .chain([self.versions, self.records.1])
+            .min();
         (shortest.unwrap_or(Duration::from_secs(3600)) / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
     fn sweep(&self) -> anyhow::Result<(usize, usize)> {
-        let versions = FsObjectStore::new(&self.data_dir).sweep_versions(self.versions)?;
+        let store = FsObjectStore::new(&self.data_dir);
+        let (bucket, age) = &self.records;
+        let versions = store.sweep_versions(self.versions)? + store.sweep_prefix(bucket, records::PREFIX, *age)?;
         let conn = imgrec_local::open_db(&self.db)?;
         let mut messages = 0;
         for (queue, with_suffixes, age) in &self.queues {
@@ -68,7 +76,11 @@ pub fn housekeeping(settings: &Settings, mut shutdown: Shutdown) -> Option<JoinH
             match tokio::task::spawn_blocking(move || sweeping.sweep()).await {
                 Ok(Ok((0, 0))) => {}
                 Ok(Ok((versions, messages))) => {
-                    tracing::info!(versions, messages, "removed versions and messages past their retention")
+                    tracing::info!(
+                        objects = versions,
+                        messages,
+                        "removed objects and messages past their retention"
+                    )
                 }
                 Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot sweep expired versions and messages"),
                 Err(e) => tracing::warn!(error = %e, "the retention sweep failed"),
