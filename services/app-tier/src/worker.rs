@@ -16,7 +16,10 @@ use imgrec_classifier::{ClassifyError, Prediction};
 use imgrec_domain::messages::{
     now_ms, result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, Timings, VERSION,
 };
-use imgrec_domain::ports::{InstanceState, InstanceStatus, Kept, ObjectKey, PortError, Receipt, Received, UploadOrder};
+use imgrec_domain::ports::{
+    metadata_problem, InstanceState, InstanceStatus, Kept, Metadata, ObjectKey, PortError, Receipt, Received,
+    UploadOrder,
+};
 use imgrec_domain::records;
 use imgrec_runtime::backend::{self, Adapters, Connection};
 use imgrec_runtime::consumer::Consumer;
@@ -66,6 +69,8 @@ struct Worker {
     adapters: Adapters,
     inference: InferenceThread,
     progress: Progress,
+    /// Kept with each result in the output bucket: the model that answered.
+    result_metadata: Metadata,
 }
 
 /// The longest wait between two tries of a failing receive (well under the stall timeout).
@@ -86,12 +91,14 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
     let adapters = Adapters::connect_as(&settings, Some(&name), connection).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let inference = InferenceThread::start(inference, limits).await?;
+    let result_metadata = model_metadata(&inference.model.name, &inference.model.version);
     let worker = Arc::new(Worker {
         name,
         settings,
         adapters,
         inference,
         progress: progress.clone(),
+        result_metadata,
     });
     status.report(InstanceState::Running, false).await?;
     progress.mark();
@@ -456,7 +463,13 @@ impl Worker {
                     Ok(key) => {
                         self.adapters
                             .store
-                            .put_newest(&self.settings.buckets.output, &key, Bytes::from(value), &order)
+                            .put_newest(
+                                &self.settings.buckets.output,
+                                &key,
+                                Bytes::from(value),
+                                &order,
+                                &self.result_metadata,
+                            )
                             .await
                     }
                     Err(e) => Err(PortError::Refused(format!("bad output key: {e}"))),
@@ -523,6 +536,21 @@ impl Worker {
     async fn delete(&self, receipts: &[Receipt]) {
         if let Err(e) = self.adapters.requests.delete_batch(receipts).await {
             warn!(error = %format!("{e:#}"), "cannot delete requests; they will be answered again");
+        }
+    }
+}
+
+/// `model` and `model-version` metadata for each result; without a name S3 could not carry.
+fn model_metadata(name: &str, version: &str) -> Metadata {
+    let metadata = Metadata::from([
+        ("model".to_owned(), name.to_owned()),
+        ("model-version".to_owned(), version.to_owned()),
+    ]);
+    match metadata_problem(&metadata) {
+        None => metadata,
+        Some(problem) => {
+            warn!(%problem, "results are stored without the model's name");
+            Metadata::from([("model-version".to_owned(), version.to_owned())])
         }
     }
 }

@@ -123,6 +123,13 @@ async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
         version.len() == 12 && version.bytes().all(|b| b.is_ascii_hexdigit()),
         "{version}"
     );
+    // The result object carries the model too, as metadata (S3's x-amz-meta-model, -model-version).
+    let kept = std::fs::read(dir.path().join("metadata/output-bucket/a")).unwrap();
+    let kept: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    assert_eq!(
+        kept,
+        serde_json::json!({"model": "efficientnet-lite0", "model-version": version})
+    );
 
     let plain = post("?k=5", false, "b.jpg").await.unwrap().text().await.unwrap();
     assert_eq!(

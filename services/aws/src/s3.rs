@@ -9,7 +9,9 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use crate::Aws;
-use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, PortResult, StoredObject, UploadOrder};
+use imgrec_domain::ports::{
+    metadata_problem, Kept, Metadata, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder,
+};
 
 /// Buckets on S3. With versioning enabled on the bucket (Terraform does), `put` returns the
 /// version id, so a later upload of the same name cannot change what an earlier request reads.
@@ -108,8 +110,21 @@ impl ObjectStore for S3ObjectStore {
     /// Reads the stored object's order (user metadata `upload-order`) and ETag, then writes only
     /// if the object is still that one (If-Match, or If-None-Match when there is none): another
     /// writer between the two makes the put fail (412, or 409 for a race), and it starts over.
-    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept> {
+    async fn put_newest(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        bytes: Bytes,
+        order: &UploadOrder,
+        metadata: &Metadata,
+    ) -> PortResult<Kept> {
         const ATTEMPTS: usize = 10;
+        if let Some(problem) = metadata_problem(metadata) {
+            return Err(PortError::Refused(problem));
+        }
+        let mut user_metadata: std::collections::HashMap<String, String> =
+            metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        user_metadata.insert(ORDER_METADATA.to_owned(), order.as_str().to_owned());
         for _ in 0..ATTEMPTS {
             let head = self.client.head_object().bucket(bucket).key(key.as_str());
             let stored = match self.aws.call("HeadObject", head.send()).await {
@@ -132,7 +147,7 @@ impl ObjectStore for S3ObjectStore {
                 .put_object()
                 .bucket(bucket)
                 .key(key.as_str())
-                .metadata(ORDER_METADATA, order.as_str())
+                .set_metadata(Some(user_metadata.clone()))
                 .body(ByteStream::from(bytes.clone()));
             let put = match &stored {
                 Some(etag) => put.if_match(etag),
@@ -145,6 +160,20 @@ impl ObjectStore for S3ObjectStore {
             }
         }
         Err(anyhow::anyhow!("S3 PutObject {bucket}/{key}: {ATTEMPTS} conditional writes in a row lost a race").into())
+    }
+
+    async fn metadata(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
+        let head = self.client.head_object().bucket(bucket).key(key.as_str());
+        match self.aws.call("HeadObject", head.send()).await {
+            Ok(out) => Ok(Some(
+                (out.metadata().into_iter().flatten())
+                    .filter(|(name, _)| name.as_str() != ORDER_METADATA)
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
+            )),
+            Err(e) if e.code_is("NotFound") || e.code_is("NoSuchKey") => Ok(None),
+            Err(e) => Err(e.on(format_args!("{bucket}/{key}")).into_store_error()),
+        }
     }
 
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>> {

@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 use super::file_names::{key_of, relative_path, LONG_DIR};
 use super::group_commit::GroupCommit;
-use imgrec_domain::ports::{Kept, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder};
+use imgrec_domain::ports::{
+    metadata_problem, Kept, Metadata, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder,
+};
 
 /// Buckets as folders: `<root>/s3/<bucket>/<file name of key>`, where an ordinary key is its own
 /// file name (`test_0`) and any other maps to a safe one (see `file_names`). Writes are atomic
@@ -146,8 +148,12 @@ impl FsObjectStore {
         key: &ObjectKey,
         bytes: &[u8],
         order: &UploadOrder,
+        metadata: &Metadata,
     ) -> PortResult<(Kept, Vec<PathBuf>)> {
         check_bucket(bucket)?;
+        if let Some(problem) = metadata_problem(metadata) {
+            return Err(PortError::Refused(problem));
+        }
         let _lock = self.lock(bucket, key)?;
         let order_path = self.root.join("orders").join(bucket).join(relative_path(key));
         let stored = match std::fs::read_to_string(&order_path) {
@@ -162,20 +168,50 @@ impl FsObjectStore {
         if stored.as_ref().is_some_and(|stored| stored > order) {
             return Ok((Kept::Superseded, Vec::new()));
         }
-        let order_dir = order_path.parent().expect("a key's path has a parent");
-        let mut to_sync = create_dirs(order_dir)?;
-        let tmp_dir = self.root.join("tmp");
-        std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
-        tmp.write_all(order.as_str().as_bytes())
-            .context("cannot write a temp file")?;
-        tmp.as_file().sync_all().context("cannot sync a temp file")?;
-        tmp.persist(&order_path)
-            .map_err(|e| anyhow::Error::from(e.error).context(format!("cannot write {}", order_path.display())))?;
-        to_sync.push(order_dir.to_path_buf());
+        let mut to_sync = self.write_beside(&order_path, order.as_str().as_bytes())?;
+        let metadata = serde_json::to_vec(metadata).context("cannot encode metadata")?;
+        to_sync.extend(self.write_beside(&self.metadata_path(bucket, key), &metadata)?);
         let (_, dirs) = self.put_blocking(bucket, key, bytes)?;
         to_sync.extend(dirs);
         Ok((Kept::Stored, to_sync))
+    }
+
+    /// Where the metadata `put_newest` kept with an object is: `metadata/<bucket>/<file name of key>`.
+    fn metadata_path(&self, bucket: &str, key: &ObjectKey) -> PathBuf {
+        self.root.join("metadata").join(bucket).join(relative_path(key))
+    }
+
+    /// Writes a file kept beside an object (its order, its metadata) atomically, and returns the
+    /// folders to sync.
+    fn write_beside(&self, path: &Path, bytes: &[u8]) -> PortResult<Vec<PathBuf>> {
+        let dir = path.parent().expect("a key's path has a parent");
+        let mut to_sync = create_dirs(dir)?;
+        let tmp_dir = self.root.join("tmp");
+        std::fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).context("cannot create a temp file")?;
+        tmp.write_all(bytes).context("cannot write a temp file")?;
+        tmp.as_file().sync_all().context("cannot sync a temp file")?;
+        tmp.persist(path)
+            .map_err(|e| anyhow::Error::from(e.error).context(format!("cannot write {}", path.display())))?;
+        to_sync.push(dir.to_path_buf());
+        Ok(to_sync)
+    }
+
+    fn metadata_blocking(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
+        check_bucket(bucket)?;
+        if !self.bucket_dir(bucket).join(relative_path(key)).is_file() {
+            return Ok(None);
+        }
+        let path = self.metadata_path(bucket, key);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Metadata::new())),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot read {}", path.display()))
+                .into()),
+        }
     }
 
     /// Holds the lock of `key`'s stripe until dropped: every process of the stack takes the same.
@@ -355,16 +391,40 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PortResult<T> + Send + 
 impl ObjectStore for FsObjectStore {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<StoredObject> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
-        let (version, dirs) = blocking(move || this.put_blocking(&bucket, &key, &bytes)).await?;
+        let (version, dirs) = blocking(move || {
+            // A plain put has no metadata, as on S3: none of an earlier object's stays.
+            check_bucket(&bucket)?;
+            let _ = std::fs::remove_file(this.metadata_path(&bucket, &key));
+            this.put_blocking(&bucket, &key, &bytes)
+        })
+        .await?;
         self.sync(dirs).await?;
         Ok(StoredObject { version: Some(version) })
     }
 
-    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept> {
-        let (this, bucket, key, order) = (self.clone(), bucket.to_owned(), key.clone(), order.clone());
-        let (kept, dirs) = blocking(move || this.put_newest_blocking(&bucket, &key, &bytes, &order)).await?;
+    async fn put_newest(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        bytes: Bytes,
+        order: &UploadOrder,
+        metadata: &Metadata,
+    ) -> PortResult<Kept> {
+        let (this, bucket, key, order, metadata) = (
+            self.clone(),
+            bucket.to_owned(),
+            key.clone(),
+            order.clone(),
+            metadata.clone(),
+        );
+        let (kept, dirs) = blocking(move || this.put_newest_blocking(&bucket, &key, &bytes, &order, &metadata)).await?;
         self.sync(dirs).await?;
         Ok(kept)
+    }
+
+    async fn metadata(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.clone());
+        blocking(move || this.metadata_blocking(&bucket, &key)).await
     }
 
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>> {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use imgrec_domain::ports::{Fleet, Kept, Lease, ObjectKey, ObjectStore, Receipt, UploadOrder, WorkQueue};
+use imgrec_domain::ports::{
+    Fleet, Kept, Lease, Metadata, ObjectKey, ObjectStore, PortError, Receipt, UploadOrder, WorkQueue,
+};
 
 /// A request queue with its dead-letter queue, as the adapter under test configures them.
 pub struct QueuePair<Q> {
@@ -297,12 +299,13 @@ pub async fn create_once_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket: &
 pub async fn newest_result_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket: &str) {
     let store = &stores[0];
     let order = |ms: u64| UploadOrder::new(ms, &format!("req{ms}"));
+    let meta = |ms: u64| Metadata::from([("model-version".to_owned(), format!("v{ms}"))]);
     let key = ObjectKey::new("cat").expect("key");
     let put = |bytes: &'static [u8], ms: u64| {
         let (store, key) = (store.clone(), key.clone());
         async move {
             store
-                .put_newest(bucket, &key, Bytes::from_static(bytes), &order(ms))
+                .put_newest(bucket, &key, Bytes::from_static(bytes), &order(ms), &meta(ms))
                 .await
                 .expect("put_newest")
         }
@@ -322,6 +325,20 @@ pub async fn newest_result_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket:
         "a redelivered request stores again"
     );
     assert_eq!(read().await.as_deref(), Some(&b"three"[..]));
+    // The metadata kept is the stored result's, without the order kept for the comparison.
+    assert_eq!(store.metadata(bucket, &key).await.expect("metadata"), Some(meta(3_000)));
+    assert_eq!(
+        store
+            .metadata(bucket, &ObjectKey::new("none").expect("key"))
+            .await
+            .expect("metadata"),
+        None
+    );
+    let bad = Metadata::from([("Model Name".to_owned(), "x".to_owned())]);
+    let refused = store
+        .put_newest(bucket, &key, Bytes::from_static(b"x"), &order(4_000), &bad)
+        .await;
+    assert!(matches!(refused, Err(PortError::Refused(_))), "{refused:?}");
     // An object `put` wrote (no order) is replaced by any result.
     let plain = ObjectKey::new("dir/dog").expect("key");
     store
@@ -329,10 +346,19 @@ pub async fn newest_result_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket:
         .await
         .expect("put");
     let kept = store
-        .put_newest(bucket, &plain, Bytes::from_static(b"new"), &order(1))
+        .put_newest(bucket, &plain, Bytes::from_static(b"new"), &order(1), &meta(1))
         .await
         .expect("put_newest");
     assert_eq!(kept, Kept::Stored);
+    store
+        .put(bucket, &plain, Bytes::from_static(b"plain"))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.metadata(bucket, &plain).await.expect("metadata"),
+        Some(Metadata::new()),
+        "a plain put keeps no metadata"
+    );
 
     // Racing writers, through every handle, in a scrambled order: the newest stays.
     let race = ObjectKey::new("race").expect("key");
@@ -345,7 +371,13 @@ pub async fn newest_result_contract<S: ObjectStore>(stores: Vec<Arc<S>>, bucket:
             tokio::spawn(async move {
                 let bytes = Bytes::from(format!("result {ms}"));
                 store
-                    .put_newest(&bucket, &race, bytes, &UploadOrder::new(ms, &format!("req{ms}")))
+                    .put_newest(
+                        &bucket,
+                        &race,
+                        bytes,
+                        &UploadOrder::new(ms, &format!("req{ms}")),
+                        &Metadata::new(),
+                    )
                     .await
             })
         })

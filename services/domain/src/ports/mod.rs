@@ -12,5 +12,5 @@ pub use error::{PortError, PortResult};
 pub use fleet::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
-pub use object_store::{Kept, KeyError, ObjectKey, ObjectStore, StoredObject, UploadOrder};
+pub use object_store::{metadata_problem, Kept, KeyError, Metadata, ObjectKey, ObjectStore, StoredObject, UploadOrder};
 pub use work_queue::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};

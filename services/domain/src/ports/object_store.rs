@@ -92,6 +92,23 @@ impl UploadOrder {
     }
 }
 
+/// User metadata kept with an object (S3's `x-amz-meta-*`): names of lowercase letters, digits and
+/// `-`, values of printable ASCII, as S3 carries them unchanged in headers.
+pub type Metadata = std::collections::BTreeMap<String, String>;
+
+/// `None` if every name and value is one S3 carries unchanged; else why not.
+pub fn metadata_problem(metadata: &Metadata) -> Option<String> {
+    metadata.iter().find_map(|(name, value)| {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let value_ok = value.len() <= 1024 && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        (!name_ok || !value_ok).then(|| format!("metadata {name:?} = {value:?} cannot be stored"))
+    })
+}
+
 /// What `put_newest` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
@@ -107,7 +124,18 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put(&self, bucket: &str, key: &ObjectKey, bytes: Bytes) -> PortResult<StoredObject>;
     /// Writes `bytes` as `key` unless the object there was written for a later upload, atomically
     /// against concurrent writers of the key (a conditional write, or a lock).
-    async fn put_newest(&self, bucket: &str, key: &ObjectKey, bytes: Bytes, order: &UploadOrder) -> PortResult<Kept>;
+    /// `metadata` is kept with the object (and replaced with it).
+    async fn put_newest(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        bytes: Bytes,
+        order: &UploadOrder,
+        metadata: &Metadata,
+    ) -> PortResult<Kept>;
+    /// The metadata `put_newest` kept with the object (empty for one `put` wrote); `None` if there
+    /// is no such object.
+    async fn metadata(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>>;
     /// The object's bytes (that version's when given); `None` if there is no such object.
     async fn get(&self, bucket: &str, key: &ObjectKey, version: Option<&str>) -> PortResult<Option<Bytes>>;
     /// Writes `bytes` as `key` only if there is no object there, atomically against concurrent
