@@ -33,6 +33,7 @@ locals {
     visibility_timeout_s = var.visibility_timeout_s
     batch_size           = var.batch_size
     job_retention_s      = var.job_retention_days * 86400
+    api_keys_parameter   = var.api_keys_parameter
     app_min_size         = var.app_min_size
     app_max_size         = local.app_max_size
     auto_scaling_group   = local.app_group_name
@@ -54,6 +55,7 @@ module "output_bucket" {
   name           = "${var.name_prefix}-${local.account_id}-output"
   force_destroy  = var.force_destroy
   retention_days = var.retention_days
+
   # Jobs' and idempotency keys' records (see services/domain/src/records.rs).
   record_retention_days = var.job_retention_days
 }
@@ -102,7 +104,10 @@ module "iam" {
   dead_letter_arn     = module.queues.dead_letter_queue_arn
   app_group_name      = local.app_group_name
   metric_namespace    = local.metric_namespace
-  enable_ssm          = var.enable_ssm
+
+  api_keys_parameter   = var.api_keys_parameter
+  api_keys_kms_key_arn = var.api_keys_kms_key_arn
+  enable_ssm           = var.enable_ssm
 }
 
 module "app_tier" {

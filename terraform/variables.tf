@@ -197,3 +197,20 @@ variable "enable_ssm" {
   type        = bool
   default     = false
 }
+
+variable "api_keys_parameter" {
+  description = "Name of an SSM parameter (SecureString, created outside Terraform so the secret stays out of its state) holding the web tier's API keys, one a line: `name sha256-hex rate_per_s burst`. Empty: no keys, uploads are open."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.api_keys_parameter == "" || can(regex("^/?[a-zA-Z0-9_.\\-/]{1,1011}$", var.api_keys_parameter))
+    error_message = "api_keys_parameter must be an SSM parameter name (letters, digits, _ . - /)."
+  }
+}
+
+variable "api_keys_kms_key_arn" {
+  description = "ARN of the customer managed KMS key encrypting api_keys_parameter; empty when it uses the AWS managed key aws/ssm."
+  type        = string
+  default     = ""
+}

@@ -318,7 +318,10 @@ SAMPLE_POLICY_VALUES = {
     "response_queue_arns": ["arn:aws:sqs:eu-west-1:123456789012:imgrec-responses-web-instance1"],
     "dead_letter_arn": "arn:aws:sqs:eu-west-1:123456789012:imgrec-requests-dlq",
     "app_group_name": "imgrec-app-tier", "metric_namespace": "imgrec",
+    "api_keys_parameter": "/imgrec/api-keys",
+    "api_keys_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
 }
+SAMPLE_PARAMETER_ARN = f"arn:aws:ssm:eu-west-1:{SAMPLE_ACCOUNT}:parameter/imgrec/api-keys"
 
 
 @functools.cache
@@ -363,18 +366,20 @@ def test_iam_statements_name_specific_resources():
             else:
                 for r in s["Resource"]:
                     this_deployments = any(r == arn or r.startswith(arn + "/") for arn in ours) or (
-                        f":{SAMPLE_ACCOUNT}:" in r and ("imgrec-app-tier" in r or r.endswith(":instance/*")))
+                        f":{SAMPLE_ACCOUNT}:" in r and ("imgrec-app-tier" in r or r.endswith(":instance/*"))) or (
+                        r == SAMPLE_PARAMETER_ARN)
                     assert this_deployments, f"{role} {s['Sid']}: {r} is not this deployment's"
 
 
 def sdk_operations() -> set[str]:
     """IAM actions of the SDK operations the Rust AWS adapters call, read from their source."""
-    service = {"s3": "s3", "sqs": "sqs", "metrics": "cloudwatch", "ec2": "ec2", "autoscaling": "autoscaling"}
+    service = {"s3": "s3", "sqs": "sqs", "metrics": "cloudwatch", "ec2": "ec2", "autoscaling": "autoscaling",
+               "ssm": "ssm"}
     # Operations whose IAM action has another name.
     renamed = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket", "s3:HeadObject": "s3:GetObject",
                "sqs:SendMessageBatch": "sqs:SendMessage", "sqs:DeleteMessageBatch": "sqs:DeleteMessage"}
     actions = set()
-    for stem in ("s3", "sqs", "fleet", "metrics"):
+    for stem in ("s3", "sqs", "fleet", "metrics", "ssm"):
         text = (AWS_SOURCES / f"{stem}.rs").read_text()
         for client, op in re.findall(r"\b(client|ec2|autoscaling)\s*\.(\w+)\(\)", text):
             prefix = service[client if client != "client" else stem]
@@ -389,11 +394,25 @@ def test_roles_grant_every_call_the_services_make():
     assert len(called) >= 15, called
     assert called - granted == set(), "the services call actions no role grants"
     # ...and nothing the services never call.
-    # (GetObject with a version id, as the app tier fetches, is authorized as s3:GetObjectVersion.)
-    assert granted - called - {"s3:GetObjectVersion"} == set()
+    # (GetObject with a version id, as the app tier fetches, is authorized as s3:GetObjectVersion;
+    # GetParameter WithDecryption of a customer-key parameter as kms:Decrypt too.)
+    assert granted - called - {"s3:GetObjectVersion", "kms:Decrypt"} == set()
     app = {a for s in iam_statements()["app_tier"] for a in s["Action"]}
     assert "autoscaling:SetDesiredCapacity" not in app, "workers cannot resize their own group"
     assert "sqs:SendMessage" in app and "s3:PutObject" in app
+
+
+def test_the_web_role_reads_its_api_keys_parameter_only_when_one_is_set():
+    web = {s["Sid"]: s for s in iam_statements()["web_tier"]}
+    assert web["ReadApiKeys"]["Action"] == ["ssm:GetParameter"]
+    assert web["ReadApiKeys"]["Resource"] == [SAMPLE_PARAMETER_ARN]
+    assert web["DecryptApiKeys"]["Resource"] == [SAMPLE_POLICY_VALUES["api_keys_kms_key_arn"]]
+    assert web["DecryptApiKeys"]["Condition"] == {"StringEquals": {"kms:ViaService": ["ssm.eu-west-1.amazonaws.com"]}}
+    assert not any("ssm:GetParameter" in s["Action"] for s in iam_statements()["app_tier"])
+    from rehearsal.terraform import render
+    without = render(policy_values={**SAMPLE_POLICY_VALUES, "api_keys_parameter": "", "api_keys_kms_key_arn": ""})
+    sids = {s["Sid"] for s in without["web_tier"]["Statement"]}
+    assert "ReadApiKeys" not in sids and "DecryptApiKeys" not in sids, sids
 
 
 def unit_settings(name: str) -> dict[str, list[str]]:
@@ -503,7 +522,7 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
         "region": "eu-west-1", "input_bucket": "imgrec-123456789012-input", "output_bucket": "imgrec-123456789012-output",
         "request_queue": "imgrec-requests", "response_queue": "imgrec-responses", "dead_letter_queue": "imgrec-requests-dlq",
         "response_timeout_s": 120, "lease_bucket": "imgrec-123456789012-state",
-        "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "job_retention_s": 86400, "app_min_size": 0, "app_max_size": 19,
+        "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": 19,
         "auto_scaling_group": "imgrec-app-tier", "metric_namespace": "imgrec",
     }
     assert set(passed) == set(sample)
@@ -516,6 +535,13 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
     assert out.returncode == 0, out.stderr
     for value in ("imgrec-123456789012-input", "imgrec-requests-dlq", "imgrec-app-tier", "eu-west-1", "max: 19"):
         assert value in out.stdout, value
+    assert config["web"]["api_keys_parameter"] == "", "no keys: uploads stay open"
+    # With API keys in SSM, the web tier is told where (and the settings still load).
+    with_keys = render(template, {**sample, "api_keys_parameter": "/imgrec/api-keys"})
+    assert tomllib.loads(with_keys)["web"]["api_keys_parameter"] == "/imgrec/api-keys"
+    path.write_text(with_keys)
+    out = run([ROOT / "target/release/scaler", "check-config"], env={**os.environ, "IMGREC_CONFIG": str(path)})
+    assert out.returncode == 0 and "/imgrec/api-keys" in out.stdout, out.stderr
     # A key the services do not know is refused, so a stale template cannot pass silently.
     path.write_text(rendered.replace("[scaler]", "[scaler]\nmaximum = 3"))
     out = run([ROOT / "target/release/scaler", "check-config"], env={**os.environ, "IMGREC_CONFIG": str(path)})

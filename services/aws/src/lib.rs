@@ -1,4 +1,5 @@
-//! AWS adapters: S3 buckets, SQS queues, an Auto Scaling group as the fleet, CloudWatch metrics.
+//! AWS adapters: S3 buckets, SQS queues, an Auto Scaling group as the fleet, CloudWatch metrics;
+//! and secrets from SSM Parameter Store.
 //! Credentials come from the SDK's default chain only; an endpoint override points every client at
 //! a local AWS-compatible server (moto) for tests and `make run-aws-emulated`.
 
@@ -9,6 +10,7 @@ mod lease;
 mod metrics;
 mod s3;
 mod sqs;
+mod ssm;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub use lease::S3Lease;
 pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;
 pub use sqs::{SqsQueue, SqsResponseQueues};
+pub use ssm::secure_parameter;
 
 use imgrec_domain::ports::ApiCalls;
 

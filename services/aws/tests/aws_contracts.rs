@@ -132,3 +132,24 @@ async fn s3_lease_contract() {
     let b = imgrec_aws::S3Lease::new(&aws, "input-bucket", "scaler", "b");
     contract::lease_contract(Arc::new(a), Arc::new(b)).await;
 }
+
+/// The web tier's API keys from an SSM SecureString: the decrypted text, or an error naming the
+/// parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_secure_parameters_are_read_decrypted() {
+    let moto = Moto::start();
+    let aws = Aws::new(moto.sdk().await, ApiCalls::default());
+    let ssm = aws_sdk_ssm::Client::new(&aws.sdk);
+    let text = "nightly 0123 10 20\n";
+    (ssm.put_parameter().name("/imgrec/api-keys").value(text))
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        imgrec_aws::secure_parameter(&aws, "/imgrec/api-keys").await.unwrap(),
+        text
+    );
+    let err = imgrec_aws::secure_parameter(&aws, "/imgrec/missing").await.unwrap_err();
+    assert!(format!("{err:#}").contains("/imgrec/missing"), "{err:#}");
+}

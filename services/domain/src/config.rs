@@ -87,6 +87,10 @@ pub struct WebSettings {
     /// A file of more keys, one a line: `name sha256-hex rate_per_s burst` (`#` starts a comment).
     #[serde(default)]
     pub api_keys_file: Option<std::path::PathBuf>,
+    /// An SSM parameter (SecureString) holding more keys, in `api_keys_file`'s format: read once
+    /// at start (Terraform's `api_keys_parameter`).
+    #[serde(default)]
+    pub api_keys_parameter: Option<String>,
 }
 
 /// One client's key, stored as its SHA-256 (hex) so that the config holds no secret, with the

@@ -22,11 +22,16 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    /// The configured keys; `None` when there are none (uploads need no key).
-    pub fn load(web: &WebSettings) -> anyhow::Result<Option<Self>> {
+    /// The configured keys, and those of `parameter` (the text of `web.api_keys_parameter`);
+    /// `None` when there are none (uploads need no key).
+    pub fn load(web: &WebSettings, parameter: Option<&str>) -> anyhow::Result<Option<Self>> {
         let mut all = web.api_keys.clone();
         if let Some(file) = &web.api_keys_file {
             all.extend(read_file(file)?);
+        }
+        if let Some(text) = parameter {
+            let name = web.api_keys_parameter.as_deref().unwrap_or_default();
+            all.extend(parse(text, &format!("SSM parameter {name}"))?);
         }
         if all.is_empty() {
             return Ok(None);
@@ -60,7 +65,6 @@ impl ApiKeys {
         Ok(Some(Self { keys }))
     }
 
-    /// Whether an upload carrying `presented` may go on now.
     /// The name of the key presented, if it is one of these and within its rate.
     pub fn check(&self, presented: Option<&str>) -> Result<String, UploadError> {
         let key = presented.filter(|k| !k.is_empty()).ok_or(UploadError::Unauthorized)?;
@@ -79,16 +83,21 @@ impl ApiKeys {
     }
 }
 
-/// `name sha256-hex rate_per_s burst` a line; blank lines and `#` comments skipped.
 fn read_file(path: &Path) -> anyhow::Result<Vec<ApiKey>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// `name sha256-hex rate_per_s burst` a line; blank lines and `#` comments skipped. `origin` names
+/// where the text came from in errors.
+fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<ApiKey>> {
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
         if line.is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), i + 1);
+        let at = || format!("{origin}:{}", i + 1);
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [name, sha256, rate, burst] = fields[..] else {
             bail!("{}: want `name sha256-hex rate_per_s burst`", at());
@@ -140,14 +149,17 @@ mod tests {
 
     #[test]
     fn no_keys_configured_means_none_needed() {
-        assert!(ApiKeys::load(&web(Vec::new())).unwrap().is_none());
+        assert!(ApiKeys::load(&web(Vec::new()), None).unwrap().is_none());
     }
 
     #[test]
     fn a_known_key_passes_until_its_bucket_is_empty_an_unknown_or_missing_one_never() {
-        let keys = ApiKeys::load(&web(vec![key("a", "secret-a", 0.5, 2), key("b", "secret-b", 100.0, 1)]))
-            .unwrap()
-            .unwrap();
+        let keys = ApiKeys::load(
+            &web(vec![key("a", "secret-a", 0.5, 2), key("b", "secret-b", 100.0, 1)]),
+            None,
+        )
+        .unwrap()
+        .unwrap();
         assert!(keys.check(Some("secret-a")).is_ok());
         assert!(keys.check(Some("secret-a")).is_ok());
         match keys.check(Some("secret-a")) {
@@ -182,9 +194,9 @@ mod tests {
             key("a", "x", f64::NAN, 1),
             key("a", "x", 1.0, 0),
         ] {
-            assert!(ApiKeys::load(&web(vec![bad.clone()])).is_err(), "{bad:?}");
+            assert!(ApiKeys::load(&web(vec![bad.clone()]), None).is_err(), "{bad:?}");
         }
-        assert!(ApiKeys::load(&web(vec![key("a", "x", 1.0, 1), key("b", "x", 1.0, 1)])).is_err());
+        assert!(ApiKeys::load(&web(vec![key("a", "x", 1.0, 1), key("b", "x", 1.0, 1)]), None).is_err());
     }
 
     #[test]
@@ -198,11 +210,22 @@ mod tests {
         .unwrap();
         let mut settings = web(Vec::new());
         settings.api_keys_file = Some(file.clone());
-        let keys = ApiKeys::load(&settings).unwrap().unwrap();
+        let keys = ApiKeys::load(&settings, None).unwrap().unwrap();
         assert!(keys.check(Some("s3cret")).is_ok());
         std::fs::write(&file, "batch abc 10\n").unwrap();
-        let e = ApiKeys::load(&settings).err().unwrap().to_string();
+        let e = ApiKeys::load(&settings, None).err().unwrap().to_string();
         assert!(e.contains("keys:1"), "{e}");
+    }
+
+    #[test]
+    fn keys_come_from_an_ssm_parameter_too() {
+        let mut settings = web(Vec::new());
+        settings.api_keys_parameter = Some("/imgrec/api-keys".into());
+        let text = format!("nightly {} 10 20\n", sha("from-ssm"));
+        let keys = ApiKeys::load(&settings, Some(&text)).unwrap().unwrap();
+        assert_eq!(keys.check(Some("from-ssm")).unwrap(), "nightly");
+        let e = ApiKeys::load(&settings, Some("nightly zz")).err().unwrap().to_string();
+        assert!(e.contains("SSM parameter /imgrec/api-keys:1"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::api_keys::ApiKeys;
 use crate::background::Background;
 use crate::server::ServerLimits;
 use crate::state::WebTier;
@@ -102,12 +103,15 @@ async fn serve_on(
     let web_tier_name = backend::web_tier_name(&settings).await?;
     let completed = Arc::new(AtomicU64::new(0));
     let scaler = background::hosted_scaler(&settings, &adapters, &web_tier_name, &completed).await?;
+    let parameter = backend::api_keys_parameter(&settings, &adapters.connection).await?;
+    let api_keys = ApiKeys::load(&settings.web, parameter.as_deref())?;
     let tier = WebTier::new(
         settings,
         adapters,
         web_tier_name.name.clone(),
         web_tier_name.response_queue.clone(),
         scaler.as_ref().map(|s| s.handle()),
+        api_keys,
     )?;
     let background = Background::start(&tier, scaler, completed).await?;
 

@@ -48,6 +48,7 @@ impl WebTier {
         name: watch::Receiver<String>,
         reply_to: String,
         scaler: Option<ScalerHandle>,
+        api_keys: Option<ApiKeys>,
     ) -> anyhow::Result<Arc<Self>> {
         let admission = match (&scaler, settings.web.admission_control) {
             (Some(_), true) => Some(Admission::new(
@@ -56,7 +57,6 @@ impl WebTier {
             )),
             _ => None,
         };
-        let api_keys = ApiKeys::load(&settings.web)?;
         Ok(Arc::new(Self {
             upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
             settings,

@@ -15,6 +15,9 @@ module "policies" {
   dead_letter_arn     = var.dead_letter_arn
   app_group_name      = var.app_group_name
   metric_namespace    = var.metric_namespace
+
+  api_keys_parameter   = var.api_keys_parameter
+  api_keys_kms_key_arn = var.api_keys_kms_key_arn
 }
 
 locals {

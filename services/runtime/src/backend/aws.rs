@@ -73,6 +73,11 @@ pub async fn metrics_sink(settings: &Settings, connection: &Connection) -> Optio
     )))
 }
 
+/// The text of the SSM parameter `name` (decrypted).
+pub async fn secure_parameter(settings: &Settings, name: &str, connection: &Connection) -> anyhow::Result<String> {
+    imgrec_aws::secure_parameter(aws(settings, connection).await, name).await
+}
+
 /// On EC2 an instance is known by its id (its name is a tag the scaler's fleet sets).
 pub async fn instance_status(
     settings: &Settings,

@@ -165,6 +165,18 @@ pub async fn metrics_sink(settings: &Settings, connection: &Connection) -> Optio
     }
 }
 
+/// More API keys for the web tier, from the SSM parameter `web.api_keys_parameter` when it is set
+/// (read through AWS whatever the backend: the parameter is the deployment's).
+pub async fn api_keys_parameter(settings: &Settings, connection: &Connection) -> anyhow::Result<Option<String>> {
+    let Some(name) = settings.web.api_keys_parameter.as_deref().filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    aws::secure_parameter(settings, name, connection)
+        .await
+        .map(Some)
+        .context("web.api_keys_parameter")
+}
+
 /// How the app-tier instance `name` reports its state to the fleet.
 pub async fn instance_status(
     settings: &Settings,

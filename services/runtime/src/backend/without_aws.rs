@@ -37,3 +37,7 @@ pub async fn metrics_sink(_: &Settings, _: &Connection) -> Option<Arc<dyn Metric
 pub async fn instance_status(_: &Settings, _: &str, _: &Connection) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     Err(unsupported())
 }
+
+pub async fn secure_parameter(_: &Settings, _: &str, _: &Connection) -> anyhow::Result<String> {
+    Err(unsupported())
+}

@@ -127,6 +127,28 @@ locals {
     },
   ]
 
+  # The web tier reads its API keys once at start (GetParameter, WithDecryption): that one
+  # parameter, and the customer managed key behind it only through SSM.
+  api_keys = concat(
+    var.api_keys_parameter == "" ? [] : [{
+      Sid      = "ReadApiKeys"
+      Effect   = "Allow"
+      Action   = ["ssm:GetParameter"]
+      Resource = ["arn:${var.partition}:ssm:${var.region}:${var.account_id}:parameter/${trimprefix(var.api_keys_parameter, "/")}"]
+    }],
+    var.api_keys_parameter == "" || var.api_keys_kms_key_arn == "" ? [] : [{
+      Sid      = "DecryptApiKeys"
+      Effect   = "Allow"
+      Action   = ["kms:Decrypt"]
+      Resource = [var.api_keys_kms_key_arn]
+      Condition = {
+        StringEquals = {
+          "kms:ViaService" = ["ssm.${var.region}.amazonaws.com"]
+        }
+      }
+    }],
+  )
+
   app_tier = [
     {
       Sid      = "FetchImages"

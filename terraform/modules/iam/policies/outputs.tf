@@ -1,6 +1,6 @@
 output "web_tier" {
   description = "Policy document (JSON) of the web tier's role, which the scaler shares."
-  value       = jsonencode({ Version = "2012-10-17", Statement = concat(local.find_resources, local.web_tier) })
+  value       = jsonencode({ Version = "2012-10-17", Statement = concat(local.find_resources, local.web_tier, local.api_keys) })
 }
 
 # Session Manager only (AWS Systems Manager User Guide, "Create a custom IAM role for Session

@@ -52,3 +52,15 @@ variable "lease_bucket_arn" {
   description = "ARN of the bucket holding the scaler lease."
   type        = string
 }
+
+variable "api_keys_parameter" {
+  description = "Name of the SSM parameter (SecureString) holding the web tier's API keys; empty for none."
+  type        = string
+  default     = ""
+}
+
+variable "api_keys_kms_key_arn" {
+  description = "ARN of the customer managed KMS key encrypting api_keys_parameter; empty for the AWS managed key aws/ssm (whose key policy already lets the account's principals decrypt through SSM)."
+  type        = string
+  default     = ""
+}
