@@ -233,7 +233,11 @@ impl WebTier {
     /// Queues stored uploads' requests, in as few calls as the queue allows.
     pub(crate) async fn queue(&self, requests: &[ClassifyRequest]) -> Result<(), UploadError> {
         let bodies: Vec<Vec<u8>> = requests.iter().map(Message::encode).collect();
-        match self.adapters.requests.send_batch(&bodies).await {
+        let sent = match &bodies[..] {
+            [one] => self.adapters.requests.send(one).await,
+            many => self.adapters.requests.send_batch(many).await,
+        };
+        match sent {
             Ok(()) => {}
             Err(e) if e.is_transient() => {
                 return Err(UploadError::Unavailable {
