@@ -579,3 +579,59 @@ async fn uploads_need_a_valid_api_key_within_its_rate_when_keys_are_configured()
     );
     web.stop().await.unwrap();
 }
+
+/// An image no worker could read is answered as refused at once, stored nowhere, while its job is
+/// accepted; `POST /jobs` refuses without recording a job what it cannot take: no file, more files
+/// than `jobs.max_images`, a parameter after the files, a callback that is no http URL.
+#[tokio::test]
+async fn jobs_refuse_what_they_cannot_take_and_answer_unreadable_images_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.jobs.max_images = 2;
+    let web = web_tier::spawn(s).await.unwrap();
+    let client = Client::new();
+    let post = |form: Form, query: &'static str| {
+        let (client, url) = (client.clone(), format!("{}jobs{query}", web.url()));
+        async move {
+            let response = client.post(url).multipart(form).send().await.expect("job");
+            (response.status(), response.text().await.expect("body"))
+        }
+    };
+    let file = |form: Form, name: &str| form.part("myfile", Part::bytes(image()).file_name(name.to_owned()));
+    let unreadable = Form::new().part("myfile", Part::bytes(b"GIF89a not really".to_vec()).file_name("x.gif"));
+    let (code, body) = post(unreadable, "").await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report: serde_json::Value = client
+        .get(format!("{}jobs/{id}", web.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["images"][0]["status"], "failed");
+    assert!(
+        report["images"][0]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{report}"
+    );
+    assert_eq!(stored(dir.path()), 0, "nothing stored in the input bucket");
+    let (code, body) = post(Form::new().text("client_token", "t"), "").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("no file"), "{body}");
+    let (code, body) = post(file(file(file(Form::new(), "a.jpg"), "b.jpg"), "c.jpg"), "").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body.contains("at most 2"), "{body}");
+    let (code, body) = post(file(Form::new(), "a.jpg").text("client_token", "late"), "").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body.contains("before the files"), "{body}");
+    let (code, body) = post(file(Form::new(), "a.jpg"), "?callback_url=file:///etc/passwd").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body.contains("callback_url"), "{body}");
+
+    web.stop().await.unwrap();
+}

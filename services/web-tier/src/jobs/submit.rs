@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use imgrec_domain::messages::{now_ms, ClassifyResponse, Outcome, VERSION};
+use imgrec_domain::messages::{now_ms, ClassifyRequest, ClassifyResponse, Outcome, VERSION};
 use imgrec_domain::records::{self, Job, JobId, JobImage};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -19,11 +18,22 @@ use crate::error::UploadError;
 use crate::reply;
 use crate::state::WebTier;
 use crate::upload::body::{self, Upload};
-use crate::upload::idempotency::digest;
+use crate::upload::idempotency::{digest, Fingerprint};
 use crate::upload::{check, refusal, UploadRequest};
 
 /// Requests queued in one call (SQS's batch limit).
 const QUEUE_BATCH: usize = 10;
+
+/// A job while its files arrive.
+struct Incoming {
+    id: JobId,
+    /// The job its client token named, recorded by an earlier submission.
+    earlier: Option<Job>,
+    images: Vec<JobImage>,
+    fingerprint: Fingerprint,
+    /// Stored images' requests not yet queued.
+    batch: Vec<ClassifyRequest>,
+}
 
 /// The job as accepted: new, or the one a client token named before.
 struct Accepted {
@@ -91,7 +101,8 @@ impl WebTier {
             .map_err(|_| UploadError::BodyTimeout(jobs.body_timeout().as_secs()))?
     }
 
-    // Long: one pass over the parts, each read, checked, stored and queued in turn.
+    /// One pass over the parts: parameters before the files, then each file read, checked,
+    /// stored and queued in turn.
     async fn read_job(
         &self,
         mut multipart: multer::Multipart<'static>,
@@ -99,95 +110,108 @@ impl WebTier {
         client: &str,
     ) -> Result<Accepted, UploadError> {
         let max_file = self.upload_limits.max_file_bytes;
-        let mut id: Option<(JobId, Option<Job>)> = None;
-        let mut images = Vec::new();
-        let mut fingerprint = Sha256::new();
-        let mut batch = Vec::with_capacity(QUEUE_BATCH);
+        let mut incoming: Option<Incoming> = None;
         while let Some(mut field) = (multipart.next_field().await).map_err(|e| body::multipart_error(e, max_file))? {
+            let mut share = self.upload_limits.body_budget.share();
+            let bytes = body::field_bytes(&mut field, max_file, &mut share, true).await?;
             let Some(name) = field.file_name().map(str::to_owned) else {
-                let mut share = self.upload_limits.body_budget.share();
-                let value = body::field_bytes(&mut field, max_file, &mut share, true).await?;
                 let field_name = field.name().unwrap_or_default().to_owned();
-                let value = String::from_utf8_lossy(&value).into_owned();
-                if params.set(&field_name, value)? && id.is_some() {
+                let value = String::from_utf8_lossy(&bytes).into_owned();
+                if params.set(&field_name, value)? && incoming.is_some() {
                     return Err(UploadError::BadRequest(format!("send {field_name} before the files")));
                 }
                 continue;
             };
-            if images.len() == self.settings.jobs.max_images {
-                return Err(UploadError::BadRequest(format!(
-                    "a job holds at most {} images",
-                    self.settings.jobs.max_images
-                )));
-            }
-            if id.is_none() {
-                id = Some(self.job_id(params.client_token.as_deref(), client).await?);
-            }
-            let (job_id, earlier) = id.as_ref().expect("set above");
-            let mut share = self.upload_limits.body_budget.share();
-            let bytes = body::field_bytes(&mut field, max_file, &mut share, true).await?;
-            for part in [
-                &(name.len() as u64).to_be_bytes()[..],
-                name.as_bytes(),
-                &(bytes.len() as u64).to_be_bytes(),
-                &bytes,
-            ] {
-                fingerprint.update(part);
-            }
-            let index = images.len();
-            let request_id = Uuid::new_v4();
-            images.push(JobImage {
-                image: name.clone(),
-                request_id,
-            });
-            if earlier.is_some() {
-                // A retry of a job already recorded: only its fingerprint matters.
-                continue;
-            }
-            let answer_record = records::job_answer(job_id, index);
-            match self.checked(&name, bytes, share).await? {
-                Ok(upload) => {
-                    batch.push(self.store(upload, request_id, Some(answer_record.to_string())).await?);
-                    if batch.len() == QUEUE_BATCH {
-                        self.queue(&batch).await?;
-                        batch.clear();
-                    }
-                }
-                Err(refused) => self.refuse_image(&answer_record, request_id, &name, refused).await?,
-            }
+            let job = match &mut incoming {
+                Some(job) => job,
+                None => incoming.insert(self.incoming(params.client_token.as_deref(), client).await?),
+            };
+            self.take_image(job, name, bytes, share).await?;
         }
-        if !batch.is_empty() {
-            self.queue(&batch).await?;
-        }
-        let Some((id, earlier)) = id else {
+        let Some(mut job) = incoming else {
             return Err(UploadError::BadRequest(format!(
                 "no file: send the images as form fields {:?}",
                 body::FIELDS[0]
             )));
         };
-        let fingerprint: String = fingerprint.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        if let Some(earlier) = earlier {
+        self.queue_batch(&mut job.batch).await?;
+        let fingerprint = job.fingerprint.finish();
+        if let Some(earlier) = job.earlier {
             return same_job(earlier, &fingerprint);
         }
         let job = Job {
-            id,
+            id: job.id,
             created_at_ms: now_ms(),
             fingerprint,
-            images,
+            images: job.images,
             callback_url: params.callback_url,
         };
         self.record_job(job, params.client_token.is_some()).await
     }
 
-    /// A new random id, or the one the client token names, with its job if it was recorded.
-    async fn job_id(&self, token: Option<&str>, client: &str) -> Result<(JobId, Option<Job>), UploadError> {
-        let Some(token) = token else {
-            return Ok((JobId::random(), None));
+    /// One image of the job: stored and queued (in batches), or its refusal kept as its answer;
+    /// only fingerprinted when a retry finds the job recorded.
+    async fn take_image(
+        &self,
+        job: &mut Incoming,
+        name: String,
+        bytes: bytes::Bytes,
+        share: crate::upload::Share,
+    ) -> Result<(), UploadError> {
+        let max = self.settings.jobs.max_images;
+        if job.images.len() == max {
+            return Err(UploadError::BadRequest(format!("a job holds at most {max} images")));
+        }
+        job.fingerprint.add(&name, &bytes);
+        let (index, request_id) = (job.images.len(), Uuid::new_v4());
+        job.images.push(JobImage {
+            image: name.clone(),
+            request_id,
+        });
+        if job.earlier.is_some() {
+            return Ok(());
+        }
+        let answer_record = records::job_answer(&job.id, index);
+        match self.checked(&name, bytes, share).await? {
+            Ok(upload) => {
+                let request = self.store(upload, request_id, Some(answer_record.to_string())).await?;
+                job.batch.push(request);
+                if job.batch.len() == QUEUE_BATCH {
+                    self.queue_batch(&mut job.batch).await?;
+                }
+                Ok(())
+            }
+            Err(refused) => self.refuse_image(&answer_record, request_id, &name, refused).await,
+        }
+    }
+
+    async fn queue_batch(&self, batch: &mut Vec<ClassifyRequest>) -> Result<(), UploadError> {
+        if !batch.is_empty() {
+            self.queue(batch).await?;
+            batch.clear();
+        }
+        Ok(())
+    }
+
+    /// A job as its first file arrives: a new random id, or the one the client token names,
+    /// with that job if it was recorded.
+    async fn incoming(&self, token: Option<&str>, client: &str) -> Result<Incoming, UploadError> {
+        let (id, earlier) = match token {
+            None => (JobId::random(), None),
+            Some(token) => {
+                let digest = digest("client_token", client, token)?;
+                let id = JobId::from_digest(&digest).expect("a SHA-256 digest is 64 hex digits");
+                let earlier = self.job(&id).await?;
+                (id, earlier)
+            }
         };
-        let id =
-            JobId::from_digest(&digest("client_token", client, token)?).expect("a SHA-256 digest is 64 hex digits");
-        let earlier = self.job(&id).await?;
-        Ok((id, earlier))
+        Ok(Incoming {
+            id,
+            earlier,
+            images: Vec::new(),
+            fingerprint: Fingerprint::default(),
+            batch: Vec::with_capacity(QUEUE_BATCH),
+        })
     }
 
     /// The upload of part `name`, or why a worker could not classify it (the job goes on).

@@ -37,16 +37,30 @@ pub fn digest(what: &str, client: &str, key: &str) -> Result<String, UploadError
         .chain_update(key)))
 }
 
-/// The digest of an upload's file name and bytes: what a retry must send again.
-pub fn fingerprint(uploads: &[(&str, &[u8])]) -> String {
-    let mut hasher = Sha256::new();
-    for (name, bytes) in uploads {
-        hasher.update((name.len() as u64).to_be_bytes());
-        hasher.update(name);
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
+/// The digest of files' names and bytes, in order: what a retry must send again.
+#[derive(Default)]
+pub struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    pub fn add(&mut self, name: &str, bytes: &[u8]) {
+        // Lengths first, so that no two lists of files hash alike.
+        self.0.update((name.len() as u64).to_be_bytes());
+        self.0.update(name);
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
     }
-    hex(hasher)
+
+    pub fn finish(self) -> String {
+        hex(self.0)
+    }
+}
+
+pub fn fingerprint(files: &[(&str, &[u8])]) -> String {
+    let mut fingerprint = Fingerprint::default();
+    for (name, bytes) in files {
+        fingerprint.add(name, bytes);
+    }
+    fingerprint.finish()
 }
 
 fn hex(hasher: Sha256) -> String {
