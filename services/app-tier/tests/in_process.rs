@@ -159,12 +159,7 @@ async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
 
     // Where the four answers' time went: one observation each of queue wait, inference per image
     // and batch size (one image a run here).
-    let metrics = reqwest::get(format!("{}metrics", web.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&web).await;
     for histogram in [
         "imgrec_queue_wait_seconds",
         "imgrec_inference_seconds",
@@ -295,6 +290,12 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
     assert!(dir.path().join("s3/output-bucket/cat").is_file());
 }
 
+/// The web tier's `/metrics` text.
+async fn metrics_text(web: &web_tier::SpawnedWebTier) -> String {
+    let response = reqwest::get(format!("{}metrics", web.url())).await.unwrap();
+    response.text().await.unwrap()
+}
+
 /// The value of a sample line `name value` in Prometheus text.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -330,12 +331,7 @@ async fn retries_with_one_idempotency_key_get_one_classification_and_its_answer(
         .map(|_| tokio::spawn(send("order-42", small_jpg())))
         .collect();
     let metrics = || async {
-        let text = reqwest::get(format!("{}metrics", web.url()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&web).await;
         metric(&text, "imgrec_idempotent_replays_total")
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -520,12 +516,7 @@ async fn a_job_of_many_images_is_answered_per_image_by_any_web_tier_and_calls_ba
     );
     let (code, _, other) = submit(&["a.jpg"], image.clone()).await;
     assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{other}");
-    let text = reqwest::get(format!("{}metrics", web.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&web).await;
     assert_eq!(metric(&text, "imgrec_jobs_total"), 1.0);
     assert_eq!(metric(&text, "imgrec_job_images_total"), 6.0);
     for missing in ["0123456789abcdef0123456789abcdef", "nope", "..%2F..%2Fetc"] {

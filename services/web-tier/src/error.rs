@@ -70,6 +70,11 @@ pub enum UploadError {
 }
 
 impl UploadError {
+    /// Maps a failure of the store or the queue that may pass to `Unavailable`, saying `what`.
+    pub fn unavailable<E: Into<anyhow::Error>>(what: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| Self::Unavailable { what, source: e.into() }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::UnstorableName { .. } => StatusCode::BAD_REQUEST,

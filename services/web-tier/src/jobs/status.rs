@@ -128,11 +128,9 @@ impl WebTier {
     pub(super) async fn progress(&self, job: Job) -> Result<Progress, UploadError> {
         let output = &self.settings.buckets.output;
         let store = &self.adapters.store;
-        let unavailable = |e: imgrec_domain::ports::PortError| UploadError::Unavailable {
-            what: "cannot read the job's answers",
-            source: e.into(),
-        };
-        let listed = (store.list(output, &records::job_answers(&job.id)).await).map_err(unavailable)?;
+        let unavailable =
+            || UploadError::unavailable::<imgrec_domain::ports::PortError>("cannot read the job's answers");
+        let listed = (store.list(output, &records::job_answers(&job.id)).await).map_err(unavailable())?;
         let mut answers = vec![None; job.images.len()];
         let mut unread = Vec::new();
         for key in listed {
@@ -152,7 +150,7 @@ impl WebTier {
             .buffer_unordered(READS)
             .try_collect()
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable())?;
         for (i, key, answer) in read {
             if let Some(answer) = answer.map(Arc::new) {
                 self.answers.put(key, answer.clone());

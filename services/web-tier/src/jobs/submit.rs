@@ -261,10 +261,7 @@ impl WebTier {
         let output = &self.settings.buckets.output;
         records::store_answer(self.adapters.store.as_ref(), output, record.as_str(), &response)
             .await
-            .map_err(|e| UploadError::Unavailable {
-                what: "cannot keep an image's answer",
-                source: e.into(),
-            })
+            .map_err(UploadError::unavailable("cannot keep an image's answer"))
     }
 
     /// Records the job; with a client token, only if no retry recorded it first.
@@ -273,10 +270,7 @@ impl WebTier {
         let key = records::job(&job.id);
         let bytes = bytes::Bytes::from(serde_json::to_vec(&job).expect("jobs serialize"));
         let store = &self.adapters.store;
-        let unavailable = |e: imgrec_domain::ports::PortError| UploadError::Unavailable {
-            what: "cannot record the job",
-            source: e.into(),
-        };
+        let unavailable = UploadError::unavailable::<imgrec_domain::ports::PortError>("cannot record the job");
         if !once {
             store.put(output, &key, bytes).await.map_err(unavailable)?;
             return Ok(Accepted { job, new: true });
@@ -294,16 +288,12 @@ impl WebTier {
     /// The job recorded as `id`, if any.
     pub(super) async fn job(&self, id: &JobId) -> Result<Option<Job>, UploadError> {
         let output = &self.settings.buckets.output;
-        let unavailable = |e: anyhow::Error| UploadError::Unavailable {
-            what: "cannot read the job",
-            source: e,
-        };
-        let bytes =
-            (self.adapters.store.get(output, &records::job(id), None).await).map_err(|e| unavailable(e.into()))?;
+        let bytes = (self.adapters.store.get(output, &records::job(id), None).await)
+            .map_err(UploadError::unavailable("cannot read the job"))?;
         bytes
             .map(|b| serde_json::from_slice(&b))
             .transpose()
-            .map_err(|e| unavailable(e.into()))
+            .map_err(UploadError::unavailable("cannot read the job"))
     }
 }
 

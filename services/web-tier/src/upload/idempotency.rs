@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use imgrec_domain::messages::{now_ms, result_object};
-use imgrec_domain::ports::{ObjectKey, PortError};
+use imgrec_domain::ports::ObjectKey;
 use imgrec_domain::records::{self, Claim};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -67,10 +67,6 @@ fn hex(hasher: Sha256) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unavailable(what: &'static str) -> impl FnOnce(PortError) -> UploadError {
-    move |e| UploadError::Unavailable { what, source: e.into() }
-}
-
 impl WebTier {
     /// The label of the first upload sent with this key (`digest`), classifying `upload` only if
     /// it is that first one.
@@ -89,7 +85,7 @@ impl WebTier {
             let first = (store
                 .put_if_absent(output, &claim_key, claim_bytes.clone().into())
                 .await)
-                .map_err(unavailable("cannot record the idempotency key"))?;
+                .map_err(UploadError::unavailable("cannot record the idempotency key"))?;
             if first {
                 let answer_record = Some(records::claim_answer(digest).to_string());
                 return match self.store_and_queue(upload, claim.request_id, answer_record).await {
@@ -103,13 +99,11 @@ impl WebTier {
                     }
                 };
             }
-            let held =
-                (store.get(output, &claim_key, None).await).map_err(unavailable("cannot read the idempotency key"))?;
+            let held = (store.get(output, &claim_key, None).await)
+                .map_err(UploadError::unavailable("cannot read the idempotency key"))?;
             let Some(held) = held else { continue };
-            let held: Claim = serde_json::from_slice(&held).map_err(|e| UploadError::Unavailable {
-                what: "cannot read the idempotency key",
-                source: e.into(),
-            })?;
+            let held: Claim =
+                serde_json::from_slice(&held).map_err(UploadError::unavailable("cannot read the idempotency key"))?;
             if held.fingerprint != claim.fingerprint {
                 return Err(UploadError::KeyReused("Idempotency-Key"));
             }
