@@ -150,3 +150,112 @@ fn aws_profile_is_what_terraform_ships() {
     );
     assert_eq!(value("tick_ms") / 1000.0, p.tick_s);
 }
+
+fn by_scenario<'a>(rows: &'a [Vec<Row>], scenario: &str) -> &'a [Row] {
+    rows.iter()
+        .find(|r| r[0].scenario.ends_with(scenario))
+        .unwrap_or_else(|| panic!("no scenario {scenario}"))
+}
+
+#[test]
+fn the_shipped_capacity_is_the_simulators_pick_and_meets_the_goals() {
+    let profile = sim::aws_profile();
+    for seed in [SEED, 11, 23] {
+        let choice = sim::pick_capacity(&profile, &[seed, seed + 1, seed + 2]);
+        assert_eq!(choice.capacity, sim::shipped_capacity(), "seed {seed}");
+        assert!(choice.burst_p99_s < sim::BURST_GOAL_S, "{}", choice.burst_p99_s);
+        let rows = sim::compare_capacities(&profile, std::slice::from_ref(&choice.capacity), seed);
+        for r in rows.iter().flatten() {
+            assert_eq!((r.lost, r.visibility_waits), (0, 0), "{r:?}");
+            assert!(r.peak_instances <= profile.policy.max);
+        }
+    }
+    let prices = &profile.prices;
+    let max = profile.policy.max;
+    let ratio = prices.hourly(&sim::shipped_capacity(), max) / prices.hourly(&sim::Capacity::on_demand(), max);
+    assert!(ratio <= sim::CAP_COST_GOAL, "at the cap: {ratio:.2} of On-Demand");
+}
+
+#[test]
+fn a_warm_pool_answers_a_burst_from_zero_sooner_by_about_the_start_it_saves() {
+    let profile = sim::aws_profile();
+    let pool = |state| sim::Capacity::warm_pool(sim::warm_pool(1, state));
+    let capacities = [
+        sim::Capacity::on_demand(),
+        pool(sim::WarmState::Stopped),
+        pool(sim::WarmState::Hibernated),
+    ];
+    let rows = sim::compare_capacities(&profile, &capacities, SEED);
+    let burst = by_scenario(&rows, "/burst-100");
+    let (cold, stopped, hibernated) = (&burst[0], &burst[1], &burst[2]);
+    let saved = |start: &sim::BootTime| profile.boot.mean_s - start.mean_s;
+    for (warm, start) in [
+        (stopped, &profile.warm_start.stopped),
+        (hibernated, &profile.warm_start.hibernated),
+    ] {
+        let gain = cold.p99_latency_s - warm.p99_latency_s;
+        assert!(
+            (gain - saved(start)).abs() < 2.0 * profile.boot.sd_s,
+            "{gain} vs {}",
+            saved(start)
+        );
+    }
+    // The pool's instance waited (volumes billed) and was refilled (a cold start billed).
+    assert!(hibernated.warm_pool_seconds > 0.0);
+    assert!(hibernated.cost_usd > cold.cost_usd);
+}
+
+#[test]
+fn costs_add_up_by_purchase_option() {
+    let profile = sim::aws_profile();
+    let spot = sim::Capacity::warm_pool_and_spot(0, sim::warm_pool(1, sim::WarmState::Stopped), sim::default_spot());
+    let rows = sim::compare_capacities(&profile, &[sim::Capacity::on_demand(), spot], SEED);
+    let prices = &profile.prices;
+    for scenario in &rows {
+        let on_demand = &scenario[0];
+        assert_eq!(on_demand.spot_instance_seconds, 0.0);
+        let expected = on_demand.instance_seconds / 3600.0 * prices.per_hour(sim::Purchase::OnDemand, None);
+        assert!((on_demand.cost_usd - expected).abs() < 1e-9, "{on_demand:?}");
+        assert!(
+            (on_demand.cost_per_1000_images_usd - 1000.0 * on_demand.cost_usd / on_demand.completed as f64).abs()
+                < 1e-12
+        );
+    }
+    // Under the day's load most instances are Spot, at 40% of the price.
+    let day = by_scenario(&rows, "/day");
+    assert!(
+        day[1].spot_instance_seconds > day[1].on_demand_instance_seconds,
+        "{:?}",
+        day[1]
+    );
+    assert!(day[1].cost_per_1000_images_usd < 0.7 * day[0].cost_per_1000_images_usd);
+}
+
+#[test]
+fn interrupted_spot_workers_that_drain_leave_nothing_waiting_for_a_visibility_timeout() {
+    let profile = sim::aws_profile();
+    let stressed = |drain| {
+        let mut capacity = sim::shipped_capacity();
+        let spot = capacity.spot.as_mut().unwrap();
+        spot.interruptions_per_hour = 60.0;
+        spot.drain = drain;
+        capacity
+    };
+    let rows = sim::compare_capacities(&profile, &[stressed(true), stressed(false)], SEED);
+    let (mut notices, mut waits_undrained) = (0, 0);
+    for scenario in &rows {
+        let (drained, undrained) = (&scenario[0], &scenario[1]);
+        notices += drained.interruptions;
+        waits_undrained += undrained.visibility_waits;
+        assert_eq!((drained.lost, drained.visibility_waits), (0, 0), "{drained:?}");
+        assert_eq!(
+            undrained.lost, 0,
+            "requests come back after their timeout: {undrained:?}"
+        );
+    }
+    assert!(notices >= 10, "the stress interrupts: {notices}");
+    assert!(
+        waits_undrained > 0,
+        "without draining, held requests wait out their timeout"
+    );
+}

@@ -1,6 +1,7 @@
-//! One discrete-event run: a queue with SQS-like batch receive, instances that boot, take batches,
-//! drain when retired, and the real `Scaler` ticking on the simulated clock, observing the
-//! simulated queue and fleet (`adapters`).
+//! One discrete-event run: a queue with SQS-like batch receive, instances that boot (cold or from
+//! the warm pool), take batches, drain when retired or interrupted, and the real `Scaler` ticking
+//! on the simulated clock, observing the simulated queue and fleet (`adapters`). Every
+//! instance-second is counted by purchase option, and the warm pool's waiting time apart.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -9,14 +10,20 @@ use std::time::{Duration, SystemTime};
 use std::sync::Arc;
 
 use imgrec_domain::policy::PolicyKind;
+use imgrec_domain::ports::fleet::instance_name;
 use imgrec_domain::ports::{FleetChange, Instance, InstanceState, QueueDepth};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rand_distr::{Distribution, LogNormal, Normal};
+use rand_distr::{Distribution, Exp, LogNormal, Normal};
 
 use super::adapters::World;
-use super::{Profile, Row, Scenario, Series};
+use super::capacity::Purchase;
+use super::{BootTime, Profile, Row, Scenario, Series};
 use crate::Scaler;
+
+/// How long before a Spot instance is reclaimed its draining worker stops taking work: a batch
+/// and its answers take well under a second.
+const DRAIN_MARGIN_S: f64 = 10.0;
 
 /// Simulated time in microseconds: exact ordering, no float drift.
 type Micros = u64;
@@ -40,6 +47,16 @@ enum Event {
     Arrival,
     Ready(usize),
     BatchDone(usize),
+    /// A Spot interruption notice for an instance.
+    Notice(usize),
+    /// Near the end of a notice a draining worker stops taking work.
+    Drain(usize),
+    /// The end of a notice: EC2 takes the instance back.
+    Reclaimed(usize),
+    /// Requests hidden with a vanished worker become visible again.
+    Visible(usize),
+    /// An instance launched into the warm pool is initialised and waits there.
+    Warmed,
     Tick,
 }
 
@@ -54,6 +71,11 @@ enum Phase {
 struct SimInstance {
     name: String,
     launched: Micros,
+    purchase: Purchase,
+    /// Set by an interruption notice: EC2 bills it until it is reclaimed.
+    reclaim_at: Option<Micros>,
+    /// Draining after a notice: shown to the scaler as stopping, still working.
+    leaving: bool,
     phase: Phase,
     stopping: bool,
     /// Arrival times of the requests it holds.
@@ -70,7 +92,10 @@ struct Sim<'a> {
     profile: &'a Profile,
     rng: StdRng,
     boot: Normal<f64>,
+    warm_start: Option<(Normal<f64>, f64)>,
     jitter: LogNormal<f64>,
+    /// Seconds from a Spot launch to its interruption notice.
+    interruption: Option<Exp<f64>>,
     events: BinaryHeap<Reverse<(Micros, Event, u64)>>,
     seq: u64,
     queue: VecDeque<Micros>,
@@ -83,6 +108,12 @@ struct Sim<'a> {
     completions: VecDeque<Micros>,
     last_completion: Micros,
     instance_micros: u128,
+    spot_micros: u128,
+    warm: WarmPoolState,
+    /// Requests of vanished workers, hidden until their visibility timeout.
+    hidden: Vec<Vec<Micros>>,
+    interruptions: u64,
+    visibility_waits: u64,
     peak: usize,
     actions: u64,
     max_waiting_at_cap: usize,
@@ -98,12 +129,79 @@ impl Sim<'_> {
         self.live.iter().map(|&id| &self.instances[id])
     }
 
+    /// Takes `id` out of service: EC2 bills it until now (or until reclaimed, if interrupted);
+    /// a retired On-Demand one goes back to the warm pool when the pool reuses and has room.
     fn stop(&mut self, id: usize, now: Micros) {
         let instance = &mut self.instances[id];
         instance.phase = Phase::Gone;
-        self.instance_micros += u128::from(now - instance.launched);
+        let billed = u128::from(instance.reclaim_at.unwrap_or(now).max(now) - instance.launched);
+        self.instance_micros += billed;
+        if instance.purchase == Purchase::Spot {
+            self.spot_micros += billed;
+        }
+        let reusable = instance.purchase == Purchase::OnDemand && instance.reclaim_at.is_none();
         self.live.retain(|&i| i != id);
         self.idle.retain(|&i| i != id);
+        if reusable && self.warm.reuse_on_scale_in && self.warm.has_room() {
+            self.warm.returned(now);
+        }
+    }
+
+    /// A Spot interruption notice. A draining worker says it is leaving (the scaler replaces it
+    /// at once), keeps working while the notice lasts, and `DRAIN_MARGIN_S` before its end
+    /// stops taking work and finishes its batch; one that does not drain works on, unaware,
+    /// until EC2 reclaims it.
+    fn notice(&mut self, id: usize, now: Micros) {
+        if self.instances[id].phase == Phase::Gone {
+            return;
+        }
+        self.interruptions += 1;
+        let reclaim = now + micros(self.profile.notice_s);
+        self.instances[id].reclaim_at = Some(reclaim);
+        self.schedule(reclaim, Event::Reclaimed(id));
+        if self.profile.capacity.spot.as_ref().is_some_and(|s| s.drain) {
+            self.instances[id].leaving = true;
+            let drain_at = reclaim.saturating_sub(micros(DRAIN_MARGIN_S)).max(now);
+            self.schedule(drain_at, Event::Drain(id));
+        }
+    }
+
+    fn drain(&mut self, id: usize, now: Micros) {
+        let instance = &mut self.instances[id];
+        if instance.phase == Phase::Gone {
+            return;
+        }
+        instance.stopping = true;
+        if instance.phase != Phase::Busy {
+            self.stop(id, now);
+        }
+    }
+
+    /// EC2 takes the instance back: what it held waits out its visibility timeout.
+    fn reclaimed(&mut self, id: usize, now: Micros) {
+        if self.instances[id].phase == Phase::Gone {
+            return;
+        }
+        let held = std::mem::take(&mut self.instances[id].batch);
+        if !held.is_empty() {
+            self.in_flight -= held.len();
+            self.visibility_waits += held.len() as u64;
+            self.hidden.push(held);
+            let at = now + micros(self.profile.visibility_timeout_s);
+            self.schedule(at, Event::Visible(self.hidden.len() - 1));
+        }
+        self.stop(id, now);
+    }
+
+    fn visible(&mut self, index: usize, now: Micros) {
+        let requests = std::mem::take(&mut self.hidden[index]);
+        self.queue.extend(requests);
+        while !self.queue.is_empty() {
+            match self.idle.pop() {
+                Some(id) => self.take(id, now),
+                None => break,
+            }
+        }
     }
 
     /// An instance ready for work takes up to a batch (a long poll returns as soon as there is any).
@@ -135,6 +233,10 @@ impl Sim<'_> {
     }
 
     fn batch_done(&mut self, id: usize, now: Micros) {
+        if self.instances[id].phase != Phase::Busy {
+            // Reclaimed mid-batch: its requests were hidden, not answered.
+            return;
+        }
         let batch = std::mem::take(&mut self.instances[id].batch);
         self.in_flight -= batch.len();
         for arrived in batch {
@@ -162,7 +264,7 @@ impl Sim<'_> {
             .live()
             .map(|i| Instance {
                 name: i.name.clone(),
-                state: match (i.stopping, i.phase) {
+                state: match (i.stopping || i.leaving, i.phase) {
                     (true, _) => InstanceState::Stopping,
                     (false, Phase::Booting) => InstanceState::Pending,
                     _ => InstanceState::Running,
@@ -206,6 +308,12 @@ fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> S
     .with_clock(Arc::new(world.clone()))
     .with_completion_rate(Box::new(world.clone()));
     let mut sim = Sim::new(profile, seed, scenario.arrivals.len());
+    // Idle at its minimum before the scenario: those instances are up.
+    for k in 1..=config.min {
+        sim.launch(instance_name(k), 0);
+        sim.instances[k - 1].phase = Phase::Idle;
+        sim.idle.push(k - 1);
+    }
     for &t in &scenario.arrivals {
         sim.schedule(micros(t), Event::Arrival);
     }
@@ -222,6 +330,11 @@ fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> S
             Event::Arrival => sim.arrival(now),
             Event::Ready(id) => sim.ready(id, now),
             Event::BatchDone(id) => sim.batch_done(id, now),
+            Event::Notice(id) => sim.notice(id, now),
+            Event::Drain(id) => sim.drain(id, now),
+            Event::Reclaimed(id) => sim.reclaimed(id, now),
+            Event::Visible(index) => sim.visible(index, now),
+            Event::Warmed => sim.warm.refilled(now),
             Event::Tick => {
                 scale(&mut scaler, &world, &mut sim, now);
                 let live = sim.record(now, &mut series);
@@ -239,6 +352,7 @@ fn run(profile: &Profile, scenario: &Scenario, kind: PolicyKind, seed: u64) -> S
     for id in sim.live.clone() {
         sim.stop(id, end);
     }
+    sim.warm.settle(end);
     SimRun {
         row: sim.row(scenario, kind, back_at_min),
         series,
@@ -263,12 +377,24 @@ fn scale(scaler: &mut Scaler, world: &World, sim: &mut Sim, now: Micros) {
 
 impl<'a> Sim<'a> {
     fn new(profile: &'a Profile, seed: u64, requests: usize) -> Self {
-        let boot = &profile.boot;
+        let normal = |b: &BootTime| Normal::new(b.mean_s, b.sd_s).expect("a valid boot time distribution");
+        let capacity = &profile.capacity;
+        let warm_start = capacity.warm_pool.as_ref().map(|pool| {
+            let start = profile.warm_start.of(pool.state);
+            (normal(start), start.min_s)
+        });
+        let interruption = capacity
+            .spot
+            .as_ref()
+            .filter(|s| s.interruptions_per_hour > 0.0)
+            .map(|s| Exp::new(s.interruptions_per_hour / 3600.0).expect("a positive interruption rate"));
         Sim {
             profile,
             rng: StdRng::seed_from_u64(seed),
-            boot: Normal::new(boot.mean_s, boot.sd_s).expect("a valid boot time distribution"),
+            boot: normal(&profile.boot),
+            warm_start,
             jitter: LogNormal::new(0.0, 0.1).expect("a valid service time jitter"),
+            interruption,
             events: BinaryHeap::new(),
             seq: 0,
             queue: VecDeque::new(),
@@ -280,6 +406,11 @@ impl<'a> Sim<'a> {
             completions: VecDeque::new(),
             last_completion: 0,
             instance_micros: 0,
+            spot_micros: 0,
+            warm: WarmPoolState::new(capacity.warm_pool.as_ref()),
+            hidden: Vec::new(),
+            interruptions: 0,
+            visibility_waits: 0,
             peak: 0,
             actions: 0,
             max_waiting_at_cap: 0,
@@ -289,18 +420,7 @@ impl<'a> Sim<'a> {
     /// Boots what the fleet launched and stops what it retired (a busy one after its batch).
     fn apply(&mut self, change: FleetChange, now: Micros) {
         for name in change.launch {
-            let id = self.instances.len();
-            let boot_s = self.boot.sample(&mut self.rng).max(self.profile.boot.min_s);
-            self.instances.push(SimInstance {
-                name,
-                launched: now,
-                phase: Phase::Booting,
-                stopping: false,
-                batch: Vec::new(),
-            });
-            self.live.push(id);
-            self.schedule(now + micros(boot_s), Event::Ready(id));
-            self.actions += 1;
+            self.launch(name, now);
         }
         for name in change.retire {
             if let Some(&id) = self.live.iter().find(|&&id| self.instances[id].name == name) {
@@ -311,6 +431,51 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+    }
+
+    /// Starts an instance: On-Demand up to the Spot base (from the warm pool while it lasts, the
+    /// group then launching a refill into it), Spot beyond.
+    fn launch(&mut self, name: String, now: Micros) {
+        let id = self.instances.len();
+        let on_demand = self
+            .live()
+            .filter(|i| i.purchase == Purchase::OnDemand && !i.stopping)
+            .count();
+        let purchase = match &self.profile.capacity.spot {
+            Some(spot) if on_demand >= spot.on_demand_base => Purchase::Spot,
+            _ => Purchase::OnDemand,
+        };
+        let cold = self.boot.sample(&mut self.rng).max(self.profile.boot.min_s);
+        let boot_s = match (self.warm_start, purchase) {
+            (Some((warm, floor)), Purchase::OnDemand) if self.warm.ready > 0 => {
+                self.warm.take(now);
+                // The refill initialises like any cold launch, billed while it runs.
+                self.warm.refilling += 1;
+                self.warm.initialising_micros += u128::from(micros(cold));
+                self.schedule(now + micros(cold), Event::Warmed);
+                warm.sample(&mut self.rng).max(floor)
+            }
+            _ => cold,
+        };
+        if purchase == Purchase::Spot {
+            if let Some(gap) = self.interruption {
+                let at = now + micros(gap.sample(&mut self.rng));
+                self.schedule(at, Event::Notice(id));
+            }
+        }
+        self.instances.push(SimInstance {
+            name,
+            launched: now,
+            purchase,
+            reclaim_at: None,
+            leaving: false,
+            phase: Phase::Booting,
+            stopping: false,
+            batch: Vec::new(),
+        });
+        self.live.push(id);
+        self.schedule(now + micros(boot_s), Event::Ready(id));
+        self.actions += 1;
     }
 
     /// Records the pool and the backlog after a tick; returns the instances alive.
@@ -329,16 +494,38 @@ impl<'a> Sim<'a> {
         let first_arrival = micros(scenario.arrivals.first().copied().unwrap_or(0.0));
         let mut latencies = self.latencies;
         latencies.sort_by(f64::total_cmp);
+        let profile = self.profile;
+        let hours = |m: u128| m as f64 / 3.6e9;
+        let on_demand_micros = self.instance_micros - self.spot_micros + self.warm.initialising_micros;
+        let prices = &profile.prices;
+        let spot = profile.capacity.spot.as_ref();
+        let pool_state = profile.capacity.warm_pool.as_ref().map(|p| p.state);
+        let cost_usd = hours(on_demand_micros) * prices.per_hour(Purchase::OnDemand, spot)
+            + hours(self.spot_micros) * prices.per_hour(Purchase::Spot, spot)
+            + hours(self.warm.waiting_micros) * prices.volume_per_hour(pool_state);
         Row {
-            scenario: format!("{}/{}", self.profile.name, scenario.name),
-            profile: self.profile.name.to_string(),
+            scenario: format!("{}/{}", profile.name, scenario.name),
+            profile: profile.name.to_string(),
             policy: kind.name().to_string(),
+            capacity: profile.capacity.name.clone(),
             requests: scenario.arrivals.len(),
             completed: latencies.len(),
+            lost: scenario.arrivals.len() - latencies.len(),
             p50_latency_s: percentile(&latencies, 0.50),
             p99_latency_s: percentile(&latencies, 0.99),
             completion_s: seconds(self.last_completion.saturating_sub(first_arrival)),
             instance_seconds: self.instance_micros as f64 / 1e6,
+            on_demand_instance_seconds: on_demand_micros as f64 / 1e6,
+            spot_instance_seconds: self.spot_micros as f64 / 1e6,
+            warm_pool_seconds: self.warm.waiting_micros as f64 / 1e6,
+            cost_usd,
+            cost_per_1000_images_usd: if latencies.is_empty() {
+                0.0
+            } else {
+                1000.0 * cost_usd / latencies.len() as f64
+            },
+            interruptions: self.interruptions,
+            visibility_waits: self.visibility_waits,
             peak_instances: self.peak,
             scaling_actions: self.actions,
             max_waiting_at_cap: self.max_waiting_at_cap,
@@ -354,4 +541,60 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// The warm pool: instances ready to start, refills initialising, and the time they waited.
+struct WarmPoolState {
+    size: usize,
+    reuse_on_scale_in: bool,
+    ready: usize,
+    refilling: usize,
+    since: Micros,
+    /// Instance-seconds waiting (volumes billed) and initialising (billed On-Demand).
+    waiting_micros: u128,
+    initialising_micros: u128,
+}
+
+impl WarmPoolState {
+    /// Full at the start: the pool was prepared before the scenario.
+    fn new(pool: Option<&super::capacity::WarmPool>) -> Self {
+        let size = pool.map_or(0, |p| p.size);
+        Self {
+            size,
+            reuse_on_scale_in: pool.is_some_and(|p| p.reuse_on_scale_in),
+            ready: size,
+            refilling: 0,
+            since: 0,
+            waiting_micros: 0,
+            initialising_micros: 0,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.ready + self.refilling < self.size
+    }
+
+    /// Counts the waiting time up to `now`.
+    fn settle(&mut self, now: Micros) {
+        self.waiting_micros += self.ready as u128 * u128::from(now.saturating_sub(self.since));
+        self.since = now;
+    }
+
+    fn take(&mut self, now: Micros) {
+        self.settle(now);
+        self.ready -= 1;
+    }
+
+    /// A refill finished initialising.
+    fn refilled(&mut self, now: Micros) {
+        self.settle(now);
+        self.ready += 1;
+        self.refilling = self.refilling.saturating_sub(1);
+    }
+
+    /// A scaled-in instance came back.
+    fn returned(&mut self, now: Micros) {
+        self.settle(now);
+        self.ready += 1;
+    }
 }

@@ -3,6 +3,8 @@
 //! scenarios and seeds for every policy.
 
 mod adapters;
+pub mod capacity;
+mod choice;
 mod engine;
 mod plot;
 mod scenarios;
@@ -14,6 +16,8 @@ use anyhow::Context;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
 use serde::Serialize;
 
+pub use capacity::{Capacity, Prices, Purchase, Spot, WarmPool, WarmState};
+pub use choice::{pick_capacity, Choice, BURST_GOAL_S, CAP_COST_GOAL, WARM_POOL_SIZES};
 pub use engine::{simulate, SimRun};
 pub use scenarios::{scenarios, Scenario};
 
@@ -25,11 +29,36 @@ pub struct BootTime {
     pub min_s: f64,
 }
 
-/// Where the service runs: how instances boot, how fast they work, what the scaler sees.
+/// How long an instance from the warm pool takes to serve, by the state it waited in.
+#[derive(Debug, Clone)]
+pub struct WarmStarts {
+    pub stopped: BootTime,
+    pub hibernated: BootTime,
+}
+
+impl WarmStarts {
+    pub fn of(&self, state: WarmState) -> &BootTime {
+        match state {
+            WarmState::Stopped => &self.stopped,
+            WarmState::Hibernated => &self.hibernated,
+        }
+    }
+}
+
+/// Where the service runs: how instances boot, how fast they work, what the scaler sees, what
+/// the capacity is made of and costs.
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: &'static str,
+    /// A launch from nothing.
     pub boot: BootTime,
+    pub warm_start: WarmStarts,
+    pub capacity: Capacity,
+    pub prices: Prices,
+    /// A Spot interruption's warning before the instance is reclaimed.
+    pub notice_s: f64,
+    /// How long a request taken by a worker that vanished stays hidden (queues.visibility_timeout_s).
+    pub visibility_timeout_s: f64,
     /// Per image, at the batch size below (`make bench`).
     pub service_time_s: f64,
     pub batch_size: usize,
@@ -51,6 +80,23 @@ impl Profile {
                 sd_s: 0.05,
                 min_s: 0.15,
             },
+            // Processes: nothing to keep warm.
+            warm_start: WarmStarts {
+                stopped: BootTime {
+                    mean_s: 0.3,
+                    sd_s: 0.05,
+                    min_s: 0.15,
+                },
+                hibernated: BootTime {
+                    mean_s: 0.3,
+                    sd_s: 0.05,
+                    min_s: 0.15,
+                },
+            },
+            capacity: Capacity::on_demand(),
+            prices: Prices::none(),
+            notice_s: 5.0,
+            visibility_timeout_s: 30.0,
             service_time_s: policy.service_time.as_secs_f64(),
             batch_size: 8,
             tick_s: tick.as_secs_f64(),
@@ -59,7 +105,10 @@ impl Profile {
         }
     }
 
-    /// EC2: 25-40 s from launch to a running service (pending->running alone ~16 s).
+    /// EC2: 25-40 s from launch to a running service (pending->running alone ~16 s). From the
+    /// warm pool (README, "Warm pool"): a stopped instance skips the launch and the first boot's
+    /// work but still boots its OS and starts the service; a hibernated one resumes with the
+    /// service running and the model loaded.
     pub fn aws(policy: PolicyConfig, tick: Duration) -> Self {
         Self {
             name: "aws",
@@ -68,6 +117,22 @@ impl Profile {
                 sd_s: 5.0,
                 min_s: 16.0,
             },
+            warm_start: WarmStarts {
+                stopped: BootTime {
+                    mean_s: 20.0,
+                    sd_s: 4.0,
+                    min_s: 12.0,
+                },
+                hibernated: BootTime {
+                    mean_s: 15.0,
+                    sd_s: 3.0,
+                    min_s: 10.0,
+                },
+            },
+            capacity: Capacity::on_demand(),
+            prices: Prices::c7i_large(),
+            notice_s: 120.0,
+            visibility_timeout_s: 15.0,
             service_time_s: policy.service_time.as_secs_f64(),
             batch_size: 8,
             tick_s: tick.as_secs_f64(),
@@ -90,20 +155,85 @@ pub fn aws_profile() -> Profile {
     Profile::aws(policy, Duration::from_secs(2))
 }
 
+/// Spot as shipped: AWS advertises Spot "at up to a 90% discount"; 60% is a conservative middle
+/// for compute-optimised types. Interruptions: the Spot Instance Advisor's lowest band is "<5%"
+/// of instances a month, 5% of 730 hours.
+pub fn default_spot() -> Spot {
+    Spot {
+        on_demand_base: 0,
+        discount: 0.6,
+        interruptions_per_hour: 0.05 / 730.0,
+        drain: true,
+    }
+}
+
+/// The capacity `make sim` picks for EC2 (`pick_capacity`; a test keeps the two equal): one
+/// instance kept in service, one hibernated in the warm pool, Spot beyond those two.
+pub fn shipped_capacity() -> Capacity {
+    Capacity::warm_pool_and_spot(1, warm_pool(1, WarmState::Hibernated), default_spot())
+}
+
+/// A warm pool that returns scaled-in instances to itself.
+pub fn warm_pool(size: usize, state: WarmState) -> WarmPool {
+    WarmPool {
+        size,
+        state,
+        reuse_on_scale_in: true,
+    }
+}
+
+/// `profile` provisioned as `capacity`.
+pub fn with_capacity(profile: &Profile, capacity: Capacity) -> Profile {
+    let mut policy = profile.policy.clone();
+    policy.min = capacity.min;
+    Profile {
+        capacity,
+        policy,
+        ..profile.clone()
+    }
+}
+
+/// Ours on every scenario, once per capacity: rows by scenario, then capacity.
+pub fn compare_capacities(profile: &Profile, capacities: &[Capacity], seed: u64) -> Vec<Vec<Row>> {
+    let profiles: Vec<Profile> = capacities.iter().map(|c| with_capacity(profile, c.clone())).collect();
+    scenarios(seed)
+        .iter()
+        .map(|scenario| {
+            profiles
+                .iter()
+                .map(|p| simulate(p, scenario, PolicyKind::Default, seed).row)
+                .collect()
+        })
+        .collect()
+}
+
 /// One scenario under one policy: the rows of `report.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub scenario: String,
     pub profile: String,
     pub policy: String,
+    pub capacity: String,
     pub requests: usize,
     pub completed: usize,
+    /// Requests never answered (the run gave up on them).
+    pub lost: usize,
     pub p50_latency_s: f64,
     pub p99_latency_s: f64,
     /// First arrival to last completion.
     pub completion_s: f64,
     /// Launch to termination, summed over instances (what EC2 bills).
     pub instance_seconds: f64,
+    pub on_demand_instance_seconds: f64,
+    pub spot_instance_seconds: f64,
+    /// Instance-seconds spent waiting in the warm pool (volumes billed only), and initialising
+    /// instances for it (billed On-Demand, included in `on_demand_instance_seconds`).
+    pub warm_pool_seconds: f64,
+    pub cost_usd: f64,
+    pub cost_per_1000_images_usd: f64,
+    pub interruptions: u64,
+    /// Requests that sat out a visibility timeout because the worker holding them vanished.
+    pub visibility_waits: u64,
     pub peak_instances: usize,
     /// Launches plus retirements.
     pub scaling_actions: u64,
@@ -214,8 +344,8 @@ pub fn pick_scale_in(profile: &Profile, baseline: &Runs, seed: u64) -> Option<(f
     best.map(|(window, cost, _)| (window, cost))
 }
 
-/// Writes `report.json` and one SVG per scenario under `out`; returns the rows.
-pub fn write_report(out: &Path, results: &[(Profile, Runs)]) -> anyhow::Result<Vec<Row>> {
+/// Writes one SVG per scenario under `out`; returns the rows.
+pub fn write_plots(out: &Path, results: &[(Profile, Runs)]) -> anyhow::Result<Vec<Row>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut rows = Vec::new();
     for (profile, scenarios) in results {
@@ -225,8 +355,12 @@ pub fn write_report(out: &Path, results: &[(Profile, Runs)]) -> anyhow::Result<V
             rows.extend(outcomes.iter().map(|o| o.row.clone()));
         }
     }
-    let path = out.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(rows)
+}
+
+/// Writes `report.json` under `out`.
+pub fn write_report(out: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(rows)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
