@@ -94,6 +94,49 @@ def test_a_killed_workers_requests_are_answered_by_another_within_seconds(tmp_pa
     assert stack_processes(data) == []
 
 
+def burst_with_interruptions(stack: Stack, files: list[Path], victims: int) -> tuple[dict, list[int], float]:
+    """Uploads `files` at once and sends SIGTERM (the local form of a Spot interruption: stop, with
+    the fleet's SIGKILL 5 s later as the deadline) to `victims` workers as each is seen holding
+    requests; returns the answers, the pids and the seconds from the first signal to the last answer."""
+    with ThreadPoolExecutor(len(files)) as pool:
+        futures = {f: pool.submit(upload, stack.url, f.name, f.read_bytes()) for f in files}
+        hit, pids = None, []
+        deadline = time.monotonic() + 30
+        while len(pids) < victims and time.monotonic() < deadline:
+            pid = stack.busy_worker()
+            if pid and pid not in pids:
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
+                hit = hit or time.monotonic()
+            time.sleep(0.02)
+        assert len(pids) == victims, f"only {len(pids)} workers were seen busy"
+        answers = {f.name: fut.result(timeout=90) for f, fut in futures.items()}
+        return answers, pids, time.monotonic() - hit
+
+
+@pytest.mark.parametrize("deadline_ms", ["4000", "0"])
+def test_interrupted_workers_drain_and_no_request_waits_for_a_visibility_timeout(tmp_path, thumbs, want, deadline_ms):
+    """Three workers interrupted one after another during a burst. Each stops receiving and either
+    finishes what it holds (the default 4 s deadline) or, with no time at all, gives it back to
+    the queue at once: every request is answered right, the last within seconds where a 30 s
+    visibility timeout would show, and the fleet never had to release what a dead worker held."""
+    data = tmp_path / "data"
+    files = thumbs[:100]
+    settings = {**FAST, "scaler__max": "5", "queues__visibility_timeout_s": "30",
+                "app_tier__drain_deadline_ms": deadline_ms}
+    with Stack(data, **settings) as stack:
+        answers, pids, recovered = burst_with_interruptions(stack, files, victims=3)
+        wait_until("the interrupted workers exit", lambda: not set(pids) & set(worker_pids(data)), 10)
+    assert answers == {f.name: (200, want[f.name] + "\n") for f in files}
+    assert recovered < 20, f"the last answer came {recovered:.1f}s after the first interruption"
+    logs = stack.logs()
+    assert "released the requests a gone instance held" not in logs
+    assert "killing it" not in logs, "each stopped within the fleet's grace"
+    gave_back = "giving the requests held back to the queue" in logs
+    assert gave_back == (deadline_ms == "0"), "with no time to finish, held requests are given back"
+    assert stack_processes(data) == []
+
+
 def test_a_stopped_worker_is_replaced_and_its_requests_answered(tmp_path, thumbs, want):
     """SIGSTOP: the process is alive but makes no progress. It stops heartbeating, the fleet kills
     it (SIGTERM, then SIGKILL) and the scaler starts another, which takes its requests."""

@@ -5,7 +5,7 @@
 //! Answering batch N (storing, sending, deleting: I/O) overlaps with classifying batch N+1, so the
 //! core stays busy; at most one batch is being answered at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,6 +71,9 @@ struct Worker {
     progress: Progress,
     /// Kept with each result in the output bucket: the model that answered.
     result_metadata: Metadata,
+    /// Requests received and not yet answered or given back: what a drain past its deadline
+    /// gives back.
+    held: Mutex<HashSet<Receipt>>,
 }
 
 /// The longest wait between two tries of a failing receive (well under the stall timeout).
@@ -99,6 +102,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
         inference,
         progress: progress.clone(),
         result_metadata,
+        held: Mutex::new(HashSet::new()),
     });
     status.report(InstanceState::Running, false).await?;
     progress.mark();
@@ -113,8 +117,46 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
 }
 
 impl Worker {
+    /// Works until asked to stop, then drains: finishes and answers what it holds, or, past
+    /// `app_tier.drain_deadline_ms` (or at a second stop request), gives back at once what is
+    /// still unanswered, so that another worker takes it now rather than after its visibility
+    /// timeout.
+    async fn work(self: Arc<Self>, status: &dyn InstanceStatus, shutdown: Shutdown) {
+        let mut watch = shutdown.clone();
+        let deadline = self.settings.app_tier.drain_deadline();
+        let drained = self.clone().work_until_stopped(status, shutdown);
+        let past_deadline = async {
+            watch.requested().await;
+            tokio::select! {
+                _ = tokio::time::sleep(deadline) => {}
+                _ = watch.insisted() => {}
+            }
+        };
+        tokio::select! {
+            _ = drained => {}
+            _ = past_deadline => self.give_back_held().await,
+        }
+    }
+
+    /// Makes every request still held visible again (the work on them is abandoned).
+    async fn give_back_held(&self) {
+        let held: Vec<Receipt> = self.held().drain().collect();
+        if held.is_empty() {
+            return;
+        }
+        warn!(
+            requests = held.len(),
+            "not drained by the deadline; giving the requests held back to the queue"
+        );
+        self.release(held.iter()).await;
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<Receipt>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The worker loop: receive, run the batch, answer it while the next one runs.
-    async fn work(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown) {
+    async fn work_until_stopped(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown) {
         let app = &self.settings.app_tier;
         let mut requests = Consumer::new(
             self.adapters.requests.clone(),
@@ -149,7 +191,9 @@ impl Worker {
         messages: Vec<Received>,
         mut answering: Option<JoinHandle<()>>,
     ) -> Option<JoinHandle<()>> {
-        let split = poison::split(self.decode(messages).await, self.settings.queues.max_receives);
+        let jobs = self.decode(messages).await;
+        self.held().extend(jobs.iter().map(|j| j.receipt.clone()));
+        let split = poison::split(jobs, self.settings.queues.max_receives);
         let mut alone = split.alone;
         alone.extend(self.requeue(split.requeue).await);
         // Every request held stays hidden from other workers until answered, for as long as this
@@ -174,6 +218,7 @@ impl Worker {
                 }
                 warn!(key = %jobs[0].request.key, receives = jobs[0].receive_count, "classifying a retried request alone");
             }
+            let receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt.clone()).collect();
             let answers = self.run_batch(jobs).await;
             self.progress.mark();
             if let Some(previous) = answering.take() {
@@ -184,6 +229,12 @@ impl Worker {
                 async move {
                     w.answer_all(answers).await;
                     keeper.abort();
+                    // Answered, or left to come back after its visibility timeout (a failed
+                    // store or send): either way no longer this worker's to give back.
+                    let mut held = w.held();
+                    for r in &receipts {
+                        held.remove(r);
+                    }
                 }
                 .in_current_span(),
             ));
@@ -377,6 +428,7 @@ impl Worker {
     /// Makes requests visible again at once, to be retried (alone: see `poison`).
     async fn release(&self, receipts: impl Iterator<Item = &Receipt>) {
         for r in receipts {
+            self.held().remove(r);
             if let Err(e) = self.adapters.requests.change_visibility(r, Duration::ZERO).await {
                 warn!(error = %format!("{e:#}"), "cannot release a request; it returns after its visibility timeout");
             }
@@ -534,6 +586,12 @@ impl Worker {
     }
 
     async fn delete(&self, receipts: &[Receipt]) {
+        {
+            let mut held = self.held();
+            for r in receipts {
+                held.remove(r);
+            }
+        }
         if let Err(e) = self.adapters.requests.delete_batch(receipts).await {
             warn!(error = %format!("{e:#}"), "cannot delete requests; they will be answered again");
         }
@@ -565,6 +623,10 @@ async fn keep_invisible(worker: Arc<Worker>, receipts: Vec<Receipt>, visibility:
             continue;
         }
         for r in &receipts {
+            // Given back at a drain's deadline: no longer ours to hide.
+            if !worker.held().contains(r) {
+                continue;
+            }
             if let Err(e) = worker.adapters.requests.change_visibility(r, visibility).await {
                 warn!(error = %format!("{e:#}"), "cannot extend visibility");
             }

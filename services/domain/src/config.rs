@@ -161,9 +161,16 @@ pub struct AppTierSettings {
     pub poll_wait_ms: u64,
     pub heartbeat_ms: u64,
     pub stall_timeout_s: u64,
+    /// From a stop request (SIGTERM: a retirement, a Spot interruption) to giving back whatever
+    /// is still held.
+    pub drain_deadline_ms: u64,
 }
 
 impl AppTierSettings {
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_millis(self.drain_deadline_ms)
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(10))
     }
