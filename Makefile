@@ -134,6 +134,7 @@ test-python: system-packages build-aws $(DEFAULT_MODEL) $(DARKNET)/dog.jpg $(IAC
 bench: build-aws $(DEFAULT_MODEL)
 	$(PY) tools/bench.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/bench_service.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
+	$(PY) tools/bench_efficiency.py --model models/efficientnet-lite0 $(DATASETS)/imagenet-100
 	$(PY) tools/profile_burst.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_faults.py $(DATASETS)/imagenet-100
 	$(PY) tools/bench_web_tiers.py $(DATASETS)/imagenet-100

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -24,7 +24,7 @@ use imgrec_domain::records;
 use imgrec_runtime::backend::{self, Adapters, Connection};
 use imgrec_runtime::consumer::Consumer;
 use imgrec_runtime::settings::Settings;
-use imgrec_runtime::shutdown::{Shutdown, Spawned};
+use imgrec_runtime::shutdown::{Shutdown, Spawned, Stopper};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -93,8 +93,18 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
     ));
     let adapters = Adapters::connect_as(&settings, Some(&name), connection).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
-    let inference = InferenceThread::start(inference, limits).await?;
+    let slots = backend::inference_slots(&settings)?;
+    let inference = InferenceThread::start(inference, limits, slots).await?;
     let result_metadata = model_metadata(&inference.model.name, &inference.model.version);
+    // Initialised for a warm pool: wait there (stopped or hibernated), model loaded, until the
+    // group puts this instance in service.
+    status.until_in_service().await?;
+    let (shutdown, stopper) = also_stopped_by_us(shutdown);
+    let reclaim = tokio::spawn(drain_before_reclaim(
+        status.clone(),
+        stopper,
+        settings.app_tier.drain_deadline(),
+    ));
     let worker = Arc::new(Worker {
         name,
         settings,
@@ -110,6 +120,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
 
     worker.clone().work(&*status, shutdown).await;
     heartbeats.abort();
+    reclaim.abort();
     report(&*status, InstanceState::Stopping, false).await;
     let calls = worker.adapters.connection.calls.snapshot();
     info!(api_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
@@ -289,6 +300,54 @@ async fn heartbeat(status: Arc<dyn InstanceStatus>, progress: Progress, every: D
             warn!(error = %format!("{e:#}"), "cannot send a heartbeat");
         }
         imgrec_runtime::watchdog::notify();
+    }
+}
+
+/// A `Shutdown` that `shutdown`'s requests reach, and the `Stopper` through which this worker
+/// can ask itself to stop as well.
+fn also_stopped_by_us(mut shutdown: Shutdown) -> (Shutdown, Arc<Stopper>) {
+    let (stopper, ours) = Shutdown::new();
+    let stopper = Arc::new(stopper);
+    let forward = stopper.clone();
+    tokio::spawn(async move {
+        shutdown.requested().await;
+        forward.stop();
+        shutdown.insisted().await;
+        forward.stop();
+    });
+    (ours, stopper)
+}
+
+/// How often a worker looks for a Spot interruption notice, and how long before the instance is
+/// reclaimed (beyond the drain deadline) it starts draining.
+const RECLAIM_POLL: Duration = Duration::from_secs(5);
+const RECLAIM_MARGIN: Duration = Duration::from_secs(5);
+
+/// On a Spot interruption notice, works on while the notice lasts and starts draining in time
+/// to be done (answered or given back) before EC2 reclaims the instance.
+async fn drain_before_reclaim(status: Arc<dyn InstanceStatus>, stopper: Arc<Stopper>, drain: Duration) {
+    let mut tick = tokio::time::interval(RECLAIM_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let at = match status.reclaim_at().await {
+            Ok(Some(at)) => at,
+            Ok(None) => continue,
+            Err(e) => {
+                debug!(error = %format!("{e:#}"), "cannot check for a Spot interruption notice");
+                continue;
+            }
+        };
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        let work_on = left.saturating_sub(drain + RECLAIM_MARGIN);
+        warn!(
+            reclaimed_in_s = left.as_secs(),
+            drain_in_s = work_on.as_secs(),
+            "Spot interruption notice: draining before the instance is reclaimed"
+        );
+        tokio::time::sleep(work_on).await;
+        stopper.stop();
+        return;
     }
 }
 
@@ -631,5 +690,40 @@ async fn keep_invisible(worker: Arc<Worker>, receipts: Vec<Receipt>, visibility:
                 warn!(error = %format!("{e:#}"), "cannot extend visibility");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use imgrec_domain::ports::PortResult;
+
+    use super::*;
+
+    /// An instance told it will be reclaimed at a fixed time.
+    struct Noticed(SystemTime);
+
+    #[async_trait]
+    impl InstanceStatus for Noticed {
+        async fn report(&self, _: InstanceState, _: bool) -> PortResult<()> {
+            Ok(())
+        }
+        async fn reclaim_at(&self) -> PortResult<Option<SystemTime>> {
+            Ok(Some(self.0))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spot_notice_lets_the_worker_work_on_then_drain_before_the_end() {
+        // Reclaimed in 120 s; a 4 s drain deadline and the 5 s margin: drain from 111 s on.
+        let notice = Arc::new(Noticed(SystemTime::now() + Duration::from_secs(120)));
+        let (stopper, mut shutdown) = Shutdown::new();
+        let watch = tokio::spawn(drain_before_reclaim(notice, Arc::new(stopper), Duration::from_secs(4)));
+        tokio::time::sleep(Duration::from_secs(109)).await;
+        assert!(!shutdown.is_requested(), "still working while the notice lasts");
+        tokio::time::timeout(Duration::from_secs(3), shutdown.requested())
+            .await
+            .expect("draining before the instance is reclaimed");
+        watch.await.unwrap();
     }
 }

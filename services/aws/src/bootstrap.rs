@@ -100,7 +100,7 @@ async fn create_queues(aws: &Aws, r: &Resources<'_>) -> anyhow::Result<()> {
 }
 
 /// An empty Auto Scaling group on a launch template of whatever image the endpoint offers.
-async fn create_group(aws: &Aws, group: &str, max_size: usize) -> anyhow::Result<()> {
+pub async fn create_group(aws: &Aws, group: &str, max_size: usize) -> anyhow::Result<()> {
     let ec2 = aws_sdk_ec2::Client::new(&aws.sdk);
     let image = aws
         .call("DescribeImages", ec2.describe_images().owners("amazon").send())

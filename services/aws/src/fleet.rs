@@ -10,36 +10,45 @@ use anyhow::anyhow;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{Activity, LifecycleState, ScalingActivityStatusCode};
 use aws_sdk_ec2::types::{Filter, Tag};
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::Aws;
+use crate::{Aws, Imds};
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
 use imgrec_domain::ports::{
     Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult,
 };
 
-/// The app tier as an EC2 Auto Scaling group. The scaler owns its desired capacity; instances get
-/// `Name` tags `app-instanceK` as they appear (the names `plan` chose for them, freed numbers
-/// reused).
+/// The app tier as EC2 Auto Scaling groups. The scaler owns their desired capacities; instances
+/// get `Name` tags `app-instanceK` as they appear (the names `plan` chose for them, freed numbers
+/// reused), unique across the groups.
 ///
-/// Scale-out is one SetDesiredCapacity per decision. Scale-in terminates exactly the instances
-/// `plan` picks (idle ones first) with TerminateInstanceInAutoScalingGroup, decrementing the
-/// desired capacity, rather than lowering it and letting the group choose. Busy workers also set
-/// scale-in protection on themselves (`AsgInstanceStatus`), which is how the fleet sees that they
-/// are busy and which keeps any other scale-in (an operator, a second policy) off them.
+/// The groups take launches in order, each up to its MaxSize: the On-Demand group (with the warm
+/// pool, which AWS allows only on a group without Spot) first, then the Spot group (a mixed
+/// instances policy). One group is the plain case.
+///
+/// Scale-out is one SetDesiredCapacity per group that grows. Scale-in terminates exactly the
+/// instances `plan` picks (idle ones first) with TerminateInstanceInAutoScalingGroup,
+/// decrementing their group's desired capacity, rather than lowering it and letting the group
+/// choose. Busy workers also set scale-in protection on themselves (`AsgInstanceStatus`), which
+/// is how the fleet sees that they are busy and which keeps any other scale-in (an operator, a
+/// second policy) off them.
 ///
 /// Terminating instances are still alive: they count against the cap and keep their names, so
-/// the group is never asked for more than `max` instances in all.
+/// the groups are never asked for more than `max` instances in all. An instance back from the
+/// warm pool may carry the name it had before; if another instance has taken that name since, the
+/// newcomer is renamed.
 pub struct AsgFleet {
     aws: Aws,
     autoscaling: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
-    group: String,
-    /// Names chosen for launches the group has not started yet, oldest first, with when asked.
-    pending_names: Mutex<VecDeque<(String, SystemTime)>>,
+    groups: Vec<String>,
+    /// Per group, names chosen for launches it has not started yet, oldest first, with when asked.
+    pending_names: Mutex<Vec<VecDeque<(String, SystemTime)>>>,
     /// When an instance was first seen (the group's API has no launch time).
     first_seen: Mutex<HashMap<String, SystemTime>>,
-    /// The last cap the scaler gave (the group's MaxSize until then): no name goes above it.
+    /// The name each instance had when last listed.
+    known_names: Mutex<HashMap<String, String>>,
+    /// The last cap the scaler gave (the groups' MaxSize until then): no name goes above it.
     cap: Mutex<Option<usize>>,
 }
 
@@ -51,48 +60,56 @@ struct Group {
 }
 
 impl AsgFleet {
-    /// A clear startup error when the group does not exist or access is denied.
-    pub async fn open(aws: &Aws, group: &str) -> PortResult<Self> {
+    /// The fleet of `groups`, in the order they take launches. A clear startup error when one
+    /// does not exist or access is denied.
+    pub async fn open(aws: &Aws, groups: &[&str]) -> PortResult<Self> {
         let fleet = Self {
             aws: aws.clone(),
             autoscaling: aws_sdk_autoscaling::Client::new(&aws.sdk),
             ec2: aws_sdk_ec2::Client::new(&aws.sdk),
-            group: group.to_owned(),
-            pending_names: Mutex::new(VecDeque::new()),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            pending_names: Mutex::new(vec![VecDeque::new(); groups.len()]),
             first_seen: Mutex::new(HashMap::new()),
+            known_names: Mutex::new(HashMap::new()),
             cap: Mutex::new(None),
         };
-        fleet.group().await?;
+        fleet.groups().await?;
         Ok(fleet)
     }
 
-    async fn group(&self) -> PortResult<Group> {
+    /// Every group, in order, in one call.
+    async fn groups(&self) -> PortResult<Vec<Group>> {
         let request = self
             .autoscaling
             .describe_auto_scaling_groups()
-            .auto_scaling_group_names(&self.group);
+            .set_auto_scaling_group_names(Some(self.groups.clone()));
         let out = self.aws.call("DescribeAutoScalingGroups", request.send()).await?;
-        let g = out
-            .auto_scaling_groups()
-            .first()
-            .ok_or_else(|| PortError::Permanent(anyhow!("Auto Scaling group {:?} does not exist", self.group)))?;
-        let members = g
-            .instances()
+        self.groups
             .iter()
-            .filter_map(|i| {
-                let id = i.instance_id()?.to_owned();
-                Some((
-                    id,
-                    i.lifecycle_state()?.clone(),
-                    i.protected_from_scale_in().unwrap_or(false),
-                ))
+            .map(|name| {
+                let g = out
+                    .auto_scaling_groups()
+                    .iter()
+                    .find(|g| g.auto_scaling_group_name() == Some(name.as_str()))
+                    .ok_or_else(|| PortError::Permanent(anyhow!("Auto Scaling group {name:?} does not exist")))?;
+                let members = g
+                    .instances()
+                    .iter()
+                    .filter_map(|i| {
+                        Some((
+                            i.instance_id()?.to_owned(),
+                            i.lifecycle_state()?.clone(),
+                            i.protected_from_scale_in().unwrap_or(false),
+                        ))
+                    })
+                    .collect();
+                Ok(Group {
+                    desired: g.desired_capacity().unwrap_or(0),
+                    max_size: g.max_size().unwrap_or(0),
+                    members,
+                })
             })
-            .collect();
-        Ok(Group {
-            desired: g.desired_capacity().unwrap_or(0),
-            max_size: g.max_size().unwrap_or(0),
-            members,
-        })
+            .collect()
     }
 
     async fn names(&self, ids: &[String]) -> PortResult<HashMap<String, String>> {
@@ -130,82 +147,115 @@ impl AsgFleet {
         Ok(())
     }
 
-    /// The group's instances by name, newcomers named, plus the launches it has been asked for
+    /// The groups' instances by name, newcomers named, plus the launches each has been asked for
     /// and not started yet (as pending, under the names chosen for them).
-    async fn list(&self, group: &Group) -> PortResult<(Vec<Instance>, HashMap<String, String>)> {
-        let ids: Vec<String> = group.members.iter().map(|m| m.0.clone()).collect();
+    async fn list(&self, groups: &[Group]) -> PortResult<(Vec<Instance>, HashMap<String, String>)> {
+        let ids: Vec<String> = groups
+            .iter()
+            .flat_map(|g| g.members.iter().map(|m| m.0.clone()))
+            .collect();
         let mut names = self.names(&ids).await?;
-        self.name_newcomers(&ids, &mut names).await?;
+        self.drop_duplicate_names(&mut names);
+        self.name_newcomers(groups, &mut names).await?;
+        *self.known_names.lock().unwrap_or_else(|p| p.into_inner()) = names.clone();
         let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
         first_seen.retain(|id, _| ids.contains(id));
-        let mut instances: Vec<Instance> = group
-            .members
-            .iter()
-            .filter_map(|(id, lifecycle, protected)| {
+        let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut instances = Vec::new();
+        for (group, pending) in groups.iter().zip(pending.iter_mut()) {
+            let before = instances.len();
+            instances.extend(group.members.iter().filter_map(|(id, lifecycle, protected)| {
                 Some(Instance {
                     name: names.get(id).cloned().unwrap_or_else(|| id.clone()),
                     state: state(lifecycle)?,
                     launched_at: *first_seen.entry(id.clone()).or_insert_with(SystemTime::now),
                     busy: *protected,
                 })
-            })
-            .collect();
-        // The group counts launches it has not started in its desired capacity.
-        let serving = instances.iter().filter(|i| i.serves()).count();
-        let unseen = (group.desired.max(0) as usize).saturating_sub(serving);
-        let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
-        pending.truncate(unseen);
-        instances.extend(pending.iter().map(|(name, asked)| Instance {
-            name: name.clone(),
-            state: InstanceState::Pending,
-            launched_at: *asked,
-            busy: false,
-        }));
+            }));
+            // A group counts launches it has not started in its desired capacity.
+            let serving = instances[before..].iter().filter(|i| i.serves()).count();
+            let unseen = (group.desired.max(0) as usize).saturating_sub(serving);
+            pending.truncate(unseen);
+            instances.extend(pending.iter().map(|(name, asked)| Instance {
+                name: name.clone(),
+                state: InstanceState::Pending,
+                launched_at: *asked,
+                busy: false,
+            }));
+        }
         instances.sort_by_key(|i| instance_number(&i.name));
         Ok((instances, names))
     }
 
-    /// Tags the group's unnamed instances with the names the scaler chose for them.
-    async fn name_newcomers(&self, ids: &[String], names: &mut HashMap<String, String>) -> PortResult<()> {
-        // Only the fleet that sizes the group (the acting scaler: `scale_to` sets its cap) names
+    /// An instance back from the warm pool keeps its old Name tag; if another has carried that
+    /// name since, the one this fleet last listed under it keeps it (else the one seen first)
+    /// and the other is named again as a newcomer.
+    fn drop_duplicate_names(&self, names: &mut HashMap<String, String>) {
+        let first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.known_names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held: HashSet<String> = HashSet::new();
+        let mut ids: Vec<(String, String)> = names.iter().map(|(id, n)| (id.clone(), n.clone())).collect();
+        // Ties by id, for a stable choice.
+        ids.sort_by_key(|(id, name)| {
+            let renamed = known.get(id) != Some(name);
+            let seen = first_seen.get(id).copied().unwrap_or(SystemTime::now());
+            (renamed, seen, id.clone())
+        });
+        for (id, name) in ids {
+            if !held.insert(name.clone()) {
+                warn!(instance = %id, %name, "instance carries a name another holds; naming it again");
+                names.remove(&id);
+            }
+        }
+    }
+
+    /// Tags the groups' unnamed instances with the names the scaler chose for them.
+    async fn name_newcomers(&self, groups: &[Group], names: &mut HashMap<String, String>) -> PortResult<()> {
+        // Only the fleet that sizes the groups (the acting scaler: `scale_to` sets its cap) names
         // newcomers; a watcher shows them by instance id until then, so that two processes never
         // race to tag one instance.
-        let cap = *self.cap.lock().unwrap_or_else(|p| p.into_inner());
-        let unnamed: Vec<&String> = match cap {
-            Some(_) => ids.iter().filter(|id| !names.contains_key(*id)).collect(),
-            None => Vec::new(),
+        let Some(cap) = *self.cap.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(());
         };
-        let cap = cap.unwrap_or(0);
-        for id in unnamed {
-            let taken: HashSet<&String> = names.values().collect();
-            let chosen = {
-                let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
-                pending.retain(|(n, _)| !taken.contains(n));
-                pending.pop_front().map(|(n, _)| n)
-            };
-            // One the scaler did not ask for (an operator raised the capacity): the lowest free
-            // name within the cap, or none until one frees.
-            let name = chosen.or_else(|| {
-                (1..=cap)
-                    .map(instance_name)
-                    .find(|n| !taken.contains(n) && !self.is_pending(n))
-            });
-            match name {
-                Some(name) => {
-                    self.tag(id, &name).await?;
-                    names.insert(id.clone(), name);
+        for (g, group) in groups.iter().enumerate() {
+            let unnamed: Vec<&String> = group
+                .members
+                .iter()
+                .map(|m| &m.0)
+                .filter(|id| !names.contains_key(*id))
+                .collect();
+            for id in unnamed {
+                let taken: HashSet<&String> = names.values().collect();
+                let chosen = {
+                    let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+                    pending[g].retain(|(n, _)| !taken.contains(n));
+                    pending[g].pop_front().map(|(n, _)| n)
+                };
+                // One the scaler did not ask for (an operator raised the capacity, the group
+                // replaced an interrupted Spot instance): the lowest free name within the cap,
+                // or none until one frees.
+                let name = chosen.or_else(|| {
+                    (1..=cap)
+                        .map(instance_name)
+                        .find(|n| !taken.contains(n) && !self.is_pending(n))
+                });
+                match name {
+                    Some(name) => {
+                        self.tag(id, &name).await?;
+                        names.insert(id.clone(), name);
+                    }
+                    None => warn!(instance = %id, cap, "no free instance name within the cap; left unnamed"),
                 }
-                None => warn!(instance = %id, cap, "no free instance name within the cap; left unnamed"),
             }
         }
         Ok(())
     }
 
-    async fn set_desired_capacity(&self, capacity: i32) -> PortResult<()> {
+    async fn set_desired_capacity(&self, group: &str, capacity: i32) -> PortResult<()> {
         let request = self
             .autoscaling
             .set_desired_capacity()
-            .auto_scaling_group_name(&self.group)
+            .auto_scaling_group_name(group)
             .desired_capacity(capacity)
             .honor_cooldown(false);
         self.aws
@@ -217,7 +267,25 @@ impl AsgFleet {
 
     fn is_pending(&self, name: &str) -> bool {
         let pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
-        pending.iter().any(|(n, _)| n == name)
+        pending.iter().flatten().any(|(n, _)| n == name)
+    }
+
+    /// Each group's new desired capacity: launches go to the groups in order, each up to its
+    /// MaxSize; retirements of launches not started yet lower the group that was asked.
+    fn resize_groups(&self, groups: &[Group], launch: &[String], unstarted: &[&String]) -> Vec<(i32, Vec<String>)> {
+        let pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut launches = launch.iter();
+        groups
+            .iter()
+            .zip(pending.iter())
+            .map(|(group, pending)| {
+                let cancelled = pending.iter().filter(|(n, _)| unstarted.contains(&n)).count() as i32;
+                let desired = group.desired - cancelled;
+                let room = (group.max_size - desired).max(0) as usize;
+                let mine: Vec<String> = launches.by_ref().take(room).cloned().collect();
+                (desired + mine.len() as i32, mine)
+            })
+            .collect()
     }
 }
 
@@ -235,29 +303,32 @@ fn state(lifecycle: &LifecycleState) -> Option<InstanceState> {
 #[async_trait]
 impl Fleet for AsgFleet {
     async fn instances(&self) -> PortResult<Vec<Instance>> {
-        let group = self.group().await?;
-        Ok(self.list(&group).await?.0)
+        let groups = self.groups().await?;
+        Ok(self.list(&groups).await?.0)
     }
 
     async fn scale_to(&self, desired: usize, max: usize) -> PortResult<FleetChange> {
-        let group = self.group().await?;
-        // The group's MaxSize bounds us even where the API would accept more (moto does).
-        let max = max.min(group.max_size.max(0) as usize);
+        let groups = self.groups().await?;
+        // The groups' MaxSizes bound us even where the API would accept more (moto does).
+        let max = max.min(groups.iter().map(|g| g.max_size.max(0) as usize).sum());
         *self.cap.lock().unwrap_or_else(|p| p.into_inner()) = Some(max);
-        let (instances, names) = self.list(&group).await?;
+        let (instances, names) = self.list(&groups).await?;
         let resize = plan(desired, max, &instances);
-        // Launches the group has not started yet are retired by asking for fewer.
+        // Launches the groups have not started yet are retired by asking for fewer.
         let (unstarted, started): (Vec<&String>, Vec<&String>) = resize
             .retire
             .iter()
             .partition(|name| !names.values().any(|n| n == *name));
-        let capacity = group.desired + resize.launch.len() as i32 - unstarted.len() as i32;
-        if capacity != group.desired {
-            self.set_desired_capacity(capacity).await?;
-            let now = SystemTime::now();
+        let sized = self.resize_groups(&groups, &resize.launch, &unstarted);
+        let now = SystemTime::now();
+        for (g, (group, (capacity, launched))) in groups.iter().zip(sized).enumerate() {
+            if capacity == group.desired {
+                continue;
+            }
+            self.set_desired_capacity(&self.groups[g], capacity).await?;
             let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
-            pending.retain(|(n, _)| !unstarted.contains(&n));
-            pending.extend(resize.launch.iter().map(|n| (n.clone(), now)));
+            pending[g].retain(|(n, _)| !unstarted.contains(&n));
+            pending[g].extend(launched.into_iter().map(|n| (n, now)));
         }
         for name in started {
             let id = names.iter().find(|(_, n)| *n == name).map(|(id, _)| id);
@@ -276,17 +347,26 @@ impl Fleet for AsgFleet {
     }
 
     async fn max_size(&self) -> PortResult<Option<usize>> {
-        Ok(Some(self.group().await?.max_size.max(0) as usize))
+        let groups = self.groups().await?;
+        Ok(Some(groups.iter().map(|g| g.max_size.max(0) as usize).sum()))
     }
 
     async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
-        let request = self
-            .autoscaling
-            .describe_scaling_activities()
-            .auto_scaling_group_name(&self.group)
-            .max_records(20);
-        let out = self.aws.call("DescribeScalingActivities", request.send()).await?;
-        Ok(latest_launch_failure(out.activities(), SystemTime::now()))
+        let mut newest: Option<LaunchFailure> = None;
+        for group in &self.groups {
+            let request = self
+                .autoscaling
+                .describe_scaling_activities()
+                .auto_scaling_group_name(group)
+                .max_records(20);
+            let out = self.aws.call("DescribeScalingActivities", request.send()).await?;
+            if let Some(failure) = latest_launch_failure(out.activities(), SystemTime::now()) {
+                if newest.as_ref().is_none_or(|n| failure.at_s > n.at_s) {
+                    newest = Some(failure);
+                }
+            }
+        }
+        Ok(newest)
     }
 }
 
@@ -318,6 +398,8 @@ pub struct AsgInstanceStatus {
     autoscaling: aws_sdk_autoscaling::Client,
     group: String,
     instance_id: String,
+    /// On EC2: the instance's own metadata (warm pool state, Spot notices).
+    imds: Option<Imds>,
 }
 
 impl AsgInstanceStatus {
@@ -327,7 +409,29 @@ impl AsgInstanceStatus {
             autoscaling: aws_sdk_autoscaling::Client::new(&aws.sdk),
             group: group.to_owned(),
             instance_id: instance_id.to_owned(),
+            imds: None,
         }
+    }
+
+    /// Reads the warm pool state and Spot notices from the instance metadata service.
+    pub fn on_ec2(mut self) -> Self {
+        self.imds = Some(Imds::default());
+        self
+    }
+
+    /// The status of `instance_id` in whichever of the app tier's groups launched it (an
+    /// instance in the warm pool is not listed yet: it belongs to `fallback`, the group that has
+    /// the pool).
+    pub async fn of_instance(aws: &Aws, instance_id: &str, fallback: &str) -> PortResult<Self> {
+        let autoscaling = aws_sdk_autoscaling::Client::new(&aws.sdk);
+        let request = autoscaling.describe_auto_scaling_instances().instance_ids(instance_id);
+        let out = aws.call("DescribeAutoScalingInstances", request.send()).await?;
+        let group = out
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.auto_scaling_group_name())
+            .unwrap_or(fallback);
+        Ok(Self::new(aws, group, instance_id))
     }
 }
 
@@ -345,7 +449,38 @@ impl InstanceStatus for AsgInstanceStatus {
         self.aws.call("SetInstanceProtection", request.send()).await?;
         Ok(())
     }
+
+    async fn until_in_service(&self) -> PortResult<()> {
+        let Some(imds) = &self.imds else {
+            return Ok(());
+        };
+        let mut told = None;
+        loop {
+            match imds.target_lifecycle_state().await {
+                Ok(Some(target)) if target != "InService" => {
+                    if told.as_ref() != Some(&target) {
+                        info!(%target, "waiting in the warm pool until put in service");
+                        told = Some(target);
+                    }
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => warn!(error = %e, "cannot read the lifecycle state; retrying"),
+            }
+            // Stopped or hibernated meanwhile, this resumes where it was.
+            tokio::time::sleep(WARM_POOL_POLL).await;
+        }
+    }
+
+    async fn reclaim_at(&self) -> PortResult<Option<SystemTime>> {
+        match &self.imds {
+            Some(imds) => imds.spot_reclaim_at().await,
+            None => Ok(None),
+        }
+    }
 }
+
+/// How often an instance waiting in the warm pool asks whether it is in service.
+const WARM_POOL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 pub mod bootstrap;
 mod call;
 mod fleet;
+mod imds;
 mod lease;
 mod metrics;
 mod s3;
@@ -20,6 +21,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 pub use call::{Aws, AwsError};
 pub use fleet::{AsgFleet, AsgInstanceStatus};
+pub use imds::Imds;
 pub use lease::S3Lease;
 pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;

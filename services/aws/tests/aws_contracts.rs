@@ -111,12 +111,12 @@ async fn auto_scaling_fleet_contract() {
     bootstrap::create(&aws, &resources(&[], Some(("app-tier", 20))))
         .await
         .unwrap();
-    let missing = AsgFleet::open(&aws, "no-such-group")
+    let missing = AsgFleet::open(&aws, &["no-such-group"])
         .await
         .err()
         .expect("a missing group is an error");
     assert!(matches!(missing, PortError::Permanent(_)), "{missing:?}");
-    let fleet = AsgFleet::open(&aws, "app-tier").await.unwrap();
+    let fleet = AsgFleet::open(&aws, &["app-tier"]).await.unwrap();
     assert_eq!(fleet.max_size().await.unwrap(), Some(20));
     contract::fleet_contract(Arc::new(fleet), Duration::from_secs(20), false).await;
 }

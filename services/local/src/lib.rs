@@ -1,6 +1,7 @@
 //! Embedded adapters for one machine: folders as buckets, SQLite as the queues (shared by
 //! processes, durable across restarts), OS processes as the app-tier fleet.
 
+mod core_slots;
 mod db;
 mod errors;
 mod file_names;
@@ -10,6 +11,7 @@ pub mod lease;
 mod process_fleet;
 mod sqlite_queue;
 
+pub use core_slots::FileSlots;
 pub use db::open as open_db;
 pub use fs_store::FsObjectStore;
 pub use lease::SqliteLease;

@@ -49,6 +49,10 @@ pub struct FleetSettings {
     pub backend: Backend,
     pub heartbeat_timeout_s: u64,
     pub worker_memory_max_bytes: u64,
+    /// Model runs busy at once across the local fleet's workers: unset, one per core; 0, no
+    /// limit. On EC2 each instance is a machine of its own and this does not apply.
+    #[serde(default)]
+    pub inference_slots: Option<usize>,
 }
 
 impl FleetSettings {
@@ -62,7 +66,12 @@ impl FleetSettings {
 pub struct AwsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// The app tier's On-Demand group (with the warm pool, if any): it takes launches first.
     pub auto_scaling_group: String,
+    /// The Spot group (a mixed instances policy) that takes the launches beyond the first's
+    /// MaxSize; unset: one group.
+    #[serde(default)]
+    pub spot_auto_scaling_group: Option<String>,
     pub metric_namespace: String,
     pub instance_id: Option<String>,
     pub max_attempts: u32,
@@ -70,6 +79,15 @@ pub struct AwsSettings {
     /// (no upload can land there).
     #[serde(default)]
     pub lease_bucket: Option<String>,
+}
+
+impl AwsSettings {
+    /// The app tier's groups, in the order they take launches.
+    pub fn app_groups(&self) -> Vec<&str> {
+        std::iter::once(self.auto_scaling_group.as_str())
+            .chain(self.spot_auto_scaling_group.as_deref().filter(|g| !g.is_empty()))
+            .collect()
+    }
 }
 
 impl Settings {

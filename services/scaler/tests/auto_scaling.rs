@@ -35,7 +35,7 @@ async fn scaler_grows_to_the_cap_names_instances_and_returns_to_min() {
     let queue = group_with_requests(&aws, &[], 200).await;
     assert_eq!(queue.depth().await.unwrap().visible, 200);
 
-    let fleet = Arc::new(AsgFleet::open(&aws, "app-tier").await.unwrap());
+    let fleet = Arc::new(AsgFleet::open(&aws, &["app-tier"]).await.unwrap());
     // Configured max 25 above the group's MaxSize 20: the group's bound wins.
     // 200 requests of 1 s within 10 s, on instances that boot in 1 s: 23 wanted.
     let policy = PolicyKind::Default.build(PolicyConfig {
@@ -181,7 +181,7 @@ async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
     let ttl = Duration::from_secs(2);
     let mut scalers = Vec::new();
     for host in ["web-instance1", "web-instance2"] {
-        let fleet = Arc::new(AsgFleet::open(&aws, "app-tier").await.unwrap());
+        let fleet = Arc::new(AsgFleet::open(&aws, &["app-tier"]).await.unwrap());
         let lease = Arc::new(S3Lease::new(&aws, "state", "scaler", host));
         scalers.push(
             Scaler::new(
@@ -210,4 +210,86 @@ async fn of_two_scalers_on_one_group_only_the_lease_holder_acts() {
         "the second did not take over"
     );
     assert!(group_desired(&autoscaling).await <= 6);
+}
+
+/// Instance id -> (group, Name tag) of every instance of `groups`.
+async fn members(
+    autoscaling: &aws_sdk_autoscaling::Client,
+    ec2: &aws_sdk_ec2::Client,
+    groups: &[&str],
+) -> HashMap<String, (String, String)> {
+    let tags = name_tags(ec2).await;
+    let out = autoscaling
+        .describe_auto_scaling_groups()
+        .set_auto_scaling_group_names(Some(groups.iter().map(|g| g.to_string()).collect()))
+        .send()
+        .await
+        .unwrap();
+    out.auto_scaling_groups()
+        .iter()
+        .flat_map(|g| {
+            let group = g.auto_scaling_group_name().unwrap().to_owned();
+            let tags = &tags;
+            g.instances().iter().map(move |i| {
+                let id = i.instance_id().unwrap().to_owned();
+                let name = tags.get(&id).cloned().unwrap_or_default();
+                (id, (group.clone(), name))
+            })
+        })
+        .collect()
+}
+
+/// The On-Demand group (where the warm pool is) takes launches up to its MaxSize, the Spot group
+/// the rest; names are unique across both, even when an instance comes back from the warm pool
+/// carrying a name another instance holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn launches_fill_the_on_demand_group_then_the_spot_group_with_unique_names() {
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    let aws = Aws::new(sdk.clone(), ApiCalls::default());
+    bootstrap::create_group(&aws, "app-tier", 2).await.unwrap();
+    bootstrap::create_group(&aws, "app-tier-spot", 4).await.unwrap();
+    let groups = ["app-tier", "app-tier-spot"];
+    let fleet = AsgFleet::open(&aws, &groups).await.unwrap();
+    let (autoscaling, ec2) = (aws_sdk_autoscaling_client(&sdk), aws_sdk_ec2::Client::new(&sdk));
+    assert_eq!(fleet.max_size().await.unwrap(), Some(6));
+
+    let change = fleet.scale_to(5, 20).await.unwrap();
+    assert_eq!(change.launch.len(), 5);
+    let live = fleet.instances().await.unwrap();
+    let names: HashSet<String> = live.iter().map(|i| i.name.clone()).collect();
+    assert_eq!(names, (1..=5).map(|k| format!("app-instance{k}")).collect());
+    let by_id = members(&autoscaling, &ec2, &groups).await;
+    let in_group = |g: &str| by_id.values().filter(|(group, _)| group == g).count();
+    assert_eq!((in_group("app-tier"), in_group("app-tier-spot")), (2, 3));
+
+    // Asked for more than the groups hold: the cap is their MaxSizes' sum.
+    fleet.scale_to(9, 20).await.unwrap();
+    assert_eq!(fleet.instances().await.unwrap().len(), 6);
+
+    // A Spot instance turns up carrying the name an On-Demand one holds (as one back from the
+    // warm pool may): the one seen first keeps it, the newcomer is named again.
+    let by_id = members(&autoscaling, &ec2, &groups).await;
+    let (od_id, (_, od_name)) = by_id.iter().find(|(_, (g, _))| g == "app-tier").unwrap();
+    let (spot_id, _) = by_id.iter().find(|(_, (g, _))| g == "app-tier-spot").unwrap();
+    let tag = aws_sdk_ec2::types::Tag::builder().key("Name").value(od_name).build();
+    ec2.create_tags().resources(spot_id).tags(tag).send().await.unwrap();
+    let live = fleet.instances().await.unwrap();
+    let unique: HashSet<&String> = live.iter().map(|i| &i.name).collect();
+    assert_eq!(unique.len(), live.len(), "duplicate names: {live:?}");
+    let by_id = members(&autoscaling, &ec2, &groups).await;
+    assert_eq!(&by_id[od_id].1, od_name, "the instance seen first keeps its name");
+    assert_ne!(&by_id[spot_id].1, od_name);
+
+    fleet.scale_to(0, 20).await.unwrap();
+    let desired = autoscaling
+        .describe_auto_scaling_groups()
+        .set_auto_scaling_group_names(Some(groups.iter().map(|g| g.to_string()).collect()))
+        .send()
+        .await
+        .unwrap();
+    assert!(desired
+        .auto_scaling_groups()
+        .iter()
+        .all(|g| g.desired_capacity() == Some(0)));
 }

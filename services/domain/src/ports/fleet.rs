@@ -150,6 +150,16 @@ pub trait InstanceStatus: Send + Sync + 'static {
     async fn heartbeat(&self) -> PortResult<()> {
         Ok(())
     }
+    /// Returns once this instance may take work: one initialised for a warm pool waits there
+    /// (stopped or hibernated) until the group puts it in service. Processes serve at once.
+    async fn until_in_service(&self) -> PortResult<()> {
+        Ok(())
+    }
+    /// When this instance will be taken away without its consent (a Spot interruption notice),
+    /// once it has been told; checked every few seconds.
+    async fn reclaim_at(&self) -> PortResult<Option<SystemTime>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

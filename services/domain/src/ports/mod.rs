@@ -3,6 +3,7 @@
 
 mod error;
 pub mod fleet;
+mod inference_slots;
 mod lease;
 mod metrics;
 mod object_store;
@@ -10,6 +11,7 @@ mod work_queue;
 
 pub use error::{PortError, PortResult};
 pub use fleet::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure};
+pub use inference_slots::{InferenceSlots, SlotGuard, Unlimited};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
 pub use object_store::{metadata_problem, Kept, KeyError, Metadata, ObjectKey, ObjectStore, StoredObject, UploadOrder};

@@ -50,7 +50,7 @@ pub async fn adapters(settings: &Settings, connection: Connection) -> anyhow::Re
 
 pub async fn fleet(settings: &Settings, connection: &Connection) -> anyhow::Result<Arc<dyn Fleet>> {
     let aws = aws(settings, connection).await;
-    Ok(Arc::new(AsgFleet::open(aws, &settings.aws.auto_scaling_group).await?))
+    Ok(Arc::new(AsgFleet::open(aws, &settings.aws.app_groups()).await?))
 }
 
 pub async fn scaler_lease(
@@ -85,15 +85,18 @@ pub async fn instance_status(
     connection: &Connection,
 ) -> anyhow::Result<Arc<dyn InstanceStatus>> {
     let aws = aws(settings, connection).await;
-    let id = match settings.aws.instance_id.clone().filter(|i| !i.is_empty()) {
-        Some(id) => id,
-        None => own_instance_id().await?,
+    // Configured: not on EC2 (an emulated endpoint), so no instance metadata either.
+    let (id, on_ec2) = match settings.aws.instance_id.clone().filter(|i| !i.is_empty()) {
+        Some(id) => (id, false),
+        None => (own_instance_id().await?, true),
     };
-    Ok(Arc::new(AsgInstanceStatus::new(
-        aws,
-        &settings.aws.auto_scaling_group,
-        &id,
-    )))
+    let group = &settings.aws.auto_scaling_group;
+    let status = if settings.aws.app_groups().len() > 1 {
+        AsgInstanceStatus::of_instance(aws, &id, group).await?
+    } else {
+        AsgInstanceStatus::new(aws, group, &id)
+    };
+    Ok(Arc::new(if on_ec2 { status.on_ec2() } else { status }))
 }
 
 /// This EC2 instance's id, from the instance metadata service (IMDSv2, as Terraform requires).

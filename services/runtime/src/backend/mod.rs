@@ -15,11 +15,12 @@ use std::sync::Arc;
 use crate::settings::{Backend, Settings};
 use anyhow::Context;
 use imgrec_domain::ports::{
-    ApiCalls, Fleet, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, WorkQueue,
+    ApiCalls, Fleet, InferenceSlots, InstanceStatus, Lease, MetricsSink, ObjectStore, ResponseQueues, Unlimited,
+    WorkQueue,
 };
 use imgrec_local::{
-    DeadLetter, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue, SqliteResponseQueues,
-    WorkerCommand,
+    DeadLetter, FileSlots, FsObjectStore, ProcessFleet, SqliteInstanceStatus, SqliteLease, SqliteQueue,
+    SqliteResponseQueues, WorkerCommand,
 };
 
 /// One process's link to its backend, shared by every adapter the wiring builds for it: the
@@ -118,6 +119,20 @@ pub async fn fleet(settings: &Settings, owner: &str, connection: &Connection) ->
             ))
         }
         Backend::Aws => aws::fleet(settings, connection).await,
+    }
+}
+
+/// The cores an app-tier instance shares with the others on its machine: the local fleet's
+/// workers share this machine's (a slot per core unless `fleet.inference_slots` says otherwise);
+/// an EC2 instance has its own.
+pub fn inference_slots(settings: &Settings) -> anyhow::Result<Arc<dyn InferenceSlots>> {
+    let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    match (settings.fleet.backend, settings.fleet.inference_slots) {
+        (Backend::Local, Some(0)) | (Backend::Aws, _) => Ok(Arc::new(Unlimited)),
+        (Backend::Local, slots) => {
+            let dir = settings.data_dir.join("slots");
+            Ok(Arc::new(FileSlots::open(&dir, slots.unwrap_or_else(cores))?))
+        }
     }
 }
 

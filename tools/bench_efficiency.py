@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""CPU efficiency of the local stack, for `make bench`: CPU per image of inference alone (one
+`app-tier classify --threads 1` process, start-up removed) over the whole stack's CPU per image
+(web tier and every worker, the load generator excluded) in a warm 300-upload burst under the
+default scaling (up to 20 workers on this machine's cores). Goal: >= 0.9.
+
+Each round measures the stack twice, alternating: with the fleet's inference slots (at most one
+busy model run per core, `fleet.inference_slots`, the default) and without (`= 0`, every worker
+runs at once). Medians and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from local_stack import ROOT, Stack, cpu_times, loadgen, wait_until, worker_pids
+
+APP_TIER = ROOT / "target" / "release" / "app-tier"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu(cmd: list[str]) -> float:
+    """User + system CPU seconds of running `cmd` to its end."""
+    before = os.times()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = os.times()
+    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def inference_ms(model: Path, files: list[Path]) -> float:
+    """CPU ms per image of one single-threaded classify process, its start-up removed: the same
+    process over the images three times less over them once, per image of the difference."""
+    base = [str(APP_TIER), "classify", "--threads", "1", "--model", str(model)]
+    once = children_cpu(base + list(map(str, files)))
+    thrice = children_cpu(base + list(map(str, files * 3)))
+    return (thrice - once) * 1000 / (2 * len(files))
+
+
+def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
+    """CPU seconds of the web tier; of the workers (reaped ones, in the web tier's cutime and
+    cstime, and live ones); and of the workers' inference threads (live ones)."""
+    fields = Path(f"/proc/{root}/stat").read_text().rsplit(")", 1)[1].split()
+    web = sum(int(f) for f in fields[11:13]) / CLK_TCK  # utime, stime
+    workers = sum(int(f) for f in fields[13:15]) / CLK_TCK  # cutime, cstime
+    inference = 0.0
+    for pid in worker_pids(data_dir):
+        try:
+            workers += sum(cpu_times(pid))
+            inference += thread_cpu_s(pid, "inference")
+        except OSError:
+            pass  # exited between the listing and the read: counted in cutime next time
+    return web, workers, inference
+
+
+def thread_cpu_s(pid: int, name: str) -> float:
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == name:
+                total += sum(cpu_times(pid, int(task.name)))
+        except OSError:
+            pass
+    return total
+
+
+def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None) -> dict:
+    """CPU ms per image of the whole stack over a warm 300-upload burst."""
+    settings = {"scaler__tick_ms": "100", "scaler__scale_in_after_s": "30"}
+    if slots is not None:
+        settings["fleet__inference_slots"] = slots
+    with Stack(tmp / name, **settings) as stack:
+        # Warm: the burst's workers started and their models loaded.
+        summary, run = loadgen(stack.url, files, repeat=3)
+        assert summary["errors"] == 0, run.stdout
+        wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
+        before = process_tree_cpu(stack.proc.pid, stack.data_dir)
+        summary, run = loadgen(stack.url, files, repeat=3)
+        after = process_tree_cpu(stack.proc.pid, stack.data_dir)
+        assert summary["errors"] == 0, run.stdout
+        n = summary["requests"]
+        web, workers, inference = ((a - b) * 1000 / n for a, b in zip(after, before))
+        return {"cpu_ms_per_image": web + workers, "web_tier_ms": web, "workers_ms": workers,
+                "inference_thread_ms": inference, "throughput_per_s": summary["throughput_per_s"],
+                "workers": len(worker_pids(stack.data_dir))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "efficientnet-lite0")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "efficiency.json")
+    parser.add_argument("images", type=Path)
+    args = parser.parse_args()
+    files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:100]
+    os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(args.model))
+    rows: dict[str, list] = {"inference": [], "slots": [], "no slots": []}
+    with tempfile.TemporaryDirectory(prefix="imgrec-efficiency-") as tmp:
+        for i in range(args.rounds):
+            rows["inference"].append(inference_ms(args.model, files))
+            sides = [("slots", None), ("no slots", "0")]
+            for side, slots in sides if i % 2 == 0 else reversed(sides):
+                rows[side].append(stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots))
+            print(f"round {i + 1}: inference {rows['inference'][-1]:.2f} ms/image; "
+                  + "; ".join(f"{s}: {rows[s][-1]['cpu_ms_per_image']:.2f} ms/image (web tier "
+                              f"{rows[s][-1]['web_tier_ms']:.2f}, workers {rows[s][-1]['workers_ms']:.2f}, of which "
+                              f"inference threads {rows[s][-1]['inference_thread_ms']:.2f}; "
+                              f"{rows[s][-1]['workers']} workers), {rows[s][-1]['throughput_per_s']:.0f}/s"
+                              for s, _ in sides), flush=True)
+    inference = statistics.median(rows["inference"])
+    report = {"inference_cpu_ms_per_image": inference}
+    for side in ("slots", "no slots"):
+        cpu = statistics.median(r["cpu_ms_per_image"] for r in rows[side])
+        report[side] = {"stack_cpu_ms_per_image": cpu, "efficiency": inference / cpu,
+                        "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows[side])}
+        print(f"{side:>8}: stack {cpu:.2f} ms CPU/image, efficiency {inference / cpu:.2f} (goal >= 0.9), "
+              f"{report[side]['throughput_per_s']:.0f} images/s (medians of {args.rounds})")
+    print(f"inference alone: {inference:.2f} ms CPU/image; slots / no slots CPU per image: "
+          f"{report['slots']['stack_cpu_ms_per_image'] / report['no slots']['stack_cpu_ms_per_image']:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rounds": rows, "report": report}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
