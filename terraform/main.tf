@@ -10,6 +10,12 @@ locals {
   app_max_size   = var.instance_budget - length(local.web_instances)
   load_balanced  = length(local.web_instances) > 1
   app_group_name = "${var.name_prefix}-app-tier"
+  spot           = length(var.spot_instance_types) > 0
+  # With Spot, the On-Demand group holds the instances kept in service and the warm pool's (at
+  # least one), the Spot group the rest; without, the On-Demand group holds them all.
+  spot_group_name    = local.spot ? "${var.name_prefix}-app-tier-spot" : ""
+  on_demand_max_size = local.spot ? max(1, min(var.app_min_size + var.warm_pool_size, local.app_max_size)) : local.app_max_size
+  spot_max_size      = local.app_max_size - local.on_demand_max_size
   # CloudWatch namespace of the scaler's metrics (its IAM policy is limited to it).
   metric_namespace = var.name_prefix
   # How long an upload waits for its label (the services' web.response_timeout_s): the load
@@ -37,8 +43,42 @@ locals {
     app_min_size         = var.app_min_size
     app_max_size         = local.app_max_size
     auto_scaling_group   = local.app_group_name
+    spot_group           = local.spot_group_name
     metric_namespace     = local.metric_namespace
+    # One inference thread per vCPU (the Spot types are checked to have as many).
+    inference_threads = data.aws_ec2_instance_type.app.default_vcpus
   })
+
+  # What `make deploy` prints: USD per hour, at AWS's list prices given as variables. Instances
+  # with their 16 GiB gp3 volumes; a hibernated warm-pool instance's volume also holds its RAM.
+  volume_per_hour = 16 * 0.08 / 730
+  pool_per_hour   = var.warm_pool_size * (16 + (var.warm_pool_state == "Hibernated" ? data.aws_ec2_instance_type.app.memory_size / 1024 : 0)) * 0.08 / 730
+  web_per_hour    = length(local.web_instances) * (var.web_price_per_hour + local.volume_per_hour) + (local.load_balanced ? 0.0225 : 0)
+  app_per_hour    = var.on_demand_price_per_hour + local.volume_per_hour
+  spot_per_hour   = var.on_demand_price_per_hour * (1 - var.spot_discount) + local.volume_per_hour
+  cost_per_hour = {
+    at_minimum         = local.web_per_hour + var.app_min_size * local.app_per_hour + local.pool_per_hour
+    at_cap_on_demand   = local.web_per_hour + local.app_max_size * local.app_per_hour
+    at_cap_with_spot   = local.web_per_hour + local.on_demand_max_size * local.app_per_hour + local.spot_max_size * local.spot_per_hour + local.pool_per_hour
+    at_cap_as_deployed = local.web_per_hour + local.on_demand_max_size * local.app_per_hour + local.spot_max_size * (local.spot ? local.spot_per_hour : local.app_per_hour) + local.pool_per_hour
+  }
+}
+
+# The workers run one inference thread per vCPU of their type.
+data "aws_ec2_instance_type" "app" {
+  instance_type = var.app_instance_type
+}
+
+data "aws_ec2_instance_type" "spot" {
+  for_each      = toset(var.spot_instance_types)
+  instance_type = each.value
+
+  lifecycle {
+    postcondition {
+      condition     = self.default_vcpus == data.aws_ec2_instance_type.app.default_vcpus && self.memory_size == data.aws_ec2_instance_type.app.memory_size
+      error_message = "Every spot_instance_types entry must have app_instance_type's vCPUs and memory (the workers' threads and limits are set for it)."
+    }
+  }
 }
 
 module "input_bucket" {
@@ -103,6 +143,7 @@ module "iam" {
   response_queue_arns = module.queues.response_queue_arns
   dead_letter_arn     = module.queues.dead_letter_queue_arn
   app_group_name      = local.app_group_name
+  spot_group_name     = local.spot_group_name
   metric_namespace    = local.metric_namespace
 
   api_keys_parameter   = var.api_keys_parameter
@@ -120,8 +161,14 @@ module "app_tier" {
   security_group_id = module.network.app_tier_security_group_id
   subnet_ids        = module.network.subnet_ids
   min_size          = var.app_min_size
-  max_size          = local.app_max_size
-  user_data         = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, environment = "", units = "imgrec-app-tier.service" })
+  max_size          = local.on_demand_max_size
+  warm_pool_size    = var.warm_pool_size
+  warm_pool_state   = var.warm_pool_state
+
+  spot_group_name     = local.spot_group_name
+  spot_instance_types = var.spot_instance_types
+  spot_max_size       = local.spot_max_size
+  user_data           = templatefile("${path.module}/templates/user-data.sh.tftpl", { config = local.service_config, environment = "", units = "imgrec-app-tier.service" })
 
   # An instance's first boot calls AWS at once: its role's policies must be attached and its
   # subnet routed to the internet gateway before any instance exists.

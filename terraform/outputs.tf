@@ -72,3 +72,13 @@ output "buckets_kept_on_destroy" {
   description = "Buckets `make destroy` leaves, with their contents, because force_destroy = false (by Terraform address)."
   value       = var.force_destroy ? {} : { "module.input_bucket" = module.input_bucket.name, "module.output_bucket" = module.output_bucket.name }
 }
+
+output "app_tier_spot_group_name" {
+  description = "Auto Scaling group of the app tier's Spot instances, beyond the On-Demand group's (empty: none)."
+  value       = module.app_tier.spot_group_name
+}
+
+output "expected_cost_per_hour" {
+  description = "Expected USD per hour (list prices from the price variables; data transfer, requests and load balancer capacity units not included): idle at the minimum with the warm pool, and at the cap On-Demand only, with Spot, and as deployed."
+  value       = { for k, v in local.cost_per_hour : k => format("$%.3f", v) }
+}

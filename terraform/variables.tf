@@ -86,9 +86,9 @@ variable "instance_budget" {
 }
 
 variable "app_min_size" {
-  description = "App-tier instances kept when idle (0: none, the first request waits for a boot)."
+  description = "App-tier instances kept in service when idle. 1 (what `make sim` picks): a burst from idle is answered in ~1.5 s (p99, 100 uploads) for one c7i.large running (~$0.09/h). 0: nothing runs when idle; the first request waits for a start from the warm pool (~15 s hibernated, ~20 s stopped) or a boot (~30 s)."
   type        = number
-  default     = 0
+  default     = 1
 
   validation {
     condition     = var.app_min_size >= 0 && floor(var.app_min_size) == var.app_min_size
@@ -100,6 +100,57 @@ variable "app_instance_type" {
   description = "EC2 instance type of the app tier (CPU inference)."
   type        = string
   default     = "c7i.large"
+}
+
+variable "warm_pool_size" {
+  description = "App-tier instances kept initialised in the On-Demand group's warm pool (model loaded, then stopped or hibernated: only their volumes are billed); 0: no warm pool. 1 is what `make sim` picks."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.warm_pool_size >= 0 && var.warm_pool_size <= 8 && floor(var.warm_pool_size) == var.warm_pool_size
+    error_message = "warm_pool_size must be a whole number from 0 to 8."
+  }
+}
+
+variable "warm_pool_state" {
+  description = "State the warm pool's instances wait in: Hibernated (resume with the worker running and the model loaded, ~15 s; the volume also keeps the RAM) or Stopped (boot and start the service, ~20 s)."
+  type        = string
+  default     = "Hibernated"
+
+  validation {
+    condition     = contains(["Hibernated", "Stopped"], var.warm_pool_state)
+    error_message = "warm_pool_state must be Hibernated or Stopped."
+  }
+}
+
+variable "spot_instance_types" {
+  description = "Instance types of the Spot group, which takes the app-tier instances beyond app_min_size + warm_pool_size (capacity-optimized across them, capacity rebalancing on). All of app_instance_type's vCPU and memory class: the workers run one inference thread per vCPU. Empty: On-Demand only, in one group."
+  type        = list(string)
+  default     = ["c7i.large", "c6i.large", "c6a.large", "c7a.large", "c5.large", "c5a.large"]
+}
+
+variable "on_demand_price_per_hour" {
+  description = "On-Demand price of app_instance_type in USD per hour (default: c7i.large, Linux, us-east-1), for the cost `make deploy` prints."
+  type        = number
+  default     = 0.08925
+}
+
+variable "web_price_per_hour" {
+  description = "On-Demand price of web_instance_type in USD per hour (default: t3.small, Linux, us-east-1), for the cost `make deploy` prints."
+  type        = number
+  default     = 0.0208
+}
+
+variable "spot_discount" {
+  description = "Expected Spot discount against On-Demand (0.6: Spot at 40% of the price; AWS advertises up to 90%), for the cost `make deploy` prints."
+  type        = number
+  default     = 0.6
+
+  validation {
+    condition     = var.spot_discount >= 0 && var.spot_discount < 1
+    error_message = "spot_discount must be from 0 to below 1."
+  }
 }
 
 variable "web_instance_type" {

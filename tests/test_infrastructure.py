@@ -25,6 +25,7 @@ AWS_SOURCES = ROOT / "services" / "aws" / "src"
 INSTANCE_BUDGET = 20
 # Actions that have no resource-level permissions: AWS requires "*" for them.
 STAR_ONLY_ACTIONS = {"autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities",
+                     "autoscaling:DescribeAutoScalingInstances",
                      "ec2:DescribeTags", "cloudwatch:PutMetricData"}
 
 
@@ -211,7 +212,15 @@ def test_app_tier_fits_the_instance_budget_with_the_web_tier():
     web_instances = range(variables["web_instances"])
 
     app_call = blocks(module_doc("root"), "module")["app_tier"]
-    app_max = evaluate(app_call["max_size"], variables, locals_)
+    # With Spot (the default) the On-Demand group holds the minimum and the warm pool, the Spot
+    # group the rest: together the app tier's maximum.
+    assert variables["spot_instance_types"], "Spot by default"
+    on_demand = min(variables["app_min_size"] + variables["warm_pool_size"], INSTANCE_BUDGET - 1)
+    assert "var.app_min_size + var.warm_pool_size" in locals_["on_demand_max_size"]
+    assert ref(locals_["spot_max_size"]) == "local.app_max_size - local.on_demand_max_size"
+    assert ref(app_call["max_size"]) == "local.on_demand_max_size"
+    assert ref(app_call["spot_max_size"]) == "local.spot_max_size"
+    app_max = on_demand + (INSTANCE_BUDGET - 1 - on_demand)
     assert app_max + len(web_instances) <= INSTANCE_BUDGET
     assert app_max == INSTANCE_BUDGET - 1
     # The largest budget the root accepts still fits: 20 - 1.
@@ -222,9 +231,12 @@ def test_app_tier_fits_the_instance_budget_with_the_web_tier():
     assert ref(group["max_size"]) == "var.max_size"
     assert ref(group["min_size"]) == "var.min_size"
     assert "desired_capacity" in str(one(group["lifecycle"])["ignore_changes"]), "the scaler owns desired capacity"
-    # The scaler is told the same maximum.
-    assert ref(blocks(module_doc("root"), "module")["app_tier"]["max_size"]) == "local.app_max_size"
+    spot = blocks(module_doc("app_tier"), "resource", "aws_autoscaling_group")["spot"]
+    assert ref(spot["max_size"]) == "var.spot_max_size"
+    assert "desired_capacity" in str(one(spot["lifecycle"])["ignore_changes"])
+    # The scaler is told the same maximum, and both groups.
     assert "app_max_size = local.app_max_size" in locals_["service_config"]
+    assert "spot_group = local.spot_group_name" in locals_["service_config"]
 
 
 def test_imdsv2_is_required_everywhere():
@@ -317,7 +329,7 @@ SAMPLE_POLICY_VALUES = {
     "request_queue_arn": "arn:aws:sqs:eu-west-1:123456789012:imgrec-requests",
     "response_queue_arns": ["arn:aws:sqs:eu-west-1:123456789012:imgrec-responses-web-instance1"],
     "dead_letter_arn": "arn:aws:sqs:eu-west-1:123456789012:imgrec-requests-dlq",
-    "app_group_name": "imgrec-app-tier", "metric_namespace": "imgrec",
+    "app_group_name": "imgrec-app-tier", "spot_group_name": "imgrec-app-tier-spot", "metric_namespace": "imgrec",
     "api_keys_parameter": "/imgrec/api-keys",
     "api_keys_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
 }
@@ -523,9 +535,11 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
         "request_queue": "imgrec-requests", "response_queue": "imgrec-responses", "dead_letter_queue": "imgrec-requests-dlq",
         "response_timeout_s": 120, "lease_bucket": "imgrec-123456789012-state",
         "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": 19,
-        "auto_scaling_group": "imgrec-app-tier", "metric_namespace": "imgrec",
+        "auto_scaling_group": "imgrec-app-tier", "spot_group": "imgrec-app-tier-spot", "metric_namespace": "imgrec",
+        "inference_threads": 2,
     }
     assert set(passed) == set(sample)
+    assert passed["inference_threads"] == "data.aws_ec2_instance_type.app.default_vcpus"
     rendered = render(template, sample)
     config = tomllib.loads(rendered)
     assert config["backend"] == "aws" and config["fleet"]["backend"] == "aws"

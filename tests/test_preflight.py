@@ -69,5 +69,24 @@ def test_the_check_runs_against_an_account(tmp_path):
         out = subprocess.run([sys.executable, str(ROOT / "tools" / "preflight.py"), "--region", "us-east-1"],
                              env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "could not read the On-Demand vCPU quota" in out.stdout and "needs 40 vCPUs" in out.stdout
-    assert "at the minimum" in out.stdout and "at the cap (19)" in out.stdout
+    # The defaults: 1 app instance kept, 1 in the warm pool, Spot beyond: On-Demand needs the web
+    # instance and 2 app instances at the cap, Spot the other 17.
+    assert "could not read the On-Demand vCPU quota" in out.stdout and "needs 6 vCPUs" in out.stdout
+    assert "could not read the Spot vCPU quota" in out.stdout and "Spot group needs 34 vCPUs" in out.stdout
+    assert "at the minimum (1 app instances)" in out.stdout and "at the cap (19) On-Demand" in out.stdout
+    assert "with Spot (17 of them Spot at 40% of the price)" in out.stdout
+
+
+def test_with_spot_the_on_demand_quota_covers_the_base_and_the_spot_quota_the_rest():
+    plan = Plan("us-east-1", web_instances=1, instance_budget=20, app_min_size=1, app_instance_type="c7i.large",
+                web_instance_type="t3.small", warm_pool_size=1, spot=True, spot_discount=0.6)
+    assert (plan.on_demand_app_max, plan.spot_app_max) == (2, 17)
+    v = assess(plan, facts(vcpu_quota=32.0, spot_vcpu_quota=16.0))
+    assert not v.refusals
+    (warning,) = v.warnings
+    assert "Spot vCPU quota of us-east-1 is 16" in warning and "needs 34" in warning and "L-34B43A08" in warning
+    assert any("covers the cap's 6" in n for n in v.notes)
+    note = next(n for n in v.notes if n.startswith("cost per hour"))
+    on_demand = 0.0208 + 0.005 + 19 * (0.08925 + 0.005)
+    with_spot = on_demand - 17 * 0.08925 * 0.6
+    assert f"${on_demand:.2f} at the cap (19) On-Demand, ${with_spot:.2f} with Spot" in note

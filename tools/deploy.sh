@@ -67,4 +67,14 @@ Input bucket:  $(terraform -chdir=terraform output -raw input_bucket)
 Output bucket: $(terraform -chdir=terraform output -raw output_bucket)
 Dashboard:     $(terraform -chdir=terraform output -raw dashboard_url)
 The web tier takes about a minute after boot to answer. Remove everything with: make destroy
+
+Expected cost per hour (list prices; the price variables in terraform/variables.tf):
+$(terraform -chdir=terraform output -json expected_cost_per_hour | python3 -c '
+import json, sys
+cost = json.load(sys.stdin)
+for key, what in [("at_minimum", "idle, at the minimum with the warm pool"),
+                  ("at_cap_on_demand", "at the cap, On-Demand only"),
+                  ("at_cap_with_spot", "at the cap, with Spot"),
+                  ("at_cap_as_deployed", "at the cap, as deployed")]:
+    print(f"  {what:<40} {cost[key]}")')
 DONE

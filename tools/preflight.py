@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TERRAFORM = ROOT / "terraform"
 # "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", in vCPUs (Service Quotas).
 STANDARD_QUOTA = "L-1216C47A"
+# "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests", in vCPUs.
+SPOT_QUOTA = "L-34B43A08"
 STANDARD_FAMILIES = tuple("acdhimrtz")
 # Packer's build instance runs while the AMI is made (packer/ variable instance_type).
 BUILD_INSTANCE_VCPUS = 2
@@ -42,10 +44,23 @@ class Plan:
     app_min_size: int
     app_instance_type: str
     web_instance_type: str
+    warm_pool_size: int = 0
+    # With Spot, app instances beyond app_min_size + warm_pool_size are Spot, at (1 - discount).
+    spot: bool = False
+    spot_discount: float = 0.6
 
     @property
     def app_max(self) -> int:
         return self.instance_budget - self.web_instances
+
+    @property
+    def on_demand_app_max(self) -> int:
+        """App instances of the On-Demand group at the cap (terraform/main.tf on_demand_max_size)."""
+        return min(max(1, self.app_min_size + self.warm_pool_size), self.app_max) if self.spot else self.app_max
+
+    @property
+    def spot_app_max(self) -> int:
+        return self.app_max - self.on_demand_app_max
 
 
 @dataclass
@@ -54,6 +69,7 @@ class Facts:
     account: str | None = None
     region_enabled: bool | None = None
     vcpu_quota: float | None = None
+    spot_vcpu_quota: float | None = None
     vcpus: dict[str, int] = field(default_factory=dict)
     zones: list[str] = field(default_factory=list)
     offered: set[tuple[str, str]] = field(default_factory=set)
@@ -82,16 +98,21 @@ def read_plan(region: str) -> Plan:
             values |= {k: v for k, v in hcl2.load(f).items()}
     unquote = lambda v: v.strip('"') if isinstance(v, str) else v
     return Plan(region, int(values["web_instances"]), int(values["instance_budget"]), int(values["app_min_size"]),
-                unquote(values["app_instance_type"]), unquote(values["web_instance_type"]))
+                unquote(values["app_instance_type"]), unquote(values["web_instance_type"]),
+                warm_pool_size=int(values.get("warm_pool_size") or 0), spot=bool(values.get("spot_instance_types")),
+                spot_discount=float(values.get("spot_discount") or 0))
 
 
 def needed_vcpus(plan: Plan, vcpus: dict[str, int], app_count: int) -> int:
     return plan.web_instances * vcpus[plan.web_instance_type] + app_count * vcpus[plan.app_instance_type]
 
 
-def cost_per_hour(plan: Plan, prices: dict[str, float], app_count: int) -> float:
+def cost_per_hour(plan: Plan, prices: dict[str, float], app_count: int, spot_count: int = 0) -> float:
+    """Instances and their public addresses: `app_count` app instances, `spot_count` of them Spot."""
     instances = plan.web_instances + app_count
-    cost = plan.web_instances * prices[plan.web_instance_type] + app_count * prices[plan.app_instance_type]
+    app = prices[plan.app_instance_type]
+    cost = plan.web_instances * prices[plan.web_instance_type] + app_count * app
+    cost -= spot_count * app * plan.spot_discount
     cost += instances * IPV4_PER_HOUR
     if plan.web_instances > 1:
         cost += ALB_PER_HOUR + 2 * IPV4_PER_HOUR
@@ -118,9 +139,10 @@ def assess(plan: Plan, facts: Facts) -> Verdict:
         v.warnings.append(f"could not check where the instance types are offered: {facts.unread['offerings']}")
     if all(t in facts.vcpus for t in types):
         at_min = needed_vcpus(plan, facts.vcpus, plan.app_min_size)
-        at_cap = needed_vcpus(plan, facts.vcpus, plan.app_max)
+        # On-Demand: the web instances and the On-Demand group; Spot has its own quota.
+        at_cap = needed_vcpus(plan, facts.vcpus, plan.on_demand_app_max)
         shape = (f"{plan.web_instances} x {plan.web_instance_type} ({facts.vcpus[plan.web_instance_type]} vCPUs) + "
-                 f"{plan.app_max} x {plan.app_instance_type} ({facts.vcpus[plan.app_instance_type]} vCPUs)")
+                 f"{plan.on_demand_app_max} x {plan.app_instance_type} ({facts.vcpus[plan.app_instance_type]} vCPUs)")
         standard = all(t.split(".")[0][0] in STANDARD_FAMILIES for t in types)
         if facts.vcpu_quota is None:
             v.warnings.append(f"could not read the On-Demand vCPU quota ({facts.unread.get('quota', 'unknown')}): at "
@@ -140,14 +162,33 @@ def assess(plan: Plan, facts: Facts) -> Verdict:
                 f"--quota-code {STANDARD_QUOTA} --desired-value {at_cap}")
         else:
             v.notes.append(f"vCPU quota {facts.vcpu_quota:g} covers the cap's {at_cap} ({shape})")
+        if plan.spot_app_max:
+            spot_need = plan.spot_app_max * facts.vcpus[plan.app_instance_type]
+            if facts.spot_vcpu_quota is None:
+                v.warnings.append(f"could not read the Spot vCPU quota ({facts.unread.get('spot quota', 'unknown')}): "
+                                  f"at the cap the Spot group needs {spot_need} vCPUs")
+            elif facts.spot_vcpu_quota < spot_need:
+                v.warnings.append(
+                    f"the Spot vCPU quota of {plan.region} is {facts.spot_vcpu_quota:g}, and at the cap the Spot group "
+                    f"needs {spot_need}: Spot launches beyond fail (the scaler shows why on /status). Ask for more: aws "
+                    f"service-quotas request-service-quota-increase --region {plan.region} --service-code ec2 "
+                    f"--quota-code {SPOT_QUOTA} --desired-value {spot_need}")
+            else:
+                v.notes.append(f"Spot vCPU quota {facts.spot_vcpu_quota:g} covers the cap's {spot_need}")
     else:
         v.warnings.append(f"unknown instance types: {sorted(t for t in types if t not in facts.vcpus)}")
     if all(t in facts.prices for t in types):
         source = "Price List API" if "prices" not in facts.unread else "us-east-1 prices of 2025, Price List API unread"
-        v.notes.append(f"cost per hour (On-Demand, instances and public IPv4; {source}): about "
+        with_spot = ""
+        if plan.spot_app_max:
+            at_cap = cost_per_hour(plan, facts.prices, plan.app_max, plan.spot_app_max)
+            with_spot = (f", ${at_cap:.2f} with Spot ({plan.spot_app_max} of them Spot at "
+                         f"{1 - plan.spot_discount:.0%} of the price)")
+        v.notes.append(f"cost per hour (instances and public IPv4; {source}): about "
                        f"${cost_per_hour(plan, facts.prices, plan.app_min_size):.3f} at the minimum "
                        f"({plan.app_min_size} app instances), ${cost_per_hour(plan, facts.prices, plan.app_max):.2f} "
-                       f"at the cap ({plan.app_max}); S3, SQS, CloudWatch and data transfer come on top")
+                       f"at the cap ({plan.app_max}) On-Demand{with_spot}; the warm pool's volumes, S3, SQS, "
+                       f"CloudWatch and data transfer come on top")
     else:
         v.warnings.append(f"no price known for {sorted(t for t in types if t not in facts.prices)}")
     return v
@@ -191,6 +232,13 @@ def gather(plan: Plan) -> Facts:
         facts.vcpu_quota = float(quota["Quota"]["Value"])
     except failures as e:
         facts.unread["quota"] = str(e)
+    if plan.spot:
+        try:
+            quota = boto3.client("service-quotas", region_name=plan.region).get_service_quota(
+                ServiceCode="ec2", QuotaCode=SPOT_QUOTA)
+            facts.spot_vcpu_quota = float(quota["Quota"]["Value"])
+        except failures as e:
+            facts.unread["spot quota"] = str(e)
     facts.prices = {t: KNOWN_PRICES[t] for t in types if t in KNOWN_PRICES}
     try:
         facts.prices |= price_list(types, plan.region)

@@ -64,7 +64,9 @@ def rendered() -> dict:
         "app_group_name": NAMES["auto_scaling_group"], "metric_namespace": NAMES["metric_namespace"],
     }
     config = {**NAMES, "region": REGION, "response_timeout_s": 120, "max_receives": 3, "visibility_timeout_s": 15,
-              "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": GROUP_MAX}
+              "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": GROUP_MAX,
+              # One group: the rehearsal plays the On-Demand group's instances only.
+              "spot_group": "", "inference_threads": 1}
     return render(policy_values=policies, config_values=config)
 
 

@@ -259,3 +259,38 @@ fn interrupted_spot_workers_that_drain_leave_nothing_waiting_for_a_visibility_ti
         "without draining, held requests wait out their timeout"
     );
 }
+
+#[test]
+fn terraform_deploys_the_capacity_the_simulator_picks() {
+    let variables = include_str!("../../../terraform/variables.tf");
+    let default = |name: &str| -> String {
+        let block = variables
+            .split(&format!("variable \"{name}\" {{"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no variable {name}"));
+        block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("default"))
+            .and_then(|l| l.trim().strip_prefix('='))
+            .unwrap_or_else(|| panic!("{name} has no default"))
+            .trim()
+            .trim_matches('"')
+            .to_owned()
+    };
+    let shipped = sim::shipped_capacity();
+    let pool = shipped.warm_pool.as_ref().unwrap();
+    assert_eq!(default("app_min_size"), shipped.min.to_string());
+    assert_eq!(default("warm_pool_size"), pool.size.to_string());
+    assert_eq!(default("warm_pool_state"), pool.state.name());
+    assert!(
+        default("spot_instance_types").starts_with("[\"c7i.large\""),
+        "Spot by default"
+    );
+    let spot = shipped.spot.as_ref().unwrap();
+    assert_eq!(default("spot_discount").parse::<f64>().unwrap(), spot.discount);
+    let prices = sim::Prices::c7i_large();
+    assert_eq!(
+        default("on_demand_price_per_hour").parse::<f64>().unwrap(),
+        prices.on_demand_per_hour
+    );
+}

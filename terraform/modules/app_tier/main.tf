@@ -1,12 +1,32 @@
-# The app-tier workers: an Auto Scaling group of instances from the Packer AMI. The scaler on
-# web-instance1 owns the desired capacity and the Name tags (app-instance1, app-instance2, ...).
-# No termination lifecycle hook: a terminating instance's worker gets SIGTERM from systemd, finishes
-# its batch and stops; what it held comes back to the queue after its visibility timeout.
+# The app-tier workers: Auto Scaling groups of instances from the Packer AMI. The scaler owns
+# their desired capacities and the Name tags (app-instance1, app-instance2, ...), unique across
+# both. The On-Demand group takes the first instances (min_size in service, the warm pool's when
+# it has one); the Spot group the rest. AWS allows a warm pool only on a group without Spot, hence
+# two groups.
+# No termination lifecycle hook: a terminating instance's worker gets SIGTERM from systemd, stops
+# receiving, answers what it holds or gives it back to the queue at once (app_tier.drain_deadline_ms);
+# a Spot worker starts that drain itself before its interruption notice ends.
+
+locals {
+  spot = length(var.spot_instance_types) > 0
+  # Hibernation is configured on the On-Demand template only (the warm pool's instances).
+  templates = merge(
+    { on_demand = var.warm_pool_size > 0 && var.warm_pool_state == "Hibernated" },
+    local.spot ? { spot = false } : {},
+  )
+}
+
+moved {
+  from = aws_launch_template.this
+  to   = aws_launch_template.this["on_demand"]
+}
 
 resource "aws_launch_template" "this" {
+  for_each = local.templates
+
   #checkov:skip=CKV_AWS_88:Public IPs reach the AWS APIs without a NAT gateway; the security group admits no inbound traffic.
-  name_prefix            = "${var.group_name}-"
-  description            = "imgrec app-tier worker"
+  name_prefix            = "${var.group_name}-${each.key}-"
+  description            = "imgrec app-tier worker (${each.key})"
   image_id               = var.ami_id
   instance_type          = var.instance_type
   ebs_optimized          = true
@@ -45,6 +65,12 @@ resource "aws_launch_template" "this" {
     enabled = false
   }
 
+  # A hibernated instance keeps its RAM on its root volume, which is encrypted (as AWS requires)
+  # and larger than the RAM.
+  hibernation_options {
+    configured = each.value
+  }
+
   tag_specifications {
     resource_type = "volume"
 
@@ -72,8 +98,25 @@ resource "aws_autoscaling_group" "this" {
   ]
 
   launch_template {
-    id      = aws_launch_template.this.id
-    version = aws_launch_template.this.latest_version
+    id      = aws_launch_template.this["on_demand"].id
+    version = aws_launch_template.this["on_demand"].latest_version
+  }
+
+  # Initialised once (model loaded), then stopped or hibernated until scale-out draws on it; its
+  # worker waits for InService before it takes any request. The pool stays warm_pool_size
+  # (min_size) whatever the group's size, and scaled-in instances go back to it.
+  dynamic "warm_pool" {
+    for_each = var.warm_pool_size > 0 ? [var.warm_pool_size] : []
+
+    content {
+      pool_state                  = var.warm_pool_state
+      min_size                    = warm_pool.value
+      max_group_prepared_capacity = var.min_size + warm_pool.value
+
+      instance_reuse_policy {
+        reuse_on_scale_in = true
+      }
+    }
   }
 
   # No Name tag here: the scaler names each newcomer app-instanceK (lowest free K).
@@ -92,5 +135,60 @@ resource "aws_autoscaling_group" "this" {
       condition     = var.min_size <= var.max_size
       error_message = "app_min_size must not exceed the app tier's maximum (instance_budget - 1)."
     }
+  }
+}
+
+resource "aws_autoscaling_group" "spot" {
+  count = local.spot ? 1 : 0
+
+  name                 = var.spot_group_name
+  min_size             = 0
+  max_size             = var.spot_max_size
+  desired_capacity     = 0
+  vpc_zone_identifier  = var.subnet_ids
+  health_check_type    = "EC2"
+  termination_policies = ["NewestInstance"]
+  # A rebalance recommendation (an elevated risk of interruption) launches a replacement before
+  # the instance at risk goes.
+  capacity_rebalance  = true
+  metrics_granularity = "1Minute"
+  enabled_metrics = [
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupTerminatingInstances",
+  ]
+
+  mixed_instances_policy {
+    instances_distribution {
+      on_demand_base_capacity                  = 0
+      on_demand_percentage_above_base_capacity = 0
+      spot_allocation_strategy                 = "capacity-optimized"
+    }
+
+    launch_template {
+      launch_template_specification {
+        launch_template_id = aws_launch_template.this["spot"].id
+        version            = aws_launch_template.this["spot"].latest_version
+      }
+
+      dynamic "override" {
+        for_each = var.spot_instance_types
+
+        content {
+          instance_type = override.value
+        }
+      }
+    }
+  }
+
+  tag {
+    key                 = "Tier"
+    value               = "app"
+    propagate_at_launch = true
+  }
+
+  lifecycle {
+    ignore_changes = [desired_capacity]
   }
 }

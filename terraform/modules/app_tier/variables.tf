@@ -34,7 +34,7 @@ variable "min_size" {
 }
 
 variable "max_size" {
-  description = "Most instances (the instance budget less the web tier)."
+  description = "Most instances of the On-Demand group (with the Spot group: its base, min_size + warm_pool_size; without: the instance budget less the web tier)."
   type        = number
 
   validation {
@@ -53,4 +53,34 @@ variable "volume_size_gb" {
   description = "Root volume size."
   type        = number
   default     = 16
+}
+
+variable "warm_pool_size" {
+  description = "Instances kept initialised in the On-Demand group's warm pool; 0: none."
+  type        = number
+  default     = 0
+}
+
+variable "warm_pool_state" {
+  description = "Stopped or Hibernated."
+  type        = string
+  default     = "Stopped"
+}
+
+variable "spot_group_name" {
+  description = "Name of the Spot group (the services' aws.spot_auto_scaling_group)."
+  type        = string
+  default     = ""
+}
+
+variable "spot_instance_types" {
+  description = "Instance types of the Spot group; empty: no Spot group."
+  type        = list(string)
+  default     = []
+}
+
+variable "spot_max_size" {
+  description = "Most instances of the Spot group."
+  type        = number
+  default     = 0
 }

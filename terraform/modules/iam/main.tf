@@ -14,6 +14,7 @@ module "policies" {
   response_queue_arns = var.response_queue_arns
   dead_letter_arn     = var.dead_letter_arn
   app_group_name      = var.app_group_name
+  spot_group_name     = var.spot_group_name
   metric_namespace    = var.metric_namespace
 
   api_keys_parameter   = var.api_keys_parameter

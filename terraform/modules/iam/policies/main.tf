@@ -5,7 +5,8 @@
 # role also serves the scaler, which runs beside every web tier.
 
 locals {
-  group_arn      = "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.app_group_name}"
+  app_groups     = compact([var.app_group_name, var.spot_group_name])
+  group_arns     = [for g in local.app_groups : "arn:${var.partition}:autoscaling:${var.region}:${var.account_id}:autoScalingGroup:*:autoScalingGroupName/${g}"]
   all_queue_arns = concat([var.request_queue_arn, var.dead_letter_arn], var.response_queue_arns)
 
   # Every tier checks at startup that its buckets and queues exist (HeadBucket needs ListBucket),
@@ -95,7 +96,7 @@ locals {
       Sid      = "SizeFleet"
       Effect   = "Allow"
       Action   = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
-      Resource = [local.group_arn]
+      Resource = local.group_arns
     },
     # Names (Name tags) only, and only on the app tier group's instances.
     {
@@ -105,7 +106,7 @@ locals {
       Resource = ["arn:${var.partition}:ec2:${var.region}:${var.account_id}:instance/*"]
       Condition = {
         StringEquals = {
-          "aws:ResourceTag/aws:autoscaling:groupName" = [var.app_group_name]
+          "aws:ResourceTag/aws:autoscaling:groupName" = local.app_groups
         }
         "ForAllValues:StringEquals" = {
           "aws:TagKeys" = ["Name"]
@@ -149,6 +150,15 @@ locals {
     }],
   )
 
+  # With a Spot group as well, a worker looks up which group launched it (Describe* calls of Auto
+  # Scaling have no resource-level permissions: AWS requires "*").
+  find_own_group = var.spot_group_name == "" ? [] : [{
+    Sid      = "FindOwnGroup"
+    Effect   = "Allow"
+    Action   = ["autoscaling:DescribeAutoScalingInstances"]
+    Resource = ["*"]
+  }]
+
   app_tier = [
     {
       Sid      = "FetchImages"
@@ -182,7 +192,7 @@ locals {
       Sid      = "MarkBusy"
       Effect   = "Allow"
       Action   = ["autoscaling:SetInstanceProtection"]
-      Resource = [local.group_arn]
+      Resource = local.group_arns
     },
   ]
 }

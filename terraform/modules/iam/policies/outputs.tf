@@ -28,5 +28,5 @@ output "session_manager" {
 
 output "app_tier" {
   description = "Policy document (JSON) of the app tier's role."
-  value       = jsonencode({ Version = "2012-10-17", Statement = concat(local.find_resources, local.app_tier) })
+  value       = jsonencode({ Version = "2012-10-17", Statement = concat(local.find_resources, local.app_tier, local.find_own_group) })
 }

@@ -43,6 +43,12 @@ variable "app_group_name" {
   type        = string
 }
 
+variable "spot_group_name" {
+  description = "Name of the app tier's Spot Auto Scaling group (empty: none)."
+  type        = string
+  default     = ""
+}
+
 variable "metric_namespace" {
   description = "CloudWatch namespace the scaler publishes to."
   type        = string
