@@ -89,7 +89,9 @@ resource "aws_autoscaling_group" "this" {
   health_check_type   = "EC2"
   # Instances stop by the scaler's choice (idle first), never by the group's own.
   termination_policies = ["NewestInstance"]
-  metrics_granularity  = "1Minute"
+  # terraform destroy does not wait for the warm pool's stopped instances one by one.
+  force_delete_warm_pool = true
+  metrics_granularity    = "1Minute"
   enabled_metrics = [
     "GroupDesiredCapacity",
     "GroupInServiceInstances",
