@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::{Aws, Imds};
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
 use imgrec_domain::ports::{
-    Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult,
+    Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult, Purchase,
 };
 
 /// The app tier as EC2 Auto Scaling groups. The scaler owns their desired capacities; instances
@@ -162,7 +162,9 @@ impl AsgFleet {
         first_seen.retain(|id, _| ids.contains(id));
         let mut pending = self.pending_names.lock().unwrap_or_else(|p| p.into_inner());
         let mut instances = Vec::new();
-        for (group, pending) in groups.iter().zip(pending.iter_mut()) {
+        for (g, (group, pending)) in groups.iter().zip(pending.iter_mut()).enumerate() {
+            // The first group is On-Demand; those after it, Spot.
+            let purchase = Some(if g == 0 { Purchase::OnDemand } else { Purchase::Spot });
             let before = instances.len();
             instances.extend(group.members.iter().filter_map(|(id, lifecycle, protected)| {
                 Some(Instance {
@@ -170,6 +172,7 @@ impl AsgFleet {
                     state: state(lifecycle)?,
                     launched_at: *first_seen.entry(id.clone()).or_insert_with(SystemTime::now),
                     busy: *protected,
+                    purchase,
                 })
             }));
             // A group counts launches it has not started in its desired capacity.
@@ -181,6 +184,7 @@ impl AsgFleet {
                 state: InstanceState::Pending,
                 launched_at: *asked,
                 busy: false,
+                purchase,
             }));
         }
         instances.sort_by_key(|i| instance_number(&i.name));

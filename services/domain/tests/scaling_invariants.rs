@@ -97,6 +97,7 @@ fn run(kind: PolicyKind, seed: u64) {
                     state: InstanceState::Pending,
                     launched_at: now,
                     busy: false,
+                    purchase: None,
                 },
                 ready_in: rng.random_range(0..10),
                 gone_in: None,
@@ -125,6 +126,7 @@ fn a_stopping_pool_delays_a_re_burst_instead_of_exceeding_the_cap() {
             state: InstanceState::Stopping,
             launched_at: t0,
             busy: true,
+            purchase: None,
         })
         .collect();
     // All four still stopping: nothing may start; one gone: exactly its name comes back.

@@ -242,6 +242,7 @@ impl Processes {
                 state: InstanceState::Pending,
                 launched_at,
                 busy: false,
+                purchase: None,
             });
         }
         let pid = row.pid.filter(|&pid| is_worker(pid, name));
@@ -267,6 +268,7 @@ impl Processes {
                 state,
                 launched_at,
                 busy: row.busy,
+                purchase: None,
             });
         }
         let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
@@ -284,6 +286,7 @@ impl Processes {
             state: InstanceState::Stopping,
             launched_at,
             busy: row.busy,
+            purchase: None,
         })
     }
 
@@ -482,6 +485,7 @@ impl Processes {
                     state,
                     launched_at: w.launched_at,
                     busy,
+                    purchase: None,
                 });
             }
         }

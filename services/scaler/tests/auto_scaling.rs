@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::Filter;
 use imgrec_aws::bootstrap::{self, Resources};
 use imgrec_aws::{AsgFleet, Aws, CloudWatchSink, SqsQueue};
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
-use imgrec_domain::ports::{ApiCalls, Fleet, InstanceState, WorkQueue};
+use imgrec_domain::ports::{ApiCalls, Fleet, InstanceState, Purchase, WorkQueue};
 use imgrec_testkit::Moto;
 use scaler::Scaler;
 
@@ -262,6 +262,9 @@ async fn launches_fill_the_on_demand_group_then_the_spot_group_with_unique_names
     let by_id = members(&autoscaling, &ec2, &groups).await;
     let in_group = |g: &str| by_id.values().filter(|(group, _)| group == g).count();
     assert_eq!((in_group("app-tier"), in_group("app-tier-spot")), (2, 3));
+    // Each instance says how it is paid for: its group's purchase option.
+    let bought = |p| live.iter().filter(|i| i.purchase == Some(p)).count();
+    assert_eq!((bought(Purchase::OnDemand), bought(Purchase::Spot)), (2, 3));
 
     // Asked for more than the groups hold: the cap is their MaxSizes' sum.
     fleet.scale_to(9, 20).await.unwrap();

@@ -169,6 +169,7 @@ mod tests {
             state,
             launched_at: at,
             busy: false,
+            purchase: None,
         };
         let instances = [
             instance("app-instance1", InstanceState::Running),

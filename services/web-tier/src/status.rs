@@ -67,7 +67,13 @@ impl WebTier {
                     .iter()
                     .map(|i| {
                         let up = now.duration_since(i.launched_at).unwrap_or_default();
-                        json!({ "name": i.name, "state": state_name(i.state), "busy": i.busy, "up_s": up.as_secs_f64() })
+                        json!({
+                            "name": i.name,
+                            "state": state_name(i.state),
+                            "busy": i.busy,
+                            "up_s": up.as_secs_f64(),
+                            "purchase": i.purchase,
+                        })
                     })
                     .collect();
                 // What the cloud says carries account ids and ARNs, locally paths: the gist only.
@@ -85,11 +91,22 @@ impl WebTier {
             }
             None => (None, Vec::new(), None, false, None),
         };
+        // Instances not on their way out, by how they are paid for (EC2 only).
+        let mut by_purchase = serde_json::Map::new();
+        for i in instances.iter().filter(|i| i["state"] != "stopping") {
+            if let Some(p) = i["purchase"].as_str() {
+                let n = by_purchase.get(p).and_then(|v| v.as_u64()).unwrap_or(0);
+                by_purchase.insert(p.to_owned(), json!(n + 1));
+            }
+        }
         json_reply(
             StatusCode::OK,
             &json!({
                 "queue": { "pending": depth.visible, "in_flight": depth.in_flight, "dead_letter": dead },
-                "capacity": { "desired": desired, "min": min, "max": max, "launch_failure": launch_failure },
+                "capacity": {
+                    "desired": desired, "min": min, "max": max, "launch_failure": launch_failure,
+                    "by_purchase": by_purchase,
+                },
                 "instances": instances,
                 "waiting_requests": self.waiters.len(),
                 "recent": self.history.recent(Instant::now()),

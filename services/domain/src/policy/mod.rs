@@ -159,6 +159,7 @@ pub(crate) mod test_support {
             state: InstanceState::Running,
             launched_at: at(launched_s),
             busy,
+            purchase: None,
         }
     }
 

@@ -32,6 +32,25 @@ pub struct Instance {
     pub launched_at: SystemTime,
     /// Holds work right now (as the instance last reported).
     pub busy: bool,
+    /// How it is paid for, where that means anything (EC2); `None` for local processes.
+    pub purchase: Option<Purchase>,
+}
+
+/// How an EC2 instance is paid for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purchase {
+    OnDemand,
+    Spot,
+}
+
+impl Purchase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on-demand",
+            Self::Spot => "spot",
+        }
+    }
 }
 
 impl Instance {
@@ -174,6 +193,7 @@ mod tests {
             state,
             launched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(launched_s),
             busy,
+            purchase: None,
         }
     }
 

@@ -6,15 +6,8 @@
 //! (PutWarmPool). So capacity with both is two groups, as Terraform deploys it: the first
 //! `on_demand_base` instances in an On-Demand group with the warm pool, the rest in a Spot group.
 
+pub use imgrec_domain::ports::Purchase;
 use serde::Serialize;
-
-/// How an instance is paid for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Purchase {
-    OnDemand,
-    Spot,
-}
 
 /// The state warm-pool instances wait in: both are billed for their volumes only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -271,6 +271,7 @@ impl Sim<'_> {
                 },
                 launched_at: clock(i.launched),
                 busy: i.phase == Phase::Busy,
+                purchase: None,
             })
             .collect();
         let window = micros(60.0);
