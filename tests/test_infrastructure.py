@@ -25,7 +25,7 @@ AWS_SOURCES = ROOT / "services" / "aws" / "src"
 INSTANCE_BUDGET = 20
 # Actions that have no resource-level permissions: AWS requires "*" for them.
 STAR_ONLY_ACTIONS = {"autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities",
-                     "autoscaling:DescribeAutoScalingInstances",
+                     "autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeWarmPool",
                      "ec2:DescribeTags", "cloudwatch:PutMetricData"}
 
 

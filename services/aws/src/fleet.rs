@@ -16,6 +16,7 @@ use crate::{Aws, Imds};
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
 use imgrec_domain::ports::{
     Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult, Purchase,
+    WarmPool,
 };
 
 /// The app tier as EC2 Auto Scaling groups. The scaler owns their desired capacities; instances
@@ -353,6 +354,27 @@ impl Fleet for AsgFleet {
     async fn max_size(&self) -> PortResult<Option<usize>> {
         let groups = self.groups().await?;
         Ok(Some(groups.iter().map(|g| g.max_size.max(0) as usize).sum()))
+    }
+
+    async fn warm_pool(&self) -> PortResult<Option<WarmPool>> {
+        // Only the first group (On-Demand) may have one.
+        let request = self
+            .autoscaling
+            .describe_warm_pool()
+            .auto_scaling_group_name(&self.groups[0]);
+        let out = self.aws.call("DescribeWarmPool", request.send()).await?;
+        let Some(config) = out.warm_pool_configuration() else {
+            return Ok(None);
+        };
+        let mut instances = std::collections::BTreeMap::new();
+        for state in out.instances().iter().filter_map(|i| i.lifecycle_state()) {
+            *instances.entry(state.as_str().to_owned()).or_default() += 1;
+        }
+        Ok(Some(WarmPool {
+            state: config.pool_state().map_or("Stopped", |s| s.as_str()).to_owned(),
+            size: config.min_size().unwrap_or(0).max(0) as usize,
+            instances,
+        }))
     }
 
     async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use imgrec_domain::policy::{Decision, Observation, ScalingPolicy};
 use imgrec_domain::ports::{
     Fleet, FleetChange, Instance, InstanceState, LaunchFailure, Lease, MetricsSink, PortError, PortResult, QueueDepth,
-    ScalingMetrics, WorkQueue,
+    ScalingMetrics, WarmPool, WorkQueue,
 };
 use imgrec_runtime::shutdown::Shutdown;
 use serde::Serialize;
@@ -37,6 +37,8 @@ pub struct ScalerStatus {
     pub last_error: Option<String>,
     /// The fleet's latest failed launch (a quota, no capacity): why it may stay below `desired`.
     pub launch_failure: Option<LaunchFailure>,
+    /// The warm pool beside the fleet (EC2), as last read.
+    pub warm_pool: Option<WarmPool>,
     /// Whether this scaler acts on the fleet (holds the lease); others only watch.
     pub acting: bool,
     /// Requests completed per second recently, as the acting scaler counts them.
@@ -446,8 +448,8 @@ impl Scaler {
         }
     }
 
-    /// Every `LAUNCH_CHECK_EVERY`, reads the fleet's failed launches: a vCPU quota or a capacity
-    /// shortage shows nowhere else, and the service would just stay slow.
+    /// Every `LAUNCH_CHECK_EVERY`, reads the fleet's failed launches (a vCPU quota or a capacity
+    /// shortage shows nowhere else, and the service would just stay slow) and its warm pool.
     async fn check_launches(&mut self) {
         let now = self.clock.now();
         let since = |t: SystemTime| now.duration_since(t).unwrap_or_default();
@@ -462,7 +464,12 @@ impl Scaler {
                 return;
             }
         };
+        let warm_pool = self.fleet.warm_pool().await.unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "cannot read the warm pool");
+            None
+        });
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        status.warm_pool = warm_pool;
         if let Some(f) = failure.as_ref().filter(|f| status.launch_failure.as_ref() != Some(*f)) {
             warn!(reason = %f.reason, at_s = f.at_s, "the fleet cannot launch instances");
         }

@@ -251,8 +251,23 @@ async fn launches_fill_the_on_demand_group_then_the_spot_group_with_unique_names
     bootstrap::create_group(&aws, "app-tier-spot", 4).await.unwrap();
     let groups = ["app-tier", "app-tier-spot"];
     let fleet = AsgFleet::open(&aws, &groups).await.unwrap();
-    let (autoscaling, ec2) = (aws_sdk_autoscaling_client(&sdk), aws_sdk_ec2::Client::new(&sdk));
     assert_eq!(fleet.max_size().await.unwrap(), Some(6));
+    assert_eq!(fleet.warm_pool().await.unwrap(), None);
+    let (autoscaling, ec2) = (aws_sdk_autoscaling_client(&sdk), aws_sdk_ec2::Client::new(&sdk));
+    autoscaling
+        .put_warm_pool()
+        .auto_scaling_group_name("app-tier")
+        .pool_state(aws_sdk_autoscaling::types::WarmPoolState::Hibernated)
+        .min_size(1)
+        .send()
+        .await
+        .unwrap();
+    let pool = fleet
+        .warm_pool()
+        .await
+        .unwrap()
+        .expect("the On-Demand group's warm pool");
+    assert_eq!((pool.state.as_str(), pool.size), ("Hibernated", 1));
 
     let change = fleet.scale_to(5, 20).await.unwrap();
     assert_eq!(change.launch.len(), 5);

@@ -57,7 +57,7 @@ impl WebTier {
         };
         let dead = self.adapters.dead_letter.depth().await.map(|d| d.total()).ok();
         let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
-        let (desired, instances, error, acting, launch_failure) = match &self.scaler {
+        let (desired, instances, error, acting, launch_failure, warm_pool) = match &self.scaler {
             Some(scaler) => {
                 let s = scaler.status.read().unwrap_or_else(|p| p.into_inner());
                 max = s.max;
@@ -87,9 +87,10 @@ impl WebTier {
                     s.last_error.as_deref().map(redact),
                     s.acting,
                     launch_failure,
+                    s.warm_pool.clone(),
                 )
             }
-            None => (None, Vec::new(), None, false, None),
+            None => (None, Vec::new(), None, false, None, None),
         };
         // Instances not on their way out, by how they are paid for (EC2 only).
         let mut by_purchase = serde_json::Map::new();
@@ -105,7 +106,7 @@ impl WebTier {
                 "queue": { "pending": depth.visible, "in_flight": depth.in_flight, "dead_letter": dead },
                 "capacity": {
                     "desired": desired, "min": min, "max": max, "launch_failure": launch_failure,
-                    "by_purchase": by_purchase,
+                    "by_purchase": by_purchase, "warm_pool": warm_pool,
                 },
                 "instances": instances,
                 "waiting_requests": self.waiters.len(),

@@ -36,6 +36,17 @@ pub struct Instance {
     pub purchase: Option<Purchase>,
 }
 
+/// The warm pool beside a fleet (EC2 Auto Scaling): instances initialised and waiting to serve.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WarmPool {
+    /// What its instances wait in: "Stopped", "Hibernated" or "Running".
+    pub state: String,
+    /// Instances it keeps.
+    pub size: usize,
+    /// Instances in it now, by lifecycle state ("Warmed:Hibernated", "Warmed:Pending", ...).
+    pub instances: std::collections::BTreeMap<String, usize>,
+}
+
 /// How an EC2 instance is paid for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -155,6 +166,10 @@ pub trait Fleet: Send + Sync + 'static {
     /// Stops every instance (on shutdown of the stack).
     async fn shutdown(&self) -> PortResult<()> {
         Ok(())
+    }
+    /// The warm pool beside the fleet, if it has one.
+    async fn warm_pool(&self) -> PortResult<Option<WarmPool>> {
+        Ok(None)
     }
 }
 

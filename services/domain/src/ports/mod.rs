@@ -10,7 +10,7 @@ mod object_store;
 mod work_queue;
 
 pub use error::{PortError, PortResult};
-pub use fleet::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, Purchase};
+pub use fleet::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, Purchase, WarmPool};
 pub use inference_slots::{InferenceSlots, SlotGuard, Unlimited};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};

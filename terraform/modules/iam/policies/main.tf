@@ -89,7 +89,7 @@ locals {
     {
       Sid      = "ObserveFleet"
       Effect   = "Allow"
-      Action   = ["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities", "ec2:DescribeTags"]
+      Action   = ["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities", "autoscaling:DescribeWarmPool", "ec2:DescribeTags"]
       Resource = ["*"]
     },
     {
