@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from local_stack import ROOT, Stack, cpu_times, loadgen, wait_until, worker_pids
+from local_stack import ROOT, Stack, cpu_times, loadgen, thread_cpu_s, wait_until, worker_pids
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -57,17 +57,6 @@ def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
         except OSError:
             pass  # exited between the listing and the read: counted in cutime next time
     return web, workers, inference
-
-
-def thread_cpu_s(pid: int, name: str) -> float:
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "comm").read_text().strip() == name:
-                total += sum(cpu_times(pid, int(task.name)))
-        except OSError:
-            pass
-    return total
 
 
 def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None) -> dict:

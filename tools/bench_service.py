@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from local_stack import ROOT, Stack, StatusWatcher, cpu_times, loadgen, wait_until, worker_pids
+from local_stack import ROOT, Stack, StatusWatcher, cpu_times, loadgen, thread_cpu_s, wait_until, worker_pids
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
 
@@ -39,18 +39,6 @@ def peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
-
-
-def thread_cpu_s(pid: int, name: str) -> float:
-    """User + system CPU seconds of the threads of `pid` named `name`."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "comm").read_text().strip() == name:
-                total += sum(cpu_times(pid, int(task.name)))
-        except OSError:
-            pass
-    return total
 
 
 def split_cores() -> tuple[str, str, int]:

@@ -26,6 +26,18 @@ def cpu_times(pid: int, tid: int | None = None) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def thread_cpu_s(pid: int, name: str) -> float:
+    """User + system CPU seconds of the threads of `pid` named `name`."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == name:
+                total += sum(cpu_times(pid, int(task.name)))
+        except OSError:
+            pass
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,8 @@
 # a Spot worker starts that drain itself before its interruption notice ends.
 
 locals {
-  spot = length(var.spot_instance_types) > 0
+  spot          = length(var.spot_instance_types) > 0
+  group_metrics = ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"]
   # Hibernation is configured on the On-Demand template only (the warm pool's instances).
   templates = merge(
     { on_demand = var.warm_pool_size > 0 && var.warm_pool_state == "Hibernated" },
@@ -92,12 +93,7 @@ resource "aws_autoscaling_group" "this" {
   # terraform destroy does not wait for the warm pool's stopped instances one by one.
   force_delete_warm_pool = true
   metrics_granularity    = "1Minute"
-  enabled_metrics = [
-    "GroupDesiredCapacity",
-    "GroupInServiceInstances",
-    "GroupPendingInstances",
-    "GroupTerminatingInstances",
-  ]
+  enabled_metrics        = local.group_metrics
 
   launch_template {
     id      = aws_launch_template.this["on_demand"].id
@@ -154,12 +150,7 @@ resource "aws_autoscaling_group" "spot" {
   # the instance at risk goes.
   capacity_rebalance  = true
   metrics_granularity = "1Minute"
-  enabled_metrics = [
-    "GroupDesiredCapacity",
-    "GroupInServiceInstances",
-    "GroupPendingInstances",
-    "GroupTerminatingInstances",
-  ]
+  enabled_metrics     = local.group_metrics
 
   mixed_instances_policy {
     instances_distribution {
