@@ -8,8 +8,7 @@
 # a Spot worker starts that drain itself before its interruption notice ends.
 
 locals {
-  spot          = length(var.spot_instance_types) > 0
-  group_metrics = ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"]
+  spot = length(var.spot_instance_types) > 0
   # Hibernation is configured on the On-Demand template only (the warm pool's instances).
   templates = merge(
     { on_demand = var.warm_pool_size > 0 && var.warm_pool_state == "Hibernated" },
