@@ -92,7 +92,12 @@ resource "aws_autoscaling_group" "this" {
   # terraform destroy does not wait for the warm pool's stopped instances one by one.
   force_delete_warm_pool = true
   metrics_granularity    = "1Minute"
-  enabled_metrics        = local.group_metrics
+  enabled_metrics = [
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupTerminatingInstances",
+  ]
 
   launch_template {
     id      = aws_launch_template.this["on_demand"].id
@@ -149,7 +154,12 @@ resource "aws_autoscaling_group" "spot" {
   # the instance at risk goes.
   capacity_rebalance  = true
   metrics_granularity = "1Minute"
-  enabled_metrics     = local.group_metrics
+  enabled_metrics = [
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupTerminatingInstances",
+  ]
 
   mixed_instances_policy {
     instances_distribution {
