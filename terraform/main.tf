@@ -13,7 +13,9 @@ locals {
   spot           = length(var.spot_instance_types) > 0
   # With Spot, the On-Demand group holds the instances kept in service and the warm pool's (at
   # least one), the Spot group the rest; without, the On-Demand group holds them all.
-  spot_group_name    = local.spot ? "${var.name_prefix}-app-tier-spot" : ""
+  spot_group_name = local.spot ? "${var.name_prefix}-app-tier-spot" : ""
+  # Completed by each worker once its model is loaded (with a warm pool only).
+  launch_hook        = var.warm_pool_size > 0 ? "${local.app_group_name}-ready" : ""
   on_demand_max_size = local.spot ? max(1, min(var.app_min_size + var.warm_pool_size, local.app_max_size)) : local.app_max_size
   spot_max_size      = local.app_max_size - local.on_demand_max_size
   # CloudWatch namespace of the scaler's metrics (its IAM policy is limited to it).
@@ -44,6 +46,7 @@ locals {
     app_max_size         = local.app_max_size
     auto_scaling_group   = local.app_group_name
     spot_group           = local.spot_group_name
+    launch_hook          = local.launch_hook
     metric_namespace     = local.metric_namespace
     # One inference thread per vCPU (the Spot types are checked to have as many).
     inference_threads = data.aws_ec2_instance_type.app.default_vcpus
@@ -164,6 +167,7 @@ module "app_tier" {
   max_size          = local.on_demand_max_size
   warm_pool_size    = var.warm_pool_size
   warm_pool_state   = var.warm_pool_state
+  launch_hook       = local.launch_hook
 
   spot_group_name     = local.spot_group_name
   spot_instance_types = var.spot_instance_types

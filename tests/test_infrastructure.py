@@ -536,7 +536,7 @@ def test_service_config_comes_from_terraform_and_loads(tmp_path):
         "response_timeout_s": 120, "lease_bucket": "imgrec-123456789012-state",
         "max_receives": 3, "visibility_timeout_s": 15, "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": 19,
         "auto_scaling_group": "imgrec-app-tier", "spot_group": "imgrec-app-tier-spot", "metric_namespace": "imgrec",
-        "inference_threads": 2,
+        "inference_threads": 2, "launch_hook": "imgrec-app-tier-ready",
     }
     assert set(passed) == set(sample)
     assert passed["inference_threads"] == "data.aws_ec2_instance_type.app.default_vcpus"
@@ -609,10 +609,17 @@ def test_several_web_instances_get_a_load_balancer_that_waits_as_long_as_an_uplo
 
 
 def test_no_termination_hook_is_left_waiting():
-    """A lifecycle hook nobody completes would hold every retired instance for its timeout."""
+    """A lifecycle hook nobody completes would hold every retired instance for its timeout. The one
+    hook is the warm pool's launch hook, which every worker completes once its model is loaded."""
     for folder in [TERRAFORM, *MODULES.iterdir()]:
         for path in folder.glob("*.tf"):
-            assert "lifecycle_hook" not in path.read_text(), path
+            text = path.read_text()
+            assert "TERMINATING" not in text and "aws_autoscaling_lifecycle_hook" not in text, path
+            if "initial_lifecycle_hook" in text:
+                assert path == MODULES / "app_tier" / "main.tf"
+                assert '"autoscaling:EC2_INSTANCE_LAUNCHING"' in text and 'default_result       = "CONTINUE"' in text
+    assert ".complete_lifecycle_action()" in (AWS_SOURCES / "fleet.rs").read_text()
+    assert 'launch_hook = "${launch_hook}"' in (TERRAFORM / "templates" / "imgrec.toml.tftpl").read_text()
 
 
 def test_packer_opens_ssh_to_the_builder_only_and_leaves_no_key():

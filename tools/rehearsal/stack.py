@@ -66,7 +66,7 @@ def rendered() -> dict:
     config = {**NAMES, "region": REGION, "response_timeout_s": 120, "max_receives": 3, "visibility_timeout_s": 15,
               "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": GROUP_MAX,
               # One group: the rehearsal plays the On-Demand group's instances only.
-              "spot_group": "", "inference_threads": 1}
+              "spot_group": "", "inference_threads": 1, "launch_hook": ""}
     return render(policy_values=policies, config_values=config)
 
 

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{Activity, LifecycleState, ScalingActivityStatusCode};
 use aws_sdk_ec2::types::{Filter, Tag};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{Aws, Imds};
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
@@ -426,6 +426,8 @@ pub struct AsgInstanceStatus {
     instance_id: String,
     /// On EC2: the instance's own metadata (warm pool state, Spot notices).
     imds: Option<Imds>,
+    /// The group's launch lifecycle hook, completed once the worker is ready.
+    launch_hook: Option<String>,
 }
 
 impl AsgInstanceStatus {
@@ -436,13 +438,36 @@ impl AsgInstanceStatus {
             group: group.to_owned(),
             instance_id: instance_id.to_owned(),
             imds: None,
+            launch_hook: None,
         }
     }
 
-    /// Reads the warm pool state and Spot notices from the instance metadata service.
-    pub fn on_ec2(mut self) -> Self {
+    /// Reads the warm pool state and Spot notices from the instance metadata service, and
+    /// completes `launch_hook` (if any) whenever the group moves the ready instance on.
+    pub fn on_ec2(mut self, launch_hook: Option<&str>) -> Self {
         self.imds = Some(Imds::default());
+        self.launch_hook = launch_hook.filter(|h| !h.is_empty()).map(str::to_owned);
         self
+    }
+
+    /// Lets the group move this instance on (into the warm pool, or into service). A group
+    /// with no such action pending (an instance of the Spot group, a hook already completed)
+    /// refuses, which is no news.
+    async fn complete_launch(&self) {
+        let Some(hook) = &self.launch_hook else {
+            return;
+        };
+        let request = self
+            .autoscaling
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(&self.group)
+            .lifecycle_hook_name(hook)
+            .instance_id(&self.instance_id)
+            .lifecycle_action_result("CONTINUE");
+        match self.aws.call("CompleteLifecycleAction", request.send()).await {
+            Ok(_) => info!(%hook, "ready: launch lifecycle action completed"),
+            Err(e) => debug!(error = %e, %hook, "no launch lifecycle action to complete"),
+        }
     }
 
     /// The status of `instance_id` in whichever of the app tier's groups launched it (an
@@ -483,13 +508,21 @@ impl InstanceStatus for AsgInstanceStatus {
         let mut told = None;
         loop {
             match imds.target_lifecycle_state().await {
-                Ok(Some(target)) if target != "InService" => {
+                Ok(Some(target)) => {
+                    // Called with the model loaded: each move the group makes (into the pool,
+                    // out of it into service) waits for this instance once.
                     if told.as_ref() != Some(&target) {
-                        info!(%target, "waiting in the warm pool until put in service");
-                        told = Some(target);
+                        self.complete_launch().await;
+                        if target != "InService" {
+                            info!(%target, "waiting in the warm pool until put in service");
+                        }
+                        told = Some(target.clone());
+                    }
+                    if target == "InService" {
+                        return Ok(());
                     }
                 }
-                Ok(_) => return Ok(()),
+                Ok(None) => return Ok(()),
                 Err(e) => warn!(error = %e, "cannot read the lifecycle state; retrying"),
             }
             // Stopped or hibernated meanwhile, this resumes where it was.

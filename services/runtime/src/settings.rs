@@ -79,6 +79,11 @@ pub struct AwsSettings {
     /// (no upload can land there).
     #[serde(default)]
     pub lease_bucket: Option<String>,
+    /// The On-Demand group's launch lifecycle hook, which a worker completes once its model is
+    /// loaded: an instance for the warm pool is stopped or hibernated only then, and one put in
+    /// service serves at once. Unset: no hook.
+    #[serde(default)]
+    pub launch_hook: Option<String>,
 }
 
 impl AwsSettings {

@@ -3,7 +3,8 @@
 # both. The On-Demand group takes the first instances (min_size in service, the warm pool's when
 # it has one); the Spot group the rest. AWS allows a warm pool only on a group without Spot, hence
 # two groups.
-# No termination lifecycle hook: a terminating instance's worker gets SIGTERM from systemd, stops
+# No termination lifecycle hook (a launch hook only, with the warm pool, which the worker completes):
+# a terminating instance's worker gets SIGTERM from systemd, stops
 # receiving, answers what it holds or gives it back to the queue at once (app_tier.drain_deadline_ms);
 # a Spot worker starts that drain itself before its interruption notice ends.
 
@@ -102,6 +103,21 @@ resource "aws_autoscaling_group" "this" {
   launch_template {
     id      = aws_launch_template.this["on_demand"].id
     version = aws_launch_template.this["on_demand"].latest_version
+  }
+
+  # With the warm pool, a launch waits until the worker has loaded its model and completed this
+  # hook (AsgInstanceStatus::until_in_service): an instance for the pool is stopped or hibernated
+  # only then, and one leaving the pool serves as soon as it is in service. CONTINUE if nobody
+  # completes it in time: the instance goes on, unready, rather than being lost.
+  dynamic "initial_lifecycle_hook" {
+    for_each = var.warm_pool_size > 0 ? [var.launch_hook] : []
+
+    content {
+      name                 = initial_lifecycle_hook.value
+      lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
+      default_result       = "CONTINUE"
+      heartbeat_timeout    = 300
+    }
   }
 
   # Initialised once (model loaded), then stopped or hibernated until scale-out draws on it; its

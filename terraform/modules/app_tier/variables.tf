@@ -84,3 +84,9 @@ variable "spot_max_size" {
   type        = number
   default     = 0
 }
+
+variable "launch_hook" {
+  description = "Name of the launch lifecycle hook the workers complete once ready (the services' aws.launch_hook); used with a warm pool."
+  type        = string
+  default     = ""
+}

@@ -96,7 +96,11 @@ pub async fn instance_status(
     } else {
         AsgInstanceStatus::new(aws, group, &id)
     };
-    Ok(Arc::new(if on_ec2 { status.on_ec2() } else { status }))
+    Ok(Arc::new(if on_ec2 {
+        status.on_ec2(settings.aws.launch_hook.as_deref())
+    } else {
+        status
+    }))
 }
 
 /// This EC2 instance's id, from the instance metadata service (IMDSv2, as Terraform requires).

@@ -187,11 +187,12 @@ locals {
       Action   = ["sqs:SendMessage"]
       Resource = var.response_queue_arns
     },
-    # A busy worker protects itself from scale-in; the scaler reads protection as "busy".
+    # A busy worker protects itself from scale-in; the scaler reads protection as "busy". A
+    # worker with its model loaded completes its group's launch lifecycle hook (warm pool).
     {
       Sid      = "MarkBusy"
       Effect   = "Allow"
-      Action   = ["autoscaling:SetInstanceProtection"]
+      Action   = ["autoscaling:SetInstanceProtection", "autoscaling:CompleteLifecycleAction"]
       Resource = local.group_arns
     },
   ]
