@@ -157,32 +157,20 @@ def assess(plan: Plan, facts: Facts) -> Verdict:
                 f"the On-Demand standard vCPU quota of {plan.region} is {facts.vcpu_quota:g}, and at the cap the "
                 f"deployment needs {at_cap} ({shape}): the group cannot grow past "
                 f"{int((facts.vcpu_quota - at_min) // facts.vcpus[plan.app_instance_type]) + plan.app_min_size} app "
-                f"instances, and launches beyond fail (the scaler shows why on /status). Ask for more: aws "
-                f"service-quotas request-service-quota-increase --region {plan.region} --service-code ec2 "
-                f"--quota-code {STANDARD_QUOTA} --desired-value {at_cap}")
+                f"instances, and launches beyond fail (the scaler shows why on /status). "
+                f"{ask_for_more(plan.region, STANDARD_QUOTA, at_cap)}")
         else:
             v.notes.append(f"vCPU quota {facts.vcpu_quota:g} covers the cap's {at_cap} ({shape})")
         if plan.spot_app_max:
-            spot_need = plan.spot_app_max * facts.vcpus[plan.app_instance_type]
-            if facts.spot_vcpu_quota is None:
-                v.warnings.append(f"could not read the Spot vCPU quota ({facts.unread.get('spot quota', 'unknown')}): "
-                                  f"at the cap the Spot group needs {spot_need} vCPUs")
-            elif facts.spot_vcpu_quota < spot_need:
-                v.warnings.append(
-                    f"the Spot vCPU quota of {plan.region} is {facts.spot_vcpu_quota:g}, and at the cap the Spot group "
-                    f"needs {spot_need}: Spot launches beyond fail (the scaler shows why on /status). Ask for more: aws "
-                    f"service-quotas request-service-quota-increase --region {plan.region} --service-code ec2 "
-                    f"--quota-code {SPOT_QUOTA} --desired-value {spot_need}")
-            else:
-                v.notes.append(f"Spot vCPU quota {facts.spot_vcpu_quota:g} covers the cap's {spot_need}")
+            assess_spot_quota(plan, facts, v)
     else:
         v.warnings.append(f"unknown instance types: {sorted(t for t in types if t not in facts.vcpus)}")
     if all(t in facts.prices for t in types):
         source = "Price List API" if "prices" not in facts.unread else "us-east-1 prices of 2025, Price List API unread"
         with_spot = ""
         if plan.spot_app_max:
-            at_cap = cost_per_hour(plan, facts.prices, plan.app_max, plan.spot_app_max)
-            with_spot = (f", ${at_cap:.2f} with Spot ({plan.spot_app_max} of them Spot at "
+            spot_cost = cost_per_hour(plan, facts.prices, plan.app_max, plan.spot_app_max)
+            with_spot = (f", ${spot_cost:.2f} with Spot ({plan.spot_app_max} of them Spot at "
                          f"{1 - plan.spot_discount:.0%} of the price)")
         v.notes.append(f"cost per hour (instances and public IPv4; {source}): about "
                        f"${cost_per_hour(plan, facts.prices, plan.app_min_size):.3f} at the minimum "
@@ -192,6 +180,26 @@ def assess(plan: Plan, facts: Facts) -> Verdict:
     else:
         v.warnings.append(f"no price known for {sorted(t for t in types if t not in facts.prices)}")
     return v
+
+
+def ask_for_more(region: str, quota: str, need: int) -> str:
+    return (f"Ask for more: aws service-quotas request-service-quota-increase --region {region} --service-code ec2 "
+            f"--quota-code {quota} --desired-value {need}")
+
+
+def assess_spot_quota(plan: Plan, facts: Facts, v: Verdict) -> None:
+    """The Spot group's vCPUs at the cap against the Spot quota (a warning at worst: the
+    On-Demand group still serves)."""
+    need = plan.spot_app_max * facts.vcpus[plan.app_instance_type]
+    if facts.spot_vcpu_quota is None:
+        v.warnings.append(f"could not read the Spot vCPU quota ({facts.unread.get('spot quota', 'unknown')}): "
+                          f"at the cap the Spot group needs {need} vCPUs")
+    elif facts.spot_vcpu_quota < need:
+        v.warnings.append(f"the Spot vCPU quota of {plan.region} is {facts.spot_vcpu_quota:g}, and at the cap the Spot "
+                          f"group needs {need}: Spot launches beyond fail (the scaler shows why on /status). "
+                          f"{ask_for_more(plan.region, SPOT_QUOTA, need)}")
+    else:
+        v.notes.append(f"Spot vCPU quota {facts.spot_vcpu_quota:g} covers the cap's {need}")
 
 
 def gather(plan: Plan) -> Facts:
