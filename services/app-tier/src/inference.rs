@@ -6,12 +6,11 @@
 //! worker (`make bench`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use imgrec_classifier::{Classifier, ClassifyError, ImageLimits, InferenceSettings, ModelId, Prediction};
-use imgrec_domain::ports::InferenceSlots;
 use tokio::sync::oneshot;
 
 type Labels = Vec<Result<Prediction, ClassifyError>>;
@@ -31,12 +30,7 @@ pub struct InferenceThread {
 
 impl InferenceThread {
     /// Starts the thread and loads the model on it; returns once the model is loaded.
-    /// Each batch waits for one of `slots` first.
-    pub async fn start(
-        settings: InferenceSettings,
-        limits: ImageLimits,
-        slots: Arc<dyn InferenceSlots>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(settings: InferenceSettings, limits: ImageLimits) -> anyhow::Result<Self> {
         let (runs, queue) = mpsc::channel::<ModelRun>();
         let (loaded, load_result) = oneshot::channel();
         std::thread::Builder::new()
@@ -53,7 +47,6 @@ impl InferenceThread {
                     }
                 };
                 for run in queue {
-                    let _slot = slots.hold();
                     let views: Vec<&[u8]> = run.images.iter().map(|b| b.as_ref()).collect();
                     // A bug in decoding one image must not take the model thread down with it.
                     let labels = catch_unwind(AssertUnwindSafe(|| classifier.classify_within(&views, run.max_pixels)))
@@ -111,12 +104,7 @@ mod tests {
     async fn a_model_that_does_not_load_is_an_error_not_a_hang() {
         let mut settings = settings();
         settings.inference.model_dir = "/nonexistent/model".into();
-        let started = InferenceThread::start(
-            settings.inference,
-            settings.image_limits,
-            Arc::new(imgrec_domain::ports::Unlimited),
-        )
-        .await;
+        let started = InferenceThread::start(settings.inference, settings.image_limits).await;
         assert!(started.is_err());
     }
 
@@ -130,13 +118,9 @@ mod tests {
             .classify(&[&image])
             .remove(0)
             .unwrap();
-        let thread = InferenceThread::start(
-            settings.inference,
-            settings.image_limits,
-            Arc::new(imgrec_domain::ports::Unlimited),
-        )
-        .await
-        .unwrap();
+        let thread = InferenceThread::start(settings.inference, settings.image_limits)
+            .await
+            .unwrap();
         let images = vec![
             Bytes::from(image.clone()),
             Bytes::from_static(b"not an image"),

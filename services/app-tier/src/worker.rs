@@ -17,14 +17,15 @@ use imgrec_domain::messages::{
     now_ms, result_object, ClassifyRequest, ClassifyResponse, Message, ModelId, Outcome, Scored, Timings, VERSION,
 };
 use imgrec_domain::ports::{
-    metadata_problem, InstanceState, InstanceStatus, Kept, Metadata, ObjectKey, PortError, Receipt, Received,
-    UploadOrder,
+    metadata_problem, InferenceSlots, InstanceState, InstanceStatus, Kept, Metadata, ObjectKey, PortError, Receipt,
+    Received, SlotGuard, UploadOrder,
 };
 use imgrec_domain::records;
 use imgrec_runtime::backend::{self, Adapters, Connection};
 use imgrec_runtime::consumer::Consumer;
 use imgrec_runtime::settings::Settings;
 use imgrec_runtime::shutdown::{Shutdown, Spawned, Stopper};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -68,6 +69,8 @@ struct Worker {
     settings: Settings,
     adapters: Adapters,
     inference: InferenceThread,
+    /// This machine's cores, shared with the instances beside this one.
+    slots: Arc<dyn InferenceSlots>,
     progress: Progress,
     /// Kept with each result in the output bucket: the model that answered.
     result_metadata: Metadata,
@@ -94,7 +97,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
     let adapters = Adapters::connect_as(&settings, Some(&name), connection).await?;
     let (inference, limits) = (settings.inference.clone(), settings.image_limits);
     let slots = backend::inference_slots(&settings)?;
-    let inference = InferenceThread::start(inference, limits, slots).await?;
+    let inference = InferenceThread::start(inference, limits).await?;
     let result_metadata = model_metadata(&inference.model.name, &inference.model.version);
     // Initialised for a warm pool: wait there (stopped or hibernated), model loaded, until the
     // group puts this instance in service.
@@ -110,6 +113,7 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
         settings,
         adapters,
         inference,
+        slots,
         progress: progress.clone(),
         result_metadata,
         held: Mutex::new(HashSet::new()),
@@ -166,6 +170,15 @@ impl Worker {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// No longer this worker's to give back at a drain: answered, released, or left to return
+    /// after their visibility timeout.
+    fn forget(&self, receipts: &[Receipt]) {
+        let mut held = self.held();
+        for r in receipts {
+            held.remove(r);
+        }
+    }
+
     /// The worker loop: receive, run the batch, answer it while the next one runs.
     async fn work_until_stopped(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown) {
         let app = &self.settings.app_tier;
@@ -179,28 +192,70 @@ impl Worker {
         .max_backoff(MAX_BACKOFF);
         let mut busy = false;
         let mut answering: Option<JoinHandle<()>> = None;
-        // Not interruptible: a receive cut short could leave messages taken but unprocessed until
-        // their visibility timeout. It returns within `poll_wait_ms`.
-        while let Some(messages) = requests.next(&mut shutdown).await {
+        // A slot first: an instance that could not run the model now takes no requests, and
+        // leaves them to one that can.
+        while let Some(slot) = self.slot(&mut shutdown).await {
+            // Not interruptible: a receive cut short could leave messages taken but unprocessed
+            // until their visibility timeout. It returns within `poll_wait_ms`.
+            let Some(messages) = requests.next(&mut shutdown).await else {
+                break;
+            };
             self.progress.mark();
             let has_work = !messages.is_empty() || answering.as_ref().is_some_and(|h| !h.is_finished());
             if busy != has_work {
                 busy = has_work;
                 report(status, InstanceState::Running, busy).await;
             }
-            answering = self.take_on(messages, answering).await;
+            answering = self.take_on(messages, answering, slot).await;
         }
         if let Some(last) = answering {
             let _ = last.await;
         }
     }
 
-    /// Runs one receive's requests: first-time ones together, suspects each alone (`poison`).
-    /// Each group's answering starts as the next group runs; returns the one still answering.
+    /// A slot on this machine's cores for the next receive: at once if one is free, else waited
+    /// for on a thread of its own (a wait cut short by a stop ends there, freeing the slot at
+    /// once). Waiting for a core that other instances keep busy is progress, not a stall.
+    /// `None` once a stop is asked.
+    async fn slot(&self, shutdown: &mut Shutdown) -> Option<SlotGuard> {
+        if shutdown.is_requested() {
+            return None;
+        }
+        if let Some(slot) = self.slots.try_hold() {
+            return Some(slot);
+        }
+        let (tx, mut rx) = oneshot::channel();
+        let slots = self.slots.clone();
+        let waiter = std::thread::Builder::new()
+            .name("slot".into())
+            .spawn(move || drop(tx.send(slots.hold())));
+        if let Err(e) = waiter {
+            warn!(error = %e, "cannot wait for an inference slot; running without one");
+            return Some(Box::new(()));
+        }
+        let mut tick = tokio::time::interval(self.progress.stall / 4);
+        loop {
+            tokio::select! {
+                slot = &mut rx => {
+                    return Some(slot.unwrap_or_else(|_| {
+                        warn!("the wait for an inference slot failed; running without one");
+                        Box::new(())
+                    }));
+                }
+                _ = shutdown.requested() => return None,
+                _ = tick.tick() => self.progress.mark(),
+            }
+        }
+    }
+
+    /// Runs one receive's requests, holding `slot` until their model runs are done: first-time
+    /// ones together, suspects each alone (`poison`). Each group's answering starts as the next
+    /// group runs; returns the one still answering.
     async fn take_on(
         self: &Arc<Self>,
         messages: Vec<Received>,
         mut answering: Option<JoinHandle<()>>,
+        slot: SlotGuard,
     ) -> Option<JoinHandle<()>> {
         let jobs = self.decode(messages).await;
         self.held().extend(jobs.iter().map(|j| j.receipt.clone()));
@@ -214,14 +269,17 @@ impl Worker {
             .filter(|(_, batch)| !batch.is_empty())
             .chain(alone.into_iter().map(|job| (true, vec![job])))
             .collect();
-        let keepers: Vec<JoinHandle<()>> = groups
+        let keepers: Vec<(Vec<Receipt>, JoinHandle<()>)> = groups
             .iter()
             .map(|(_, jobs)| {
-                let receipts = jobs.iter().map(|j| j.receipt.clone()).collect();
-                tokio::spawn(keep_invisible(self.clone(), receipts, visibility))
+                let receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt.clone()).collect();
+                let keeper = tokio::spawn(keep_invisible(self.clone(), receipts.clone(), visibility));
+                (receipts, keeper)
             })
             .collect();
-        for ((suspect, jobs), keeper) in groups.into_iter().zip(keepers) {
+        let mut slot = Some(slot);
+        let last = groups.len().saturating_sub(1);
+        for (k, ((suspect, jobs), (receipts, keeper))) in groups.into_iter().zip(keepers).enumerate() {
             if suspect {
                 // What was classified before is answered before a suspect may bring this worker down.
                 if let Some(previous) = answering.take() {
@@ -229,8 +287,11 @@ impl Worker {
                 }
                 warn!(key = %jobs[0].request.key, receives = jobs[0].receive_count, "classifying a retried request alone");
             }
-            let receipts: Vec<Receipt> = jobs.iter().map(|j| j.receipt.clone()).collect();
             let answers = self.run_batch(jobs).await;
+            if k == last {
+                // The model runs are done: another instance may take requests now.
+                slot.take();
+            }
             self.progress.mark();
             if let Some(previous) = answering.take() {
                 let _ = previous.await;
@@ -242,10 +303,7 @@ impl Worker {
                     keeper.abort();
                     // Answered, or left to come back after its visibility timeout (a failed
                     // store or send): either way no longer this worker's to give back.
-                    let mut held = w.held();
-                    for r in &receipts {
-                        held.remove(r);
-                    }
+                    w.forget(&receipts);
                 }
                 .in_current_span(),
             ));
@@ -487,7 +545,7 @@ impl Worker {
     /// Makes requests visible again at once, to be retried (alone: see `poison`).
     async fn release(&self, receipts: impl Iterator<Item = &Receipt>) {
         for r in receipts {
-            self.held().remove(r);
+            self.forget(std::slice::from_ref(r));
             if let Err(e) = self.adapters.requests.change_visibility(r, Duration::ZERO).await {
                 warn!(error = %format!("{e:#}"), "cannot release a request; it returns after its visibility timeout");
             }
@@ -645,12 +703,7 @@ impl Worker {
     }
 
     async fn delete(&self, receipts: &[Receipt]) {
-        {
-            let mut held = self.held();
-            for r in receipts {
-                held.remove(r);
-            }
-        }
+        self.forget(receipts);
         if let Err(e) = self.adapters.requests.delete_batch(receipts).await {
             warn!(error = %format!("{e:#}"), "cannot delete requests; they will be answered again");
         }

@@ -123,9 +123,14 @@ async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
         version.len() == 12 && version.bytes().all(|b| b.is_ascii_hexdigit()),
         "{version}"
     );
-    // The result object carries the model too, as metadata (S3's x-amz-meta-model, -model-version).
+    // The result object carries the model too, as metadata (S3's x-amz-meta-model, -model-version),
+    // beside its upload's order (x-amz-meta-upload-order).
     let kept = std::fs::read(dir.path().join("metadata/output-bucket/a")).unwrap();
-    let kept: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    let mut kept: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    let order = kept.as_object_mut().unwrap().remove("upload-order");
+    assert!(order.is_some_and(|o| o
+        .as_str()
+        .is_some_and(|o| imgrec_domain::ports::UploadOrder::parse(o).is_some())));
     assert_eq!(
         kept,
         serde_json::json!({"model": "efficientnet-lite0", "model-version": version})
@@ -281,9 +286,10 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
         responses.delete(&got[0].receipt).await.unwrap();
     }
     worker.stop().await.unwrap();
-    let kept = std::fs::read_to_string(dir.path().join("orders/output-bucket/cat")).unwrap();
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("metadata/output-bucket/cat")).unwrap()).unwrap();
     assert_eq!(
-        kept,
+        kept[imgrec_domain::ports::ORDER_METADATA],
         orders[0].as_str(),
         "the older upload's result replaced the newer one's"
     );
@@ -339,12 +345,19 @@ async fn retries_with_one_idempotency_key_get_one_classification_and_its_answer(
         assert!(std::time::Instant::now() < deadline, "the retries never arrived");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let status: serde_json::Value = reqwest::get(format!("{}status", web.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The replays count as soon as they find the first upload, which may not be queued yet.
+    let status = loop {
+        let status: serde_json::Value = reqwest::get(format!("{}status", web.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["queue"]["pending"] != 0 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(
         status["queue"]["pending"], 1,
         "one request queued for {RETRIES} uploads: {status}"

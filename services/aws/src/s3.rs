@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::Aws;
 use imgrec_domain::ports::{
     metadata_problem, Kept, Metadata, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder,
+    ORDER_METADATA,
 };
 
 /// Buckets on S3. With versioning enabled on the bucket (Terraform does), `put` returns the
@@ -84,9 +85,6 @@ fn versioning_status(xml: &[u8]) -> Option<Option<String>> {
     let len = xml[start..].find("</Status>")?;
     Some(Some(xml[start..start + len].to_owned()))
 }
-
-/// The user metadata (`x-amz-meta-upload-order`) that holds a result's `UploadOrder`.
-const ORDER_METADATA: &str = "upload-order";
 
 #[async_trait]
 impl ObjectStore for S3ObjectStore {

@@ -5,90 +5,100 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use imgrec_domain::ports::{InferenceSlots, SlotGuard};
 
 pub struct FileSlots {
-    files: Vec<File>,
+    slots: Vec<Arc<SlotFile>>,
     /// Where a worker that found every slot taken waits next, in turn.
     next: AtomicUsize,
 }
 
-/// A held slot: a duplicate of the slot file's descriptor. The lock belongs to the open file
-/// description both share, so unlocking through the duplicate frees the slot.
-struct Slot(File);
+/// One slot's file, opened once per process. `flock` locks belong to the open file: locking it
+/// again through this process's own descriptor would succeed, so the process also notes which
+/// slots it holds.
+struct SlotFile {
+    file: File,
+    held_here: AtomicBool,
+}
+
+/// A held slot, freed when dropped.
+struct Slot(Arc<SlotFile>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        unlock(&self.0);
+        // SAFETY: flock(2) on a descriptor this process owns.
+        unsafe { libc::flock(self.0.file.as_raw_fd(), libc::LOCK_UN) };
+        self.0.held_here.store(false, Ordering::Release);
     }
 }
 
-fn unlock(file: &File) {
-    // SAFETY: flock(2) on a descriptor this process owns.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+impl SlotFile {
+    /// Locks the file (`how`: blocking or not) unless this process holds it already.
+    fn lock(self: &Arc<Self>, how: libc::c_int) -> Option<SlotGuard> {
+        if self.held_here.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        loop {
+            // SAFETY: flock(2) on a descriptor this process owns.
+            if unsafe { libc::flock(self.file.as_raw_fd(), how) } == 0 {
+                return Some(Box::new(Slot(self.clone())));
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                self.held_here.store(false, Ordering::Release);
+                return None;
+            }
+        }
+    }
 }
 
 impl FileSlots {
     /// `slots` slots under `dir` (created if missing).
     pub fn open(dir: &Path, slots: usize) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let files = (0..slots.max(1))
+        let slots = (0..slots.max(1))
             .map(|k| {
                 let path = dir.join(format!("inference-{k}.lock"));
-                OpenOptions::new()
+                let file = OpenOptions::new()
                     .create(true)
                     .truncate(false)
                     .write(true)
                     .open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Ok(Arc::new(SlotFile {
+                    file,
+                    held_here: AtomicBool::new(false),
+                }))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            files,
+            slots,
             next: AtomicUsize::new(std::process::id() as usize),
         })
-    }
-
-    fn lock(file: &File, how: libc::c_int) -> bool {
-        loop {
-            // SAFETY: flock(2) on a descriptor this process owns.
-            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-                return true;
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return false;
-            }
-        }
-    }
-
-    /// A free slot if there is one, else the next in turn once it frees.
-    fn hold_file(&self) -> Option<&File> {
-        if let Some(free) = self.files.iter().find(|f| Self::lock(f, libc::LOCK_EX | libc::LOCK_NB)) {
-            return Some(free);
-        }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.files.len();
-        let file = &self.files[turn];
-        Self::lock(file, libc::LOCK_EX).then_some(file)
     }
 }
 
 impl InferenceSlots for FileSlots {
+    fn try_hold(&self) -> Option<SlotGuard> {
+        self.slots.iter().find_map(|s| s.lock(libc::LOCK_EX | libc::LOCK_NB))
+    }
+
+    /// A free slot if there is one, else the next in turn once it frees.
     fn hold(&self) -> SlotGuard {
-        let Some(file) = self.hold_file() else {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lock an inference slot; running without one");
-            return Box::new(());
-        };
-        match file.try_clone() {
-            Ok(dup) => Box::new(Slot(dup)),
-            Err(e) => {
-                unlock(file);
-                tracing::warn!(error = %e, "cannot keep an inference slot; running without one");
-                Box::new(())
+        if let Some(free) = self.try_hold() {
+            return free;
+        }
+        for _ in 0..self.slots.len() {
+            let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            if let Some(slot) = self.slots[turn].lock(libc::LOCK_EX) {
+                return slot;
             }
         }
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lock an inference slot; running without one");
+        Box::new(())
     }
 }
 
@@ -146,5 +156,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         drop(held);
         assert!(waiter.join().unwrap() >= Duration::from_millis(90));
+    }
+
+    #[test]
+    fn try_hold_takes_only_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileSlots::open(dir.path(), 2).unwrap();
+        let b = FileSlots::open(dir.path(), 2).unwrap();
+        let first = a.try_hold().expect("both slots free");
+        let second = b.try_hold().expect("one slot free");
+        assert!(b.try_hold().is_none() && FileSlots::open(dir.path(), 2).unwrap().try_hold().is_none());
+        drop(first);
+        assert!(b.try_hold().is_some(), "the freed slot");
+        drop(second);
     }
 }

@@ -13,6 +13,7 @@ use super::file_names::{key_of, relative_path, LONG_DIR};
 use super::group_commit::GroupCommit;
 use imgrec_domain::ports::{
     metadata_problem, Kept, Metadata, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder,
+    ORDER_METADATA,
 };
 
 /// Buckets as folders: `<root>/s3/<bucket>/<file name of key>`, where an ordinary key is its own
@@ -136,12 +137,14 @@ impl FsObjectStore {
         Ok((version, to_sync))
     }
 
-    /// `put_blocking` unless the object answers a later upload. The object's order is kept beside
-    /// it (`orders/<bucket>/<file name of key>`), and the compare and the write happen under a lock
-    /// that every process of the stack takes: one of `LOCK_STRIPES` per bucket, by key, so that
-    /// writers of different keys rarely wait for each other. The order is written before the
-    /// object: a crash between the two leaves an order newer than the object, which only keeps
-    /// older results out until that upload's request (not deleted, so delivered again) writes it.
+    /// `put_blocking` unless the object answers a later upload. The object's order is kept in its
+    /// metadata file (`metadata/<bucket>/<file name of key>`, under `ORDER_METADATA` as S3 keeps it
+    /// in the object's user metadata), and the compare and the write happen under a lock that every
+    /// process of the stack takes: one of `LOCK_STRIPES` per bucket, by key, so that writers of
+    /// different keys rarely wait for each other. The metadata is written before the object: a
+    /// crash between the two leaves an order newer than the object, which only keeps older results
+    /// out until that upload's request (not deleted, so delivered again) writes it. One file beside
+    /// the object, not two: each is a new inode, an fsync and a rename per result.
     fn put_newest_blocking(
         &self,
         bucket: &str,
@@ -155,25 +158,49 @@ impl FsObjectStore {
             return Err(PortError::Refused(problem));
         }
         let _lock = self.lock(bucket, key)?;
-        let order_path = self.root.join("orders").join(bucket).join(relative_path(key));
-        let stored = match std::fs::read_to_string(&order_path) {
-            Ok(text) => UploadOrder::parse(text.trim()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(anyhow::Error::from(e)
-                    .context(format!("cannot read {}", order_path.display()))
-                    .into())
-            }
-        };
-        if stored.as_ref().is_some_and(|stored| stored > order) {
+        if self.stored_order(bucket, key)?.is_some_and(|stored| &stored > order) {
             return Ok((Kept::Superseded, Vec::new()));
         }
-        let mut to_sync = self.write_beside(&order_path, order.as_str().as_bytes())?;
-        let metadata = serde_json::to_vec(metadata).context("cannot encode metadata")?;
-        to_sync.extend(self.write_beside(&self.metadata_path(bucket, key), &metadata)?);
+        let mut kept = metadata.clone();
+        kept.insert(ORDER_METADATA.to_owned(), order.as_str().to_owned());
+        let kept = serde_json::to_vec(&kept).context("cannot encode metadata")?;
+        let mut to_sync = self.write_beside(&self.metadata_path(bucket, key), &kept)?;
         let (_, dirs) = self.put_blocking(bucket, key, bytes)?;
         to_sync.extend(dirs);
         Ok((Kept::Stored, to_sync))
+    }
+
+    /// The order `put_newest` kept with the object, if any: in its metadata file, or, for one an
+    /// earlier release wrote, in `orders/<bucket>/<file name of key>`.
+    fn stored_order(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<UploadOrder>> {
+        let Some(metadata) = self.read_metadata_file(bucket, key)? else {
+            return Ok(None);
+        };
+        if let Some(order) = metadata.get(ORDER_METADATA) {
+            return Ok(UploadOrder::parse(order));
+        }
+        let legacy = self.root.join("orders").join(bucket).join(relative_path(key));
+        match std::fs::read_to_string(&legacy) {
+            Ok(text) => Ok(UploadOrder::parse(text.trim())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot read {}", legacy.display()))
+                .into()),
+        }
+    }
+
+    /// The metadata file of `key`, `None` if there is none.
+    fn read_metadata_file(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
+        let path = self.metadata_path(bucket, key);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot read {}", path.display()))
+                .into()),
+        }
     }
 
     /// Where the metadata `put_newest` kept with an object is: `metadata/<bucket>/<file name of key>`.
@@ -181,7 +208,7 @@ impl FsObjectStore {
         self.root.join("metadata").join(bucket).join(relative_path(key))
     }
 
-    /// Writes a file kept beside an object (its order, its metadata) atomically, and returns the
+    /// Writes a file kept beside an object (its metadata) atomically, and returns the
     /// folders to sync.
     fn write_beside(&self, path: &Path, bytes: &[u8]) -> PortResult<Vec<PathBuf>> {
         let dir = path.parent().expect("a key's path has a parent");
@@ -202,16 +229,9 @@ impl FsObjectStore {
         if !self.bucket_dir(bucket).join(relative_path(key)).is_file() {
             return Ok(None);
         }
-        let path = self.metadata_path(bucket, key);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", path.display()))?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Metadata::new())),
-            Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("cannot read {}", path.display()))
-                .into()),
-        }
+        let mut metadata = self.read_metadata_file(bucket, key)?.unwrap_or_default();
+        metadata.remove(ORDER_METADATA);
+        Ok(Some(metadata))
     }
 
     /// Holds the lock of `key`'s stripe until dropped: every process of the stack takes the same.
@@ -485,5 +505,35 @@ mod tests {
         std::fs::write(root.path().join("file"), b"x").unwrap();
         let err = create_dirs(&root.path().join("file/sub")).unwrap_err();
         assert!(format!("{err:#}").contains("cannot create"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn a_result_keeps_one_file_beside_it_and_an_earlier_release_order_still_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let store = FsObjectStore::new(root.path());
+        let key = ObjectKey::new("cat").unwrap();
+        let meta = Metadata::from([("model".to_owned(), "m".to_owned())]);
+        let (older, newer) = (UploadOrder::new(1, "a"), UploadOrder::new(2, "b"));
+        let kept = store.put_newest("out-bucket", &key, Bytes::from_static(b"tabby"), &newer, &meta);
+        assert_eq!(kept.await.unwrap(), Kept::Stored);
+        assert!(!root.path().join("orders").exists(), "the order has no file of its own");
+        assert_eq!(store.metadata("out-bucket", &key).await.unwrap(), Some(meta.clone()));
+
+        // A key an earlier release wrote: its metadata file without the order, the order apart.
+        let legacy = FsObjectStore::new(root.path().join("legacy"));
+        legacy
+            .put("out-bucket", &key, Bytes::from_static(b"tabby"))
+            .await
+            .unwrap();
+        let meta_file = root.path().join("legacy/metadata/out-bucket/cat");
+        std::fs::create_dir_all(meta_file.parent().unwrap()).unwrap();
+        std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let order_file = root.path().join("legacy/orders/out-bucket/cat");
+        std::fs::create_dir_all(order_file.parent().unwrap()).unwrap();
+        std::fs::write(&order_file, newer.as_str()).unwrap();
+        let late = legacy.put_newest("out-bucket", &key, Bytes::from_static(b"dog"), &older, &meta);
+        assert_eq!(late.await.unwrap(), Kept::Superseded);
+        let get = legacy.get("out-bucket", &key, None).await.unwrap();
+        assert_eq!(get.as_deref(), Some(&b"tabby"[..]));
     }
 }

@@ -14,5 +14,7 @@ pub use fleet::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, Lau
 pub use inference_slots::{InferenceSlots, SlotGuard, Unlimited};
 pub use lease::Lease;
 pub use metrics::{ApiCalls, MetricsSink, ScalingMetrics};
-pub use object_store::{metadata_problem, Kept, KeyError, Metadata, ObjectKey, ObjectStore, StoredObject, UploadOrder};
+pub use object_store::{
+    metadata_problem, Kept, KeyError, Metadata, ObjectKey, ObjectStore, StoredObject, UploadOrder, ORDER_METADATA,
+};
 pub use work_queue::{QueueDepth, Receipt, Received, ResponseQueues, WorkQueue};

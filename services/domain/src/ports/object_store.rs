@@ -92,6 +92,10 @@ impl UploadOrder {
     }
 }
 
+/// The user metadata name (`x-amz-meta-upload-order` on S3) under which `put_newest` keeps a
+/// result's `UploadOrder` with it; `metadata` never returns it.
+pub const ORDER_METADATA: &str = "upload-order";
+
 /// User metadata kept with an object (S3's `x-amz-meta-*`): names of lowercase letters, digits and
 /// `-`, values of printable ASCII, as S3 carries them unchanged in headers.
 pub type Metadata = std::collections::BTreeMap<String, String>;
