@@ -73,12 +73,7 @@ async fn an_upload_through_an_in_process_web_tier_and_worker_gets_the_classifier
     assert!(json["request_id"].as_str().is_some_and(|id| id.len() == 36), "{json}");
 
     // The dashboard's figures: two answers in the last minute, with their latencies.
-    let status: serde_json::Value = reqwest::get(format!("{}status", web.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status_json(&web).await;
     assert_eq!(status["recent"]["completed"], 2, "{status}");
     let (p50, p99) = (&status["recent"]["latency_p50_s"], &status["recent"]["latency_p99_s"]);
     assert!(
@@ -296,6 +291,12 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
     assert!(dir.path().join("s3/output-bucket/cat").is_file());
 }
 
+/// The web tier's `/status`.
+async fn status_json(web: &web_tier::SpawnedWebTier) -> serde_json::Value {
+    let response = reqwest::get(format!("{}status", web.url())).await.unwrap();
+    response.json().await.unwrap()
+}
+
 /// The web tier's `/metrics` text.
 async fn metrics_text(web: &web_tier::SpawnedWebTier) -> String {
     let response = reqwest::get(format!("{}metrics", web.url())).await.unwrap();
@@ -347,12 +348,7 @@ async fn retries_with_one_idempotency_key_get_one_classification_and_its_answer(
     }
     // The replays count as soon as they find the first upload, which may not be queued yet.
     let status = loop {
-        let status: serde_json::Value = reqwest::get(format!("{}status", web.url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = status_json(&web).await;
         if status["queue"]["pending"] != 0 || std::time::Instant::now() > deadline {
             break status;
         }
@@ -539,4 +535,52 @@ async fn a_job_of_many_images_is_answered_per_image_by_any_web_tier_and_calls_ba
     worker.stop().await.unwrap();
     other_web.stop().await.unwrap();
     web.stop().await.unwrap();
+}
+
+/// A local worker takes requests only while it holds an inference slot: with the only slot held
+/// elsewhere (another worker's model runs), an upload waits in the queue, not in this worker's
+/// hands, and is answered once the slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_without_a_free_slot_takes_no_requests() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = one_web_tier_and_worker(dir.path());
+    settings.fleet.inference_slots = Some(1);
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let worker = app_tier::worker::spawn(settings.clone(), "app-instance1");
+    let client = reqwest::Client::new();
+    let upload = |name: &'static str| {
+        let request = client
+            .post(web.url())
+            .multipart(Form::new().part("myfile", Part::bytes(small_jpg()).file_name(name)));
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        })
+    };
+    // The worker is up and answering while the slot is free.
+    let label = upload("first.jpg").await.unwrap();
+
+    // Another holder takes the slot (between two of the worker's receives).
+    let slots = imgrec_runtime::backend::inference_slots(&settings).unwrap();
+    let held = tokio::task::spawn_blocking(move || slots.hold()).await.unwrap();
+    let waiting = upload("second.jpg");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_json(&web).await["queue"]["pending"] != 1 {
+        assert!(Instant::now() < deadline, "the upload was never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several of the worker's long polls: it takes nothing.
+    for _ in 0..15 {
+        let status = status_json(&web).await;
+        assert_eq!(status["queue"]["pending"], 1, "{status}");
+        assert_eq!(status["queue"]["in_flight"], 0, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
+    worker.stop().await.unwrap();
 }
