@@ -14,7 +14,7 @@ import requests
 from conftest import ROOT
 from local_stack import MotoServer, loadgen, submit_job, wait_job
 from rehearsal.gateway import Gateway, Principal
-from rehearsal.stack import Rehearsal, burst_outcome, report
+from rehearsal.stack import NAMES, Rehearsal, burst_outcome, report
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
 ACCOUNT = "123456789012"
@@ -125,11 +125,13 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
         assert rehearsal.status()["web_tier"]["name"] == "web-instance1"
         # The web tier's /status (and so /dashboard) shows the group, though the scaler that acts
         # on it is another process, as on AWS.
-        shown, done = [], threading.Event()
+        shown, purchases, done = [], set(), threading.Event()
 
         def watch():
             while not done.wait(0.2):
-                shown.append(len(rehearsal.status()["instances"]))
+                instances = rehearsal.status()["instances"]
+                shown.append(len(instances))
+                purchases.update(i.get("purchase") for i in instances)
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -154,7 +156,11 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
     assert job["counts"] == {"total": 10, "done": 10, "failed": 0, "pending": 0}, job
     assert [(r.status_code, r.text) for r in retried] == [(200, retried[0].text)] * 2
     assert outcome.peak_instances >= 1 and outcome.final_instances == 0
+    # The On-Demand group took the first instance, the Spot group the rest, each named once.
+    assert outcome.group_peaks[NAMES["auto_scaling_group"]] == 1, report(outcome)
+    assert outcome.group_peaks[NAMES["spot_group"]] >= 1, report(outcome)
     assert max(shown) >= 1, "/status never showed an instance"
+    assert {"on-demand", "spot"} <= purchases, purchases
     calls = outcome.stats["calls"]
     # The scaler acted through the lease and named its instances; workers marked themselves busy.
     # Each instance named once, by the acting scaler only (the web tier's watcher names none).

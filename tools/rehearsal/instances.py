@@ -1,5 +1,5 @@
-"""EC2 for the rehearsal: every instance the app tier's Auto Scaling group starts in moto is played by
-a local app-tier process, started as that instance's systemd unit starts it (packer/files/
+"""EC2 for the rehearsal: every instance the app tier's Auto Scaling groups (On-Demand, Spot) start in
+moto is played by a local app-tier process, started as that instance's systemd unit starts it (packer/files/
 imgrec-app-tier.service: `app-tier run --name %H` with IMGREC_CONFIG and /etc/imgrec/instance.env)
 and with that instance's id; an instance that leaves the group is stopped as systemd stops a unit
 (SIGTERM, SIGKILL after TimeoutStopSec). Naming (Name tags), scale-in protection and termination
@@ -29,16 +29,18 @@ def unit_setting(name: str) -> str:
 
 
 class InstancePlayer:
-    def __init__(self, moto_endpoint: str, group: str, env: dict, data_dir: Path, log_dir: Path):
+    def __init__(self, moto_endpoint: str, groups: list[str], env: dict, data_dir: Path, log_dir: Path):
         kw = dict(endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="ec2",
                   aws_secret_access_key="ec2")
         self.autoscaling = boto3.client("autoscaling", **kw)
         self.ec2 = boto3.client("ec2", **kw)
-        self.group, self.env, self.data_dir, self.log_dir = group, env, data_dir, log_dir
+        self.groups, self.env, self.data_dir, self.log_dir = groups, env, data_dir, log_dir
         self.stop_timeout_s = int(unit_setting("TimeoutStopSec"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping: list[threading.Thread] = []
         self.peak = 0
+        # The most instances each group had at once.
+        self.peaks = dict.fromkeys(groups, 0)
         # Every instance id played so far (a restarted worker counts once).
         self.seen: set[str] = set()
         self._halt = threading.Event()
@@ -48,10 +50,14 @@ class InstancePlayer:
         self._thread.start()
         return self
 
+    def by_group(self) -> dict[str, list[str]]:
+        """The Pending and InService instances of each group."""
+        groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=self.groups)["AutoScalingGroups"]
+        return {g["AutoScalingGroupName"]: [i["InstanceId"] for i in g["Instances"]
+                                            if i["LifecycleState"] in ("Pending", "InService")] for g in groups}
+
     def instances(self) -> list[str]:
-        groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])["AutoScalingGroups"]
-        return [i["InstanceId"] for i in groups[0]["Instances"]
-                if i["LifecycleState"] in ("Pending", "InService")] if groups else []
+        return [i for live in self.by_group().values() for i in live]
 
     def _hostname(self, instance_id: str) -> str:
         """%H of the unit: the instance's host name (ip-10-0-0-5 from its private DNS name)."""
@@ -88,7 +94,10 @@ class InstancePlayer:
         said = ""
         while not self._halt.is_set():
             try:
-                live = self.instances()
+                groups = self.by_group()
+                live = [i for ids in groups.values() for i in ids]
+                for group, ids in groups.items():
+                    self.peaks[group] = max(self.peaks.get(group, 0), len(ids))
                 said = ""
             except Exception as e:  # moto busy or stopping: try again next round
                 if str(e) != said:

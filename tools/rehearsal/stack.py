@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
+
 from local_stack import MotoServer, free_port
 
 from .aws_rules import ACCOUNT, PARTITION
@@ -35,9 +37,13 @@ NAMES = {
     "input_bucket": f"{PREFIX}-{ACCOUNT}-input", "output_bucket": f"{PREFIX}-{ACCOUNT}-output",
     "lease_bucket": f"{PREFIX}-{ACCOUNT}-state", "request_queue": f"{PREFIX}-requests",
     "dead_letter_queue": f"{PREFIX}-requests-dlq", "response_queue": f"{PREFIX}-responses",
-    "auto_scaling_group": f"{PREFIX}-app-tier", "metric_namespace": PREFIX,
+    "auto_scaling_group": f"{PREFIX}-app-tier", "spot_group": f"{PREFIX}-app-tier-spot", "metric_namespace": PREFIX,
 }
+# The app tier's groups as main.tf sizes them with Spot on, app_min_size 0 and no warm pool: the
+# On-Demand group takes the first instance, the Spot group the other 18 of instance_budget (20) - 1
+# web instance.
 GROUP_MAX = 19
+ON_DEMAND_MAX = 1
 
 # What the rehearsal changes of the deployed settings, so that a burst takes seconds, not minutes:
 # timing only. Everything else is the rendered configuration.
@@ -61,12 +67,12 @@ def rendered() -> dict:
         "lease_bucket_arn": bucket(NAMES["lease_bucket"]), "request_queue_arn": sqs_arn(NAMES["request_queue"]),
         "response_queue_arns": [sqs_arn(f"{NAMES['response_queue']}-{WEB_NAME}")],
         "dead_letter_arn": sqs_arn(NAMES["dead_letter_queue"]),
-        "app_group_name": NAMES["auto_scaling_group"], "metric_namespace": NAMES["metric_namespace"],
+        "app_group_name": NAMES["auto_scaling_group"], "spot_group_name": NAMES["spot_group"],
+        "metric_namespace": NAMES["metric_namespace"],
     }
     config = {**NAMES, "region": REGION, "response_timeout_s": 120, "max_receives": 3, "visibility_timeout_s": 15,
               "batch_size": 8, "job_retention_s": 86400, "api_keys_parameter": "", "app_min_size": 0, "app_max_size": GROUP_MAX,
-              # One group: the rehearsal plays the On-Demand group's instances only.
-              "spot_group": "", "inference_threads": 1, "launch_hook": ""}
+              "inference_threads": 1, "launch_hook": ""}
     return render(policy_values=policies, config_values=config)
 
 
@@ -76,6 +82,8 @@ class Outcome:
     wrong: int
     errors: int
     peak_instances: int
+    # The most instances each group had at once.
+    group_peaks: dict
     final_instances: int
     calls: int
     denied: int
@@ -138,8 +146,8 @@ class Rehearsal:
         web_env = {**self.env(WEB_KEY), **self.instance_env()}
         self.spawn("web-tier", [BIN / "web-tier"], web_env)
         self.spawn("scaler", [BIN / "scaler", "run"], web_env)
-        self.player = InstancePlayer(self.moto.endpoint, NAMES["auto_scaling_group"], self.env(APP_KEY),
-                                     self.dir / "instances", self.dir / "logs").start()
+        self.player = InstancePlayer(self.moto.endpoint, [NAMES["auto_scaling_group"], NAMES["spot_group"]],
+                                     self.env(APP_KEY), self.dir / "instances", self.dir / "logs").start()
         wait_for("the web tier answers", lambda: self._healthy(), 60)
 
     def instance_env(self) -> dict:
@@ -154,10 +162,20 @@ class Rehearsal:
             "QUEUES__RESPONSES": NAMES["response_queue"], "AWS__LEASE_BUCKET": NAMES["lease_bucket"],
             "AWS__AUTO_SCALING_GROUP": NAMES["auto_scaling_group"], "FLEET__BACKEND": "aws"}.items()}}
         env.pop("IMGREC_CONFIG")
-        out = subprocess.run([BIN / "scaler", "bootstrap", "--group-max-size", str(GROUP_MAX)], env=env,
+        out = subprocess.run([BIN / "scaler", "bootstrap", "--group-max-size", str(ON_DEMAND_MAX)], env=env,
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"bootstrap failed:\n{out.stderr}")
+        # The Spot group beside it, from the same launch template (moto plays Spot instances as any
+        # other: what is rehearsed is the services' calls on two groups under their roles).
+        autoscaling = boto3.client("autoscaling", endpoint_url=self.moto.endpoint, region_name=REGION,
+                                   aws_access_key_id="owner", aws_secret_access_key="owner")
+        od = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[NAMES["auto_scaling_group"]])
+        od = od["AutoScalingGroups"][0]
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=NAMES["spot_group"], MinSize=0, MaxSize=GROUP_MAX - ON_DEMAND_MAX, DesiredCapacity=0,
+            LaunchTemplate={k: od["LaunchTemplate"][k] for k in ("LaunchTemplateName", "Version")},
+            AvailabilityZones=od["AvailabilityZones"])
 
     def spawn(self, name: str, args: list, env: dict):
         log = open(self.dir / "logs" / f"{name}.log", "wb")
@@ -211,7 +229,8 @@ class Rehearsal:
 def report(outcome: Outcome) -> str:
     lines = [
         f"uploads: {outcome.ok} right, {outcome.wrong} wrong, {outcome.errors} errors",
-        f"app tier group: peak {outcome.peak_instances} instances, back to {outcome.final_instances}",
+        f"app tier groups: peak {outcome.peak_instances} instances ("
+        + ", ".join(f"{g}: {n}" for g, n in outcome.group_peaks.items()) + f"), back to {outcome.final_instances}",
         f"AWS calls: {outcome.calls} made, {outcome.denied} denied",
     ]
     for k, n in outcome.stats["calls"].items():
@@ -228,5 +247,6 @@ def report(outcome: Outcome) -> str:
 def burst_outcome(rehearsal: Rehearsal, summary: dict) -> Outcome:
     final = rehearsal.wait_back_at_min()
     stats = rehearsal.stats()
-    return Outcome(summary["ok"], summary["wrong"], summary["errors"], rehearsal.player.peak, final,
+    return Outcome(summary["ok"], summary["wrong"], summary["errors"], rehearsal.player.peak,
+                   dict(rehearsal.player.peaks), final,
                    stats["total_calls"], stats["total_denied"], stats)
