@@ -150,8 +150,8 @@ screenshots: build-aws $(DEFAULT_MODEL) $(VENV_STAMP)
 	IMGREC_SCREENSHOTS=docs DATASETS=$(abspath $(DATASETS)) $(PY) -m pytest -q tests/test_browser.py
 
 # The deployment rehearsed here (tools/rehearsal/): every tier under its own role's policy as Terraform
-# renders it, enforced with AWS's behaviours that moto lacks; the Auto Scaling group played by local
-# processes. Serves until Ctrl-C (watch /dashboard); BURST=1 sends the 100 test images and reports.
+# renders it, enforced with AWS's behaviours that moto lacks; the Auto Scaling groups (On-Demand, Spot)
+# played by local processes. Serves until Ctrl-C (watch /dashboard); BURST=1 sends the 100 test images and reports.
 $(REHEARSAL_NODE): tools/rehearsal/package.json tools/rehearsal/package-lock.json
 	cd tools/rehearsal && npm ci --no-audit --no-fund --loglevel=error
 

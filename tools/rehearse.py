@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """`make rehearsal`: the AWS deployment rehearsed on this machine, under its real IAM policies and the
 AWS behaviours moto lacks (tools/rehearsal/). Serves until Ctrl-C (watch /dashboard), or with
---burst sends the images once, waits for the group to return to its minimum, prints what happened
-(uploads right, peak and final group size, AWS calls made and denied) and exits 1 on any denial,
+--burst sends the images once, waits for the groups (On-Demand, Spot) to return to their minimum,
+prints what happened (uploads right, peak and final size, AWS calls made and denied) and exits 1 on any denial,
 wrong label or error."""
 
 from __future__ import annotations
