@@ -8,9 +8,10 @@ process per core at once (the stack keeps every core on inference). One process 
 otherwise idle machine is printed too: on a machine whose cores share a physical core, caches or a
 power budget, it is faster per image than any full machine can be.
 
-Each round measures the stack twice, alternating: with the fleet's inference slots (at most one
-busy model run per core, `fleet.inference_slots`, the default) and without (`= 0`, every worker
-runs at once). Medians and the ratio.
+Each round measures the stack twice, alternating: with the fleet's inference slots (a worker holds
+one of one per core from its receive to the end of its model runs, `fleet.inference_slots`, the
+default) and without (`= 0`, every worker runs at once); with `--before DIR`, a third time with
+another build's binaries (DIR holds its web-tier and app-tier). Medians and the ratios.
 """
 
 from __future__ import annotations
@@ -75,11 +76,14 @@ def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
     return web, workers, inference
 
 
-def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None) -> dict:
-    """CPU ms per image of the whole stack over a warm 300-upload burst."""
+def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None, build: Path | None = None) -> dict:
+    """CPU ms per image of the whole stack (this checkout's, or the one in `build`) over a warm
+    300-upload burst."""
     settings = {"scaler__tick_ms": "100", "scaler__scale_in_after_s": "30"}
     if slots is not None:
         settings["fleet__inference_slots"] = slots
+    if build is not None:
+        settings["web_tier"] = build / "web-tier"
     with Stack(tmp / name, **settings) as stack:
         # Warm: the burst's workers started and their models loaded.
         summary, run = loadgen(stack.url, files, repeat=3)
@@ -101,31 +105,36 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "efficientnet-lite0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "efficiency.json")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also measure the stack of another build (its target/release), alternating")
     parser.add_argument("images", type=Path)
     args = parser.parse_args()
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:100]
     os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(args.model))
     cores = os.cpu_count() or 1
     rows: dict[str, list] = {"inference": [], "inference one process": [], "slots": [], "no slots": []}
+    sides = [("slots", None, None), ("no slots", "0", None)]
+    if args.before:
+        rows["before"] = []
+        sides.append(("before", None, args.before))
     with tempfile.TemporaryDirectory(prefix="imgrec-efficiency-") as tmp:
         for i in range(args.rounds):
             rows["inference"].append(inference_ms(args.model, files, cores))
             rows["inference one process"].append(inference_ms(args.model, files))
-            sides = [("slots", None), ("no slots", "0")]
-            for side, slots in sides if i % 2 == 0 else reversed(sides):
-                rows[side].append(stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots))
+            for side, slots, build in sides if i % 2 == 0 else reversed(sides):
+                rows[side].append(stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots, build))
             print(f"round {i + 1}: inference {rows['inference'][-1]:.2f} ms/image ({cores} processes; "
                   f"{rows['inference one process'][-1]:.2f} alone); "
                   + "; ".join(f"{s}: {rows[s][-1]['cpu_ms_per_image']:.2f} ms/image (web tier "
                               f"{rows[s][-1]['web_tier_ms']:.2f}, workers {rows[s][-1]['workers_ms']:.2f}, of which "
                               f"inference threads {rows[s][-1]['inference_thread_ms']:.2f}; "
                               f"{rows[s][-1]['workers']} workers), {rows[s][-1]['throughput_per_s']:.0f}/s"
-                              for s, _ in sides), flush=True)
+                              for s, _, _ in sides), flush=True)
     inference = statistics.median(rows["inference"])
     alone = statistics.median(rows["inference one process"])
     report = {"inference_cpu_ms_per_image": inference, "inference_one_process_cpu_ms_per_image": alone,
               "processes": cores}
-    for side in ("slots", "no slots"):
+    for side, _, _ in sides:
         cpu = statistics.median(r["cpu_ms_per_image"] for r in rows[side])
         report[side] = {"stack_cpu_ms_per_image": cpu, "efficiency": inference / cpu,
                         "efficiency_against_one_process": alone / cpu,
@@ -136,6 +145,9 @@ def main() -> int:
     print(f"inference alone: {inference:.2f} ms CPU/image with {cores} processes at once, {alone:.2f} with one "
           f"({inference / alone:.2f}x); slots / no slots CPU per image: "
           f"{report['slots']['stack_cpu_ms_per_image'] / report['no slots']['stack_cpu_ms_per_image']:.2f}")
+    if args.before:
+        print(f"this build / {args.before}: CPU per image "
+              f"{report['slots']['stack_cpu_ms_per_image'] / report['before']['stack_cpu_ms_per_image']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rounds": rows, "report": report}, indent=2))
     return 0

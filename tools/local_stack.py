@@ -99,8 +99,11 @@ def worker_pid(data_dir: Path, name: str) -> int | None:
 
 
 class Stack:
-    def __init__(self, data_dir: Path, extra_env: dict | None = None, log_name: str = "web-tier", **settings: str):
+    def __init__(self, data_dir: Path, extra_env: dict | None = None, log_name: str = "web-tier",
+                 web_tier: Path = WEB_TIER, **settings: str):
+        """`web_tier`: the build to run (its app-tier beside it), this checkout's by default."""
         self.data_dir = data_dir
+        self.web_tier = web_tier
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.env = {
@@ -122,7 +125,7 @@ class Stack:
         """Starts the process without waiting for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log.open("ab")
-        self.proc = subprocess.Popen([str(WEB_TIER)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        self.proc = subprocess.Popen([str(self.web_tier)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
         return self
 
     def wait_ready(self) -> "Stack":
