@@ -100,8 +100,8 @@ def worker_pid(data_dir: Path, name: str) -> int | None:
 
 class Stack:
     def __init__(self, data_dir: Path, extra_env: dict | None = None, log_name: str = "web-tier",
-                 web_tier: Path = WEB_TIER, **settings: str):
-        """`web_tier`: the build to run (its app-tier beside it), this checkout's by default."""
+                 web_tier: Path | None = None, **settings: str):
+        """`web_tier`: the build to run (its app-tier beside it); `WEB_TIER` when launched by default."""
         self.data_dir = data_dir
         self.web_tier = web_tier
         self.port = free_port()
@@ -125,7 +125,8 @@ class Stack:
         """Starts the process without waiting for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log.open("ab")
-        self.proc = subprocess.Popen([str(self.web_tier)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        program = self.web_tier or WEB_TIER
+        self.proc = subprocess.Popen([str(program)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
         return self
 
     def wait_ready(self) -> "Stack":
