@@ -22,24 +22,14 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from local_stack import ROOT, Stack, cpu_times, loadgen, thread_cpu_s, wait_until, worker_pids
+from local_stack import CLK_TCK, ROOT, Stack, cpu_times, loadgen, thread_cpu_s, wait_until, worker_pids
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu(cmd: list[str]) -> float:
-    """User + system CPU seconds of running `cmd` to its end."""
-    before = os.times()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    after = os.times()
-    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
-
-
-def children_cpu_all(cmds: list[list[str]]) -> float:
+def children_cpu(cmds: list[list[str]]) -> float:
     """User + system CPU seconds of running `cmds` at once, to the end of the last."""
     before = os.times()
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd in cmds]
@@ -55,8 +45,8 @@ def inference_ms(model: Path, files: list[Path], processes: int = 1) -> float:
     removed: each over the images four times less each over them once, per image of the
     difference."""
     base = [str(APP_TIER), "classify", "--threads", "1", "--model", str(model)]
-    once = children_cpu_all([base + list(map(str, files))] * processes)
-    four = children_cpu_all([base + list(map(str, files * 4))] * processes)
+    once = children_cpu([base + list(map(str, files))] * processes)
+    four = children_cpu([base + list(map(str, files * 4))] * processes)
     return (four - once) * 1000 / (3 * len(files) * processes)
 
 
@@ -82,9 +72,7 @@ def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None, build: 
     settings = {"scaler__tick_ms": "100", "scaler__scale_in_after_s": "30"}
     if slots is not None:
         settings["fleet__inference_slots"] = slots
-    if build is not None:
-        settings["web_tier"] = build / "web-tier"
-    with Stack(tmp / name, **settings) as stack:
+    with Stack(tmp / name, web_tier=build / "web-tier" if build else None, **settings) as stack:
         # Warm: the burst's workers started and their models loaded.
         summary, run = loadgen(stack.url, files, repeat=3)
         assert summary["errors"] == 0, run.stdout

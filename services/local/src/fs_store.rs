@@ -179,28 +179,19 @@ impl FsObjectStore {
         if let Some(order) = metadata.get(ORDER_METADATA) {
             return Ok(UploadOrder::parse(order));
         }
-        let legacy = self.root.join("orders").join(bucket).join(relative_path(key));
-        match std::fs::read_to_string(&legacy) {
-            Ok(text) => Ok(UploadOrder::parse(text.trim())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("cannot read {}", legacy.display()))
-                .into()),
-        }
+        let legacy = read_if_exists(&self.root.join("orders").join(bucket).join(relative_path(key)))?;
+        Ok(legacy.and_then(|text| UploadOrder::parse(String::from_utf8_lossy(&text).trim())))
     }
 
     /// The metadata file of `key`, `None` if there is none.
     fn read_metadata_file(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
         let path = self.metadata_path(bucket, key);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", path.display()))?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("cannot read {}", path.display()))
-                .into()),
-        }
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", path.display()))?,
+        ))
     }
 
     /// Where the metadata `put_newest` kept with an object is: `metadata/<bucket>/<file name of key>`.
@@ -288,13 +279,7 @@ impl FsObjectStore {
             }
             None => self.bucket_dir(bucket).join(relative_path(key)),
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("cannot read {}", path.display()))
-                .into()),
-        }
+        Ok(read_if_exists(&path)?.map(Bytes::from))
     }
 
     fn list_blocking(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>> {
@@ -401,6 +386,17 @@ fn remove_files_older_than(dir: &Path, age: std::time::Duration) -> anyhow::Resu
         }
     }
     Ok(removed)
+}
+
+/// The file's bytes, `None` if there is no such file.
+fn read_if_exists(path: &Path) -> PortResult<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::from(e)
+            .context(format!("cannot read {}", path.display()))
+            .into()),
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PortResult<T> + Send + 'static) -> PortResult<T> {
