@@ -12,6 +12,10 @@ Each round measures the stack twice, alternating: with the fleet's inference slo
 one of one per core from its receive to the end of its model runs, `fleet.inference_slots`, the
 default) and without (`= 0`, every worker runs at once); with `--before DIR`, a third time with
 another build's binaries (DIR holds its web-tier and app-tier). Medians and the ratios.
+
+And one app-tier instance as on EC2, where an instance runs its worker and nothing else: the pool
+held at one worker, every thread of its process on the last core, the web tier and the load
+generator on the others; its worker's CPU per image against one inference process alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -88,6 +93,43 @@ def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None, build: 
                 "workers": len(worker_pids(stack.data_dir))}
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (threads started later inherit it from their creator)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:
+            pass  # a thread that just ended
+
+
+def instance_ms(files: list[Path], tmp: Path, name: str) -> dict:
+    """CPU ms per image of one worker alone on the last core (an EC2 instance's share of the
+    stack), the web tier and the load generator on the other cores, over a warm 300-upload burst."""
+    cores = os.cpu_count() or 1
+    others, last = set(range(cores - 1)), {cores - 1}
+    client = ("taskset", "-c", ",".join(map(str, sorted(others))))
+    with Stack(tmp / name, scaler__min="1", scaler__max="1", scaler__tick_ms="100") as stack:
+        wait_until("the instance is running",
+                   lambda: any(i["state"] == "running" for i in stack.status()["instances"]), 30)
+        [worker] = worker_pids(stack.data_dir)
+        pin(stack.proc.pid, others)
+        pin(worker, last)
+        summary, run = loadgen(stack.url, files, repeat=2, prefix=client)
+        assert summary["errors"] == 0, run.stdout
+        wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
+        pin(stack.proc.pid, others)  # threads the warm-up started
+        pin(worker, last)
+        before = process_tree_cpu(stack.proc.pid, stack.data_dir)
+        summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
+        after = process_tree_cpu(stack.proc.pid, stack.data_dir)
+        assert summary["errors"] == 0, run.stdout
+        assert worker_pids(stack.data_dir) == [worker], "the instance was replaced during the burst"
+        n = summary["requests"]
+        web, workers, inference = ((a - b) * 1000 / n for a, b in zip(after, before))
+        return {"worker_ms": workers, "inference_thread_ms": inference, "web_tier_ms": web,
+                "throughput_per_s": summary["throughput_per_s"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "efficientnet-lite0")
@@ -100,7 +142,10 @@ def main() -> int:
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:100]
     os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(args.model))
     cores = os.cpu_count() or 1
-    rows: dict[str, list] = {"inference": [], "inference one process": [], "slots": [], "no slots": []}
+    rows: dict[str, list] = {"inference": [], "inference one process": [], "slots": [], "no slots": [],
+                             "instance": []}
+    # One instance alone on a core needs another core for the web tier and the client.
+    instance = cores > 1 and shutil.which("taskset") is not None
     sides = [("slots", None, None), ("no slots", "0", None)]
     if args.before:
         rows["before"] = []
@@ -111,13 +156,21 @@ def main() -> int:
             rows["inference one process"].append(inference_ms(args.model, files))
             for side, slots, build in sides if i % 2 == 0 else reversed(sides):
                 rows[side].append(stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots, build))
+            if instance:
+                one = instance_ms(files, Path(tmp), f"instance-{i}")
+                # Inference alone again right after: the ratio is against the two's mean, as the
+                # host's speed drifts between rounds.
+                one["inference_alone_ms"] = (rows["inference one process"][-1] + inference_ms(args.model, files)) / 2
+                rows["instance"].append(one)
             print(f"round {i + 1}: inference {rows['inference'][-1]:.2f} ms/image ({cores} processes; "
                   f"{rows['inference one process'][-1]:.2f} alone); "
                   + "; ".join(f"{s}: {rows[s][-1]['cpu_ms_per_image']:.2f} ms/image (web tier "
                               f"{rows[s][-1]['web_tier_ms']:.2f}, workers {rows[s][-1]['workers_ms']:.2f}, of which "
                               f"inference threads {rows[s][-1]['inference_thread_ms']:.2f}; "
                               f"{rows[s][-1]['workers']} workers), {rows[s][-1]['throughput_per_s']:.0f}/s"
-                              for s, _, _ in sides), flush=True)
+                              for s, _, _ in sides)
+                  + (f"; one instance: worker {rows['instance'][-1]['worker_ms']:.2f} ms/image (inference thread "
+                     f"{rows['instance'][-1]['inference_thread_ms']:.2f})" if instance else ""), flush=True)
     inference = statistics.median(rows["inference"])
     alone = statistics.median(rows["inference one process"])
     report = {"inference_cpu_ms_per_image": inference, "inference_one_process_cpu_ms_per_image": alone,
@@ -130,6 +183,16 @@ def main() -> int:
         print(f"{side:>8}: stack {cpu:.2f} ms CPU/image, efficiency {inference / cpu:.2f} (goal >= 0.9; "
               f"{alone / cpu:.2f} against one process alone), "
               f"{report[side]['throughput_per_s']:.0f} images/s (medians of {args.rounds})")
+    if instance:
+        ratios = [r["inference_alone_ms"] / r["worker_ms"] for r in rows["instance"]]
+        worker = statistics.median(r["worker_ms"] for r in rows["instance"])
+        report["instance"] = {"worker_cpu_ms_per_image": worker, "efficiency": statistics.median(ratios),
+                              "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows["instance"])}
+        print(f"instance: one worker alone on a core {worker:.2f} ms CPU/image, efficiency "
+              f"{statistics.median(ratios):.2f} against one inference process alone (median of the rounds' "
+              f"ratios, {min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.9 for an EC2 instance)")
+    else:
+        print("instance: NOT RUN (needs 2 cores and `taskset`)")
     print(f"inference alone: {inference:.2f} ms CPU/image with {cores} processes at once, {alone:.2f} with one "
           f"({inference / alone:.2f}x); slots / no slots CPU per image: "
           f"{report['slots']['stack_cpu_ms_per_image'] / report['no slots']['stack_cpu_ms_per_image']:.2f}")
