@@ -11,7 +11,7 @@ mod settings;
 use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context};
-use ndarray::{Array2, Array3, Array4, ArrayView4, Axis, Ix2};
+use ndarray::{Array2, Array4, ArrayView4, Ix2};
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::TensorRef;
 
@@ -153,15 +153,18 @@ impl Classifier {
         Ok(logits)
     }
 
-    /// Predicts each tensor, batching runs of tensors of the same shape into one model run.
-    pub fn predict(&mut self, tensors: &[Array3<f32>]) -> anyhow::Result<Vec<Prediction>> {
-        let mut predictions = Vec::with_capacity(tensors.len());
-        for group in tensors.chunk_by(|a, b| a.dim() == b.dim()) {
-            let (c, h, w) = group[0].dim();
-            let mut batch = Array4::zeros((group.len(), c, h, w));
-            for (mut slot, tensor) in batch.axis_iter_mut(Axis(0)).zip(group) {
-                slot.assign(tensor);
+    /// Predicts each image (decoded at the model's input size), one model run per run of images
+    /// of the same size, their values normalised straight into the run's input.
+    pub fn predict(&mut self, images: &[&RgbImage]) -> anyhow::Result<Vec<Prediction>> {
+        let mut predictions = Vec::with_capacity(images.len());
+        for group in images.chunk_by(|a, b| (a.width, a.height) == (b.width, b.height)) {
+            let (height, width) = (group[0].height, group[0].width);
+            let mut values = Vec::with_capacity(group.len() * 3 * height * width);
+            for image in group {
+                self.preprocessor.normalize_onto(image, &mut values);
             }
+            let batch = Array4::from_shape_vec((group.len(), 3, height, width), values)
+                .context("cannot shape a model run's input")?;
             let logits = self.logits(batch.view())?;
             predictions.extend(
                 logits
@@ -201,24 +204,26 @@ impl Classifier {
     /// Classifies a batch of uploads in one model run per input shape; a bad image fails alone,
     /// the others still get labels.
     pub fn classify(&mut self, images: &[&[u8]]) -> Vec<Result<Prediction, ClassifyError>> {
-        let prepared: Vec<Result<Array3<f32>, ImageError>> =
-            images.iter().map(|bytes| self.preprocessor.prepare(bytes)).collect();
-        let tensors: Vec<Array3<f32>> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-        let mut predicted = match self.predict(&tensors) {
+        let decoded: Vec<Result<RgbImage, ImageError>> = images
+            .iter()
+            .map(|bytes| self.preprocessor.decode_resized(bytes))
+            .collect();
+        let ready: Vec<&RgbImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+        let mut predicted = match self.predict(&ready) {
             Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {
                 let message = format!("{e:#}");
-                tensors
+                ready
                     .iter()
                     .map(|_| Err(ClassifyError::Inference(anyhow!(message.clone()))))
                     .collect()
             }
         }
         .into_iter();
-        prepared
+        decoded
             .into_iter()
-            .map(|p| match p {
-                Ok(_) => predicted.next().expect("one prediction per prepared image"),
+            .map(|d| match d {
+                Ok(_) => predicted.next().expect("one prediction per decoded image"),
                 Err(e) => Err(ClassifyError::Image(e)),
             })
             .collect()
@@ -252,8 +257,14 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
             values[*i]
         }
     };
-    order.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
-    order.truncate(k);
+    // A total order (value, then index), so an unstable selection gives the same answer as a
+    // stable sort: the k first in linear time, then only those k sorted.
+    let first = |a: &usize, b: &usize| key(b).total_cmp(&key(a)).then(a.cmp(b));
+    if k < order.len() {
+        order.select_nth_unstable_by(k, first);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(first);
     order
 }
 
@@ -308,5 +319,32 @@ mod tests {
         assert_eq!(top_k(&values, 99).len(), values.len(), "never more than there are");
         assert_eq!(top_k(&values, 99).last(), Some(&2), "NaN last");
         assert!(top_k(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn top_k_selects_what_a_full_stable_sort_would() {
+        // 1,000 logits with ties and NaNs, from a fixed linear congruential sequence.
+        let mut state = 7u32;
+        let values: Vec<f32> = (0..1000)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                match state >> 24 {
+                    0..=3 => f32::NAN,
+                    v => (v % 50) as f32 / 7.0,
+                }
+            })
+            .collect();
+        let key = |i: &usize| {
+            if values[*i].is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                values[*i]
+            }
+        };
+        let mut sorted: Vec<usize> = (0..values.len()).collect();
+        sorted.sort_by(|a, b| key(b).total_cmp(&key(a)));
+        for k in [0, 1, 5, 10, 999, 1000, 1001] {
+            assert_eq!(top_k(&values, k), sorted[..k.min(sorted.len())], "k = {k}");
+        }
     }
 }

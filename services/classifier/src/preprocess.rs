@@ -1,6 +1,6 @@
 //! Decoded pixels -> the model's input tensor, as the manifest says.
 
-use ndarray::{Array3, ArrayViewMut3};
+use ndarray::Array3;
 
 use super::decode::{decode_rgb, ImageError, ImageLimits, RgbImage};
 use super::manifest::{Filter, Manifest};
@@ -32,10 +32,16 @@ impl Preprocessor {
 
     /// Image bytes -> CHW float tensor.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Array3<f32>, ImageError> {
-        let image = self.resize(decode_rgb(bytes, &self.limits)?);
-        let mut tensor = Array3::zeros((3, image.height, image.width));
-        self.normalize_into(&image, tensor.view_mut());
-        Ok(tensor)
+        let image = self.decode_resized(bytes)?;
+        let mut values = Vec::with_capacity(3 * image.height * image.width);
+        self.normalize_onto(&image, &mut values);
+        Ok(Array3::from_shape_vec((3, image.height, image.width), values)
+            .expect("an RgbImage holds height x width pixels"))
+    }
+
+    /// Image bytes -> the image at the model's input size, not yet normalised.
+    pub fn decode_resized(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
+        Ok(self.resize(decode_rgb(bytes, &self.limits)?))
     }
 
     pub fn resize(&self, image: RgbImage) -> RgbImage {
@@ -47,24 +53,16 @@ impl Preprocessor {
         }
     }
 
-    /// Writes `(pixel - mean) / std` of `image` into `out` (shape `[3, height, width]`).
-    pub fn normalize_into(&self, image: &RgbImage, mut out: ArrayViewMut3<'_, f32>) {
-        assert_eq!(
-            out.dim(),
-            (3, image.height, image.width),
-            "tensor shape does not match the image"
-        );
+    /// Appends `(pixel - mean) / std` of `image` to `out`, plane by plane (`[3, height, width]`):
+    /// each value written once, into a model run's input directly.
+    pub fn normalize_onto(&self, image: &RgbImage, out: &mut Vec<f32>) {
         let norm = self.manifest.normalize;
         // A 256-entry table per channel: the same f32 division as numpy, done once per value.
         let tables: [[f32; 256]; 3] =
             std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 - norm.mean[c]) / norm.std[c]));
-        for c in 0..3 {
-            let table = &tables[c];
-            let plane = out.index_axis_mut(ndarray::Axis(0), c);
-            let plane = plane.into_slice().expect("standard layout tensor");
-            for (dst, px) in plane.iter_mut().zip(image.pixels.chunks_exact(3)) {
-                *dst = table[px[c] as usize];
-            }
+        out.reserve(3 * image.height * image.width);
+        for (c, table) in tables.iter().enumerate() {
+            out.extend(image.pixels.chunks_exact(3).map(|px| table[px[c] as usize]));
         }
     }
 }
