@@ -11,7 +11,9 @@ power budget, it is faster per image than any full machine can be.
 Each round measures the stack twice, alternating: with the fleet's inference slots (a worker holds
 one of one per core from its receive to the end of its model runs, `fleet.inference_slots`, the
 default) and without (`= 0`, every worker runs at once); with `--before DIR`, a third time with
-another build's binaries (DIR holds its web-tier and app-tier). Medians and the ratios.
+another build's binaries (DIR holds its web-tier and app-tier). Inference alone is measured between
+every two stacks, and each stack is held against the mean of the two beside it, as the host's
+speed drifts within a round too. Medians of the rounds' ratios, and their range.
 
 And one app-tier instance as on EC2, where an instance runs its worker and nothing else: the pool
 held at one worker, every thread of its process on the last core, the web tier and the load
@@ -152,53 +154,65 @@ def main() -> int:
         sides.append(("before", None, args.before))
     with tempfile.TemporaryDirectory(prefix="imgrec-efficiency-") as tmp:
         for i in range(args.rounds):
+            # Inference alone between every two measurements of a stack, each stack against the
+            # mean of the two beside it: the host's speed drifts within a round too.
             rows["inference"].append(inference_ms(args.model, files, cores))
-            rows["inference one process"].append(inference_ms(args.model, files))
             for side, slots, build in sides if i % 2 == 0 else reversed(sides):
-                rows[side].append(stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots, build))
+                run = stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots, build)
+                rows["inference"].append(inference_ms(args.model, files, cores))
+                run["inference_ms"] = (rows["inference"][-2] + rows["inference"][-1]) / 2
+                rows[side].append(run)
+            rows["inference one process"].append(inference_ms(args.model, files))
             if instance:
                 one = instance_ms(files, Path(tmp), f"instance-{i}")
-                # Inference alone again right after: the ratio is against the two's mean, as the
-                # host's speed drifts between rounds.
-                one["inference_alone_ms"] = (rows["inference one process"][-1] + inference_ms(args.model, files)) / 2
+                rows["inference one process"].append(inference_ms(args.model, files))
+                one["inference_alone_ms"] = (rows["inference one process"][-2] + rows["inference one process"][-1]) / 2
                 rows["instance"].append(one)
-            print(f"round {i + 1}: inference {rows['inference'][-1]:.2f} ms/image ({cores} processes; "
-                  f"{rows['inference one process'][-1]:.2f} alone); "
+            print(f"round {i + 1}: "
                   + "; ".join(f"{s}: {rows[s][-1]['cpu_ms_per_image']:.2f} ms/image (web tier "
                               f"{rows[s][-1]['web_tier_ms']:.2f}, workers {rows[s][-1]['workers_ms']:.2f}, of which "
                               f"inference threads {rows[s][-1]['inference_thread_ms']:.2f}; "
-                              f"{rows[s][-1]['workers']} workers), {rows[s][-1]['throughput_per_s']:.0f}/s"
+                              f"{rows[s][-1]['workers']} workers; inference alone beside it "
+                              f"{rows[s][-1]['inference_ms']:.2f}), {rows[s][-1]['throughput_per_s']:.0f}/s"
                               for s, _, _ in sides)
                   + (f"; one instance: worker {rows['instance'][-1]['worker_ms']:.2f} ms/image (inference thread "
-                     f"{rows['instance'][-1]['inference_thread_ms']:.2f})" if instance else ""), flush=True)
+                     f"{rows['instance'][-1]['inference_thread_ms']:.2f}; one inference process alone beside it "
+                     f"{rows['instance'][-1]['inference_alone_ms']:.2f})" if instance else ""), flush=True)
+
+    def ratios(side: str) -> list[float]:
+        return [r["inference_ms"] / r["cpu_ms_per_image"] for r in rows[side]]
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} (rounds {min(values):.2f}-{max(values):.2f})"
+
     inference = statistics.median(rows["inference"])
     alone = statistics.median(rows["inference one process"])
     report = {"inference_cpu_ms_per_image": inference, "inference_one_process_cpu_ms_per_image": alone,
               "processes": cores}
     for side, _, _ in sides:
         cpu = statistics.median(r["cpu_ms_per_image"] for r in rows[side])
-        report[side] = {"stack_cpu_ms_per_image": cpu, "efficiency": inference / cpu,
-                        "efficiency_against_one_process": alone / cpu,
+        report[side] = {"stack_cpu_ms_per_image": cpu, "efficiency": statistics.median(ratios(side)),
                         "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows[side])}
-        print(f"{side:>8}: stack {cpu:.2f} ms CPU/image, efficiency {inference / cpu:.2f} (goal >= 0.9; "
-              f"{alone / cpu:.2f} against one process alone), "
+        print(f"{side:>8}: stack {cpu:.2f} ms CPU/image, efficiency {spread(ratios(side))} (goal >= 0.9), "
               f"{report[side]['throughput_per_s']:.0f} images/s (medians of {args.rounds})")
     if instance:
-        ratios = [r["inference_alone_ms"] / r["worker_ms"] for r in rows["instance"]]
+        shares = [r["inference_alone_ms"] / r["worker_ms"] for r in rows["instance"]]
         worker = statistics.median(r["worker_ms"] for r in rows["instance"])
-        report["instance"] = {"worker_cpu_ms_per_image": worker, "efficiency": statistics.median(ratios),
+        report["instance"] = {"worker_cpu_ms_per_image": worker, "efficiency": statistics.median(shares),
                               "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows["instance"])}
-        print(f"instance: one worker alone on a core {worker:.2f} ms CPU/image, efficiency "
-              f"{statistics.median(ratios):.2f} against one inference process alone (median of the rounds' "
-              f"ratios, {min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.9 for an EC2 instance)")
+        print(f"instance: one worker alone on a core {worker:.2f} ms CPU/image, efficiency {spread(shares)} "
+              f"against one inference process alone (goal >= 0.9 for an EC2 instance)")
     else:
         print("instance: NOT RUN (needs 2 cores and `taskset`)")
+
+    def paired(a: str, b: str) -> str:
+        """CPU per image of side `a` over side `b`, round by round (they ran one after the other)."""
+        return spread([x["cpu_ms_per_image"] / y["cpu_ms_per_image"] for x, y in zip(rows[a], rows[b])])
+
     print(f"inference alone: {inference:.2f} ms CPU/image with {cores} processes at once, {alone:.2f} with one "
-          f"({inference / alone:.2f}x); slots / no slots CPU per image: "
-          f"{report['slots']['stack_cpu_ms_per_image'] / report['no slots']['stack_cpu_ms_per_image']:.2f}")
+          f"({inference / alone:.2f}x); slots / no slots CPU per image: {paired('slots', 'no slots')}")
     if args.before:
-        print(f"this build / {args.before}: CPU per image "
-              f"{report['slots']['stack_cpu_ms_per_image'] / report['before']['stack_cpu_ms_per_image']:.2f}")
+        print(f"this build / {args.before}: CPU per image {paired('slots', 'before')}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rounds": rows, "report": report}, indent=2))
     return 0
