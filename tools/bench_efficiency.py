@@ -73,6 +73,23 @@ def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
     return web, workers, inference
 
 
+def burst_ms(stack: Stack, files: list[Path], client: tuple[str, ...] = (), after_warm_up=lambda: None) -> dict:
+    """CPU ms per image of the web tier, of the workers and of their inference threads over a
+    300-upload burst, after a first one that starts the workers and loads their models."""
+    summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
+    assert summary["errors"] == 0, run.stdout
+    wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
+    after_warm_up()
+    before = process_tree_cpu(stack.proc.pid, stack.data_dir)
+    summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
+    after = process_tree_cpu(stack.proc.pid, stack.data_dir)
+    assert summary["errors"] == 0, run.stdout
+    n = summary["requests"]
+    web, workers, inference = ((a - b) * 1000 / n for a, b in zip(after, before))
+    return {"web_tier_ms": web, "workers_ms": workers, "inference_thread_ms": inference,
+            "throughput_per_s": summary["throughput_per_s"]}
+
+
 def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None, build: Path | None = None) -> dict:
     """CPU ms per image of the whole stack (this checkout's, or the one in `build`) over a warm
     300-upload burst."""
@@ -80,18 +97,8 @@ def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None, build: 
     if slots is not None:
         settings["fleet__inference_slots"] = slots
     with Stack(tmp / name, web_tier=build / "web-tier" if build else None, **settings) as stack:
-        # Warm: the burst's workers started and their models loaded.
-        summary, run = loadgen(stack.url, files, repeat=3)
-        assert summary["errors"] == 0, run.stdout
-        wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
-        before = process_tree_cpu(stack.proc.pid, stack.data_dir)
-        summary, run = loadgen(stack.url, files, repeat=3)
-        after = process_tree_cpu(stack.proc.pid, stack.data_dir)
-        assert summary["errors"] == 0, run.stdout
-        n = summary["requests"]
-        web, workers, inference = ((a - b) * 1000 / n for a, b in zip(after, before))
-        return {"cpu_ms_per_image": web + workers, "web_tier_ms": web, "workers_ms": workers,
-                "inference_thread_ms": inference, "throughput_per_s": summary["throughput_per_s"],
+        run = burst_ms(stack, files)
+        return {**run, "cpu_ms_per_image": run["web_tier_ms"] + run["workers_ms"],
                 "workers": len(worker_pids(stack.data_dir))}
 
 
@@ -114,22 +121,15 @@ def instance_ms(files: list[Path], tmp: Path, name: str) -> dict:
         wait_until("the instance is running",
                    lambda: any(i["state"] == "running" for i in stack.status()["instances"]), 30)
         [worker] = worker_pids(stack.data_dir)
-        pin(stack.proc.pid, others)
-        pin(worker, last)
-        summary, run = loadgen(stack.url, files, repeat=2, prefix=client)
-        assert summary["errors"] == 0, run.stdout
-        wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
-        pin(stack.proc.pid, others)  # threads the warm-up started
-        pin(worker, last)
-        before = process_tree_cpu(stack.proc.pid, stack.data_dir)
-        summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
-        after = process_tree_cpu(stack.proc.pid, stack.data_dir)
-        assert summary["errors"] == 0, run.stdout
+
+        def place() -> None:  # again after the warm-up, for the threads it started
+            pin(stack.proc.pid, others)
+            pin(worker, last)
+
+        place()
+        run = burst_ms(stack, files, client, after_warm_up=place)
         assert worker_pids(stack.data_dir) == [worker], "the instance was replaced during the burst"
-        n = summary["requests"]
-        web, workers, inference = ((a - b) * 1000 / n for a, b in zip(after, before))
-        return {"worker_ms": workers, "inference_thread_ms": inference, "web_tier_ms": web,
-                "throughput_per_s": summary["throughput_per_s"]}
+        return run
 
 
 def main() -> int:
@@ -175,7 +175,7 @@ def main() -> int:
                               f"{rows[s][-1]['workers']} workers; inference alone beside it "
                               f"{rows[s][-1]['inference_ms']:.2f}), {rows[s][-1]['throughput_per_s']:.0f}/s"
                               for s, _, _ in sides)
-                  + (f"; one instance: worker {rows['instance'][-1]['worker_ms']:.2f} ms/image (inference thread "
+                  + (f"; one instance: worker {rows['instance'][-1]['workers_ms']:.2f} ms/image (inference thread "
                      f"{rows['instance'][-1]['inference_thread_ms']:.2f}; one inference process alone beside it "
                      f"{rows['instance'][-1]['inference_alone_ms']:.2f})" if instance else ""), flush=True)
 
@@ -196,8 +196,8 @@ def main() -> int:
         print(f"{side:>8}: stack {cpu:.2f} ms CPU/image, efficiency {spread(ratios(side))} (goal >= 0.9), "
               f"{report[side]['throughput_per_s']:.0f} images/s (medians of {args.rounds})")
     if instance:
-        shares = [r["inference_alone_ms"] / r["worker_ms"] for r in rows["instance"]]
-        worker = statistics.median(r["worker_ms"] for r in rows["instance"])
+        shares = [r["inference_alone_ms"] / r["workers_ms"] for r in rows["instance"]]
+        worker = statistics.median(r["workers_ms"] for r in rows["instance"])
         report["instance"] = {"worker_cpu_ms_per_image": worker, "efficiency": statistics.median(shares),
                               "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows["instance"])}
         print(f"instance: one worker alone on a core {worker:.2f} ms CPU/image, efficiency {spread(shares)} "
