@@ -120,8 +120,8 @@ async fn top_k_answers_list_the_most_likely_classes_and_name_the_model() {
     );
     // The result object carries the model too, as metadata (S3's x-amz-meta-model, -model-version),
     // beside its upload's order (x-amz-meta-upload-order).
-    let kept = std::fs::read(dir.path().join("metadata/output-bucket/a")).unwrap();
-    let mut kept: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    let kept = kept_metadata(dir.path(), "a");
+    let mut kept = serde_json::to_value(kept).unwrap();
     let order = kept.as_object_mut().unwrap().remove("upload-order");
     assert!(order.is_some_and(|o| o
         .as_str()
@@ -281,14 +281,22 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
         responses.delete(&got[0].receipt).await.unwrap();
     }
     worker.stop().await.unwrap();
-    let kept: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("metadata/output-bucket/cat")).unwrap()).unwrap();
+    let kept = kept_metadata(dir.path(), "cat");
     assert_eq!(
         kept[imgrec_domain::ports::ORDER_METADATA],
         orders[0].as_str(),
         "the older upload's result replaced the newer one's"
     );
     assert!(dir.path().join("s3/output-bucket/cat").is_file());
+}
+
+/// The metadata the local store kept with a result in the output bucket, its upload order included.
+fn kept_metadata(data_dir: &Path, key: &str) -> imgrec_domain::ports::Metadata {
+    let key = imgrec_domain::ports::ObjectKey::new(key).unwrap();
+    imgrec_local::FsObjectStore::new(data_dir)
+        .kept_metadata("output-bucket", &key)
+        .unwrap()
+        .expect("the result has metadata")
 }
 
 /// The web tier's `/status`.
