@@ -592,3 +592,50 @@ async fn a_worker_without_a_free_slot_takes_no_requests() {
     assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
     worker.stop().await.unwrap();
 }
+
+/// A worker keeps its slot while its receives find work: the next batch runs on the model already
+/// warm in the core's caches, not on another instance's copy. With one slot, two waiting workers
+/// and a backlog, whichever takes the slot answers the whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_keeps_its_slot_while_there_is_work() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = one_web_tier_and_worker(dir.path());
+    settings.fleet.inference_slots = Some(1);
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let slots = imgrec_runtime::backend::inference_slots(&settings).unwrap();
+    let held = tokio::task::spawn_blocking(move || slots.hold()).await.unwrap();
+    let workers = ["app-instance1", "app-instance2"].map(|name| app_tier::worker::spawn(settings.clone(), name));
+
+    let client = reqwest::Client::new();
+    let backlog = 3 * settings.app_tier.batch_size;
+    let answers: Vec<_> = (0..backlog)
+        .map(|k| {
+            let request = (client.post(web.url()))
+                .header("accept", "application/json")
+                .multipart(Form::new().part("myfile", Part::bytes(small_jpg()).file_name(format!("{k}.jpg"))));
+            tokio::spawn(async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_json(&web).await["queue"]["pending"] != backlog {
+        assert!(Instant::now() < deadline, "the backlog was never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for answer in answers {
+        let answer = tokio::time::timeout(Duration::from_secs(60), answer)
+            .await
+            .unwrap()
+            .unwrap();
+        let instance = answer["instance"].as_str().unwrap_or_else(|| panic!("{answer}"));
+        *by.entry(instance.to_owned()).or_default() += 1;
+    }
+    assert_eq!(by.len(), 1, "answered by one instance: {by:?}");
+    for worker in workers {
+        worker.stop().await.unwrap();
+    }
+    web.stop().await.unwrap();
+}
