@@ -9,7 +9,7 @@ otherwise idle machine is printed too: on a machine whose cores share a physical
 power budget, it is faster per image than any full machine can be.
 
 Each round measures the stack twice, alternating: with the fleet's inference slots (a worker holds
-one of one per core from its receive until a receive finds nothing, `fleet.inference_slots`, the
+one of one per core from its receive to the end of its model runs, `fleet.inference_slots`, the
 default) and without (`= 0`, every worker runs at once); with `--before DIR`, a third time with
 another build's binaries (DIR holds its web-tier and app-tier). Inference alone is measured between
 every two stacks, and each stack is held against the mean of the two beside it, as the host's

@@ -192,35 +192,21 @@ impl Worker {
         .max_backoff(MAX_BACKOFF);
         let mut busy = false;
         let mut answering: Option<JoinHandle<()>> = None;
-        let mut kept: Option<SlotGuard> = None;
-        loop {
-            // A slot first: an instance that could not run the model now takes no requests, and
-            // leaves them to one that can.
-            let slot = match kept.take() {
-                Some(slot) if !shutdown.is_requested() => slot,
-                _ => match self.slot(&mut shutdown).await {
-                    Some(slot) => slot,
-                    None => break,
-                },
-            };
+        // A slot first: an instance that could not run the model now takes no requests, and
+        // leaves them to one that can.
+        while let Some(slot) = self.slot(&mut shutdown).await {
             // Not interruptible: a receive cut short could leave messages taken but unprocessed
             // until their visibility timeout. It returns within `poll_wait_ms`.
             let Some(messages) = requests.next(&mut shutdown).await else {
                 break;
             };
             self.progress.mark();
-            let idle = messages.is_empty();
-            let has_work = !idle || answering.as_ref().is_some_and(|h| !h.is_finished());
+            let has_work = !messages.is_empty() || answering.as_ref().is_some_and(|h| !h.is_finished());
             if busy != has_work {
                 busy = has_work;
                 report(status, InstanceState::Running, busy).await;
             }
-            let (still_answering, slot) = self.take_on(messages, answering, slot).await;
-            answering = still_answering;
-            // Kept while there is work: the next batch runs on this process's model, its weights
-            // and buffers warm in the core's caches, where handing the core on would run another
-            // instance's copy of them. Given up when a receive finds nothing.
-            kept = (!idle).then_some(slot);
+            answering = self.take_on(messages, answering, slot).await;
         }
         if let Some(last) = answering {
             let _ = last.await;
@@ -262,15 +248,15 @@ impl Worker {
         }
     }
 
-    /// Runs one receive's requests on `slot`: first-time ones together, suspects each alone
-    /// (`poison`). Each group's answering starts as the next group runs; returns the one still
-    /// answering, and the slot once their model runs are done.
+    /// Runs one receive's requests, holding `slot` until their model runs are done: first-time
+    /// ones together, suspects each alone (`poison`). Each group's answering starts as the next
+    /// group runs; returns the one still answering.
     async fn take_on(
         self: &Arc<Self>,
         messages: Vec<Received>,
         mut answering: Option<JoinHandle<()>>,
         slot: SlotGuard,
-    ) -> (Option<JoinHandle<()>>, SlotGuard) {
+    ) -> Option<JoinHandle<()>> {
         let jobs = self.decode(messages).await;
         self.held().extend(jobs.iter().map(|j| j.receipt.clone()));
         let split = poison::split(jobs, self.settings.queues.max_receives);
@@ -291,7 +277,9 @@ impl Worker {
                 (receipts, keeper)
             })
             .collect();
-        for ((suspect, jobs), (receipts, keeper)) in groups.into_iter().zip(keepers) {
+        let mut slot = Some(slot);
+        let last = groups.len().saturating_sub(1);
+        for (k, ((suspect, jobs), (receipts, keeper))) in groups.into_iter().zip(keepers).enumerate() {
             if suspect {
                 // What was classified before is answered before a suspect may bring this worker down.
                 if let Some(previous) = answering.take() {
@@ -300,6 +288,10 @@ impl Worker {
                 warn!(key = %jobs[0].request.key, receives = jobs[0].receive_count, "classifying a retried request alone");
             }
             let answers = self.run_batch(jobs).await;
+            if k == last {
+                // The model runs are done: another instance may take requests now.
+                slot.take();
+            }
             self.progress.mark();
             if let Some(previous) = answering.take() {
                 let _ = previous.await;
@@ -316,7 +308,7 @@ impl Worker {
                 .in_current_span(),
             ));
         }
-        (answering, slot)
+        answering
     }
 }
 

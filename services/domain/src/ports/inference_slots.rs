@@ -1,8 +1,7 @@
 //! `InferenceSlots`: the cores that instances sharing one machine share. An instance holds a slot
-//! from taking requests until it finds none to take, so that however many instances run on a
+//! from taking requests until their model runs are done, so that however many instances run on a
 //! machine, no more of them take work and run the model at once than it has cores: more would
 //! only fight over the cores and their caches, and hold requests that a running one could take.
-//! Kept from batch to batch, a core keeps running one instance's model, warm in its caches.
 
 /// A held slot; it frees when dropped.
 pub type SlotGuard = Box<dyn Send>;
