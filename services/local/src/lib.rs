@@ -1,6 +1,7 @@
 //! Embedded adapters for one machine: folders as buckets, SQLite as the queues (shared by
 //! processes, durable across restarts), OS processes as the app-tier fleet.
 
+mod bells;
 mod core_slots;
 mod db;
 mod errors;

@@ -85,6 +85,8 @@ struct Processes {
     /// Workers of a gone web tier, by name: when this fleet first saw them orphaned.
     orphans: Mutex<HashMap<String, Instant>>,
     db: Arc<Mutex<Connection>>,
+    /// Rung for the requests given back from a gone instance.
+    bells: crate::bells::Bells,
     heartbeat_timeout: Duration,
     /// The lease a launch must be made under (the scaler's), checked in the statement that
     /// claims the name: a scaler whose lease ran out cannot start a worker, however late its
@@ -107,6 +109,7 @@ impl ProcessFleet {
             orphans: Mutex::new(HashMap::new()),
             fence: std::sync::OnceLock::new(),
             db: Arc::new(Mutex::new(super::db::open(db)?)),
+            bells: crate::bells::Bells::beside(db),
             heartbeat_timeout,
         });
         let (launcher, launches) = std::sync::mpsc::channel::<Launch>();
@@ -214,12 +217,16 @@ impl Processes {
             tracing::warn!(instance = name, error = %e, "cannot clear instance status");
         }
         match super::release_held_by(&conn, name) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                instance = name,
-                requests = n,
-                "released the requests a gone instance held"
-            ),
+            Ok(queues) if queues.is_empty() => {}
+            Ok(queues) => {
+                tracing::info!(
+                    instance = name,
+                    requests = queues.len(),
+                    "released the requests a gone instance held"
+                );
+                let queues: std::collections::BTreeSet<String> = queues.into_iter().collect();
+                queues.iter().for_each(|q| self.bells.ring(q));
+            }
             Err(e) => tracing::warn!(instance = name, error = %e, "cannot release a gone instance's requests"),
         }
     }

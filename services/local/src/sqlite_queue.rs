@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::Notify;
 
+use crate::bells::{Bells, QUIET_POLL};
 use crate::errors::queue_error;
 use crate::group_commit::GroupCommit;
 use imgrec_domain::messages::now_ms;
@@ -22,8 +24,9 @@ pub struct DeadLetter {
     pub max_receives: u32,
 }
 
-/// A long-polling receive's pauses between tries while the queue is empty: doubling from the first
-/// to the last. At the last, an idle receiver costs ~100 cheap reads a second.
+/// A long-polling receive's pauses between tries while the queue is empty, where its process
+/// cannot hear the queue's bell (see `bells`): doubling from the first to the last. At the last,
+/// an idle receiver costs ~100 cheap reads a second.
 const FIRST_POLL_PAUSE: Duration = Duration::from_millis(1);
 const MAX_POLL_PAUSE: Duration = Duration::from_millis(10);
 
@@ -39,6 +42,8 @@ pub struct SqliteQueue {
     dead_letter: Option<DeadLetter>,
     /// The app-tier instance receiving through this handle, recorded on what it receives.
     receiver: Option<String>,
+    /// Rung once messages are committed visible; heard by waiting receivers.
+    bells: Arc<Bells>,
 }
 
 impl SqliteQueue {
@@ -50,6 +55,7 @@ impl SqliteQueue {
             name: name.to_owned(),
             dead_letter,
             receiver: None,
+            bells: Arc::new(Bells::beside(db)),
         })
     }
 
@@ -105,8 +111,9 @@ impl SqliteQueue {
         // Read once the write lock is held: taking it may wait (another process's commit), and a
         // time read before would hide the messages for less than `visibility` from now.
         let now = now_ms() as i64;
+        let mut dead_lettered = 0;
         if let Some(dl) = &self.dead_letter {
-            tx.execute(
+            dead_lettered = tx.execute(
                 "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL, visible_at_ms = ?2
                  WHERE queue = ?3 AND visible_at_ms <= ?2 AND receive_count >= ?4",
                 params![dl.queue, now, self.name, dl.max_receives],
@@ -138,7 +145,20 @@ impl SqliteQueue {
             });
         }
         tx.commit()?;
+        if dead_lettered > 0 {
+            if let Some(dl) = &self.dead_letter {
+                self.bells.ring(&dl.queue);
+            }
+        }
         Ok(received)
+    }
+
+    /// Commits `rows` (queue, body) and rings their queues' bells.
+    fn send_rows(&self, conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        insert(conn, rows)?;
+        let queues: std::collections::BTreeSet<&str> = rows.iter().map(|(q, _)| q.as_str()).collect();
+        queues.into_iter().for_each(|q| self.bells.ring(q));
+        Ok(())
     }
 }
 
@@ -155,13 +175,15 @@ pub fn expire_messages(conn: &Connection, queue: &str, with_suffixes: bool, age:
 
 /// Makes every message that `instance` holds visible again now (their receive counts stay):
 /// called by the local fleet when that instance is gone, instead of waiting for the visibility
-/// timeout. Returns how many were released.
-pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<usize> {
+/// timeout. Returns the queue of each message released, for their bells.
+pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<Vec<String>> {
     let now = now_ms() as i64;
-    conn.execute(
-        "UPDATE messages SET visible_at_ms = ?2, receiver = NULL WHERE receiver = ?1 AND visible_at_ms > ?2",
-        params![instance, now],
-    )
+    let mut released = conn.prepare_cached(
+        "UPDATE messages SET visible_at_ms = ?2, receiver = NULL WHERE receiver = ?1 AND visible_at_ms > ?2
+         RETURNING queue",
+    )?;
+    let queues = released.query_map(params![instance, now], |r| r.get(0))?;
+    queues.collect()
 }
 
 /// Whether the next commits on `conn` wait for the disk (synchronous FULL) or not (NORMAL, which in
@@ -205,7 +227,7 @@ impl WorkQueue for SqliteQueue {
         let commit = move |rows: Vec<(String, Vec<u8>)>| {
             let queue = queue.clone();
             async move {
-                let committed = queue.blocking(move |conn, _| insert(conn, &rows)).await;
+                let committed = queue.blocking(move |conn, q| q.send_rows(conn, &rows)).await;
                 committed.map_err(|e| (e.is_transient(), format!("{e:#}")))
             }
         };
@@ -222,7 +244,7 @@ impl WorkQueue for SqliteQueue {
 
     async fn send_batch(&self, bodies: &[Vec<u8>]) -> PortResult<()> {
         let rows: Vec<(String, Vec<u8>)> = bodies.iter().map(|b| (self.name.clone(), b.clone())).collect();
-        self.blocking(move |conn, _| insert(conn, &rows)).await
+        self.blocking(move |conn, q| q.send_rows(conn, &rows)).await
     }
 
     async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> PortResult<Vec<Received>> {
@@ -230,18 +252,34 @@ impl WorkQueue for SqliteQueue {
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + wait;
-        // Other processes send, so nothing wakes a waiting receiver: it polls, soon after a
-        // receive (a burst's next message is usually a few ms away), then less and less often.
+        // Other processes send: a waiting receiver wakes when the queue's bell rings, and tries
+        // now and then anyway. Without a bell it polls, soon after a receive (a burst's next
+        // message is usually a few ms away), then less and less often.
+        let bell = self.bells.listen(&self.name);
         let mut pause = FIRST_POLL_PAUSE;
         loop {
+            // Listening before the try: a ring during it is not missed.
+            let rung = bell.as_deref().map(Notify::notified);
+            tokio::pin!(rung);
+            if let Some(rung) = rung.as_mut().as_pin_mut() {
+                rung.enable();
+            }
             let got = self
                 .blocking(move |conn, q| q.try_receive(conn, max, visibility))
                 .await?;
-            if !got.is_empty() || Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !got.is_empty() || left.is_zero() {
                 return Ok(got);
             }
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(MAX_POLL_PAUSE);
+            match rung.as_pin_mut() {
+                Some(rung) => {
+                    let _ = tokio::time::timeout(QUIET_POLL.min(left), rung).await;
+                }
+                None => {
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(MAX_POLL_PAUSE);
+                }
+            }
         }
     }
 
@@ -287,6 +325,9 @@ impl WorkQueue for SqliteQueue {
                 bail!("receipt {receipt} is no longer valid (deleted, expired or received again)");
             }
             tx.commit()?;
+            if visibility.is_zero() {
+                q.bells.ring(&q.name); // given back: visible now
+            }
             Ok(())
         })
         .await
@@ -361,5 +402,56 @@ mod tests {
         assert_eq!(synchronous(&q), FULL);
         q.send_batch(&[b"c".to_vec()]).await.unwrap();
         assert_eq!(synchronous(&q), FULL);
+    }
+
+    /// Each way a message becomes visible to receivers in other processes rings its queue's bell
+    /// (`bells` tests that a ring wakes them), and a receiver waiting on it gets the message.
+    #[tokio::test]
+    async fn sends_gives_back_and_dead_letters_ring_the_queues_bell() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.sqlite3");
+        let dead_letter = DeadLetter {
+            queue: "dead-letters".into(),
+            max_receives: 1,
+        };
+        let q = SqliteQueue::open(&db, "requests", Some(dead_letter)).unwrap();
+        let elsewhere = Bells::beside(&db);
+        let (requests, dead) = (
+            elsewhere.listen("requests").unwrap(),
+            elsewhere.listen("dead-letters").unwrap(),
+        );
+        let rings = |n: &Arc<Notify>| {
+            let n = n.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), n.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        let wait = tokio::spawn(rings(&requests));
+        tokio::task::yield_now().await;
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.receive(1, Duration::from_secs(30), Duration::from_secs(20)).await })
+        };
+        q.send(b"a").await.unwrap();
+        assert!(wait.await.unwrap(), "a send rang");
+        let got = waiting.await.unwrap().unwrap();
+        assert_eq!(got[0].body, b"a");
+
+        let wait = tokio::spawn(rings(&requests));
+        tokio::task::yield_now().await;
+        q.change_visibility(&got[0].receipt, Duration::ZERO).await.unwrap();
+        assert!(wait.await.unwrap(), "a give-back rang");
+
+        // Received once already: the next receive moves it to the dead-letter queue.
+        let wait = tokio::spawn(rings(&dead));
+        tokio::task::yield_now().await;
+        assert!(q
+            .receive(1, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(wait.await.unwrap(), "a dead letter rang");
     }
 }
