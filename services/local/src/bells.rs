@@ -88,6 +88,12 @@ impl Bells {
         }
     }
 
+    /// `ring` for each queue named, once each.
+    pub fn ring_each<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
+        let queues: std::collections::BTreeSet<&str> = queues.into_iter().collect();
+        queues.into_iter().for_each(|q| self.ring(q));
+    }
+
     /// What wakes this process's receivers of `queue` when its bell rings; `None` where this
     /// process cannot listen (then receivers poll).
     pub fn listen(&self, queue: &str) -> Option<Arc<Notify>> {

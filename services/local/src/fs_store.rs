@@ -94,7 +94,7 @@ impl FsObjectStore {
     pub fn sweep_prefix(&self, bucket: &str, prefix: &str, age: std::time::Duration) -> anyhow::Result<usize> {
         let mut removed = 0;
         for key in self.list_blocking(bucket, prefix)? {
-            let path = self.bucket_dir(bucket).join(relative_path(&key));
+            let path = self.object_path(bucket, &key);
             let old = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
@@ -109,6 +109,11 @@ impl FsObjectStore {
         self.root.join("s3").join(bucket)
     }
 
+    /// Where `key`'s object is: `s3/<bucket>/<file name of key>`.
+    fn object_path(&self, bucket: &str, key: &ObjectKey) -> PathBuf {
+        self.bucket_dir(bucket).join(relative_path(key))
+    }
+
     /// Writes the object, with `metadata` (encoded) if given, and returns its version and the
     /// folders whose syncs make it durable. The metadata goes on the object's own inode (an
     /// extended attribute, synced and renamed with it); where the file system cannot hold it
@@ -121,7 +126,7 @@ impl FsObjectStore {
         metadata: Option<&[u8]>,
     ) -> PortResult<(String, Vec<PathBuf>)> {
         check_bucket(bucket)?;
-        let target = self.bucket_dir(bucket).join(relative_path(key));
+        let target = self.object_path(bucket, key);
         let versions = self.root.join("versions").join(bucket);
         let tmp_dir = self.root.join("tmp");
         let parent = target.parent().expect("a key's path has a parent");
@@ -198,7 +203,7 @@ impl FsObjectStore {
     /// leaves out), `None` if there is none: on the object's inode, or else in its metadata file
     /// (where the file system could not hold it on the inode, or an earlier release wrote it).
     pub fn kept_metadata(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
-        let object = self.bucket_dir(bucket).join(relative_path(key));
+        let object = self.object_path(bucket, key);
         let (path, bytes) = match get_metadata_attr(&object)? {
             Some(bytes) => (object, bytes),
             None => {
@@ -237,7 +242,7 @@ impl FsObjectStore {
 
     fn metadata_blocking(&self, bucket: &str, key: &ObjectKey) -> PortResult<Option<Metadata>> {
         check_bucket(bucket)?;
-        if !self.bucket_dir(bucket).join(relative_path(key)).is_file() {
+        if !self.object_path(bucket, key).is_file() {
             return Ok(None);
         }
         let mut metadata = self.kept_metadata(bucket, key)?.unwrap_or_default();
@@ -265,7 +270,7 @@ impl FsObjectStore {
     fn put_if_absent_blocking(&self, bucket: &str, key: &ObjectKey, bytes: &[u8]) -> PortResult<Option<Vec<PathBuf>>> {
         check_bucket(bucket)?;
         let _lock = self.lock(bucket, key)?;
-        let target = self.bucket_dir(bucket).join(relative_path(key));
+        let target = self.object_path(bucket, key);
         if target
             .try_exists()
             .with_context(|| format!("cannot check {}", target.display()))?
@@ -280,7 +285,7 @@ impl FsObjectStore {
     fn delete_blocking(&self, bucket: &str, key: &ObjectKey) -> PortResult<Vec<PathBuf>> {
         check_bucket(bucket)?;
         let _lock = self.lock(bucket, key)?;
-        let target = self.bucket_dir(bucket).join(relative_path(key));
+        let target = self.object_path(bucket, key);
         match std::fs::remove_file(&target) {
             Ok(()) => Ok(target.parent().map(Path::to_path_buf).into_iter().collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -297,7 +302,7 @@ impl FsObjectStore {
                 check_version(v)?;
                 self.root.join("versions").join(bucket).join(v)
             }
-            None => self.bucket_dir(bucket).join(relative_path(key)),
+            None => self.object_path(bucket, key),
         };
         Ok(read_if_exists(&path)?.map(Bytes::from))
     }

@@ -224,8 +224,7 @@ impl Processes {
                     requests = queues.len(),
                     "released the requests a gone instance held"
                 );
-                let queues: std::collections::BTreeSet<String> = queues.into_iter().collect();
-                queues.iter().for_each(|q| self.bells.ring(q));
+                self.bells.ring_each(queues.iter().map(String::as_str));
             }
             Err(e) => tracing::warn!(instance = name, error = %e, "cannot release a gone instance's requests"),
         }

@@ -156,8 +156,7 @@ impl SqliteQueue {
     /// Commits `rows` (queue, body) and rings their queues' bells.
     fn send_rows(&self, conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         insert(conn, rows)?;
-        let queues: std::collections::BTreeSet<&str> = rows.iter().map(|(q, _)| q.as_str()).collect();
-        queues.into_iter().for_each(|q| self.bells.ring(q));
+        self.bells.ring_each(rows.iter().map(|(q, _)| q.as_str()));
         Ok(())
     }
 }
