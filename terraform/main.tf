@@ -52,12 +52,17 @@ locals {
     inference_threads = data.aws_ec2_instance_type.app.default_vcpus
   })
 
+  # A Hibernated warm pool: the On-Demand group's root volumes also hold the RAM they save.
+  hibernates    = var.warm_pool_size > 0 && var.warm_pool_state == "Hibernated"
+  app_ram_gib   = ceil(data.aws_ec2_instance_type.app.memory_size / 1024)
+  saved_ram_gib = local.hibernates ? local.app_ram_gib : 0
+
   # What `make deploy` prints: USD per hour, at AWS's list prices given as variables. Instances
-  # with their 16 GiB gp3 volumes; a hibernated warm-pool instance's volume also holds its RAM.
+  # with their 16 GiB gp3 volumes (the On-Demand group's larger by the RAM they save).
   volume_per_hour = 16 * 0.08 / 730
-  pool_per_hour   = var.warm_pool_size * (16 + (var.warm_pool_state == "Hibernated" ? data.aws_ec2_instance_type.app.memory_size / 1024 : 0)) * 0.08 / 730
+  pool_per_hour   = var.warm_pool_size * (16 + local.saved_ram_gib) * 0.08 / 730
   web_per_hour    = length(local.web_instances) * (var.web_price_per_hour + local.volume_per_hour) + (local.load_balanced ? 0.0225 : 0)
-  app_per_hour    = var.on_demand_price_per_hour + local.volume_per_hour
+  app_per_hour    = var.on_demand_price_per_hour + (16 + local.saved_ram_gib) * 0.08 / 730
   spot_per_hour   = var.on_demand_price_per_hour * (1 - var.spot_discount) + local.volume_per_hour
   cost_per_hour = {
     at_minimum         = local.web_per_hour + var.app_min_size * local.app_per_hour + local.pool_per_hour
@@ -70,6 +75,15 @@ locals {
 # The workers run one inference thread per vCPU of their type.
 data "aws_ec2_instance_type" "app" {
   instance_type = var.app_instance_type
+
+  lifecycle {
+    # EC2 refuses to launch a hibernation-enabled template of a type that cannot hibernate, or of
+    # more than 150 GiB of RAM: every launch of the group would fail.
+    postcondition {
+      condition     = !local.hibernates || (self.hibernation_supported && self.memory_size <= 150 * 1024)
+      error_message = "app_instance_type cannot hibernate (or has more than 150 GiB of RAM), and the warm pool waits Hibernated: set warm_pool_state = \"Stopped\" or warm_pool_size = 0, or choose a type that hibernates."
+    }
+  }
 }
 
 data "aws_ec2_instance_type" "spot" {
@@ -167,6 +181,7 @@ module "app_tier" {
   max_size          = local.on_demand_max_size
   warm_pool_size    = var.warm_pool_size
   warm_pool_state   = var.warm_pool_state
+  saved_ram_gib     = local.saved_ram_gib
   launch_hook       = local.launch_hook
 
   spot_group_name     = local.spot_group_name

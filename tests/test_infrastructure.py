@@ -701,3 +701,29 @@ def test_failing_launches_raise_an_alarm_and_the_web_tier_shows_the_fleet():
     assert template["web"]["run_scaler"] is False and template["web"]["watch_fleet"] is True
     web = {a for s in iam_statements()["web_tier"] for a in s["Action"]}
     assert "autoscaling:DescribeScalingActivities" in web
+
+
+def test_a_hibernated_warm_pool_has_a_type_that_hibernates_and_room_for_its_ram():
+    """Finding: the warm pool waits Hibernated by default, but nothing checked that the app type can
+    hibernate (EC2 refuses to launch a hibernation-enabled template of one that cannot), and the
+    16 GiB root volume was to hold the OS, the service and the RAM saved to its swap file: an 8 GiB
+    type left little room, a 16 GiB type none."""
+    root = module_doc("root")
+    app_type = blocks(root, "data", "aws_ec2_instance_type")["app"]
+    (check,) = one(app_type["lifecycle"])["postcondition"]
+    assert "local.hibernates" in check["condition"] and "self.hibernation_supported" in check["condition"]
+    assert "self.memory_size <= 150 * 1024" in check["condition"]
+    assert 'warm_pool_state = \\"Stopped\\"' in check["error_message"]  # HCL's escaped quotes, as parsed
+    local = root_locals()
+    assert ref(local["hibernates"]) == 'var.warm_pool_size > 0 && var.warm_pool_state == "Hibernated"'
+    assert ref(local["app_ram_gib"]) == "ceil(data.aws_ec2_instance_type.app.memory_size / 1024)"
+    assert ref(local["saved_ram_gib"]) == "local.hibernates ? local.app_ram_gib : 0"
+    assert ref(blocks(root, "module")["app_tier"]["saved_ram_gib"]) == "local.saved_ram_gib"
+    # The template that configures hibernation (the On-Demand one) is the one whose volume grows.
+    template = blocks(module_doc("app_tier"), "resource", "aws_launch_template")["this"]
+    assert ref(one(template["hibernation_options"])["configured"]) == "each.value"
+    ebs = one(one(template["block_device_mappings"])["ebs"])
+    assert ref(ebs["volume_size"]) == "var.volume_size_gb + (each.value ? var.saved_ram_gib : 0)"
+    assert ebs["encrypted"] is True
+    # The cost `make deploy` prints counts those larger volumes.
+    assert "local.saved_ram_gib" in local["pool_per_hour"] and "local.saved_ram_gib" in local["app_per_hour"]

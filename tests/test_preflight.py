@@ -75,6 +75,8 @@ def test_the_check_runs_against_an_account(tmp_path):
     assert "could not read the Spot vCPU quota" in out.stdout and "Spot group needs 34 vCPUs" in out.stdout
     assert "at the minimum (1 app instances)" in out.stdout and "at the cap (19) On-Demand" in out.stdout
     assert "with Spot (17 of them Spot at 40% of the price)" in out.stdout
+    # c7i.large hibernates (moto carries EC2's instance type facts): the Hibernated warm pool passes.
+    assert "cannot hibernate" not in out.stdout
 
 
 def test_with_spot_the_on_demand_quota_covers_the_base_and_the_spot_quota_the_rest():
@@ -90,3 +92,25 @@ def test_with_spot_the_on_demand_quota_covers_the_base_and_the_spot_quota_the_re
     on_demand = 0.0208 + 0.005 + 19 * (0.08925 + 0.005)
     with_spot = on_demand - 17 * 0.08925 * 0.6
     assert f"${on_demand:.2f} at the cap (19) On-Demand, ${with_spot:.2f} with Spot" in note
+
+
+def test_a_hibernated_warm_pool_on_a_type_that_cannot_hibernate_refuses_before_the_build():
+    """Finding: the warm pool's launch template enables hibernation, and EC2 refuses to launch such a
+    template of a type that cannot hibernate (c5n, r6i, ...): every launch of the group would fail,
+    after the ten-minute AMI build."""
+    plan = Plan("us-east-1", web_instances=1, instance_budget=20, app_min_size=1, app_instance_type="c5n.large",
+                web_instance_type="t3.small", warm_pool_size=1, warm_pool_state="Hibernated")
+    kinds = {"c5n.large": False, "t3.small": True}
+    seen = facts(vcpus={"c5n.large": 2, "t3.small": 2}, hibernation=kinds,
+                 memory_mib={"c5n.large": 5376, "t3.small": 2048},
+                 offered={(t, z) for t in kinds for z in ZONES}, prices={"c5n.large": 0.108, "t3.small": 0.0208})
+    (refusal,) = assess(plan, seen).refusals
+    assert "c5n.large cannot hibernate" in refusal and 'warm_pool_state = "Stopped"' in refusal
+    # Stopped, or no warm pool at all, needs nothing of the type.
+    for other in (Plan(**{**plan.__dict__, "warm_pool_state": "Stopped"}), Plan(**{**plan.__dict__, "warm_pool_size": 0})):
+        assert not assess(other, seen).refusals
+    # A type that hibernates, within EC2's 150 GiB of RAM, passes; a larger one does not.
+    fine = Plan(**{**plan.__dict__, "app_instance_type": "c7i.large"})
+    assert not assess(fine, facts(hibernation={"c7i.large": True}, memory_mib={"c7i.large": 4096})).refusals
+    (refusal,) = assess(fine, facts(hibernation={"c7i.large": True}, memory_mib={"c7i.large": 192 * 1024})).refusals
+    assert "192 GiB of RAM" in refusal

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make deploy`'s checks before it spends anything: credentials and region, the On-Demand vCPU quota
 against what the deployment needs at its minimum and at the cap, that the instance types are offered
-in the zones Terraform will use, and the cost per hour at the minimum and at the cap.
+in the zones Terraform will use, that the app instance type can hibernate where the warm pool
+waits Hibernated, and the cost per hour at the minimum and at the cap.
 
 Exit 0: go (warnings printed); exit 2: refused, with the reason. Reads the deployment's sizes from
 terraform/variables.tf and terraform/terraform.tfvars, as Terraform will."""
@@ -30,6 +31,8 @@ ALB_PER_HOUR = 0.0225
 # cannot be read; other regions differ by a few percent.
 KNOWN_PRICES = {"t3.small": 0.0208, "t3.medium": 0.0416, "c7i.large": 0.08925, "c7i.xlarge": 0.1785,
                 "c6i.large": 0.085, "c5.large": 0.085, "m7i.large": 0.1008}
+# EC2 hibernates Linux instances of up to 150 GiB of RAM (EC2 User Guide, hibernation prerequisites).
+HIBERNATION_MAX_RAM_MIB = 150 * 1024
 # Price List API location names (the API takes these, not region codes).
 LOCATIONS = {"us-east-1": "US East (N. Virginia)", "us-east-2": "US East (Ohio)", "us-west-2": "US West (Oregon)",
              "eu-west-1": "EU (Ireland)", "eu-central-1": "EU (Frankfurt)", "ap-southeast-1": "Asia Pacific (Singapore)"}
@@ -45,9 +48,15 @@ class Plan:
     app_instance_type: str
     web_instance_type: str
     warm_pool_size: int = 0
+    warm_pool_state: str = "Stopped"
     # With Spot, app instances beyond app_min_size + warm_pool_size are Spot, at (1 - discount).
     spot: bool = False
     spot_discount: float = 0.6
+
+    @property
+    def hibernates(self) -> bool:
+        """Whether the warm pool's instances wait hibernated (their launch template enables it)."""
+        return self.warm_pool_size > 0 and self.warm_pool_state == "Hibernated"
 
     @property
     def app_max(self) -> int:
@@ -71,6 +80,8 @@ class Facts:
     vcpu_quota: float | None = None
     spot_vcpu_quota: float | None = None
     vcpus: dict[str, int] = field(default_factory=dict)
+    hibernation: dict[str, bool] = field(default_factory=dict)
+    memory_mib: dict[str, int] = field(default_factory=dict)
     zones: list[str] = field(default_factory=list)
     offered: set[tuple[str, str]] = field(default_factory=set)
     prices: dict[str, float] = field(default_factory=dict)
@@ -99,7 +110,8 @@ def read_plan(region: str) -> Plan:
     unquote = lambda v: v.strip('"') if isinstance(v, str) else v
     return Plan(region, int(values["web_instances"]), int(values["instance_budget"]), int(values["app_min_size"]),
                 unquote(values["app_instance_type"]), unquote(values["web_instance_type"]),
-                warm_pool_size=int(values.get("warm_pool_size") or 0), spot=bool(values.get("spot_instance_types")),
+                warm_pool_size=int(values.get("warm_pool_size") or 0),
+                warm_pool_state=unquote(values.get("warm_pool_state") or "Stopped"), spot=bool(values.get("spot_instance_types")),
                 spot_discount=float(values.get("spot_discount") or 0))
 
 
@@ -135,6 +147,7 @@ def assess(plan: Plan, facts: Facts) -> Verdict:
         if facts.zones and missing:
             v.refusals.append(f"{t} is not offered in {', '.join(missing)}, which the network module uses (the first "
                               f"two zones of {plan.region}): choose another instance type or region")
+    assess_hibernation(plan, facts, v)
     if "offerings" in facts.unread:
         v.warnings.append(f"could not check where the instance types are offered: {facts.unread['offerings']}")
     if all(t in facts.vcpus for t in types):
@@ -182,6 +195,21 @@ def assess(plan: Plan, facts: Facts) -> Verdict:
     return v
 
 
+def assess_hibernation(plan: Plan, facts: Facts, v: Verdict) -> None:
+    """A Hibernated warm pool needs a type that hibernates: AWS refuses to launch a hibernation-enabled
+    template of any other, and every launch of the group would fail."""
+    kind = plan.app_instance_type
+    if not plan.hibernates or kind not in facts.hibernation:
+        return
+    fix = ('set warm_pool_state = "Stopped" (or warm_pool_size = 0) in terraform/terraform.tfvars, or choose an '
+           'app_instance_type that hibernates')
+    if not facts.hibernation[kind]:
+        v.refusals.append(f"{kind} cannot hibernate, and the warm pool waits Hibernated: {fix}")
+    elif facts.memory_mib.get(kind, 0) > HIBERNATION_MAX_RAM_MIB:
+        v.refusals.append(f"{kind} has {facts.memory_mib[kind] // 1024} GiB of RAM, more than EC2 hibernates "
+                          f"({HIBERNATION_MAX_RAM_MIB // 1024} GiB): {fix}")
+
+
 def ask_for_more(region: str, quota: str, need: int) -> str:
     return (f"Ask for more: aws service-quotas request-service-quota-increase --region {region} --service-code ec2 "
             f"--quota-code {quota} --desired-value {need}")
@@ -224,6 +252,8 @@ def gather(plan: Plan) -> Facts:
     try:
         found = ec2.describe_instance_types(InstanceTypes=types)["InstanceTypes"]
         facts.vcpus = {t["InstanceType"]: t["VCpuInfo"]["DefaultVCpus"] for t in found}
+        facts.hibernation = {t["InstanceType"]: bool(t.get("HibernationSupported")) for t in found}
+        facts.memory_mib = {t["InstanceType"]: t["MemoryInfo"]["SizeInMiB"] for t in found}
     except failures as e:
         facts.unread["types"] = str(e)
     try:

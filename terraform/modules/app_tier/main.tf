@@ -55,7 +55,7 @@ resource "aws_launch_template" "this" {
     device_name = "/dev/sda1"
 
     ebs {
-      volume_size           = var.volume_size_gb
+      volume_size           = var.volume_size_gb + (each.value ? var.saved_ram_gib : 0)
       volume_type           = "gp3"
       encrypted             = true
       delete_on_termination = true
@@ -67,7 +67,7 @@ resource "aws_launch_template" "this" {
   }
 
   # A hibernated instance keeps its RAM on its root volume, which is encrypted (as AWS requires)
-  # and larger than the RAM.
+  # and larger by the RAM (the swap file the AMI's hibernation agent makes on first boot).
   hibernation_options {
     configured = each.value
   }

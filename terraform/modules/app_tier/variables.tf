@@ -55,6 +55,12 @@ variable "volume_size_gb" {
   default     = 16
 }
 
+variable "saved_ram_gib" {
+  description = "RAM a hibernating instance saves to its root volume, in GiB: added to the On-Demand template's volume when the warm pool waits Hibernated."
+  type        = number
+  default     = 0
+}
+
 variable "warm_pool_size" {
   description = "Instances kept initialised in the On-Demand group's warm pool; 0: none."
   type        = number
