@@ -86,6 +86,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyhow::Result<()> {
     let connection = Connection::default();
     let status = backend::instance_status(&settings, &name, &connection).await?;
+    serve_as(settings, name, status, connection, shutdown).await
+}
+
+/// `serve`, with `status` telling the fleet about this instance and the fleet's moves to it.
+pub async fn serve_as(
+    settings: Settings,
+    name: String,
+    status: Arc<dyn InstanceStatus>,
+    connection: Connection,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
     status.report(InstanceState::Pending, false).await?;
     let progress = Progress::new(settings.app_tier.stall_timeout());
     // Beats until the end of this function: stopping (the last batch answered) is progress too.
@@ -99,15 +110,6 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
     let slots = backend::inference_slots(&settings)?;
     let inference = InferenceThread::start(inference, limits).await?;
     let result_metadata = model_metadata(&inference.model.name, &inference.model.version);
-    // Initialised for a warm pool: wait there (stopped or hibernated), model loaded, until the
-    // group puts this instance in service.
-    status.until_in_service().await?;
-    let (shutdown, stopper) = also_stopped_by_us(shutdown);
-    let reclaim = tokio::spawn(drain_before_reclaim(
-        status.clone(),
-        stopper,
-        settings.app_tier.drain_deadline(),
-    ));
     let worker = Arc::new(Worker {
         name,
         settings,
@@ -118,13 +120,41 @@ pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyh
         result_metadata,
         held: Mutex::new(HashSet::new()),
     });
-    status.report(InstanceState::Running, false).await?;
-    progress.mark();
-    info!("ready");
-
-    worker.clone().work(&*status, shutdown).await;
+    let drain = worker.settings.app_tier.drain_deadline();
+    loop {
+        // Initialised for a warm pool: wait there (stopped or hibernated), model loaded, until
+        // the group puts this instance in service; and again each time it moves it back. A
+        // wait by design, not a stall.
+        let waiting = async {
+            loop {
+                progress.mark();
+                tokio::time::sleep(LIFECYCLE_POLL).await;
+            }
+        };
+        tokio::select! {
+            waited = status.until_in_service() => waited?,
+            _ = shutdown.requested() => break,
+            () = waiting => {}
+        }
+        let (round, stopper) = also_stopped_by_us(shutdown.clone());
+        let reclaim = tokio::spawn(drain_before_reclaim(status.clone(), stopper.clone(), drain));
+        let moved_on = tokio::spawn(drain_when_out_of_service(status.clone(), stopper));
+        status.report(InstanceState::Running, false).await?;
+        progress.mark();
+        info!("ready");
+        worker.clone().work(&*status, round).await;
+        reclaim.abort();
+        moved_on.abort();
+        let out_of_service = matches!(moved_on.await, Ok(()));
+        if shutdown.is_requested() || !out_of_service {
+            break;
+        }
+        // Drained: nothing is held while the group stops, hibernates or terminates it.
+        report(&*status, InstanceState::Pending, false).await;
+        progress.mark();
+        info!("out of service: drained, waiting to be put back in service");
+    }
     heartbeats.abort();
-    reclaim.abort();
     report(&*status, InstanceState::Stopping, false).await;
     let calls = worker.adapters.connection.calls.snapshot();
     info!(api_calls = %serde_json::to_string(&calls).unwrap_or_default(), "stopped");
@@ -374,6 +404,29 @@ fn also_stopped_by_us(mut shutdown: Shutdown) -> (Shutdown, Arc<Stopper>) {
         forward.stop();
     });
     (ours, stopper)
+}
+
+/// How often a worker in service asks whether the group still counts it so.
+const LIFECYCLE_POLL: Duration = Duration::from_secs(2);
+
+/// Drains the worker once the group no longer counts this instance in service: moved back to
+/// its warm pool on scale-in (to be stopped or hibernated there, which no process hears of) or
+/// toward termination. Returns once it has asked for the drain.
+async fn drain_when_out_of_service(status: Arc<dyn InstanceStatus>, stopper: Arc<Stopper>) {
+    let mut tick = tokio::time::interval(LIFECYCLE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match status.in_service().await {
+            Ok(true) => {}
+            Ok(false) => {
+                info!("the group took this instance out of service: draining");
+                stopper.stop();
+                return;
+            }
+            Err(e) => debug!(error = %format!("{e:#}"), "cannot read the lifecycle state"),
+        }
+    }
 }
 
 /// How often a worker looks for a Spot interruption notice, and how long before the instance is

@@ -592,3 +592,95 @@ async fn a_worker_without_a_free_slot_takes_no_requests() {
     assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
     worker.stop().await.unwrap();
 }
+
+/// An Auto Scaling group as its instance sees it: the target lifecycle state that the instance
+/// metadata gives, and how many of the group's moves the instance let go on (each a completed
+/// launch lifecycle action on EC2).
+struct Group {
+    target: tokio::sync::watch::Receiver<&'static str>,
+    moves_completed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl imgrec_domain::ports::InstanceStatus for Group {
+    async fn report(&self, _: imgrec_domain::ports::InstanceState, _: bool) -> imgrec_domain::ports::PortResult<()> {
+        Ok(())
+    }
+    async fn until_in_service(&self) -> imgrec_domain::ports::PortResult<()> {
+        let mut target = self.target.clone();
+        self.moves_completed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = target.wait_for(|t| *t == "InService").await;
+        Ok(())
+    }
+    async fn in_service(&self) -> imgrec_domain::ports::PortResult<bool> {
+        Ok(*self.target.borrow() == "InService")
+    }
+}
+
+/// Finding: an instance the group moved back to its warm pool on scale-in (reuse_on_scale_in)
+/// kept taking requests until it was hibernated with them in hand, and once back in service
+/// nobody completed the launch action the group waited on. Now it drains, lets the group move
+/// it, takes nothing while out of service, and serves again once put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_the_group_takes_out_of_service_drains_and_serves_again_once_put_back() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let settings = one_web_tier_and_worker(dir.path());
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let (set_target, target) = tokio::sync::watch::channel("InService");
+    let moves = Arc::new(AtomicUsize::new(0));
+    let group = Arc::new(Group {
+        target,
+        moves_completed: moves.clone(),
+    });
+    let worker = imgrec_runtime::shutdown::Spawned::spawn(|shutdown| {
+        app_tier::worker::serve_as(settings, "app-instance1".into(), group, Default::default(), shutdown)
+    });
+    let client = reqwest::Client::new();
+    let upload = |name: &'static str| {
+        let request = client
+            .post(web.url())
+            .multipart(Form::new().part("myfile", Part::bytes(small_jpg()).file_name(name)));
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        })
+    };
+    let label = upload("first.jpg").await.unwrap();
+    assert_eq!(moves.load(Ordering::SeqCst), 1, "put in service once");
+
+    // Scale-in back to the warm pool: the worker drains and lets the group move it on.
+    set_target.send("Warmed:Hibernated").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while moves.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never let the group move it into the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = upload("second.jpg");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_json(&web).await["queue"]["pending"] != 1 {
+        assert!(Instant::now() < deadline, "the upload was never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Longer than its lifecycle checks and long polls: out of service, it takes nothing.
+    for _ in 0..30 {
+        let status = status_json(&web).await;
+        assert_eq!(status["queue"]["in_flight"], 0, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back in service (the pool's instance resumed): the waiting upload is answered.
+    set_target.send("InService").unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
+    assert_eq!(moves.load(Ordering::SeqCst), 2, "no move is left waiting");
+    worker.stop().await.unwrap();
+    web.stop().await.unwrap();
+}

@@ -530,6 +530,13 @@ impl InstanceStatus for AsgInstanceStatus {
         }
     }
 
+    async fn in_service(&self) -> PortResult<bool> {
+        match &self.imds {
+            Some(imds) => Ok(imds.target_lifecycle_state().await?.is_none_or(|t| t == "InService")),
+            None => Ok(true),
+        }
+    }
+
     async fn reclaim_at(&self) -> PortResult<Option<SystemTime>> {
         match &self.imds {
             Some(imds) => imds.spot_reclaim_at().await,

@@ -189,6 +189,12 @@ pub trait InstanceStatus: Send + Sync + 'static {
     async fn until_in_service(&self) -> PortResult<()> {
         Ok(())
     }
+    /// Whether the group still counts this instance in service; checked every few seconds while
+    /// it works. One the group moves on (back to its warm pool on scale-in, or toward
+    /// termination) drains, and waits in `until_in_service` to be put back.
+    async fn in_service(&self) -> PortResult<bool> {
+        Ok(true)
+    }
     /// When this instance will be taken away without its consent (a Spot interruption notice),
     /// once it has been told; checked every few seconds.
     async fn reclaim_at(&self) -> PortResult<Option<SystemTime>> {
