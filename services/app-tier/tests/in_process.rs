@@ -306,6 +306,27 @@ async fn status_json(web: &web_tier::SpawnedWebTier) -> serde_json::Value {
 }
 
 /// The web tier's `/metrics` text.
+/// Uploads the small image as `name` on a task of its own: the label, once answered.
+fn upload_small(web: &web_tier::SpawnedWebTier, name: &'static str) -> tokio::task::JoinHandle<String> {
+    let request = reqwest::Client::new()
+        .post(web.url())
+        .multipart(Form::new().part("myfile", Part::bytes(small_jpg()).file_name(name)));
+    tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    })
+}
+
+/// Waits until one upload waits in the queue.
+async fn until_one_pending(web: &web_tier::SpawnedWebTier) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status_json(web).await["queue"]["pending"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the upload was never queued");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn metrics_text(web: &web_tier::SpawnedWebTier) -> String {
     let response = reqwest::get(format!("{}metrics", web.url())).await.unwrap();
     response.text().await.unwrap()
@@ -550,24 +571,14 @@ async fn a_job_of_many_images_is_answered_per_image_by_any_web_tier_and_calls_ba
 /// hands, and is answered once the slot frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_without_a_free_slot_takes_no_requests() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
     let mut settings = one_web_tier_and_worker(dir.path());
     settings.fleet.inference_slots = Some(1);
     let web = web_tier::spawn(settings.clone()).await.unwrap();
     let worker = app_tier::worker::spawn(settings.clone(), "app-instance1");
-    let client = reqwest::Client::new();
-    let upload = |name: &'static str| {
-        let request = client
-            .post(web.url())
-            .multipart(Form::new().part("myfile", Part::bytes(small_jpg()).file_name(name)));
-        tokio::spawn(async move {
-            let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.text().await.unwrap()
-        })
-    };
+    let upload = |name: &'static str| upload_small(&web, name);
     // The worker is up and answering while the slot is free.
     let label = upload("first.jpg").await.unwrap();
 
@@ -575,11 +586,7 @@ async fn a_worker_without_a_free_slot_takes_no_requests() {
     let slots = imgrec_runtime::backend::inference_slots(&settings).unwrap();
     let held = tokio::task::spawn_blocking(move || slots.hold()).await.unwrap();
     let waiting = upload("second.jpg");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status_json(&web).await["queue"]["pending"] != 1 {
-        assert!(Instant::now() < deadline, "the upload was never queued");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_one_pending(&web).await;
     // Several of the worker's long polls: it takes nothing.
     for _ in 0..15 {
         let status = status_json(&web).await;
@@ -639,17 +646,7 @@ async fn a_worker_the_group_takes_out_of_service_drains_and_serves_again_once_pu
     let worker = imgrec_runtime::shutdown::Spawned::spawn(|shutdown| {
         app_tier::worker::serve_as(settings, "app-instance1".into(), group, Default::default(), shutdown)
     });
-    let client = reqwest::Client::new();
-    let upload = |name: &'static str| {
-        let request = client
-            .post(web.url())
-            .multipart(Form::new().part("myfile", Part::bytes(small_jpg()).file_name(name)));
-        tokio::spawn(async move {
-            let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.text().await.unwrap()
-        })
-    };
+    let upload = |name: &'static str| upload_small(&web, name);
     let label = upload("first.jpg").await.unwrap();
     assert_eq!(moves.load(Ordering::SeqCst), 1, "put in service once");
 
@@ -664,11 +661,7 @@ async fn a_worker_the_group_takes_out_of_service_drains_and_serves_again_once_pu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let waiting = upload("second.jpg");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status_json(&web).await["queue"]["pending"] != 1 {
-        assert!(Instant::now() < deadline, "the upload was never queued");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_one_pending(&web).await;
     // Longer than its lifecycle checks and long polls: out of service, it takes nothing.
     for _ in 0..30 {
         let status = status_json(&web).await;
