@@ -195,6 +195,16 @@ def main() -> int:
                         "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows[side])}
         print(f"{side:>8}: stack {cpu:.2f} ms CPU/image, efficiency {spread(ratios(side))} (goal >= 0.9), "
               f"{report[side]['throughput_per_s']:.0f} images/s (medians of {args.rounds})")
+    # Where the stack's CPU beyond inference alone goes, as shares of inference alone (efficiency
+    # is 1 / (1 + their sum) round by round).
+    parts = {"web tier": lambda r: r["web_tier_ms"],
+             "workers outside inference": lambda r: r["workers_ms"] - r["inference_thread_ms"],
+             "inference threads beyond inference alone": lambda r: r["inference_thread_ms"] - r["inference_ms"]}
+    report["slots"]["beyond_inference_alone"] = {
+        part: statistics.median(f(r) / r["inference_ms"] for r in rows["slots"]) for part, f in parts.items()}
+    print("   slots: beyond inference alone, per image: " + ", ".join(
+        f"{part} {spread([f(r) / r['inference_ms'] for r in rows['slots']]).replace(' (rounds', ' of it (rounds')}"
+        for part, f in parts.items()))
     if instance:
         shares = [r["inference_alone_ms"] / r["workers_ms"] for r in rows["instance"]]
         worker = statistics.median(r["workers_ms"] for r in rows["instance"])
