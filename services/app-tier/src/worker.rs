@@ -120,38 +120,12 @@ pub async fn serve_as(
         result_metadata,
         held: Mutex::new(HashSet::new()),
     });
-    let drain = worker.settings.app_tier.drain_deadline();
-    loop {
-        // Initialised for a warm pool: wait there (stopped or hibernated), model loaded, until
-        // the group puts this instance in service; and again each time it moves it back. A
-        // wait by design, not a stall.
-        let waiting = async {
-            loop {
-                progress.mark();
-                tokio::time::sleep(LIFECYCLE_POLL).await;
-            }
-        };
-        tokio::select! {
-            waited = status.until_in_service() => waited?,
-            _ = shutdown.requested() => break,
-            () = waiting => {}
-        }
-        let (round, stopper) = also_stopped_by_us(shutdown.clone());
-        let reclaim = tokio::spawn(drain_before_reclaim(status.clone(), stopper.clone(), drain));
-        let moved_on = tokio::spawn(drain_when_out_of_service(status.clone(), stopper));
-        status.report(InstanceState::Running, false).await?;
-        progress.mark();
-        info!("ready");
-        worker.clone().work(&*status, round).await;
-        reclaim.abort();
-        moved_on.abort();
-        let out_of_service = matches!(moved_on.await, Ok(()));
-        if shutdown.is_requested() || !out_of_service {
+    while until_in_service(&*status, &progress, &mut shutdown).await? {
+        if worker.clone().serve_stint(status.clone(), &shutdown).await? == Stint::Stopped {
             break;
         }
         // Drained: nothing is held while the group stops, hibernates or terminates it.
         report(&*status, InstanceState::Pending, false).await;
-        progress.mark();
         info!("out of service: drained, waiting to be put back in service");
     }
     heartbeats.abort();
@@ -161,7 +135,63 @@ pub async fn serve_as(
     Ok(())
 }
 
+/// Waits until the group puts this instance in service: one initialised for a warm pool waits
+/// there (stopped or hibernated), model loaded, and again each time the group moves it back.
+/// A wait by design, not a stall. `false` if a stop is asked meanwhile.
+async fn until_in_service(
+    status: &dyn InstanceStatus,
+    progress: &Progress,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let waiting = async {
+        loop {
+            progress.mark();
+            tokio::time::sleep(LIFECYCLE_POLL).await;
+        }
+    };
+    tokio::select! {
+        waited = status.until_in_service() => waited?,
+        _ = shutdown.requested() => return Ok(false),
+        () = waiting => {}
+    }
+    Ok(true)
+}
+
+/// How a stint in service ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stint {
+    /// A stop was asked (SIGTERM, the scaler, a Spot interruption notice): the process ends.
+    Stopped,
+    /// The group moved this instance on (to its warm pool, or toward termination).
+    MovedOn,
+}
+
 impl Worker {
+    /// Serves while the group counts this instance in service, until a stop or the group moving
+    /// it on; drained either way.
+    async fn serve_stint(
+        self: Arc<Self>,
+        status: Arc<dyn InstanceStatus>,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Stint> {
+        status.report(InstanceState::Running, false).await?;
+        let (stint, stopper) = also_stopped_by_us(shutdown.clone());
+        let drain = self.settings.app_tier.drain_deadline();
+        let reclaim = tokio::spawn(drain_before_reclaim(status.clone(), stopper.clone(), drain));
+        let moved_on = tokio::spawn(drain_when_out_of_service(status.clone(), stopper));
+        self.progress.mark();
+        info!("ready");
+        self.work(&*status, stint).await;
+        reclaim.abort();
+        moved_on.abort();
+        let moved = matches!(moved_on.await, Ok(()));
+        Ok(if moved && !shutdown.is_requested() {
+            Stint::MovedOn
+        } else {
+            Stint::Stopped
+        })
+    }
+
     /// Works until asked to stop, then drains: finishes and answers what it holds, or, past
     /// `app_tier.drain_deadline_ms` (or at a second stop request), gives back at once what is
     /// still unanswered, so that another worker takes it now rather than after its visibility
