@@ -625,4 +625,42 @@ mod tests {
         ];
         assert_eq!(latest_launch_failure(&activities, now), None);
     }
+
+    /// The lifecycle as an instance reads it from its instance metadata: in service until the
+    /// group moves it on (to its warm pool), waiting until it is put back; outside a group (no
+    /// state at all) always in service.
+    #[tokio::test]
+    async fn an_instance_follows_its_target_lifecycle_state() {
+        use std::sync::Arc;
+
+        use crate::imds::fake::FakeImds;
+
+        const TARGET: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+        let imds = FakeImds::start().await;
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let aws = Aws::new(sdk, Default::default());
+        let mut status = AsgInstanceStatus::new(&aws, "imgrec-app-tier", "i-0123");
+        status.imds = Some(Imds::at(&imds.url));
+        let status = Arc::new(status);
+        assert!(status.in_service().await.unwrap(), "outside a group");
+        imds.set(TARGET, "InService");
+        assert!(status.in_service().await.unwrap());
+        imds.set(TARGET, "Warmed:Hibernated");
+        assert!(!status.in_service().await.unwrap(), "moved back to the warm pool");
+
+        let waiting = tokio::spawn({
+            let status = status.clone();
+            async move { status.until_in_service().await }
+        });
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!waiting.is_finished(), "still in the pool");
+        imds.set(TARGET, "InService");
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("put back in service")
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -25,6 +25,15 @@ impl Default for Imds {
 }
 
 impl Imds {
+    /// One that asks `endpoint` instead of EC2's (a fake, in tests).
+    #[cfg(test)]
+    pub(crate) fn at(endpoint: &str) -> Self {
+        let client = aws_config::imds::Client::builder()
+            .endpoint(endpoint)
+            .expect("a valid URL");
+        Self { client: client.build() }
+    }
+
     /// `path`'s value, or `None` where the service has none (404).
     async fn get(&self, path: &str) -> PortResult<Option<String>> {
         match self.client.get(path).await {
@@ -58,6 +67,62 @@ fn reclaim_time(notice: &str) -> PortResult<SystemTime> {
     let notice: Notice = serde_json::from_str(notice).map_err(|e| bad(&e))?;
     let at = DateTime::from_str(&notice.time, Format::DateTime).map_err(|e| bad(&e))?;
     SystemTime::try_from(at).map_err(|e| bad(&e))
+}
+
+/// An instance metadata service on 127.0.0.1 that answers what the test sets: a session token
+/// for any PUT, a set path's value, 404 for the rest.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Clone, Default)]
+    pub struct FakeImds {
+        values: Arc<Mutex<HashMap<String, String>>>,
+        pub url: String,
+    }
+
+    impl FakeImds {
+        pub async fn start() -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let fake = Self { url, ..Self::default() };
+            let values = fake.values.clone();
+            tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let values = values.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 4096];
+                        // One request per connection: the client's requests are small and whole.
+                        let Ok(n) = socket.read(&mut buf).await else { return };
+                        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let mut words = request.split_whitespace();
+                        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                        let answer = match (method, values.lock().unwrap().get(path).cloned()) {
+                            ("PUT", _) => http(200, "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", "token"),
+                            (_, Some(value)) => http(200, "", &value),
+                            (_, None) => http(404, "", ""),
+                        };
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                    });
+                }
+            });
+            fake
+        }
+
+        pub fn set(&self, path: &str, value: &str) {
+            self.values.lock().unwrap().insert(path.to_owned(), value.to_owned());
+        }
+    }
+
+    fn http(status: u16, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status} X\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
 }
 
 #[cfg(test)]
