@@ -626,6 +626,17 @@ mod tests {
         assert_eq!(latest_launch_failure(&activities, now), None);
     }
 
+    /// The status of instance i-0123 of `group`, reading the instance metadata from `imds` (no
+    /// call to AWS is made).
+    fn reading(imds: &crate::imds::fake::FakeImds, group: &str) -> AsgInstanceStatus {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let mut status = AsgInstanceStatus::new(&Aws::new(sdk, Default::default()), group, "i-0123");
+        status.imds = Some(Imds::at(&imds.url));
+        status
+    }
+
     /// The lifecycle as an instance reads it from its instance metadata: in service until the
     /// group moves it on (to its warm pool), waiting until it is put back; outside a group (no
     /// state at all) always in service.
@@ -637,13 +648,7 @@ mod tests {
 
         const TARGET: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
         let imds = FakeImds::start().await;
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .build();
-        let aws = Aws::new(sdk, Default::default());
-        let mut status = AsgInstanceStatus::new(&aws, "imgrec-app-tier", "i-0123");
-        status.imds = Some(Imds::at(&imds.url));
-        let status = Arc::new(status);
+        let status = Arc::new(reading(&imds, "imgrec-app-tier"));
         assert!(status.in_service().await.unwrap(), "outside a group");
         imds.set(TARGET, "InService");
         assert!(status.in_service().await.unwrap());
@@ -662,5 +667,24 @@ mod tests {
             .expect("put back in service")
             .unwrap()
             .unwrap();
+    }
+
+    /// A Spot interruption notice, as the instance metadata gives it: none until EC2 sends one.
+    #[tokio::test]
+    async fn a_spot_notice_is_read_from_instance_metadata() {
+        use crate::imds::fake::FakeImds;
+
+        let imds = FakeImds::start().await;
+        let status = reading(&imds, "imgrec-app-tier-spot");
+        assert_eq!(status.reclaim_at().await.unwrap(), None);
+        imds.set(
+            "/latest/meta-data/spot/instance-action",
+            r#"{"action": "terminate", "time": "2026-12-04T08:22:00Z"}"#,
+        );
+        let at = status.reclaim_at().await.unwrap().expect("a notice");
+        assert_eq!(
+            at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            1_796_372_520
+        );
     }
 }
