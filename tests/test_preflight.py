@@ -79,6 +79,23 @@ def test_the_check_runs_against_an_account(tmp_path):
     assert "cannot hibernate" not in out.stdout
 
 
+def test_the_account_says_which_types_hibernate(monkeypatch):
+    """The facts come from DescribeInstanceTypes (against moto, which carries EC2's): a type that
+    cannot hibernate is refused for a Hibernated warm pool."""
+    from preflight import gather
+
+    plan = Plan("us-east-1", web_instances=1, instance_budget=20, app_min_size=1, app_instance_type="c5n.large",
+                web_instance_type="t3.small", warm_pool_size=1, warm_pool_state="Hibernated")
+    with MotoServer() as moto:
+        for name, value in {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+            monkeypatch.setenv(name, value)
+        seen = gather(plan)
+    assert seen.hibernation == {"c5n.large": False, "t3.small": True}, seen.unread
+    assert seen.memory_mib["c5n.large"] == 5376
+    assert any("c5n.large cannot hibernate" in r for r in assess(plan, seen).refusals)
+
+
 def test_with_spot_the_on_demand_quota_covers_the_base_and_the_spot_quota_the_rest():
     plan = Plan("us-east-1", web_instances=1, instance_budget=20, app_min_size=1, app_instance_type="c7i.large",
                 web_instance_type="t3.small", warm_pool_size=1, spot=True, spot_discount=0.6)

@@ -252,7 +252,8 @@ def gather(plan: Plan) -> Facts:
     try:
         found = ec2.describe_instance_types(InstanceTypes=types)["InstanceTypes"]
         facts.vcpus = {t["InstanceType"]: t["VCpuInfo"]["DefaultVCpus"] for t in found}
-        facts.hibernation = {t["InstanceType"]: bool(t.get("HibernationSupported")) for t in found}
+        # Unsaid is unknown, not "no": Terraform checks again at plan time.
+        facts.hibernation = {t["InstanceType"]: t["HibernationSupported"] for t in found if "HibernationSupported" in t}
         facts.memory_mib = {t["InstanceType"]: t["MemoryInfo"]["SizeInMiB"] for t in found}
     except failures as e:
         facts.unread["types"] = str(e)
