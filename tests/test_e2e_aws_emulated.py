@@ -9,7 +9,6 @@ import urllib.request
 from collections import Counter
 
 import boto3
-import pytest
 
 from conftest import ROOT
 from local_stack import MotoServer, Stack, loadgen, stack_processes

@@ -3,11 +3,9 @@ connection floods, unknown paths, decompression bombs and SIGTERM with hundreds 
 ends with every accepted request answered correctly (or refused with a clear 4xx/503), and no
 process left."""
 
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -28,10 +28,10 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
-from local_stack import CLK_TCK, ROOT, Stack, cpu_times, loadgen, thread_cpu_s, wait_until, worker_pids
+from local_stack import (CLK_TCK, ROOT, Stack, cpu_times, loadgen, scratch_dir, thread_cpu_s, wait_until,
+                         worker_pids)
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
 
@@ -152,7 +152,7 @@ def main() -> int:
     if args.before:
         rows["before"] = []
         sides.append(("before", None, args.before))
-    with tempfile.TemporaryDirectory(prefix="imgrec-efficiency-") as tmp:
+    with scratch_dir("imgrec-efficiency-") as tmp:
         for i in range(args.rounds):
             # Inference alone between every two measurements of a stack, each stack against the
             # mean of the two beside it: the host's speed drifts within a round too.

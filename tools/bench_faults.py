@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 from hostile import jpeg_bomb, peak_rss_mib, png_bomb, png_metadata_bomb, slow_sender, upload  # noqa: E402
-from local_stack import ROOT, Stack, wait_until, worker_pids  # noqa: E402
+from local_stack import ROOT, Stack, scratch_dir, wait_until, worker_pids  # noqa: E402
 
 FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
 
@@ -227,7 +226,7 @@ def main() -> int:
         results.setdefault(key, []).append(value)
 
     first, second = args.only != "second-round", args.only != "first-round"
-    with tempfile.TemporaryDirectory(prefix="imgrec-faults-") as tmp:
+    with scratch_dir("imgrec-faults-") as tmp:
         tmp = Path(tmp)
         if first:
             big = photos(8, 4000, 3000)

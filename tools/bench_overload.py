@@ -11,7 +11,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hostile import multipart  # noqa: E402
-from local_stack import Stack  # noqa: E402
+from local_stack import Stack, scratch_dir  # noqa: E402
 
 import http.client  # noqa: E402
 from urllib.parse import urlparse  # noqa: E402
@@ -73,7 +72,7 @@ def main() -> int:
     out = subprocess.run([sys.executable, "tools/reference.py", "--model", "models/efficientnet-lite0", *map(str, files)],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     want = dict(line.split(",", 1) for line in out.splitlines())
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("imgrec-overload-") as tmp:
         rounds = [one_round(files, want, args.uploads, Path(tmp)) for _ in range(args.rounds)]
     for r in rounds:
         print("round:", r)

@@ -25,11 +25,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from local_stack import ROOT, Stack, StatusWatcher, cpu_times, loadgen, thread_cpu_s, wait_until, worker_pids
+from local_stack import (ROOT, Stack, StatusWatcher, cpu_times, loadgen, scratch_dir, thread_cpu_s, wait_until,
+                         worker_pids)
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
 
@@ -183,7 +183,7 @@ def main() -> int:
     # Files other runs deleted in the last seconds make ext4 skip their inodes one by one.
     os.sync()
     time.sleep(5)
-    with tempfile.TemporaryDirectory(prefix="imgrec-bench-") as tmp:
+    with scratch_dir("imgrec-bench-") as tmp:
         for i in range(args.rounds):
             pair = [("http", lambda: warm_burst(files, args.workers, Path(tmp), i)),
                     ("inference", lambda: inference_only(args.model, files, args.workers))]
@@ -222,7 +222,7 @@ def main() -> int:
     print(f"cold burst from 0: p99 latency   {cold['latency_p99_s']:8.3f} s")
     print(f"cold burst: peak instances       {cold['peak_instances']:8.0f}")
     print(f"last response -> back at min     {cold['back_at_min_s']:8.3f} s  (window {args.window} s; goal < 2 s)")
-    print(f"1,000-request burst from 0 (all on the same cores, default scaling)")
+    print("1,000-request burst from 0 (all on the same cores, default scaling)")
     print(f"                                 {big['throughput']:8.1f} images/s")
     print(f"1,000 burst / inference-only     {big['throughput'] / inference:8.2f}    (goal >= 0.85)")
     web_rss = max(cold["web_tier_peak_rss_mib"], big["web_tier_peak_rss_mib"])

@@ -15,13 +15,12 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_stack import LOADGEN, Stack, cpu_times  # noqa: E402
+from local_stack import LOADGEN, Stack, cpu_times, scratch_dir  # noqa: E402
 
 FRONT_ONLY = {"scaler__max": "0", "web__response_timeout_s": "30", "web__drain_timeout_s": "0"}
 
@@ -39,7 +38,7 @@ def one_round(web_tiers: int, images: Path, uploads: int, concurrency: int, tmp:
     stacks = [Stack(data, log_name=f"web{k}", **FRONT_ONLY).start() for k in range(web_tiers)]
     try:
         cpu_before = sum(sum(cpu_times(s.proc.pid)) for s in stacks)
-        repeat = uploads // (100 * web_tiers)
+        repeat = max(1, uploads // (100 * web_tiers))
         start = time.monotonic()
         clients = [
             subprocess.Popen([str(LOADGEN), "--url", s.url, "--concurrency", str(concurrency // web_tiers),
@@ -87,7 +86,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[int, list[dict]] = {1: [], 3: []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("imgrec-web-tiers-") as tmp:
         images = args.images
         if args.size:
             width, height = map(int, args.size.split("x"))

@@ -3,11 +3,13 @@ benchmarks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -36,6 +38,23 @@ def thread_cpu_s(pid: int, name: str) -> float:
         except OSError:
             pass
     return total
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str):
+    """A folder for one benchmark's data. Under `make bench` (`IMGREC_BENCH_SCRATCH` set) it stays
+    until the target deletes them all after its last measurement: ext4 without a journal (as on
+    these CI machines) makes every file created for a minute after a delete (six while the inode
+    table is not yet written back) skip each freed inode one by one (`recently_deleted`), so a
+    bench that deleted its data on exit would slow the next one's uploads. Otherwise a temporary
+    folder, deleted on exit."""
+    root = os.environ.get("IMGREC_BENCH_SCRATCH")
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        yield Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
 
 
 def free_port() -> int:

@@ -14,12 +14,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from local_stack import Stack, loadgen, wait_until, worker_pids
+from local_stack import Stack, loadgen, scratch_dir, wait_until, worker_pids
 
 FREQUENCY = 999
 
@@ -142,7 +141,7 @@ def main() -> int:
     os.sync()
     time.sleep(5)
     strace = shutil.which("strace")
-    with tempfile.TemporaryDirectory(prefix="imgrec-profile-") as tmp:
+    with scratch_dir("imgrec-profile-") as tmp:
         runs = [profile_once(perf, images, workers, args.repeat, Path(tmp) / f"run{i}") for i in range(args.runs)]
         waits = fsync_waits(strace, images, workers, args.repeat, Path(tmp) / "fsync") if strace else None
     for summary, table in runs:
