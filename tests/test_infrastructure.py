@@ -239,6 +239,39 @@ def test_app_tier_fits_the_instance_budget_with_the_web_tier():
     assert "spot_group = local.spot_group_name" in locals_["service_config"]
 
 
+def rust_number(source: str, item: str, field: str) -> float:
+    """The literal `field: <number>` in the Rust function `item` of `source` (up to the next fn)."""
+    assert f"fn {item}(" in source, f"no fn {item}"
+    body = source.split(f"fn {item}(", 1)[1].split("fn ", 1)[0]
+    value = re.search(rf"\b{field}: ([0-9.]+)", body)
+    assert value, f"no {field} in fn {item}"
+    return float(value.group(1))
+
+
+def test_the_deploy_cost_preflight_and_the_simulator_use_the_same_prices():
+    """The cost `make deploy` prints (variables.tf, main.tf), preflight's fallback prices
+    (tools/preflight.py) and the simulator's (`Prices::c7i_large`, `default_spot`) are written in
+    three languages: the same figures, so that no estimate drifts from the others unseen."""
+    from preflight import ALB_PER_HOUR, KNOWN_PRICES, Plan
+
+    variables = root_variables()
+    assert variables["on_demand_price_per_hour"] == KNOWN_PRICES[variables["app_instance_type"]]
+    assert variables["web_price_per_hour"] == KNOWN_PRICES[variables["web_instance_type"]]
+    assert variables["spot_discount"] == Plan("r", 1, 20, 0, "a", "w").spot_discount
+    main_tf = (TERRAFORM / "main.tf").read_text()
+    assert f"? {ALB_PER_HOUR} : 0" in main_tf
+    volume_gb = blocks(module_doc("app_tier"), "variable")["volume_size_gb"]["default"]
+    assert f"volume_per_hour = {volume_gb} * 0.08 / 730" in main_tf
+
+    sim = ROOT / "services" / "scaler" / "src" / "sim"
+    capacity, shipped = (sim / "capacity.rs").read_text(), (sim / "mod.rs").read_text()
+    assert variables["app_instance_type"] == "c7i.large", "the simulator prices c7i.large"
+    assert rust_number(capacity, "c7i_large", "on_demand_per_hour") == variables["on_demand_price_per_hour"]
+    assert rust_number(capacity, "c7i_large", "root_volume_gb") == volume_gb
+    assert rust_number(capacity, "c7i_large", "volume_per_gb_month") == 0.08
+    assert rust_number(shipped, "default_spot", "discount") == variables["spot_discount"]
+
+
 def test_imdsv2_is_required_everywhere():
     launched = 0
     for name in ("app_tier", "web_tier"):
