@@ -257,7 +257,7 @@ def test_the_deploy_cost_preflight_and_the_simulator_use_the_same_prices():
     variables = root_variables()
     assert variables["on_demand_price_per_hour"] == KNOWN_PRICES[variables["app_instance_type"]]
     assert variables["web_price_per_hour"] == KNOWN_PRICES[variables["web_instance_type"]]
-    assert variables["spot_discount"] == Plan("r", 1, 20, 0, "a", "w").spot_discount
+    assert variables["spot_discount"] == Plan.spot_discount
     main_tf = (TERRAFORM / "main.tf").read_text()
     assert f"? {ALB_PER_HOUR} : 0" in main_tf
     volume_gb = blocks(module_doc("app_tier"), "variable")["volume_size_gb"]["default"]

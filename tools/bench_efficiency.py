@@ -158,13 +158,13 @@ def main() -> int:
             # mean of the two beside it: the host's speed drifts within a round too.
             rows["inference"].append(inference_ms(args.model, files, cores))
             for side, slots, build in sides if i % 2 == 0 else reversed(sides):
-                run = stack_ms(files, Path(tmp), f"{side.replace(' ', '-')}-{i}", slots, build)
+                run = stack_ms(files, tmp, f"{side.replace(' ', '-')}-{i}", slots, build)
                 rows["inference"].append(inference_ms(args.model, files, cores))
                 run["inference_ms"] = (rows["inference"][-2] + rows["inference"][-1]) / 2
                 rows[side].append(run)
             rows["inference one process"].append(inference_ms(args.model, files))
             if instance:
-                one = instance_ms(files, Path(tmp), f"instance-{i}")
+                one = instance_ms(files, tmp, f"instance-{i}")
                 rows["inference one process"].append(inference_ms(args.model, files))
                 one["inference_alone_ms"] = (rows["inference one process"][-2] + rows["inference one process"][-1]) / 2
                 rows["instance"].append(one)

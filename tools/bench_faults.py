@@ -227,7 +227,6 @@ def main() -> int:
 
     first, second = args.only != "second-round", args.only != "first-round"
     with scratch_dir("imgrec-faults-") as tmp:
-        tmp = Path(tmp)
         if first:
             big = photos(8, 4000, 3000)
             resnet = resnet18_model(tmp)

@@ -73,7 +73,7 @@ def main() -> int:
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     want = dict(line.split(",", 1) for line in out.splitlines())
     with scratch_dir("imgrec-overload-") as tmp:
-        rounds = [one_round(files, want, args.uploads, Path(tmp)) for _ in range(args.rounds)]
+        rounds = [one_round(files, want, args.uploads, tmp) for _ in range(args.rounds)]
     for r in rounds:
         print("round:", r)
     med = lambda k: statistics.median(r[k] for r in rounds if r[k] is not None)  # noqa: E731

@@ -180,12 +180,13 @@ def main() -> int:
     rounds = {"http": [], "cpu": [], "inference": [], "cold": [], "big": [], "http_own": [], "inference_own": [],
               "big_own": []}
     workers_cpus, front_cpus, own_workers = split_cores()
-    # Files other runs deleted in the last seconds make ext4 skip their inodes one by one.
+    # Inodes other runs freed are skipped one by one on ext4 without a journal (see `scratch_dir`):
+    # written back, they count for a minute instead of six.
     os.sync()
     time.sleep(5)
     with scratch_dir("imgrec-bench-") as tmp:
         for i in range(args.rounds):
-            pair = [("http", lambda: warm_burst(files, args.workers, Path(tmp), i)),
+            pair = [("http", lambda: warm_burst(files, args.workers, tmp, i)),
                     ("inference", lambda: inference_only(args.model, files, args.workers))]
             for name, run in (pair if i % 2 == 0 else pair[::-1]):
                 result = run()
@@ -193,14 +194,14 @@ def main() -> int:
                     result, cpu = result
                     rounds["cpu"].append(cpu)
                 rounds[name].append(result)
-            own = [("http_own", lambda: warm_burst_own_cores(files, Path(tmp), i)),
+            own = [("http_own", lambda: warm_burst_own_cores(files, tmp, i)),
                    ("inference_own", lambda: inference_only(args.model, files, own_workers,
                                                             ("taskset", "-c", workers_cpus)))]
             for name, run in (own if i % 2 == 0 else own[::-1]):
                 rounds[name].append(run())
-            rounds["cold"].append(cold_burst(files, Path(tmp), i, args.window))
-            rounds["big"].append(burst_1000(files, Path(tmp), i))
-            rounds["big_own"].append(warm_burst_own_cores(files, Path(tmp), f"big{i}", repeat=10))
+            rounds["cold"].append(cold_burst(files, tmp, i, args.window))
+            rounds["big"].append(burst_1000(files, tmp, i))
+            rounds["big_own"].append(warm_burst_own_cores(files, tmp, f"big{i}", repeat=10))
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     http, inference = statistics.median(rounds["http"]), statistics.median(rounds["inference"])
     cold = {k: statistics.median(r[k] for r in rounds["cold"]) for k in rounds["cold"][0]}

@@ -90,10 +90,10 @@ def main() -> None:
         images = args.images
         if args.size:
             width, height = map(int, args.size.split("x"))
-            images = photos(images, width, height, Path(tmp) / "photos")
+            images = photos(images, width, height, tmp / "photos")
         for _ in range(args.rounds):
             for n in (1, 3):
-                results[n].append(one_round(n, images, args.uploads, args.concurrency, Path(tmp)))
+                results[n].append(one_round(n, images, args.uploads, args.concurrency, tmp))
     summary = {
         f"{n}_web_tiers": {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
         for n, rounds in results.items()

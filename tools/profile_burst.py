@@ -142,8 +142,8 @@ def main() -> int:
     time.sleep(5)
     strace = shutil.which("strace")
     with scratch_dir("imgrec-profile-") as tmp:
-        runs = [profile_once(perf, images, workers, args.repeat, Path(tmp) / f"run{i}") for i in range(args.runs)]
-        waits = fsync_waits(strace, images, workers, args.repeat, Path(tmp) / "fsync") if strace else None
+        runs = [profile_once(perf, images, workers, args.repeat, tmp / f"run{i}") for i in range(args.runs)]
+        waits = fsync_waits(strace, images, workers, args.repeat, tmp / "fsync") if strace else None
     for summary, table in runs:
         n = summary["requests"]
         rates.append(summary["throughput_per_s"])
