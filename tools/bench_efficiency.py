@@ -2,6 +2,9 @@
 """CPU efficiency of the local stack, for `make bench`: CPU per image of inference alone over the
 whole stack's CPU per image (web tier and every worker, the load generator excluded) in a warm
 300-upload burst under the default scaling (up to 20 workers on this machine's cores). Goal: >= 0.9.
+Warm: the stack takes bursts until one ends with the workers it began with (the pool at the size
+the scaler keeps for this load), then the measured one; a worker's start-up (its model load) is
+printed on its own, as what each scale-out costs once.
 
 Inference alone is `app-tier classify --threads 1`, start-up removed, run as the stack runs it: one
 process per core at once (the stack keeps every core on inference). One process alone on an
@@ -47,14 +50,16 @@ def children_cpu(cmds: list[list[str]]) -> float:
     return (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
-def inference_ms(model: Path, files: list[Path], processes: int = 1) -> float:
+def inference_ms(model: Path, files: list[Path], processes: int = 1) -> tuple[float, float]:
     """CPU ms per image of `processes` single-threaded classify processes at once, their start-up
-    removed: each over the images four times less each over them once, per image of the
-    difference."""
+    removed (each over the images four times less each over them once, per image of the
+    difference); and that start-up, per process: what a worker's start costs before its first
+    image (ONNX Runtime and the model loaded)."""
     base = [str(APP_TIER), "classify", "--threads", "1", "--model", str(model)]
     once = children_cpu([base + list(map(str, files))] * processes)
     four = children_cpu([base + list(map(str, files * 4))] * processes)
-    return (four - once) * 1000 / (3 * len(files) * processes)
+    per_image = (four - once) / (3 * len(files) * processes)
+    return per_image * 1000, (once / processes - per_image * len(files)) * 1000
 
 
 def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
@@ -73,13 +78,26 @@ def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
     return web, workers, inference
 
 
+# Warm-up bursts at most before the measured one: the pool reaches its size for this load in two
+# or three (the first starts from none, and the scaler sizes later ones by the completion rate).
+WARM_UPS = 5
+
+
 def burst_ms(stack: Stack, files: list[Path], client: tuple[str, ...] = (), after_warm_up=lambda: None) -> dict:
-    """CPU ms per image of the web tier, of the workers and of their inference threads over a
-    300-upload burst, after a first one that starts the workers and loads their models."""
-    summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
-    assert summary["errors"] == 0, run.stdout
-    wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
+    """CPU ms per image of the web tier, of the workers and of their inference threads over a warm
+    300-upload burst: after warm-up bursts until one ends with the workers it began with (the
+    pool at its size for this load, every model loaded). A worker started during the measured
+    burst would add its start-up, a model load of ~0.1 s of CPU, to the serving cost (~0.4 ms per
+    image); `workers_started` says if one was all the same."""
+    for _ in range(WARM_UPS):
+        pool = set(worker_pids(stack.data_dir))
+        summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
+        assert summary["errors"] == 0, run.stdout
+        wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
+        if set(worker_pids(stack.data_dir)) == pool:
+            break
     after_warm_up()
+    pool = set(worker_pids(stack.data_dir))
     before = process_tree_cpu(stack.proc.pid, stack.data_dir)
     summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
     after = process_tree_cpu(stack.proc.pid, stack.data_dir)
@@ -87,7 +105,8 @@ def burst_ms(stack: Stack, files: list[Path], client: tuple[str, ...] = (), afte
     n = summary["requests"]
     web, workers, inference = ((a - b) * 1000 / n for a, b in zip(after, before))
     return {"web_tier_ms": web, "workers_ms": workers, "inference_thread_ms": inference,
-            "throughput_per_s": summary["throughput_per_s"]}
+            "throughput_per_s": summary["throughput_per_s"],
+            "workers_started": len(set(worker_pids(stack.data_dir)) - pool)}
 
 
 def stack_ms(files: list[Path], tmp: Path, name: str, slots: str | None, build: Path | None = None) -> dict:
@@ -132,6 +151,11 @@ def instance_ms(files: list[Path], tmp: Path, name: str) -> dict:
         return run
 
 
+def started(run: dict) -> str:
+    """A note when the pool grew during the measured burst (despite the warm-up)."""
+    return f", {run['workers_started']} of them started in the burst" if run["workers_started"] else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "efficientnet-lite0")
@@ -144,8 +168,8 @@ def main() -> int:
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:100]
     os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(args.model))
     cores = os.cpu_count() or 1
-    rows: dict[str, list] = {"inference": [], "inference one process": [], "slots": [], "no slots": [],
-                             "instance": []}
+    rows: dict[str, list] = {"inference": [], "inference one process": [], "start-up": [], "slots": [],
+                             "no slots": [], "instance": []}
     # One instance alone on a core needs another core for the web tier and the client.
     instance = cores > 1 and shutil.which("taskset") is not None
     sides = [("slots", None, None), ("no slots", "0", None)]
@@ -156,23 +180,25 @@ def main() -> int:
         for i in range(args.rounds):
             # Inference alone between every two measurements of a stack, each stack against the
             # mean of the two beside it: the host's speed drifts within a round too.
-            rows["inference"].append(inference_ms(args.model, files, cores))
+            rows["inference"].append(inference_ms(args.model, files, cores)[0])
             for side, slots, build in sides if i % 2 == 0 else reversed(sides):
                 run = stack_ms(files, tmp, f"{side.replace(' ', '-')}-{i}", slots, build)
-                rows["inference"].append(inference_ms(args.model, files, cores))
+                rows["inference"].append(inference_ms(args.model, files, cores)[0])
                 run["inference_ms"] = (rows["inference"][-2] + rows["inference"][-1]) / 2
                 rows[side].append(run)
-            rows["inference one process"].append(inference_ms(args.model, files))
+            alone, start_up = inference_ms(args.model, files)
+            rows["inference one process"].append(alone)
+            rows["start-up"].append(start_up)
             if instance:
                 one = instance_ms(files, tmp, f"instance-{i}")
-                rows["inference one process"].append(inference_ms(args.model, files))
+                rows["inference one process"].append(inference_ms(args.model, files)[0])
                 one["inference_alone_ms"] = (rows["inference one process"][-2] + rows["inference one process"][-1]) / 2
                 rows["instance"].append(one)
             print(f"round {i + 1}: "
                   + "; ".join(f"{s}: {rows[s][-1]['cpu_ms_per_image']:.2f} ms/image (web tier "
                               f"{rows[s][-1]['web_tier_ms']:.2f}, workers {rows[s][-1]['workers_ms']:.2f}, of which "
                               f"inference threads {rows[s][-1]['inference_thread_ms']:.2f}; "
-                              f"{rows[s][-1]['workers']} workers; inference alone beside it "
+                              f"{rows[s][-1]['workers']} workers{started(rows[s][-1])}; inference alone beside it "
                               f"{rows[s][-1]['inference_ms']:.2f}), {rows[s][-1]['throughput_per_s']:.0f}/s"
                               for s, _, _ in sides)
                   + (f"; one instance: worker {rows['instance'][-1]['workers_ms']:.2f} ms/image (inference thread "
@@ -221,6 +247,12 @@ def main() -> int:
 
     print(f"inference alone: {inference:.2f} ms CPU/image with {cores} processes at once, {alone:.2f} with one "
           f"({inference / alone:.2f}x); slots / no slots CPU per image: {paired('slots', 'no slots')}")
+    start_up = statistics.median(rows["start-up"])
+    report["worker_start_up_cpu_ms"] = start_up
+    print(f"a worker's start-up (ONNX Runtime and the model loaded, before its first image): {start_up:.0f} ms CPU, "
+          f"paid once per worker started; over a {3 * len(files)}-upload burst "
+          f"{start_up / (3 * len(files)):.2f} ms per image for each worker the scaler starts during it "
+          "(the warm-up bursts start them before the measured one)")
     if args.before:
         print(f"this build / {args.before}: CPU per image {paired('slots', 'before')}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
