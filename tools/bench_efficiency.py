@@ -2,8 +2,8 @@
 """CPU efficiency of the local stack, for `make bench`: CPU per image of inference alone over the
 whole stack's CPU per image (web tier and every worker, the load generator excluded) in a warm
 300-upload burst under the default scaling (up to 20 workers on this machine's cores). Goal: >= 0.9.
-Warm: the stack takes bursts until one ends with the workers it began with (the pool at the size
-the scaler keeps for this load), then the measured one; a worker's start-up (its model load) is
+Warm: the stack takes bursts until two in a row end with the workers they began with (the pool at
+the size the scaler keeps for this load), then the measured one; a worker's start-up (its model load) is
 printed on its own, as what each scale-out costs once.
 
 Inference alone is `app-tier classify --threads 1`, start-up removed, run as the stack runs it: one
@@ -79,22 +79,28 @@ def process_tree_cpu(root: int, data_dir: Path) -> tuple[float, float, float]:
 
 
 # Warm-up bursts at most before the measured one: the pool reaches its size for this load in two
-# or three (the first starts from none, and the scaler sizes later ones by the completion rate).
-WARM_UPS = 5
+# to four (the first starts from none, and the scaler sizes later ones by the completion rate it
+# sees, which grows as the pool warms: one burst that starts no worker does not mean the next
+# will not).
+WARM_UPS = 6
+# Bursts in a row that start no worker, for the pool to count as warm.
+STEADY = 2
 
 
 def burst_ms(stack: Stack, files: list[Path], client: tuple[str, ...] = (), after_warm_up=lambda: None) -> dict:
     """CPU ms per image of the web tier, of the workers and of their inference threads over a warm
-    300-upload burst: after warm-up bursts until one ends with the workers it began with (the
-    pool at its size for this load, every model loaded). A worker started during the measured
-    burst would add its start-up, a model load of ~0.1 s of CPU, to the serving cost (~0.4 ms per
-    image); `workers_started` says if one was all the same."""
+    300-upload burst: after warm-up bursts until `STEADY` in a row end with the workers they began
+    with (the pool at its size for this load, every model loaded). A worker started during the
+    measured burst would add its start-up, a model load of ~0.1 s of CPU, to the serving cost
+    (~0.4 ms per image); `workers_started` says if one was all the same."""
+    steady = 0
     for _ in range(WARM_UPS):
         pool = set(worker_pids(stack.data_dir))
         summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
         assert summary["errors"] == 0, run.stdout
         wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
-        if set(worker_pids(stack.data_dir)) == pool:
+        steady = steady + 1 if set(worker_pids(stack.data_dir)) == pool else 0
+        if steady == STEADY:
             break
     after_warm_up()
     pool = set(worker_pids(stack.data_dir))

@@ -51,10 +51,12 @@ def fake(monkeypatch):
     return install
 
 
-def test_the_warm_up_goes_on_until_a_burst_starts_no_worker(fake):
-    stack = fake([2, 1, 0])  # the first burst starts two workers, the second one more
+def test_the_warm_up_goes_on_until_bursts_in_a_row_start_no_worker(fake):
+    # Two workers, one more, none, one more (the scaler saw a higher completion rate), none, none.
+    stack = fake([2, 1, 0, 1, 0, 0])
     run = bench_efficiency.burst_ms(stack, [Path("a.jpg")])
-    assert stack.bursts == 4, "three warm-ups (the last starts none), then the measured burst"
+    assert bench_efficiency.STEADY == 2
+    assert stack.bursts == 7, "six warm-ups (the last two start none), then the measured burst"
     assert run["workers_started"] == 0
     assert run["web_tier_ms"] == pytest.approx(0.5)
     assert run["workers_ms"] == pytest.approx(10.0)
