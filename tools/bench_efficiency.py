@@ -3,8 +3,8 @@
 whole stack's CPU per image (web tier and every worker, the load generator excluded) in a warm
 300-upload burst under the default scaling (up to 20 workers on this machine's cores). Goal: >= 0.9.
 Warm: the stack takes bursts until two in a row end with the workers they began with (the pool at
-the size the scaler keeps for this load), then the measured one; a worker's start-up (its model load) is
-printed on its own, as what each scale-out costs once.
+the size the scaler keeps for this load), then the measured one; a worker's start-up (its model
+load) is printed on its own, as what each scale-out costs once.
 
 Inference alone is `app-tier classify --threads 1`, start-up removed, run as the stack runs it: one
 process per core at once (the stack keeps every core on inference). One process alone on an
@@ -93,17 +93,17 @@ def burst_ms(stack: Stack, files: list[Path], client: tuple[str, ...] = (), afte
     with (the pool at its size for this load, every model loaded). A worker started during the
     measured burst would add its start-up, a model load of ~0.1 s of CPU, to the serving cost
     (~0.4 ms per image); `workers_started` says if one was all the same."""
-    steady = 0
+    pool, steady = set(worker_pids(stack.data_dir)), 0
     for _ in range(WARM_UPS):
-        pool = set(worker_pids(stack.data_dir))
         summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
         assert summary["errors"] == 0, run.stdout
         wait_until("the warm-up answered", lambda: stack.status()["queue"]["pending"] == 0, 30)
-        steady = steady + 1 if set(worker_pids(stack.data_dir)) == pool else 0
+        now = set(worker_pids(stack.data_dir))
+        steady = steady + 1 if now == pool else 0
+        pool = now
         if steady == STEADY:
             break
     after_warm_up()
-    pool = set(worker_pids(stack.data_dir))
     before = process_tree_cpu(stack.proc.pid, stack.data_dir)
     summary, run = loadgen(stack.url, files, repeat=3, prefix=client)
     after = process_tree_cpu(stack.proc.pid, stack.data_dir)
