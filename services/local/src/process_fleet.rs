@@ -592,11 +592,11 @@ impl InstanceStatus for SqliteInstanceStatus {
             InstanceState::Stopping => "stopping",
         };
         self.write(move |conn, name| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO instances (name, state, busy, updated_at_ms, pid, beat_mono_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4, pid = ?5, beat_mono_ms = ?6",
-                params![name, state, busy, now_ms() as i64, std::process::id(), monotonic_ms() as i64],
-            )
+            )?
+            .execute(params![name, state, busy, now_ms() as i64, std::process::id(), monotonic_ms() as i64])
         })
         .await
         .map_err(fleet_error)
@@ -604,10 +604,8 @@ impl InstanceStatus for SqliteInstanceStatus {
 
     async fn heartbeat(&self) -> PortResult<()> {
         self.write(|conn, name| {
-            conn.execute(
-                "UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1",
-                params![name, now_ms() as i64, monotonic_ms() as i64],
-            )
+            conn.prepare_cached("UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1")?
+                .execute(params![name, now_ms() as i64, monotonic_ms() as i64])
         })
         .await
         .map_err(fleet_error)

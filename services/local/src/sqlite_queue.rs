@@ -34,7 +34,7 @@ const MAX_POLL_PAUSE: Duration = Duration::from_millis(10);
 /// lets receivers poll while another process writes.
 #[derive(Clone)]
 pub struct SqliteQueue {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<QueueDb>>,
     /// Single sends, committed in groups (shared by the handles of one connection): one
     /// transaction and fsync for many concurrent uploads, each answered once its group committed.
     outbox: GroupCommit<(String, Vec<u8>), (bool, String)>,
@@ -50,7 +50,10 @@ impl SqliteQueue {
     pub fn open(db: &Path, name: &str, dead_letter: Option<DeadLetter>) -> anyhow::Result<Self> {
         let conn = super::db::open(db)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(QueueDb {
+                conn,
+                waits_for_disk: None,
+            })),
             outbox: GroupCommit::default(),
             name: name.to_owned(),
             dead_letter,
@@ -82,7 +85,7 @@ impl SqliteQueue {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection, &Self) -> anyhow::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut QueueDb, &Self) -> anyhow::Result<T> + Send + 'static,
     ) -> PortResult<T> {
         let this = self.clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -97,27 +100,30 @@ impl SqliteQueue {
         .map_err(queue_error)
     }
 
-    fn try_receive(&self, conn: &mut Connection, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
+    fn try_receive(&self, db: &mut QueueDb, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
         let now = now_ms() as i64;
         // A cheap read first: polling receivers then take no write lock while the queue is empty.
-        let ready: bool = conn
+        let ready: bool = db
+            .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND visible_at_ms <= ?2)")?
             .query_row(params![self.name, now], |r| r.get(0))?;
         if !ready {
             return Ok(Vec::new());
         }
-        sync_commits(conn, false)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = db
+            .committing(false)?
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read once the write lock is held: taking it may wait (another process's commit), and a
         // time read before would hide the messages for less than `visibility` from now.
         let now = now_ms() as i64;
         let mut dead_lettered = 0;
         if let Some(dl) = &self.dead_letter {
-            dead_lettered = tx.execute(
-                "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL, visible_at_ms = ?2
-                 WHERE queue = ?3 AND visible_at_ms <= ?2 AND receive_count >= ?4",
-                params![dl.queue, now, self.name, dl.max_receives],
-            )?;
+            dead_lettered = tx
+                .prepare_cached(
+                    "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL, visible_at_ms = ?2
+                     WHERE queue = ?3 AND visible_at_ms <= ?2 AND receive_count >= ?4",
+                )?
+                .execute(params![dl.queue, now, self.name, dl.max_receives])?;
         }
         let rows: Vec<(i64, Vec<u8>, u32)> = {
             let mut stmt = tx.prepare_cached(
@@ -131,19 +137,20 @@ impl SqliteQueue {
         };
         let hidden_until = now + visibility.as_millis() as i64;
         let mut received = Vec::with_capacity(rows.len());
+        let mut hide = tx.prepare_cached(
+            "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2, receiver = ?4
+             WHERE id = ?3",
+        )?;
         for (id, body, count) in rows {
             let receipt = format!("{id}.{}", uuid::Uuid::new_v4().simple());
-            tx.execute(
-                "UPDATE messages SET receive_count = receive_count + 1, visible_at_ms = ?1, receipt = ?2, receiver = ?4
-                 WHERE id = ?3",
-                params![hidden_until, receipt, id, self.receiver],
-            )?;
+            hide.execute(params![hidden_until, receipt, id, self.receiver])?;
             received.push(Received {
                 receipt: Receipt(receipt),
                 body,
                 receive_count: count + 1,
             });
         }
+        drop(hide);
         tx.commit()?;
         if dead_lettered > 0 {
             if let Some(dl) = &self.dead_letter {
@@ -154,8 +161,8 @@ impl SqliteQueue {
     }
 
     /// Commits `rows` (queue, body) and rings their queues' bells.
-    fn send_rows(&self, conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
-        insert(conn, rows)?;
+    fn send_rows(&self, db: &mut QueueDb, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        insert(db.committing(true)?, rows)?;
         self.bells.ring_each(rows.iter().map(|(q, _)| q.as_str()));
         Ok(())
     }
@@ -185,20 +192,35 @@ pub fn release_held_by(conn: &Connection, instance: &str) -> rusqlite::Result<Ve
     queues.collect()
 }
 
-/// Whether the next commits on `conn` wait for the disk (synchronous FULL) or not (NORMAL, which in
-/// WAL mode survives a crash of the process but not of the machine). Sends wait: an acknowledged
-/// upload must survive anything. Receives, deletes and visibility changes do not: losing one to a
-/// power cut only delivers a message again, which at-least-once delivery allows, and the next
-/// synced commit makes them durable too (the log is written in order). Set before every
-/// transaction, so that no setting outlives the operation that chose it.
-fn sync_commits(conn: &Connection, wait_for_disk: bool) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "synchronous", if wait_for_disk { "FULL" } else { "NORMAL" })
+/// A queue handle's connection, and how its commits reach the disk.
+struct QueueDb {
+    conn: Connection,
+    /// `synchronous` as last set on `conn` (FULL: true), `None` if unknown: a PRAGMA is parsed
+    /// and run only when an operation needs the other setting.
+    waits_for_disk: Option<bool>,
+}
+
+impl QueueDb {
+    /// The connection, its next commits waiting for the disk (synchronous FULL) or not (NORMAL,
+    /// which in WAL mode survives a crash of the process but not of the machine). Sends wait: an
+    /// acknowledged upload must survive anything. Receives, deletes and visibility changes do not:
+    /// losing one to a power cut only delivers a message again, which at-least-once delivery
+    /// allows, and the next synced commit makes them durable too (the log is written in order).
+    /// Chosen before every transaction, so that no setting outlives the operation that chose it.
+    fn committing(&mut self, wait_for_disk: bool) -> rusqlite::Result<&mut Connection> {
+        if self.waits_for_disk != Some(wait_for_disk) {
+            self.waits_for_disk = None;
+            let level = if wait_for_disk { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", level)?;
+            self.waits_for_disk = Some(wait_for_disk);
+        }
+        Ok(&mut self.conn)
+    }
 }
 
 /// Inserts `(queue, body)` rows in one transaction.
 fn insert(conn: &mut Connection, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
     let now = now_ms() as i64;
-    sync_commits(conn, true)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert =
@@ -226,7 +248,7 @@ impl WorkQueue for SqliteQueue {
         let commit = move |rows: Vec<(String, Vec<u8>)>| {
             let queue = queue.clone();
             async move {
-                let committed = queue.blocking(move |conn, q| q.send_rows(conn, &rows)).await;
+                let committed = queue.blocking(move |db, q| q.send_rows(db, &rows)).await;
                 committed.map_err(|e| (e.is_transient(), format!("{e:#}")))
             }
         };
@@ -243,7 +265,7 @@ impl WorkQueue for SqliteQueue {
 
     async fn send_batch(&self, bodies: &[Vec<u8>]) -> PortResult<()> {
         let rows: Vec<(String, Vec<u8>)> = bodies.iter().map(|b| (self.name.clone(), b.clone())).collect();
-        self.blocking(move |conn, q| q.send_rows(conn, &rows)).await
+        self.blocking(move |db, q| q.send_rows(db, &rows)).await
     }
 
     async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> PortResult<Vec<Received>> {
@@ -263,9 +285,7 @@ impl WorkQueue for SqliteQueue {
             if let Some(rung) = rung.as_mut().as_pin_mut() {
                 rung.enable();
             }
-            let got = self
-                .blocking(move |conn, q| q.try_receive(conn, max, visibility))
-                .await?;
+            let got = self.blocking(move |db, q| q.try_receive(db, max, visibility)).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             if !got.is_empty() || left.is_zero() {
                 return Ok(got);
@@ -291,9 +311,10 @@ impl WorkQueue for SqliteQueue {
             .iter()
             .map(|r| Ok((message_id(r)?, r.0.clone())))
             .collect::<PortResult<_>>()?;
-        self.blocking(move |conn, q| {
-            sync_commits(conn, false)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.blocking(move |db, q| {
+            let tx = db
+                .committing(false)?
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 // A stale receipt (the message was received again since) deletes nothing, as on SQS.
                 let mut delete =
@@ -311,15 +332,17 @@ impl WorkQueue for SqliteQueue {
     async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> PortResult<()> {
         let id = message_id(receipt)?;
         let receipt = receipt.0.clone();
-        self.blocking(move |conn, q| {
-            sync_commits(conn, false)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.blocking(move |db, q| {
+            let tx = db
+                .committing(false)?
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms() as i64; // with the lock held, as in `try_receive`
-            let changed = tx.execute(
-                "UPDATE messages SET visible_at_ms = ?1
-                 WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
-                params![now + visibility.as_millis() as i64, id, receipt, q.name, now],
-            )?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE messages SET visible_at_ms = ?1
+                     WHERE id = ?2 AND receipt = ?3 AND queue = ?4 AND visible_at_ms > ?5",
+                )?
+                .execute(params![now + visibility.as_millis() as i64, id, receipt, q.name, now])?;
             if changed == 0 {
                 bail!("receipt {receipt} is no longer valid (deleted, expired or received again)");
             }
@@ -333,14 +356,14 @@ impl WorkQueue for SqliteQueue {
     }
 
     async fn depth(&self) -> PortResult<QueueDepth> {
-        self.blocking(|conn, q| {
+        self.blocking(|db, q| {
             let now = now_ms() as i64;
-            let (visible, in_flight): (Option<i64>, Option<i64>) = conn
-                .query_row(
+            let (visible, in_flight): (Option<i64>, Option<i64>) = db
+                .conn
+                .prepare_cached(
                     "SELECT SUM(visible_at_ms <= ?2), SUM(visible_at_ms > ?2) FROM messages WHERE queue = ?1",
-                    params![q.name, now],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                )?
+                .query_row(params![q.name, now], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
                 .unwrap_or((None, None));
             Ok(QueueDepth {
@@ -383,8 +406,8 @@ mod tests {
     use super::*;
 
     fn synchronous(q: &SqliteQueue) -> i64 {
-        let conn = q.conn.lock().unwrap();
-        conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+        let db = q.conn.lock().unwrap();
+        db.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
     }
 
     #[tokio::test]

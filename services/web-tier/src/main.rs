@@ -7,9 +7,7 @@ use imgrec_runtime::settings::Settings;
 
 fn main() -> ExitCode {
     imgrec_runtime::logging::init();
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run()));
+    let result = Settings::load().and_then(|settings| web_tier::runtime(&settings)?.block_on(run(settings)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -19,8 +17,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
+async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = imgrec_runtime::shutdown::Shutdown::on_signals()?;
     let listener = web_tier::bind(&settings).await?;
     web_tier::serve(settings, listener, shutdown).await

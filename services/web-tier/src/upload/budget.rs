@@ -60,6 +60,17 @@ impl Budget {
         Ok(share)
     }
 
+    /// `bytes` (the whole budget at most) if they are free now, else `None`: callable off the async
+    /// threads, as it never waits. It never overtakes a `reserve` that waits: room freed while
+    /// one waits goes to it first.
+    pub fn try_reserve(&self, bytes: u64) -> Option<Share> {
+        let held = self.permits.clone().try_acquire_many_owned(self.kib_of(bytes)).ok()?;
+        Some(Share {
+            budget: self.clone(),
+            held,
+        })
+    }
+
     fn kib_of(&self, bytes: u64) -> u32 {
         u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(self.kib)
     }
@@ -116,5 +127,25 @@ mod tests {
         drop(share);
         drop(other);
         assert_eq!(bytes(&budget.reserve(100 * 1024).await.unwrap()), 100 * 1024);
+    }
+
+    #[tokio::test]
+    async fn trying_takes_free_room_at_once_and_never_what_a_waiter_waits_for() {
+        let budget = Budget::new(10 * 1024);
+        let held = budget.try_reserve(8 * 1024).expect("the room is free");
+        assert!(budget.try_reserve(3 * 1024).is_none(), "more than is free");
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(5 * 1024).await.map(|share| bytes(&share)) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            budget.try_reserve(1024).is_none(),
+            "2 KiB are not held, but a reservation waits for them"
+        );
+        drop(held);
+        assert_eq!(waiter.await.unwrap().unwrap(), 5 * 1024);
+        let free = budget.try_reserve(10 * 1024).expect("all returned");
+        assert_eq!(bytes(&free), 10 * 1024);
     }
 }

@@ -9,11 +9,25 @@ use crate::error::UploadError;
 /// Decodes the whole image without keeping its pixels (off the async threads, within the decode
 /// budget), so that nothing a worker cannot read is queued.
 pub async fn validate(bytes: Bytes, limits: &UploadLimits) -> Result<Probe, UploadError> {
-    let image = limits.image;
+    let (image, budget) = (limits.image, limits.decode_budget.clone());
     let header = bytes.clone();
-    let cost = off_runtime(move || inspect(&header, &image)).await?.verify_bytes;
-    let _reserved = limits.decode_budget.reserve(cost as u64).await?;
-    off_runtime(move || verify(&bytes, &image)).await
+    // One trip to the blocking pool while the decoder's memory is free at once (a hand-off costs
+    // more than checking a small image); a second, after waiting for it, when it is not.
+    let first = off_runtime(move || {
+        let probe = inspect(&header, &image)?;
+        Ok(match budget.try_reserve(probe.verify_bytes as u64) {
+            Some(_reserved) => Ok(verify(&header, &image)?),
+            None => Err(probe.verify_bytes),
+        })
+    })
+    .await?;
+    match first {
+        Ok(probe) => Ok(probe),
+        Err(cost) => {
+            let _reserved = limits.decode_budget.reserve(cost as u64).await?;
+            off_runtime(move || verify(&bytes, &image)).await
+        }
+    }
 }
 
 /// Image work runs on the blocking pool: even reading a header walks every chunk of the file.
