@@ -44,6 +44,11 @@ pub struct SqliteQueue {
     receiver: Option<String>,
     /// Rung once messages are committed visible; heard by waiting receivers.
     bells: Arc<Bells>,
+    /// Whether a send's commit waits for the disk (see `QueueDb::committing`). Requests' do: an
+    /// acknowledged upload survives a power cut. Answers' do not: an answer goes to a web tier on
+    /// this machine, whose waiting client does not outlive a power cut either, and the worker keeps
+    /// it in the output bucket, synced, before it sends it.
+    sends_wait_for_disk: bool,
 }
 
 impl SqliteQueue {
@@ -59,6 +64,7 @@ impl SqliteQueue {
             dead_letter,
             receiver: None,
             bells: Arc::new(Bells::beside(db)),
+            sends_wait_for_disk: true,
         })
     }
 
@@ -162,7 +168,7 @@ impl SqliteQueue {
 
     /// Commits `rows` (queue, body) and rings their queues' bells.
     fn send_rows(&self, db: &mut QueueDb, rows: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
-        insert(db.committing(true)?, rows)?;
+        insert(db.committing(self.sends_wait_for_disk)?, rows)?;
         self.bells.ring_each(rows.iter().map(|(q, _)| q.as_str()));
         Ok(())
     }
@@ -202,8 +208,9 @@ struct QueueDb {
 
 impl QueueDb {
     /// The connection, its next commits waiting for the disk (synchronous FULL) or not (NORMAL,
-    /// which in WAL mode survives a crash of the process but not of the machine). Sends wait: an
-    /// acknowledged upload must survive anything. Receives, deletes and visibility changes do not:
+    /// which in WAL mode survives a crash of the process but not of the machine). Requests' sends
+    /// wait: an acknowledged upload must survive anything (answers' need not, see
+    /// `SqliteQueue::sends_wait_for_disk`). Receives, deletes and visibility changes do not:
     /// losing one to a power cut only delivers a message again, which at-least-once delivery
     /// allows, and the next synced commit makes them durable too (the log is written in order).
     /// Chosen before every transaction, so that no setting outlives the operation that chose it.
@@ -384,7 +391,10 @@ pub struct SqliteResponseQueues {
 impl SqliteResponseQueues {
     pub fn open(db: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            base: SqliteQueue::open(db, "", None)?,
+            base: SqliteQueue {
+                sends_wait_for_disk: false,
+                ..SqliteQueue::open(db, "", None)?
+            },
             opened: Mutex::new(HashMap::new()),
         })
     }
@@ -424,6 +434,25 @@ mod tests {
         assert_eq!(synchronous(&q), FULL);
         q.send_batch(&[b"c".to_vec()]).await.unwrap();
         assert_eq!(synchronous(&q), FULL);
+    }
+
+    #[tokio::test]
+    async fn answers_are_sent_without_waiting_for_the_disk() {
+        const NORMAL: i64 = 1;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.sqlite3");
+        let answers = SqliteResponseQueues::open(&db)
+            .unwrap()
+            .base
+            .named("responses-web-instance1");
+        answers.send(b"a").await.unwrap();
+        answers.send_batch(&[b"b".to_vec()]).await.unwrap();
+        assert_eq!(synchronous(&answers), NORMAL);
+        let got = answers
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
     }
 
     /// Each way a message becomes visible to receivers in other processes rings its queue's bell
