@@ -16,18 +16,25 @@ pub async fn validate(bytes: Bytes, limits: &UploadLimits) -> Result<Probe, Uplo
     let first = off_runtime(move || {
         let probe = inspect(&header, &image)?;
         Ok(match budget.try_reserve(probe.verify_bytes as u64) {
-            Some(_reserved) => Ok(verify(&header, &image)?),
-            None => Err(probe.verify_bytes),
+            Some(_reserved) => Check::Verified(verify(&header, &image)?),
+            None => Check::Waits(probe.verify_bytes),
         })
     })
     .await?;
     match first {
-        Ok(probe) => Ok(probe),
-        Err(cost) => {
+        Check::Verified(probe) => Ok(probe),
+        Check::Waits(cost) => {
             let _reserved = limits.decode_budget.reserve(cost as u64).await?;
             off_runtime(move || verify(&bytes, &image)).await
         }
     }
+}
+
+/// How the first trip ended: the image verified, or its verifying waits for this many bytes of
+/// the decode budget.
+enum Check {
+    Verified(Probe),
+    Waits(usize),
 }
 
 /// Image work runs on the blocking pool: even reading a header walks every chunk of the file.
@@ -38,4 +45,42 @@ async fn off_runtime<T: Send + 'static>(
         .await
         .map_err(|_| UploadError::CheckFailed)?
         .map_err(UploadError::Image)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use imgrec_classifier::ImageLimits;
+
+    use super::*;
+
+    const JPEG: &[u8] = include_bytes!("../../../classifier/tests/fixtures/small.jpg");
+
+    fn limits(decode_budget_bytes: u64) -> UploadLimits {
+        let mut web = imgrec_runtime::settings::Settings::defaults().unwrap().web;
+        web.decode_budget_bytes = decode_budget_bytes;
+        UploadLimits::new(&web, ImageLimits::default())
+    }
+
+    #[tokio::test]
+    async fn a_check_verifies_at_once_or_after_waiting_for_the_decode_budget() {
+        let limits = limits(64 * 1024);
+        let free = validate(Bytes::from_static(JPEG), &limits).await.unwrap();
+        let held = limits.decode_budget.reserve(u64::MAX).await.unwrap();
+        let waiting = tokio::spawn({
+            let limits = limits.clone();
+            async move {
+                validate(Bytes::from_static(JPEG), &limits)
+                    .await
+                    .map(|p| (p.width, p.height))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "verified without room in the decode budget");
+        drop(held);
+        assert_eq!(waiting.await.unwrap().unwrap(), (free.width, free.height));
+        let truncated = Bytes::copy_from_slice(&JPEG[..JPEG.len() / 2]);
+        assert!(matches!(validate(truncated, &limits).await, Err(UploadError::Image(_))));
+    }
 }
