@@ -81,11 +81,6 @@ pub struct WebSettings {
     /// Refuse at once (503, `Retry-After`) an upload the pool at its cap cannot answer within
     /// `response_timeout_s`, instead of answering it 504 then.
     pub admission_control: bool,
-    /// Threads running the web tier's async work (HTTP, queues, waiting for answers); its disk and
-    /// image work runs on a blocking pool beside them. Unset: one where the fleet is local (this
-    /// machine's cores are the workers', for inference), one per core elsewhere.
-    #[serde(default)]
-    pub async_threads: Option<usize>,
     /// API keys: when any is set (here or in `api_keys_file`), an upload without a valid one is 401.
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,

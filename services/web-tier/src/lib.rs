@@ -45,23 +45,6 @@ use crate::state::WebTier;
 /// After the drain deadline, how long connections get to send their last (503) answers.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
-/// The runtime the web tier runs on, with `web.async_threads` threads for its async work: unset,
-/// one where the fleet is local (every core is for the workers' inference, and what the web tier
-/// does on its async threads is short; it waits on disks and clients), one per core elsewhere.
-pub fn runtime(settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = async_threads(settings) {
-        builder.worker_threads(threads);
-    }
-    builder.enable_all().build()
-}
-
-/// `web.async_threads`, or its default; `None`: one per core.
-fn async_threads(settings: &Settings) -> Option<usize> {
-    let local = settings.fleet.backend == imgrec_runtime::settings::Backend::Local;
-    settings.web.async_threads.or(local.then_some(1)).map(|n| n.max(1))
-}
-
 /// Binds `web.host:web.port`.
 pub async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
     let addr: SocketAddr = format!("{}:{}", settings.web.host, settings.web.port)
@@ -182,25 +165,4 @@ async fn drain(tier: &WebTier, mut server: JoinHandle<()>, shutdown: &mut Shutdo
         }
     }
     tier.waiters.shut_down_all();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use imgrec_runtime::settings::Backend;
-
-    #[test]
-    fn one_async_thread_beside_a_local_fleet_one_per_core_elsewhere_unless_set() {
-        let mut settings = Settings::defaults().unwrap();
-        settings.fleet.backend = Backend::Local;
-        assert_eq!(async_threads(&settings), Some(1));
-        settings.fleet.backend = Backend::Aws;
-        assert_eq!(async_threads(&settings), None);
-        settings.web.async_threads = Some(3);
-        assert_eq!(async_threads(&settings), Some(3));
-        settings.web.async_threads = Some(0);
-        assert_eq!(async_threads(&settings), Some(1), "a runtime needs a thread");
-        let runtime = runtime(&settings).unwrap();
-        assert_eq!(runtime.metrics().num_workers(), 1);
-    }
 }

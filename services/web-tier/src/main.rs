@@ -7,7 +7,9 @@ use imgrec_runtime::settings::Settings;
 
 fn main() -> ExitCode {
     imgrec_runtime::logging::init();
-    let result = Settings::load().and_then(|settings| web_tier::runtime(&settings)?.block_on(run(settings)));
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -17,7 +19,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
     let shutdown = imgrec_runtime::shutdown::Shutdown::on_signals()?;
     let listener = web_tier::bind(&settings).await?;
     web_tier::serve(settings, listener, shutdown).await
