@@ -41,15 +41,7 @@ impl Budget {
 
     /// A share that holds nothing yet.
     pub fn share(&self) -> Share {
-        let held = self
-            .permits
-            .clone()
-            .try_acquire_many_owned(0)
-            .expect("the budget's semaphore is never closed");
-        Share {
-            budget: self.clone(),
-            held,
-        }
+        self.try_reserve(0).expect("the budget's semaphore is never closed")
     }
 
     /// Waits at most `MEMORY_WAIT` until `bytes` are free (the whole budget at most, so one large
