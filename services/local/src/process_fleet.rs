@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::db::monotonic_ms;
 use crate::errors::fleet_error;
@@ -60,7 +60,7 @@ struct Row {
 ///
 /// Several web tiers share one database, and whichever holds the scaler's lease acts on the
 /// fleet. Workers started by another web tier are listed too: as they report while that web tier
-/// is alive, and as stopping once it is gone (they got SIGTERM when it died; they are killed if
+/// is alive, and as stopping once it is gone (they got SIGHUP when it died; they are killed if
 /// they linger). So they count against the cap and keep their names until they have exited.
 ///
 /// Nothing here blocks the caller's async runtime: the database and `/proc` are read on tokio's
@@ -82,8 +82,9 @@ struct Processes {
     /// on the workers it starts.
     owner: String,
     workers: Mutex<HashMap<String, WorkerProcess>>,
-    /// Workers of a gone web tier, by name: when this fleet first saw them orphaned.
-    orphans: Mutex<HashMap<String, Instant>>,
+    /// Workers of a gone web tier, by name: the process seen orphaned, and since when. A name
+    /// may be claimed again once its worker is gone: a new process under it is a new orphan.
+    orphans: Mutex<HashMap<String, (u32, Instant)>>,
     db: Arc<Mutex<Connection>>,
     /// Rung for the requests given back from a gone instance.
     bells: crate::bells::Bells,
@@ -116,7 +117,7 @@ impl ProcessFleet {
         std::thread::Builder::new()
             .name("fleet-launcher".into())
             .spawn(move || {
-                // Ends when the fleet is dropped; its children then get their SIGTERM.
+                // Ends when the fleet is dropped; its children then get their SIGHUP.
                 for (processes, name, done) in launches {
                     let _ = done.send(processes.launch(&name));
                 }
@@ -209,14 +210,13 @@ impl Processes {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Drops a gone instance's status and gives back at once the requests it still held (a
-    /// worker that stopped cleanly holds none), before its name can be reused.
-    fn forget(&self, name: &str) {
-        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = conn.execute("DELETE FROM instances WHERE name = ?1", params![name]) {
-            tracing::warn!(instance = name, error = %e, "cannot clear instance status");
-        }
-        match super::release_held_by(&conn, name) {
+    /// Drops a gone instance's row and gives back at once the requests it still held (a worker
+    /// that stopped cleanly holds none), before its name can be reused. Only the incarnation that
+    /// is gone: a row another fleet saw may be stale by the time it acts on it, its name since
+    /// forgotten, claimed again and a new worker holding requests under it.
+    fn forget(&self, name: &str, gone: Gone) {
+        let mut conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        match forget_incarnation(&mut conn, name, gone, &self.owner) {
             Ok(queues) if queues.is_empty() => {}
             Ok(queues) => {
                 tracing::info!(
@@ -226,7 +226,7 @@ impl Processes {
                 );
                 self.bells.ring_each(queues.iter().map(String::as_str));
             }
-            Err(e) => tracing::warn!(instance = name, error = %e, "cannot release a gone instance's requests"),
+            Err(e) => tracing::warn!(instance = name, error = %e, "cannot forget a gone instance"),
         }
     }
 
@@ -254,7 +254,7 @@ impl Processes {
         let pid = row.pid.filter(|&pid| is_worker(pid, name));
         let Some(pid) = pid else {
             self.orphans.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-            self.forget(name);
+            self.forget(name, Gone::AsSeen(row));
             return None;
         };
         let owner_alive = row.owner.as_deref().is_some_and(|owner| {
@@ -264,6 +264,7 @@ impl Processes {
             }
         });
         if owner_alive {
+            self.orphans.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
             let state = match row.state.as_str() {
                 "running" => InstanceState::Running,
                 "stopping" => InstanceState::Stopping,
@@ -278,11 +279,15 @@ impl Processes {
             });
         }
         let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
-        let since = *orphans.entry(name.to_owned()).or_insert_with(|| {
-            tracing::info!(instance = name, pid, "stopping a worker whose web tier is gone");
-            kill_pid(pid, libc::SIGTERM);
-            Instant::now()
-        });
+        let since = match orphans.get(name) {
+            Some(&(seen, since)) if seen == pid => since,
+            _ => {
+                tracing::info!(instance = name, pid, "stopping a worker whose web tier is gone");
+                kill_pid(pid, libc::SIGTERM);
+                orphans.insert(name.to_owned(), (pid, Instant::now()));
+                Instant::now()
+            }
+        };
         if since.elapsed() > STOP_GRACE {
             tracing::warn!(instance = name, pid, "orphaned worker did not stop; killing it");
             kill_pid(pid, libc::SIGKILL);
@@ -308,7 +313,10 @@ impl Processes {
         let child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
-                db.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+                db.execute(
+                    "DELETE FROM instances WHERE name = ?1 AND owner = ?2 AND pid IS NULL",
+                    params![name, self.owner],
+                )?;
                 return Err(e).with_context(|| format!("cannot start {}", self.command.program.display()));
             }
         };
@@ -342,13 +350,15 @@ impl Processes {
             .envs(self.command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         let memory_max = self.command.memory_max_bytes;
-        // SAFETY: prctl, setpgid and setrlimit are async-signal-safe. A worker gets SIGTERM when
+        // SAFETY: prctl, setpgid and setrlimit are async-signal-safe. A worker gets SIGHUP when
         // the process that started it dies, so none outlives the stack even after a SIGKILL of the
-        // parent. Its own process group keeps a terminal's Ctrl-C to the web tier, which drains
-        // the waiting requests (workers still answering them) before it stops the workers.
+        // parent: it drains (one stop request however many times the kernel sends it; SIGTERM
+        // would count each, and the second would abandon the batch in hand). Its own process
+        // group keeps a terminal's Ctrl-C to the web tier, which drains the waiting requests
+        // (workers still answering them) before it stops the workers.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP) != 0 || libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(bytes) = memory_max {
@@ -416,6 +426,44 @@ fn is_worker(pid: u32, name: &str) -> bool {
 fn kill_pid(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory effects; `is_worker` checked the pid just before.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Which incarnation of a name is gone.
+enum Gone<'a> {
+    /// A worker this fleet started, reaped: its row is this fleet's (no other fleet can claim a
+    /// name while this fleet's row holds it).
+    Own,
+    /// Another fleet's worker, as its row read: gone if that row is still there unchanged.
+    AsSeen(&'a Row),
+}
+
+/// Deletes the gone incarnation's row and, unless the name is claimed again, makes what it held
+/// visible again, in one transaction (requests are held by name, so a new incarnation's cannot be
+/// told apart: they wait for their visibility timeout instead). The queues of those released.
+fn forget_incarnation(conn: &mut Connection, name: &str, gone: Gone, owner: &str) -> rusqlite::Result<Vec<String>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match gone {
+        Gone::Own => tx.execute(
+            "DELETE FROM instances WHERE name = ?1 AND owner = ?2",
+            params![name, owner],
+        )?,
+        Gone::AsSeen(row) => tx.execute(
+            "DELETE FROM instances WHERE name = ?1 AND pid IS ?2 AND updated_at_ms = ?3",
+            params![name, row.pid, row.updated_at_ms as i64],
+        )?,
+    };
+    let claimed_again: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM instances WHERE name = ?1)",
+        params![name],
+        |r| r.get(0),
+    )?;
+    let released = if claimed_again {
+        Vec::new()
+    } else {
+        super::release_held_by(&tx, name)?
+    };
+    tx.commit()?;
+    Ok(released)
 }
 
 #[async_trait]
@@ -496,7 +544,7 @@ impl Processes {
             }
         }
         for name in gone {
-            self.forget(&name);
+            self.forget(&name, Gone::Own);
         }
         let own: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
         for (name, row) in &rows {
@@ -567,16 +615,16 @@ impl SqliteInstanceStatus {
 }
 
 impl SqliteInstanceStatus {
-    /// Runs `update` on the shared database off the async threads, with this instance's name.
+    /// Runs `update` on the shared database off the async threads, with this instance's name:
+    /// how many rows it changed.
     async fn write(
         &self,
         update: impl FnOnce(&Connection, &str) -> rusqlite::Result<usize> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
         let (db, name) = (self.db.clone(), self.name.clone());
         tokio::task::spawn_blocking(move || {
             let conn = db.lock().unwrap_or_else(|p| p.into_inner());
-            update(&conn, &name)?;
-            Ok(())
+            Ok(update(&conn, &name)?)
         })
         .await
         .context("status task failed")?
@@ -599,15 +647,151 @@ impl InstanceStatus for SqliteInstanceStatus {
             .execute(params![name, state, busy, now_ms() as i64, std::process::id(), monotonic_ms() as i64])
         })
         .await
+        .map(drop)
         .map_err(fleet_error)
     }
 
     async fn heartbeat(&self) -> PortResult<()> {
-        self.write(|conn, name| {
-            conn.prepare_cached("UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1")?
-                .execute(params![name, now_ms() as i64, monotonic_ms() as i64])
-        })
-        .await
-        .map_err(fleet_error)
+        let beaten = self
+            .write(|conn, name| {
+                conn.prepare_cached("UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1")?
+                    .execute(params![name, now_ms() as i64, monotonic_ms() as i64])
+            })
+            .await
+            .map_err(fleet_error)?;
+        if beaten == 0 {
+            // Its fleet sees no beat and stops it as silent: say why, where it can be read.
+            tracing::warn!("this instance's row is gone from the fleet's table; its heartbeats reach nobody");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use imgrec_domain::ports::WorkQueue;
+
+    use super::*;
+    use crate::SqliteQueue;
+
+    const NAME: &str = "app-instance1";
+
+    /// A worker that stays a shell (no exec), so that its command line keeps `--name`; it writes
+    /// `ready` beside `signalled` once it listens for SIGTERM, and `term` in `signalled` if it
+    /// gets one.
+    fn worker(signalled: &Path) -> WorkerCommand {
+        let script = format!(
+            "trap 'echo term > {0}; exit 0' TERM; echo ready > {0}.ready; while :; do sleep 0.05; done",
+            signalled.display()
+        );
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "w".into()],
+            env: vec![],
+            memory_max_bytes: None,
+        }
+    }
+
+    fn fleet(db: &Path, owner: &str, signalled: &Path) -> ProcessFleet {
+        ProcessFleet::new(worker(signalled), db, Duration::from_secs(3600), owner).unwrap()
+    }
+
+    /// A pid no process has now.
+    fn dead_pid() -> u32 {
+        let mut child = Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    }
+
+    /// Web tier C read the fleet's rows while app-instance1 was a gone web tier's dead worker;
+    /// before C acts on what it read, the acting scaler (B) forgets that worker, starts a new
+    /// app-instance1, and the new worker receives a request. C must forget only the incarnation
+    /// it saw: B's row and the request the new worker holds stay as they are.
+    #[tokio::test]
+    async fn a_stale_view_of_a_gone_worker_forgets_only_that_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        let b = fleet(&db, "web-b", &dir.path().join("b.term"));
+        let c = fleet(&db, "web-c", &dir.path().join("c.term"));
+        let conn = crate::db::open(&db).unwrap();
+        assert!(crate::lease::try_hold(&conn, "web-instance2", "web-b", Duration::from_secs(60)).unwrap());
+        conn.execute(
+            "INSERT INTO instances (name, state, busy, updated_at_ms, pid, owner) VALUES (?1, 'running', 1, ?2, ?3, 'web-a')",
+            params![NAME, now_ms() as i64 - 1_000, dead_pid()],
+        )
+        .unwrap();
+        let requests = SqliteQueue::open(&db, "requests", None).unwrap();
+        let long = Duration::from_secs(600);
+        requests.send(b"old").await.unwrap();
+        let old_worker = requests.clone().received_by(NAME);
+        assert_eq!(old_worker.receive(1, long, Duration::ZERO).await.unwrap().len(), 1);
+
+        let stale = c.processes.rows().unwrap().remove(NAME).unwrap();
+        assert!(b.instances().await.unwrap().is_empty(), "the dead worker is forgotten");
+        let other = requests.clone().received_by("app-instance2");
+        let released = other.receive(10, long, Duration::ZERO).await.unwrap();
+        assert_eq!(released.len(), 1, "the dead worker's request is given back at once");
+        other.delete(&released[0].receipt).await.unwrap();
+        b.launch(NAME).await.unwrap();
+        requests.send(b"new").await.unwrap();
+        let new_worker = requests.clone().received_by(NAME);
+        assert_eq!(new_worker.receive(1, long, Duration::ZERO).await.unwrap().len(), 1);
+
+        assert!(c.processes.foreign(NAME, &stale).is_none());
+        let owner: Option<String> = conn
+            .query_row("SELECT owner FROM instances WHERE name = ?1", params![NAME], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            owner.as_deref(),
+            Some("web-b"),
+            "B's row was forgotten with the dead worker's"
+        );
+        assert!(
+            other.receive(10, long, Duration::ZERO).await.unwrap().is_empty(),
+            "the new worker's request was given back"
+        );
+        let seen_by_c = c.instances().await.unwrap();
+        assert_eq!(seen_by_c.len(), 1);
+        assert_ne!(
+            seen_by_c[0].state,
+            InstanceState::Stopping,
+            "B's worker taken for an orphan"
+        );
+        b.shutdown().await.unwrap();
+    }
+
+    /// A name's new worker that looks orphaned is asked to stop (SIGTERM) and given its grace,
+    /// even where the fleet had given up on an earlier worker of that name long ago.
+    #[tokio::test]
+    async fn a_new_orphan_under_an_old_orphans_name_is_asked_to_stop_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        let signalled = dir.path().join("b.term");
+        // B holds no lease: to C, its workers are a gone web tier's.
+        let b = fleet(&db, "web-b", &signalled);
+        let c = fleet(&db, "web-c", &dir.path().join("c.term"));
+        let long_ago = Instant::now().checked_sub(STOP_GRACE * 2).unwrap();
+        c.processes
+            .orphans
+            .lock()
+            .unwrap()
+            .insert(NAME.into(), (dead_pid(), long_ago));
+        b.launch(NAME).await.unwrap();
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read(&signalled.with_extension("term.ready")).trim() != "ready" {
+            assert!(Instant::now() < deadline, "the worker did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while read(&signalled).trim() != "term" {
+            assert!(Instant::now() < deadline, "the new worker got no SIGTERM");
+            let seen = c.instances().await.unwrap();
+            assert!(seen.iter().all(|i| i.state != InstanceState::Running));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

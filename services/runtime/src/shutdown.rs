@@ -2,8 +2,11 @@
 //!
 //! Stop requests are counted. The first asks to stop taking work and finish what is in hand; a
 //! second (a second Ctrl-C) to stop waiting for it. SIGTERM (systemd, the scaler retiring a worker)
-//! and SIGINT (Ctrl-C) count the same. A dropped `Stopper` counts as every request at once: a task
-//! never outlives the handle that was meant to stop it.
+//! and SIGINT (Ctrl-C) count the same. SIGHUP (a closed terminal; a local worker whose web tier
+//! died) asks once, however often it comes: the kernel sends a parent-death signal again each time
+//! the orphan passes from one exiting thread of its parent to the next, and that is one event, not
+//! an operator insisting. A dropped `Stopper` counts as every request at once: a task never
+//! outlives the handle that was meant to stop it.
 
 use std::time::Duration;
 
@@ -27,6 +30,17 @@ impl Stopper {
     pub fn stop(&self) {
         self.requests.send_modify(|n| *n += 1);
     }
+
+    /// The first stop request, if none was made yet; nothing after it.
+    pub fn stop_once(&self) {
+        self.requests.send_if_modified(|n| {
+            let first = *n == 0;
+            if first {
+                *n = 1;
+            }
+            first
+        });
+    }
 }
 
 impl Shutdown {
@@ -36,15 +50,20 @@ impl Shutdown {
         (Stopper { requests }, Shutdown { requests: rx })
     }
 
-    /// Counts this process's SIGTERMs and SIGINTs. Call inside a tokio runtime.
+    /// Counts this process's SIGTERMs and SIGINTs, and its first SIGHUP. Call inside a tokio
+    /// runtime.
     pub fn on_signals() -> anyhow::Result<Shutdown> {
         let (stopper, shutdown) = Shutdown::new();
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             loop {
-                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                stopper.stop();
+                tokio::select! {
+                    _ = term.recv() => stopper.stop(),
+                    _ = int.recv() => stopper.stop(),
+                    _ = hangup.recv() => stopper.stop_once(),
+                }
             }
         });
         Ok(shutdown)
@@ -133,16 +152,21 @@ mod tests {
         assert!(!shutdown.is_requested());
     }
 
+    /// A first request, made by `stop` or by `stop_once` however often, is told apart from a
+    /// second one.
     #[tokio::test]
     async fn the_second_request_is_told_apart_from_the_first() {
-        let (stopper, mut shutdown) = Shutdown::new();
-        stopper.stop();
-        shutdown.requested().await;
-        assert!(tokio::time::timeout(Duration::from_millis(50), shutdown.insisted())
-            .await
-            .is_err());
-        stopper.stop();
-        shutdown.insisted().await;
+        let firsts: [fn(&Stopper); 2] = [Stopper::stop, |s| (0..3).for_each(|_| s.stop_once())];
+        for first in firsts {
+            let (stopper, mut shutdown) = Shutdown::new();
+            first(&stopper);
+            shutdown.requested().await;
+            assert!(tokio::time::timeout(Duration::from_millis(50), shutdown.insisted())
+                .await
+                .is_err());
+            stopper.stop();
+            shutdown.insisted().await;
+        }
     }
 
     #[tokio::test]
