@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -81,6 +82,20 @@ struct Worker {
 
 /// The longest wait between two tries of a failing receive (well under the stall timeout).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long past its long poll a receive in flight at the end of a drain is waited for (a wait
+/// for the queue's lock).
+const RECEIVE_GRACE: Duration = Duration::from_secs(1);
+
+/// Where the worker loop is, for a drain that runs past its deadline.
+#[derive(Default)]
+struct Drain {
+    /// A receive is in flight: it is let finish, so that what it took is given back at once
+    /// rather than left hidden until its visibility timeout.
+    receiving: AtomicBool,
+    /// The drain ran out: the loop ends after its receive in flight, giving back what it took.
+    abandoned: AtomicBool,
+}
 
 /// Takes requests from the queue until a stop is asked, then finishes what it holds.
 pub async fn serve(settings: Settings, name: String, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -194,12 +209,14 @@ impl Worker {
 
     /// Works until asked to stop, then drains: finishes and answers what it holds, or, past
     /// `app_tier.drain_deadline_ms` (or at a second stop request), gives back at once what is
-    /// still unanswered, so that another worker takes it now rather than after its visibility
-    /// timeout.
+    /// still unanswered, a receive in flight included, so that another worker takes it now rather
+    /// than after its visibility timeout.
     async fn work(self: Arc<Self>, status: &dyn InstanceStatus, shutdown: Shutdown) {
         let mut watch = shutdown.clone();
         let deadline = self.settings.app_tier.drain_deadline();
-        let drained = self.clone().work_until_stopped(status, shutdown);
+        let drain = Drain::default();
+        let drained = self.clone().work_until_stopped(status, shutdown, &drain);
+        tokio::pin!(drained);
         let past_deadline = async {
             watch.requested().await;
             tokio::select! {
@@ -208,9 +225,16 @@ impl Worker {
             }
         };
         tokio::select! {
-            _ = drained => {}
-            _ = past_deadline => self.give_back_held().await,
+            _ = &mut drained => return,
+            _ = past_deadline => {}
         }
+        drain.abandoned.store(true, Ordering::SeqCst);
+        if drain.receiving.load(Ordering::SeqCst) {
+            // It returns within the long poll once it has the queue, and gives back what it took.
+            let wait = Duration::from_millis(self.settings.app_tier.poll_wait_ms) + RECEIVE_GRACE;
+            let _ = tokio::time::timeout(wait, &mut drained).await;
+        }
+        self.give_back_held().await;
     }
 
     /// Makes every request still held visible again (the work on them is abandoned).
@@ -240,7 +264,7 @@ impl Worker {
     }
 
     /// The worker loop: receive, run the batch, answer it while the next one runs.
-    async fn work_until_stopped(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown) {
+    async fn work_until_stopped(self: Arc<Self>, status: &dyn InstanceStatus, mut shutdown: Shutdown, drain: &Drain) {
         let app = &self.settings.app_tier;
         let mut requests = Consumer::new(
             self.adapters.requests.clone(),
@@ -257,7 +281,17 @@ impl Worker {
         while let Some(slot) = self.slot(&mut shutdown).await {
             // Not interruptible: a receive cut short could leave messages taken but unprocessed
             // until their visibility timeout. It returns within `poll_wait_ms`.
-            let Some(messages) = requests.next(&mut shutdown).await else {
+            drain.receiving.store(true, Ordering::SeqCst);
+            let received = requests.next(&mut shutdown).await;
+            drain.receiving.store(false, Ordering::SeqCst);
+            if drain.abandoned.load(Ordering::SeqCst) {
+                // The drain ran out while this receive was in flight: what it took goes back now.
+                if let Some(messages) = received {
+                    self.release(messages.iter().map(|m| &m.receipt)).await;
+                }
+                return;
+            }
+            let Some(messages) = received else {
                 break;
             };
             self.progress.mark();

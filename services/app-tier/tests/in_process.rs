@@ -677,3 +677,71 @@ async fn a_worker_the_group_takes_out_of_service_drains_and_serves_again_once_pu
     worker.stop().await.unwrap();
     web.stop().await.unwrap();
 }
+
+/// Finding: a worker asked twice to stop (past its drain) dropped a receive in flight, whose
+/// requests then stayed hidden until their visibility timeout. Now the receive is let finish and
+/// what it took is given back at once. Here the receive waits for the queue's lock (held by
+/// another writer) while the two stop requests come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receive_in_flight_when_a_drain_runs_out_is_given_back_at_once() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = one_web_tier_and_worker(dir.path());
+    settings.fleet.inference_slots = Some(1);
+    settings.queues.visibility_timeout_s = 30;
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let (set_target, target) = tokio::sync::watch::channel("InService");
+    let group = std::sync::Arc::new(Group {
+        target,
+        moves_completed: Default::default(),
+    });
+    let (stopper, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
+    let worker = tokio::spawn(app_tier::worker::serve_as(
+        settings.clone(),
+        "app-instance1".into(),
+        group,
+        Default::default(),
+        shutdown,
+    ));
+    let label = upload_small(&web, "first.jpg").await.unwrap();
+
+    // The worker waits for the slot while an upload is queued, then for the queue's lock.
+    let slots = imgrec_runtime::backend::inference_slots(&settings).unwrap();
+    let slot = {
+        let slots = slots.clone();
+        tokio::task::spawn_blocking(move || slots.hold()).await.unwrap()
+    };
+    let waiting = upload_small(&web, "second.jpg");
+    until_one_pending(&web).await;
+    let lock = imgrec_local::open_db(&dir.path().join("queue.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    drop(slot);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(free) = slots.try_hold() {
+        drop(free);
+        assert!(Instant::now() < deadline, "the worker never took the slot");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // in its receive, waiting for the lock
+    stopper.stop();
+    stopper.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.execute_batch("COMMIT").unwrap();
+
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+    let status = status_json(&web).await;
+    assert_eq!(status["queue"]["pending"], 1, "not given back: {status}");
+    assert_eq!(status["queue"]["in_flight"], 0, "{status}");
+    // Another worker answers it now, well before its visibility timeout (30 s).
+    let other = app_tier::worker::spawn(settings, "app-instance2");
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
+    drop(set_target);
+    other.stop().await.unwrap();
+    web.stop().await.unwrap();
+}
