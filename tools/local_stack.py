@@ -269,8 +269,8 @@ def wait_job(urls, job_id: str, timeout: float) -> dict:
 
 
 class MotoServer:
-    """moto server (the venv's moto, as a module: a venv's scripts break when it moves) on a free
-    loopback port."""
+    """moto server (the venv's moto with S3's conditional writes atomic, `tools/moto_server.py`,
+    run by the venv's python: a venv's scripts break when it moves) on a free loopback port."""
 
     def __init__(self):
         self.port = free_port()
@@ -279,7 +279,7 @@ class MotoServer:
 
     def __enter__(self) -> "MotoServer":
         # A session of its own: a Ctrl-C meant for its user must not stop it before what uses it.
-        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tools" / "moto_server.py"), "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_until("moto answers", lambda: _answers(self.endpoint + "/moto-api/"), 30)
         return self

@@ -8,7 +8,7 @@ MOTO_PORT=${MOTO_PORT:-5000}
 DATA_DIR=${DATA_DIR:-data}
 mkdir -p "$DATA_DIR"
 
-.venv/bin/python -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >"$DATA_DIR/moto.log" 2>&1 &
+.venv/bin/python tools/moto_server.py -H 127.0.0.1 -p "$MOTO_PORT" >"$DATA_DIR/moto.log" 2>&1 &
 moto=$!
 trap 'kill "$moto" 2>/dev/null || true; wait "$moto" 2>/dev/null || true' EXIT
 .venv/bin/python - "$MOTO_PORT" <<'PY'

@@ -506,9 +506,10 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
-        // MOTO_SERVER, else the project venv's moto as a module of its python: a venv's scripts
-        // name its absolute path, so they break when the checkout moves, its python does not.
-        // The venv is found from the crate `cargo test` runs (it sets CARGO_MANIFEST_DIR at run
+        // MOTO_SERVER, else the project venv's moto through `tools/moto_server.py` (S3's
+        // conditional writes atomic, as on AWS) with the venv's python: a venv's scripts name its
+        // absolute path, so they break when the checkout moves, its python does not. The
+        // checkout is found from the crate `cargo test` runs (it sets CARGO_MANIFEST_DIR at run
         // time) or the working directory.
         let mut command = match std::env::var_os("MOTO_SERVER") {
             Some(bin) => std::process::Command::new(bin),
@@ -519,7 +520,7 @@ impl Moto {
                 let python = root.join(".venv/bin/python");
                 assert!(python.exists(), "{} missing: run `make venv`", python.display());
                 let mut command = std::process::Command::new(python);
-                command.args(["-m", "moto.server"]);
+                command.arg(root.join("tools/moto_server.py"));
                 command
             }
         };
