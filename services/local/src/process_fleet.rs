@@ -284,8 +284,9 @@ impl Processes {
             _ => {
                 tracing::info!(instance = name, pid, "stopping a worker whose web tier is gone");
                 kill_pid(pid, libc::SIGTERM);
-                orphans.insert(name.to_owned(), (pid, Instant::now()));
-                Instant::now()
+                let now = Instant::now();
+                orphans.insert(name.to_owned(), (pid, now));
+                now
             }
         };
         if since.elapsed() > STOP_GRACE {
@@ -437,9 +438,10 @@ enum Gone<'a> {
     AsSeen(&'a Row),
 }
 
-/// Deletes the gone incarnation's row and, unless the name is claimed again, makes what it held
-/// visible again, in one transaction (requests are held by name, so a new incarnation's cannot be
-/// told apart: they wait for their visibility timeout instead). The queues of those released.
+/// Deletes the gone incarnation's row and, unless a row still holds the name (changed since it
+/// was seen, or claimed again), makes what it held visible again, in one transaction (requests
+/// are held by name, so a new incarnation's cannot be told apart: they wait for their visibility
+/// timeout instead). The queues of those released.
 fn forget_incarnation(conn: &mut Connection, name: &str, gone: Gone, owner: &str) -> rusqlite::Result<Vec<String>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match gone {
@@ -452,12 +454,12 @@ fn forget_incarnation(conn: &mut Connection, name: &str, gone: Gone, owner: &str
             params![name, row.pid, row.updated_at_ms as i64],
         )?,
     };
-    let claimed_again: bool = tx.query_row(
+    let name_held: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM instances WHERE name = ?1)",
         params![name],
         |r| r.get(0),
     )?;
-    let released = if claimed_again {
+    let released = if name_held {
         Vec::new()
     } else {
         super::release_held_by(&tx, name)?
