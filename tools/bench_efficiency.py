@@ -9,7 +9,12 @@ load) is printed on its own, as what each scale-out costs once.
 Inference alone is `app-tier classify --threads 1`, start-up removed, run as the stack runs it: one
 process per core at once (the stack keeps every core on inference). One process alone on an
 otherwise idle machine is printed too: on a machine whose cores share a physical core, caches or a
-power budget, it is faster per image than any full machine can be.
+power budget, it is faster per image than any full machine can be. Where the stack keeps fewer
+cores on inference than the machine has (a burst of 300 does not fill 16 cores: on a 16-core host
+the stack ran inference on ~7 and 16 inference processes at once ran 1.3-1.5x slower per image
+than one), one process per core is a slower baseline than the stack's own: each round then also
+measures inference alone with as many processes as the stack kept busy, and the stack is held
+against that too.
 
 Each round measures the stack twice, alternating: with the fleet's inference slots (a worker holds
 one of one per core from its receive to the end of its model runs, `fleet.inference_slots`, the
@@ -157,6 +162,18 @@ def instance_ms(files: list[Path], tmp: Path, name: str) -> dict:
         return run
 
 
+def busy_cores(run: dict) -> float:
+    """The cores a burst kept on inference: its inference threads' CPU per second of the burst."""
+    return run["inference_thread_ms"] * run["throughput_per_s"] / 1000
+
+
+def own_concurrency(busy: float, cores: int) -> int | None:
+    """How many inference processes at once match a stack that kept `busy` cores on inference;
+    `None` where that is every core (one process per core is then its baseline already)."""
+    at = max(1, round(busy))
+    return at if at < cores else None
+
+
 def started(run: dict) -> str:
     """A note when the pool grew during the measured burst (despite the warm-up)."""
     return f", {run['workers_started']} of them started in the burst" if run["workers_started"] else ""
@@ -175,7 +192,8 @@ def main() -> int:
     os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(args.model))
     cores = os.cpu_count() or 1
     rows: dict[str, list] = {"inference": [], "inference one process": [], "start-up": [], "slots": [],
-                             "no slots": [], "instance": []}
+                             "no slots": [], "instance": [], "busy cores": [],
+                             "inference at the stack's concurrency": []}
     # One instance alone on a core needs another core for the web tier and the client.
     instance = cores > 1 and shutil.which("taskset") is not None
     sides = [("slots", None, None), ("no slots", "0", None)]
@@ -192,6 +210,11 @@ def main() -> int:
                 rows["inference"].append(inference_ms(args.model, files, cores)[0])
                 run["inference_ms"] = (rows["inference"][-2] + rows["inference"][-1]) / 2
                 rows[side].append(run)
+            busy = statistics.median(busy_cores(rows[s][-1]) for s, _, _ in sides)
+            rows["busy cores"].append(busy)
+            if at := own_concurrency(busy, cores):
+                rows["inference at the stack's concurrency"].append(
+                    {"processes": at, "ms": inference_ms(args.model, files, at)[0]})
             alone, start_up = inference_ms(args.model, files)
             rows["inference one process"].append(alone)
             rows["start-up"].append(start_up)
@@ -237,6 +260,19 @@ def main() -> int:
     print("   slots: beyond inference alone, per image: " + ", ".join(
         f"{part} {spread([f(r) / r['inference_ms'] for r in rows['slots']]).replace(' (rounds', ' of it (rounds')}"
         for part, f in parts.items()))
+    busy = statistics.median(rows["busy cores"])
+    report["busy_cores"] = busy
+    matched = rows["inference at the stack's concurrency"]
+    if matched:
+        # Paired with the slots' stack of the same round (the rounds where it was measured).
+        at_own = [m["ms"] / r["cpu_ms_per_image"] for m, r in
+                  zip(matched, (r for r, b in zip(rows["slots"], rows["busy cores"]) if own_concurrency(b, cores)))]
+        report["slots"]["efficiency_at_own_concurrency"] = statistics.median(at_own)
+        print(f"   slots: the stack kept {busy:.1f} of {cores} cores on inference: against inference alone with as "
+              f"many processes at once ({statistics.median(m['ms'] for m in matched):.2f} ms CPU/image, "
+              f"{'-'.join(sorted({str(m['processes']) for m in matched}))} processes), efficiency {spread(at_own)}")
+    else:
+        print(f"   slots: the stack kept {busy:.1f} of {cores} cores on inference (one process per core is its baseline)")
     if instance:
         shares = [r["inference_alone_ms"] / r["workers_ms"] for r in rows["instance"]]
         worker = statistics.median(r["workers_ms"] for r in rows["instance"])

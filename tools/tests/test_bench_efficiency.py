@@ -70,3 +70,13 @@ def test_a_pool_still_growing_after_the_warm_ups_is_measured_and_said(fake):
     assert run["workers_started"] == 1
     assert "1 of them started in the burst" in bench_efficiency.started(run)
     assert bench_efficiency.started({"workers_started": 0}) == ""
+
+
+def test_the_cores_a_burst_kept_on_inference_set_the_second_baseline():
+    # 9 ms of inference per image at 180 images/s: 1.62 cores busy with inference.
+    run = {"inference_thread_ms": 9.0, "throughput_per_s": 180.0}
+    assert bench_efficiency.busy_cores(run) == pytest.approx(1.62)
+    assert bench_efficiency.own_concurrency(1.62, 2) is None, "2 cores, both busy: one process per core already"
+    assert bench_efficiency.own_concurrency(6.6, 16) == 7
+    assert bench_efficiency.own_concurrency(0.2, 16) == 1
+    assert bench_efficiency.own_concurrency(15.6, 16) is None
