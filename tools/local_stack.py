@@ -119,8 +119,9 @@ def worker_pid(data_dir: Path, name: str) -> int | None:
 
 class Stack:
     def __init__(self, data_dir: Path, extra_env: dict | None = None, log_name: str = "web-tier",
-                 web_tier: Path | None = None, **settings: str):
-        """`web_tier`: the build to run (its app-tier beside it); `WEB_TIER` when launched by default."""
+                 web_tier: Path | None = None, output: Path | None = None, **settings: str):
+        """`web_tier`: the build to run (its app-tier beside it); `WEB_TIER` when launched by default.
+        `output`: where the processes' stdout and stderr go instead of the log file (then no logs)."""
         self.data_dir = data_dir
         self.web_tier = web_tier
         self.port = free_port()
@@ -136,6 +137,7 @@ class Stack:
         }
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"{data_dir.name}-{log_name}.log"
+        self.output = output
 
     def start(self) -> "Stack":
         return self.launch().wait_ready()
@@ -143,7 +145,7 @@ class Stack:
     def launch(self) -> "Stack":
         """Starts the process without waiting for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log.open("ab")
+        log = (self.output or self.log).open("ab")
         program = self.web_tier or WEB_TIER
         self.proc = subprocess.Popen([str(program)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
         return self
@@ -156,7 +158,7 @@ class Stack:
                     return self
             except OSError:
                 time.sleep(0.05)
-            assert self.proc.poll() is None, f"web tier exited: {self.log.read_text()[-2000:]}"
+            assert self.proc.poll() is None, f"web tier exited: {self.logs()[-2000:]}"
         raise AssertionError("web tier did not come up")
 
     def status(self) -> dict:
@@ -179,7 +181,7 @@ class Stack:
         return code
 
     def logs(self) -> str:
-        return self.log.read_text(errors="replace")
+        return "" if self.output else self.log.read_text(errors="replace")
 
     def __enter__(self):
         return self.start()

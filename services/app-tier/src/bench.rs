@@ -1,6 +1,7 @@
 //! `app-tier bench`: per-image medians of the pipeline's stages, as JSON, for `make bench`
 //! (tools/bench.py alternates it with Python onnxruntime and prints the ratios).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -52,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let (tensors, mut report) = time_preparation(&classifier, &images, args.rounds)?;
     report.extend(time_inference(&mut classifier, &tensors, args.rounds)?);
-    println!("{}", serde_json::Value::Object(report));
+    writeln!(std::io::stdout(), "{}", serde_json::Value::Object(report)).context("cannot write the report")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -66,7 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(prediction) => writeln!(out, "{name},{}", prediction.label)?,
                 Err(reason) => {
                     failures += 1;
-                    eprintln!("{name}: {reason}");
+                    // The exit code says a file failed even where stderr cannot be written.
+                    let _ = writeln!(std::io::stderr(), "{name}: {reason}");
                 }
             }
         }

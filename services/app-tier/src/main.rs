@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            imgrec_runtime::logging::report_exit(&e);
             ExitCode::FAILURE
         }
     }

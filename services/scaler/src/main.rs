@@ -19,14 +19,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {e}");
+            imgrec_runtime::logging::report_exit(&e.into());
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            imgrec_runtime::logging::report_exit(&e);
             ExitCode::FAILURE
         }
     }

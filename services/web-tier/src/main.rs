@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            imgrec_runtime::logging::report_exit(&e);
             ExitCode::FAILURE
         }
     }
