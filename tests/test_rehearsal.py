@@ -14,7 +14,7 @@ import requests
 from conftest import ROOT
 from local_stack import MotoServer, loadgen, submit_job, wait_job
 from rehearsal.gateway import Gateway, Principal
-from rehearsal.stack import NAMES, Rehearsal, burst_outcome, report
+from rehearsal.stack import NAMES, Rehearsal, burst_outcome, rendered, report
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
 ACCOUNT = "123456789012"
@@ -110,6 +110,26 @@ def test_sqs_limits_hold_as_on_aws(gateway):
     assert error(lambda: sqs.receive_message(QueueUrl=url, VisibilityTimeout=86_400))[0] == "InvalidParameterValue"
     entries = [{"Id": str(i), "MessageBody": "x"} for i in range(11)]
     assert error(lambda: sqs.send_message_batch(QueueUrl=url, Entries=entries))[0] == "TooManyEntriesInBatchRequest"
+
+
+def test_the_app_tiers_role_may_put_requests_back_as_new_messages(gateway):
+    """Found by reading the policy against the code: a worker puts requests back on the request
+    queue as new messages (poison isolation, and a stopping worker's give-back, whose receive must
+    not count), but the app tier's role allowed SendMessage on the response queues only: on AWS
+    both fell back to counting the receive. Every call a worker makes on the request queue, under
+    the role as Terraform renders it."""
+    sqs = client(gateway, "sqs", "OWNER")
+    url = sqs.create_queue(QueueName=NAMES["request_queue"])["QueueUrl"]
+    gateway.add_principal("APP", Principal("app", ROLE, [rendered()["app_tier"]]))
+    app = client(gateway, "sqs", "APP")
+    sqs.send_message(QueueUrl=url, MessageBody="first")
+    handle = app.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"][0]["ReceiptHandle"]
+    app.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=30)
+    app.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": "again"}])
+    app.delete_message_batch(QueueUrl=url, Entries=[{"Id": "0", "ReceiptHandle": handle}])
+    stats = gateway.stats.snapshot()
+    assert stats["total_denied"] == 0, stats["denials"]
+    assert stats["calls"]["app SendMessageBatch"] == 1, stats["calls"]
 
 
 def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, aws_binaries):

@@ -20,6 +20,15 @@ impl Job {
     pub fn is_suspect(&self) -> bool {
         self.receive_count > 1 || self.request.requeued > 0
     }
+
+    /// Whether a stopping worker may give this request back unfinished as a new message, its
+    /// receive count starting over: not received more than once (that count keeps it classified
+    /// alone), and given back fewer than `max_give_backs` times (past that a give-back counts,
+    /// so that a request that hangs every worker until it is stopped still reaches the
+    /// dead-letter queue).
+    pub fn may_go_back_uncounted(&self, max_give_backs: u32) -> bool {
+        self.receive_count <= 1 && self.request.given_back < max_give_backs
+    }
 }
 
 /// What a worker does with one receive.
@@ -63,6 +72,7 @@ mod tests {
                 object_version: None,
                 submitted_at_ms: 0,
                 requeued,
+                given_back: 0,
                 reply_to: None,
                 answer_record: None,
             },
@@ -95,5 +105,23 @@ mod tests {
         let p = split(vec![job(0, 2, 0), job(1, 1, 3), job(2, 2, 2)], 3);
         assert_eq!(keys(&p.alone), ["0.jpg", "1.jpg"]);
         assert_eq!(keys(&p.requeue), ["2.jpg"]);
+    }
+
+    #[test]
+    fn a_give_back_goes_uncounted_unless_the_request_is_a_suspect_by_its_receives_or_went_back_enough() {
+        assert!(job(0, 1, 0).may_go_back_uncounted(3));
+        assert!(
+            job(0, 1, 2).may_go_back_uncounted(3),
+            "requeued: suspect by its body, which goes along"
+        );
+        assert!(
+            !job(0, 2, 0).may_go_back_uncounted(3),
+            "its receive count keeps it a suspect"
+        );
+        let mut given_back = job(0, 1, 0);
+        given_back.request.given_back = 2;
+        assert!(given_back.may_go_back_uncounted(3));
+        given_back.request.given_back = 3;
+        assert!(!given_back.may_go_back_uncounted(3));
     }
 }

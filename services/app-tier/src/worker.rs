@@ -5,7 +5,7 @@
 //! Answering batch N (storing, sending, deleting: I/O) overlaps with classifying batch N+1, so the
 //! core stays busy; at most one batch is being answered at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ struct Worker {
     result_metadata: Metadata,
     /// Requests received and not yet answered or given back: what a drain past its deadline
     /// gives back.
-    held: Mutex<HashSet<Receipt>>,
+    held: Mutex<HashMap<Receipt, Job>>,
 }
 
 /// The longest wait between two tries of a failing receive (well under the stall timeout).
@@ -133,7 +133,7 @@ pub async fn serve_as(
         slots,
         progress: progress.clone(),
         result_metadata,
-        held: Mutex::new(HashSet::new()),
+        held: Mutex::new(HashMap::new()),
     });
     while until_in_service(&*status, &progress, &mut shutdown).await? {
         if worker.clone().serve_stint(status.clone(), &shutdown).await? == Stint::Stopped {
@@ -237,9 +237,9 @@ impl Worker {
         self.give_back_held().await;
     }
 
-    /// Makes every request still held visible again (the work on them is abandoned).
+    /// Gives every request still held back to the queue (the work on them is abandoned).
     async fn give_back_held(&self) {
-        let held: Vec<Receipt> = self.held().drain().collect();
+        let held: Vec<Job> = self.held().drain().map(|(_, job)| job).collect();
         if held.is_empty() {
             return;
         }
@@ -247,10 +247,44 @@ impl Worker {
             requests = held.len(),
             "not drained by the deadline; giving the requests held back to the queue"
         );
-        self.release(held.iter()).await;
+        self.give_back(held).await;
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<Receipt>> {
+    /// Gives requests back unfinished because this worker is stopping: each as a new message with
+    /// `given_back` one more, its receive count starting over (the receive failed nothing: three
+    /// interruptions in a row must not send a request to the dead-letter queue), and the one
+    /// received deleted. The others (`Job::may_go_back_uncounted`), and any whose send fails,
+    /// are made visible again instead, and that receive counts.
+    async fn give_back(&self, jobs: Vec<Job>) {
+        let max = self.settings.queues.max_receives;
+        let (fresh, mut counted): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.may_go_back_uncounted(max));
+        if !fresh.is_empty() {
+            let bodies: Vec<Vec<u8>> = fresh
+                .iter()
+                .map(|j| {
+                    ClassifyRequest {
+                        given_back: j.request.given_back + 1,
+                        ..j.request.clone()
+                    }
+                    .encode()
+                })
+                .collect();
+            match self.adapters.requests.send_batch(&bodies).await {
+                Ok(()) => {
+                    let receipts: Vec<Receipt> = fresh.into_iter().map(|j| j.receipt).collect();
+                    // A failed delete leaves a duplicate: both are answered, the client takes the first.
+                    self.delete(&receipts).await;
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cannot give requests back as new messages; releasing them");
+                    counted.extend(fresh);
+                }
+            }
+        }
+        self.release(counted.iter().map(|j| &j.receipt)).await;
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Receipt, Job>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -285,9 +319,14 @@ impl Worker {
             let received = requests.next(&mut shutdown).await;
             drain.receiving.store(false, Ordering::SeqCst);
             if drain.abandoned.load(Ordering::SeqCst) {
-                // The drain ran out while this receive was in flight: what it took goes back now.
+                // The drain ran out while this receive was in flight: what it took goes back now
+                // (what cannot be read as it came, as for any reader).
                 if let Some(messages) = received {
-                    self.release(messages.iter().map(|m| &m.receipt)).await;
+                    let receipts: Vec<Receipt> = messages.iter().map(|m| m.receipt.clone()).collect();
+                    let jobs = self.decode(messages).await;
+                    let unread = receipts.iter().filter(|r| !jobs.iter().any(|j| &j.receipt == *r));
+                    self.release(unread).await;
+                    self.give_back(jobs).await;
                 }
                 return;
             }
@@ -352,7 +391,7 @@ impl Worker {
         slot: SlotGuard,
     ) -> Option<JoinHandle<()>> {
         let jobs = self.decode(messages).await;
-        self.held().extend(jobs.iter().map(|j| j.receipt.clone()));
+        self.held().extend(jobs.iter().map(|j| (j.receipt.clone(), j.clone())));
         let split = poison::split(jobs, self.settings.queues.max_receives);
         let mut alone = split.alone;
         alone.extend(self.requeue(split.requeue).await);
@@ -853,7 +892,7 @@ async fn keep_invisible(worker: Arc<Worker>, receipts: Vec<Receipt>, visibility:
         }
         for r in &receipts {
             // Given back at a drain's deadline: no longer ours to hide.
-            if !worker.held().contains(r) {
+            if !worker.held().contains_key(r) {
                 continue;
             }
             if let Err(e) = worker.adapters.requests.change_visibility(r, visibility).await {

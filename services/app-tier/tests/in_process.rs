@@ -262,6 +262,7 @@ async fn the_newest_uploads_result_stays_whichever_request_finishes_last() {
             object_version: stored.version,
             submitted_at_ms: at_ms,
             requeued: 0,
+            given_back: 0,
             reply_to: None,
             answer_record: None,
         };
@@ -678,46 +679,42 @@ async fn a_worker_the_group_takes_out_of_service_drains_and_serves_again_once_pu
     web.stop().await.unwrap();
 }
 
-/// Finding: a worker asked twice to stop (past its drain) dropped a receive in flight, whose
-/// requests then stayed hidden until their visibility timeout. Now the receive is let finish and
-/// what it took is given back at once. Here the receive waits for the queue's lock (held by
-/// another writer) while the two stop requests come.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_receive_in_flight_when_a_drain_runs_out_is_given_back_at_once() {
+/// Starts a worker as `name` and, once it is in its receive waiting for the queue's lock (held
+/// here by another writer), asks it twice to stop (its drain abandoned at once), then lets the
+/// receive go on: what it takes, the worker gives back. Returns once the worker has exited.
+async fn stop_a_worker_in_its_receive(settings: &Settings, name: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = one_web_tier_and_worker(dir.path());
-    settings.fleet.inference_slots = Some(1);
-    settings.queues.visibility_timeout_s = 30;
-    let web = web_tier::spawn(settings.clone()).await.unwrap();
-    let (set_target, target) = tokio::sync::watch::channel("InService");
-    let group = std::sync::Arc::new(Group {
-        target,
-        moves_completed: Default::default(),
-    });
-    let (stopper, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
-    let worker = tokio::spawn(app_tier::worker::serve_as(
-        settings.clone(),
-        "app-instance1".into(),
-        group,
-        Default::default(),
-        shutdown,
-    ));
-    let label = upload_small(&web, "first.jpg").await.unwrap();
-
-    // The worker waits for the slot while an upload is queued, then for the queue's lock.
-    let slots = imgrec_runtime::backend::inference_slots(&settings).unwrap();
+    // The worker waits for the one slot, so that it starts without taking anything.
+    let slots = imgrec_runtime::backend::inference_slots(settings).unwrap();
     let slot = {
         let slots = slots.clone();
         tokio::task::spawn_blocking(move || slots.hold()).await.unwrap()
     };
-    let waiting = upload_small(&web, "second.jpg");
-    until_one_pending(&web).await;
-    let lock = imgrec_local::open_db(&dir.path().join("queue.sqlite3")).unwrap();
+    let (set_target, target) = tokio::sync::watch::channel("InService");
+    let started = Arc::new(AtomicUsize::new(0));
+    let group = Arc::new(Group {
+        target,
+        moves_completed: started.clone(),
+    });
+    let (stopper, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
+    let worker = tokio::spawn(app_tier::worker::serve_as(
+        settings.clone(),
+        name.into(),
+        group,
+        Default::default(),
+        shutdown,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the worker never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lock = imgrec_local::open_db(&settings.data_dir.join("queue.sqlite3")).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     drop(slot);
-    let deadline = Instant::now() + Duration::from_secs(10);
     while let Some(free) = slots.try_hold() {
         drop(free);
         assert!(Instant::now() < deadline, "the worker never took the slot");
@@ -728,20 +725,76 @@ async fn a_receive_in_flight_when_a_drain_runs_out_is_given_back_at_once() {
     stopper.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     lock.execute_batch("COMMIT").unwrap();
-
     tokio::time::timeout(Duration::from_secs(10), worker)
         .await
         .expect("the worker stops")
         .unwrap()
         .unwrap();
+    drop(set_target);
+}
+
+/// Settings with one inference slot and a visibility timeout longer than the tests wait, and the
+/// label of the small image, answered by a worker that is then stopped.
+async fn one_slot_and_a_label(dir: &Path) -> (Settings, web_tier::SpawnedWebTier, String) {
+    let mut settings = one_web_tier_and_worker(dir);
+    settings.fleet.inference_slots = Some(1);
+    settings.queues.visibility_timeout_s = 30;
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let worker = app_tier::worker::spawn(settings.clone(), "app-instance1");
+    let label = upload_small(&web, "first.jpg").await.unwrap();
+    worker.stop().await.unwrap();
+    (settings, web, label)
+}
+
+/// Finding: a worker asked twice to stop (past its drain) dropped a receive in flight, whose
+/// requests then stayed hidden until their visibility timeout. Now the receive is let finish and
+/// what it took is given back at once. Here the receive waits for the queue's lock (held by
+/// another writer) while the two stop requests come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receive_in_flight_when_a_drain_runs_out_is_given_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, web, label) = one_slot_and_a_label(dir.path()).await;
+    let waiting = upload_small(&web, "second.jpg");
+    until_one_pending(&web).await;
+
+    stop_a_worker_in_its_receive(&settings, "app-instance2").await;
     let status = status_json(&web).await;
     assert_eq!(status["queue"]["pending"], 1, "not given back: {status}");
     assert_eq!(status["queue"]["in_flight"], 0, "{status}");
     // Another worker answers it now, well before its visibility timeout (30 s).
-    let other = app_tier::worker::spawn(settings, "app-instance2");
-    let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    let other = app_tier::worker::spawn(settings, "app-instance3");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), waiting).await;
     assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
-    drop(set_target);
+    other.stop().await.unwrap();
+    web.stop().await.unwrap();
+}
+
+/// Finding (a CI run of the interruption test, `tests/test_faults.py`): a request given back by an
+/// interrupted worker came back with one receive more, as if it had failed, so three
+/// interruptions in a row (each with a drain deadline of 0) sent it to the dead-letter queue and
+/// its client got a 500. Now a give-back is a new message, its receive count starting over (up
+/// to `max_receives` give-backs, then they count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_given_back_by_more_interrupted_workers_than_max_receives_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, web, label) = one_slot_and_a_label(dir.path()).await;
+    let waiting = upload_small(&web, "second.jpg");
+    until_one_pending(&web).await;
+
+    for k in 0..=settings.queues.max_receives {
+        stop_a_worker_in_its_receive(&settings, &format!("app-instance{}", k + 2)).await;
+        let status = status_json(&web).await;
+        assert_eq!(
+            (&status["queue"]["pending"], &status["queue"]["dead_letter"]),
+            (&1.into(), &0.into()),
+            "after interruption {}: {status}",
+            k + 1
+        );
+    }
+    let other = app_tier::worker::spawn(settings, "app-instance9");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), waiting).await;
+    assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
+    assert_eq!(status_json(&web).await["queue"]["dead_letter"], 0);
     other.stop().await.unwrap();
     web.stop().await.unwrap();
 }

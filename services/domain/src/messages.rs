@@ -26,6 +26,11 @@ pub struct ClassifyRequest {
     /// beside another suspect one (poison isolation); absent in first sends.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub requeued: u32,
+    /// How many times an interrupted worker gave this request back unfinished, as a new message
+    /// (its drain ran out): not the request's failure, so not a receive that counts towards the
+    /// dead-letter queue, up to `queues.max_receives` times. Absent in first sends.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub given_back: u32,
     /// The response queue of the web tier waiting for the answer (each web tier has its own).
     /// Absent in requests of older web tiers: the answer goes to `queues.responses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +193,7 @@ mod tests {
             object_version: Some("v1".into()),
             submitted_at_ms: 5,
             requeued: 0,
+            given_back: 0,
             reply_to: Some("responses-web-instance2".into()),
             answer_record: None,
         };

@@ -40,6 +40,8 @@ fn todays_requests_are_read_and_written_unchanged() {
     assert_eq!(r.requeued, 2);
     let r: ClassifyRequest = read("request-v1-no-reply-to.json");
     assert_eq!((r.requeued, r.reply_to), (0, None));
+    let r: ClassifyRequest = read("request-v1-given-back.json");
+    assert_eq!((r.given_back, r.requeued), (2, 0));
 }
 
 #[test]

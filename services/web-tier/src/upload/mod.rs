@@ -225,6 +225,7 @@ impl WebTier {
             object_version: stored.version,
             submitted_at_ms: now_ms(),
             requeued: 0,
+            given_back: 0,
             reply_to: Some(self.reply_to.clone()),
             answer_record,
         })

@@ -181,6 +181,15 @@ locals {
       Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
       Resource = [var.request_queue_arn]
     },
+    # A worker puts requests back as new messages, their receive count starting over: a suspect
+    # beside the one it holds (poison isolation), and what it gives back unfinished when stopped
+    # (an interruption is not the request's failure). SendMessageBatch is authorized as SendMessage.
+    {
+      Sid      = "PutRequestsBack"
+      Effect   = "Allow"
+      Action   = ["sqs:SendMessage"]
+      Resource = [var.request_queue_arn]
+    },
     {
       Sid      = "SendResponses"
       Effect   = "Allow"
