@@ -259,26 +259,13 @@ impl Worker {
         let max = self.settings.queues.max_receives;
         let (fresh, mut counted): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.may_go_back_uncounted(max));
         if !fresh.is_empty() {
-            let bodies: Vec<Vec<u8>> = fresh
-                .iter()
-                .map(|j| {
-                    ClassifyRequest {
-                        given_back: j.request.given_back + 1,
-                        ..j.request.clone()
-                    }
-                    .encode()
-                })
-                .collect();
-            match self.adapters.requests.send_batch(&bodies).await {
-                Ok(()) => {
-                    let receipts: Vec<Receipt> = fresh.into_iter().map(|j| j.receipt).collect();
-                    // A failed delete leaves a duplicate: both are answered, the client takes the first.
-                    self.delete(&receipts).await;
-                }
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "cannot give requests back as new messages; releasing them");
-                    counted.extend(fresh);
-                }
+            let again = |r: &ClassifyRequest| ClassifyRequest {
+                given_back: r.given_back + 1,
+                ..r.clone()
+            };
+            if let Err((e, fresh)) = self.send_again(fresh, again).await {
+                warn!(error = %format!("{e:#}"), "cannot give requests back as new messages; releasing them");
+                counted.extend(fresh);
             }
         }
         self.release(counted.iter().map(|j| &j.receipt)).await;
@@ -619,28 +606,41 @@ impl Worker {
         if jobs.is_empty() {
             return jobs;
         }
-        let bodies: Vec<Vec<u8>> = jobs
-            .iter()
-            .map(|j| {
-                ClassifyRequest {
-                    requeued: j.request.requeued + 1,
-                    ..j.request.clone()
-                }
-                .encode()
-            })
-            .collect();
-        if let Err(e) = self.adapters.requests.send_batch(&bodies).await {
-            warn!(error = %format!("{e:#}"), "cannot requeue suspect requests; classifying them alone");
-            return jobs;
+        let requests = jobs.len();
+        let again = |r: &ClassifyRequest| ClassifyRequest {
+            requeued: r.requeued + 1,
+            ..r.clone()
+        };
+        match self.send_again(jobs, again).await {
+            Ok(()) => {
+                info!(
+                    requests,
+                    "requeued retried requests so that this worker holds one at a time"
+                );
+                Vec::new()
+            }
+            Err((e, jobs)) => {
+                warn!(error = %format!("{e:#}"), "cannot requeue suspect requests; classifying them alone");
+                jobs
+            }
         }
-        info!(
-            requests = jobs.len(),
-            "requeued retried requests so that this worker holds one at a time"
-        );
+    }
+
+    /// Sends each job's request again as a new message, as `again` makes it (its receive count
+    /// starts over), and deletes the one received; the jobs back if the send failed.
+    async fn send_again(
+        &self,
+        jobs: Vec<Job>,
+        again: impl Fn(&ClassifyRequest) -> ClassifyRequest,
+    ) -> Result<(), (PortError, Vec<Job>)> {
+        let bodies: Vec<Vec<u8>> = jobs.iter().map(|j| again(&j.request).encode()).collect();
+        if let Err(e) = self.adapters.requests.send_batch(&bodies).await {
+            return Err((e, jobs));
+        }
         let receipts: Vec<Receipt> = jobs.into_iter().map(|j| j.receipt).collect();
         // A failed delete leaves a duplicate: both are answered, the client takes the first.
         self.delete(&receipts).await;
-        Vec::new()
+        Ok(())
     }
 
     /// Fetches a batch's images and classifies them in one model run. Requests that should be
