@@ -7,7 +7,7 @@ the size the scaler keeps for this load), then the measured one; a worker's star
 load) is printed on its own, as what each scale-out costs once.
 
 Inference alone is `app-tier classify --threads 1`, start-up removed, run as the stack runs it: one
-process per core at once (the stack keeps every core on inference). One process alone on an
+process per core at once (a burst that fills every core with inference). One process alone on an
 otherwise idle machine is printed too: on a machine whose cores share a physical core, caches or a
 power budget, it is faster per image than any full machine can be. Where the stack keeps fewer
 cores on inference than the machine has (a burst of 300 does not fill 16 cores: on a 16-core host
@@ -214,7 +214,7 @@ def main() -> int:
             rows["busy cores"].append(busy)
             if at := own_concurrency(busy, cores):
                 rows["inference at the stack's concurrency"].append(
-                    {"processes": at, "ms": inference_ms(args.model, files, at)[0]})
+                    {"round": i, "processes": at, "ms": inference_ms(args.model, files, at)[0]})
             alone, start_up = inference_ms(args.model, files)
             rows["inference one process"].append(alone)
             rows["start-up"].append(start_up)
@@ -264,9 +264,8 @@ def main() -> int:
     report["busy_cores"] = busy
     matched = rows["inference at the stack's concurrency"]
     if matched:
-        # Paired with the slots' stack of the same round (the rounds where it was measured).
-        at_own = [m["ms"] / r["cpu_ms_per_image"] for m, r in
-                  zip(matched, (r for r, b in zip(rows["slots"], rows["busy cores"]) if own_concurrency(b, cores)))]
+        # Paired with the slots' stack of the same round.
+        at_own = [m["ms"] / rows["slots"][m["round"]]["cpu_ms_per_image"] for m in matched]
         report["slots"]["efficiency_at_own_concurrency"] = statistics.median(at_own)
         print(f"   slots: the stack kept {busy:.1f} of {cores} cores on inference: against inference alone with as "
               f"many processes at once ({statistics.median(m['ms'] for m in matched):.2f} ms CPU/image, "
