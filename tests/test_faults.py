@@ -136,28 +136,52 @@ def test_interrupted_workers_drain_and_no_request_waits_for_a_visibility_timeout
     assert stack_processes(data) == []
 
 
-def test_logs_that_cannot_be_written_lose_no_answer(tmp_path, thumbs, want):
-    """stderr on a full disk (/dev/full fails every write with ENOSPC), for the web tier, the scaler
-    and the workers, which inherit it: the log lines are dropped and the stack serves, scales in and
-    stops as before. A log line that could not be written used to panic the task that logged it:
-    the web tier died at its first line, and on a disk that filled up while serving it closed
-    connections without an answer and lost its scaler."""
+def full_pipe() -> tuple[int, int]:
+    """A pipe filled to its last byte whose reader never reads: every write to it blocks."""
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    for chunk in (b"x" * 4096, b"x"):
+        try:
+            while True:
+                os.write(writer, chunk)
+        except BlockingIOError:
+            pass
+    os.set_blocking(writer, True)
+    return reader, writer
+
+
+@pytest.mark.parametrize("sink", ["full-disk", "reader-stopped"])
+def test_logs_that_cannot_be_written_lose_no_answer(tmp_path, thumbs, want, sink):
+    """stdout and stderr where no line can be written, for the web tier, the scaler and the workers,
+    which inherit them, at `RUST_LOG=trace` (hundreds of lines per upload): a full disk
+    (/dev/full fails every write with ENOSPC) and a pipe whose reader has stopped (`make run 2>&1 |
+    less`, paused). The log lines are dropped and the stack serves, scales in and stops as before.
+    A line that could not be written used to panic the task that logged it (the web tier died at
+    its first line; on a disk that filled up while serving it closed connections without an answer
+    and lost its scaler), and a stalled reader stalled every task that logged once the pipe was
+    full (a stack at trace stopped answering after 97 uploads)."""
     data = tmp_path / "data"
-    with Stack(data, **FAST, scaler__max="2", output=Path("/dev/full")) as stack:
-        images = thumbs[:20]
-        with ThreadPoolExecutor(8) as pool:
-            answers = dict(zip((f.name for f in images),
-                               pool.map(lambda f: upload(stack.url, f.name, f.read_bytes(), timeout=60), images)))
-        assert answers == {f.name: (200, want[f.name] + "\n") for f in images}
-        status, reason = upload(stack.url, "not-an-image.jpg", b"plain text", timeout=30)
-        assert status == 415 and "send JPEG or PNG" in reason, (status, reason)
-        minimum = stack.status()["capacity"]["min"]
-        wait_until("the pool is back at its minimum",
-                   lambda: len([i for i in stack.status()["instances"] if i["state"] == "running"]) == minimum, 30)
-        queue = stack.status()["queue"]
-        assert (queue["pending"], queue["in_flight"], queue["dead_letter"]) == (0, 0, 0), queue
-        assert stack.stop() == 0
-    assert stack_processes(data) == []
+    pipe = full_pipe() if sink == "reader-stopped" else None
+    output = pipe[1] if pipe else Path("/dev/full")
+    try:
+        with Stack(data, {"RUST_LOG": "trace"}, **FAST, scaler__max="2", output=output) as stack:
+            images = thumbs[:20]
+            with ThreadPoolExecutor(8) as pool:
+                answers = dict(zip((f.name for f in images),
+                                   pool.map(lambda f: upload(stack.url, f.name, f.read_bytes(), timeout=60), images)))
+            assert answers == {f.name: (200, want[f.name] + "\n") for f in images}
+            status, reason = upload(stack.url, "not-an-image.jpg", b"plain text", timeout=30)
+            assert status == 415 and "send JPEG or PNG" in reason, (status, reason)
+            minimum = stack.status()["capacity"]["min"]
+            wait_until("the pool is back at its minimum",
+                       lambda: len([i for i in stack.status()["instances"] if i["state"] == "running"]) == minimum, 30)
+            queue = stack.status()["queue"]
+            assert (queue["pending"], queue["in_flight"], queue["dead_letter"]) == (0, 0, 0), queue
+            assert stack.stop() == 0
+        assert stack_processes(data) == []
+    finally:
+        for fd in pipe or ():
+            os.close(fd)
 
 
 def test_a_stopped_worker_is_replaced_and_its_requests_answered(tmp_path, thumbs, want):

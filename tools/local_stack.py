@@ -119,9 +119,10 @@ def worker_pid(data_dir: Path, name: str) -> int | None:
 
 class Stack:
     def __init__(self, data_dir: Path, extra_env: dict | None = None, log_name: str = "web-tier",
-                 web_tier: Path | None = None, output: Path | None = None, **settings: str):
+                 web_tier: Path | None = None, output: Path | int | None = None, **settings: str):
         """`web_tier`: the build to run (its app-tier beside it); `WEB_TIER` when launched by default.
-        `output`: where the processes' stdout and stderr go instead of the log file (then no logs)."""
+        `output`: a file or a descriptor the processes' stdout and stderr go to instead of the log
+        file (then no logs)."""
         self.data_dir = data_dir
         self.web_tier = web_tier
         self.port = free_port()
@@ -145,7 +146,7 @@ class Stack:
     def launch(self) -> "Stack":
         """Starts the process without waiting for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.output or self.log).open("ab")
+        log = self.output if isinstance(self.output, int) else (self.output or self.log).open("ab")
         program = self.web_tier or WEB_TIER
         self.proc = subprocess.Popen([str(program)], env=self.env, stdout=log, stderr=log, cwd=ROOT)
         return self
@@ -181,7 +182,7 @@ class Stack:
         return code
 
     def logs(self) -> str:
-        return "" if self.output else self.log.read_text(errors="replace")
+        return "" if self.output is not None else self.log.read_text(errors="replace")
 
     def __enter__(self):
         return self.start()

@@ -26,17 +26,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    imgrec_runtime::logging::init();
+    let logs = imgrec_runtime::logging::init();
     let result = match Cli::parse().command {
         Command::Run(args) => worker::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Bench(args) => bench::run(args),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            imgrec_runtime::logging::report_exit(&e);
-            ExitCode::FAILURE
-        }
-    }
+    logs.exit(result)
 }

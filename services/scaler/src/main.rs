@@ -15,21 +15,11 @@ use scaler::Scaler;
 mod simulate;
 
 fn main() -> ExitCode {
-    imgrec_runtime::logging::init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            imgrec_runtime::logging::report_exit(&e.into());
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            imgrec_runtime::logging::report_exit(&e);
-            ExitCode::FAILURE
-        }
-    }
+    let logs = imgrec_runtime::logging::init();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
+    logs.exit(result.map(|()| ExitCode::SUCCESS))
 }
 
 #[derive(clap::Parser)]

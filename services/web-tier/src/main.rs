@@ -6,17 +6,11 @@ use std::process::ExitCode;
 use imgrec_runtime::settings::Settings;
 
 fn main() -> ExitCode {
-    imgrec_runtime::logging::init();
+    let logs = imgrec_runtime::logging::init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run()));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            imgrec_runtime::logging::report_exit(&e);
-            ExitCode::FAILURE
-        }
-    }
+    logs.exit(result.map(|()| ExitCode::SUCCESS))
 }
 
 async fn run() -> anyhow::Result<()> {
