@@ -33,12 +33,14 @@ pub fn check_url(url: &str) -> Result<String, UploadError> {
 }
 
 /// Addresses a callback never goes to: link-local (the instance metadata service among them),
-/// unspecified, multicast and broadcast.
+/// EC2's own IPv6 services (`fd00:ec2::254`, the metadata service where IPv6 is enabled; DNS at
+/// `::253`, time at `::123`), unspecified, multicast and broadcast.
 fn forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => ip.is_link_local() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast(),
         IpAddr::V6(ip) => {
             (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.segments()[..2] == [0xfd00, 0x0ec2]
                 || ip.is_unspecified()
                 || ip.is_multicast()
                 || ip.to_ipv4_mapped().is_some_and(|v4| forbidden(IpAddr::V4(v4)))
@@ -137,23 +139,26 @@ mod tests {
             "::",
             "224.0.0.1",
             "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "fd00:ec2::253",
         ] {
             assert!(forbidden(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["127.0.0.1", "10.0.0.5", "93.184.216.34", "::1"] {
+        for ip in ["127.0.0.1", "10.0.0.5", "93.184.216.34", "::1", "fd00:ec3::1"] {
             assert!(!forbidden(ip.parse().unwrap()), "{ip}");
         }
     }
 
     #[tokio::test]
     async fn a_callback_to_the_metadata_service_is_refused_before_any_request() {
-        let err = deliver(
+        for url in [
             "http://169.254.169.254/latest/meta-data/",
-            &serde_json::json!({}),
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
-        assert!(err.to_string().contains("never go"), "{err}");
+            "http://[fd00:ec2::254]/latest/meta-data/",
+        ] {
+            let err = deliver(url, &serde_json::json!({}), Duration::from_secs(1))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("never go"), "{url}: {err}");
+        }
     }
 }
