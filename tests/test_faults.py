@@ -4,6 +4,7 @@ label (or a clear 4xx/500), nothing lost, nothing orphaned, no process left."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,32 @@ def test_logs_that_cannot_be_written_lose_no_answer(tmp_path, thumbs, want, sink
     finally:
         for fd in pipe or ():
             os.close(fd)
+
+
+def test_a_model_that_does_not_load_holds_back_launches_and_says_why(tmp_path, thumbs, want):
+    """A model file that does not parse (truncated): every worker exits before it is ready. The
+    fleet holds back each next launch, longer after each failure in a row, and /status (so the
+    dashboard) says why; the upload waits in the queue, and once the model is fixed it is answered.
+    Before, the fleet started a worker every scaler tick (about 60 in the first 30 s here) and only
+    the log said why nothing was answered."""
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "models" / "efficientnet-lite0", model)
+    weights = (model / "model.onnx").read_bytes()
+    (model / "model.onnx").write_bytes(weights[:1000])
+    image = thumbs[0]
+    with Stack(tmp_path / "data", {"IMGREC__INFERENCE__MODEL_DIR": str(model)}, **FAST) as stack:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(upload, stack.url, image.name, image.read_bytes(), timeout=150)
+            # The scaler reads the fleet's launch failures every 30 s.
+            failure = wait_until("/status says why no instance starts",
+                                 lambda: stack.status()["capacity"]["launch_failure"], 45)
+            assert "exit before they are ready" in failure["reason"], failure
+            launches = stack.logs().count("launched app-tier instance")
+            assert 2 <= launches <= 8, f"{launches} launches in the first ~30 s"
+            assert not answer.done()
+            (model / "model.onnx").write_bytes(weights)
+            assert answer.result() == (200, want[image.name] + "\n")
+        wait_until("the failure is no longer shown", lambda: not stack.status()["capacity"]["launch_failure"], 45)
 
 
 def test_a_stopped_worker_is_replaced_and_its_requests_answered(tmp_path, thumbs, want):

@@ -11,6 +11,7 @@ mod group_commit;
 pub mod lease;
 mod process_fleet;
 mod sqlite_queue;
+mod start_failures;
 
 pub use core_slots::FileSlots;
 pub use db::open as open_db;

@@ -15,9 +15,10 @@ use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::db::monotonic_ms;
 use crate::errors::fleet_error;
+use crate::start_failures::StartFailures;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::fleet::{instance_number, plan};
-use imgrec_domain::ports::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, PortResult};
+use imgrec_domain::ports::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortResult};
 
 /// How long a worker asked to stop (SIGTERM) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -41,6 +42,16 @@ struct WorkerProcess {
     retiring: bool,
     /// Set when the worker missed its heartbeats and was sent SIGTERM: SIGKILL after this.
     kill_at: Option<Instant>,
+    /// Whether it has reported ready (running) since it was started.
+    ready: bool,
+}
+
+impl WorkerProcess {
+    /// Whether its exit, now, is a start that failed: it never became ready, and the scaler did
+    /// not retire it (a worker stopped for missing its heartbeats while it started did fail).
+    fn failed_to_start(&self) -> bool {
+        !self.ready && (!self.retiring || self.kill_at.is_some())
+    }
 }
 
 /// One row of the shared `instances` table.
@@ -93,6 +104,8 @@ struct Processes {
     /// claims the name: a scaler whose lease ran out cannot start a worker, however late its
     /// launch comes.
     fence: std::sync::OnceLock<String>,
+    /// Workers that exited before they were ready, holding back the next launches.
+    start_failures: Mutex<StartFailures>,
 }
 
 /// A claimed name's row gets its pid within this long (the spawn in between).
@@ -112,6 +125,7 @@ impl ProcessFleet {
             db: Arc::new(Mutex::new(super::db::open(db)?)),
             bells: crate::bells::Bells::beside(db),
             heartbeat_timeout,
+            start_failures: Mutex::new(StartFailures::default()),
         });
         let (launcher, launches) = std::sync::mpsc::channel::<Launch>();
         std::thread::Builder::new()
@@ -337,6 +351,7 @@ impl Processes {
                 launched_mono_ms: monotonic_ms(),
                 retiring: false,
                 kill_at: None,
+                ready: false,
             },
         );
         Ok(())
@@ -475,7 +490,16 @@ impl Fleet for ProcessFleet {
     }
 
     async fn scale_to(&self, desired: usize, max: usize) -> PortResult<FleetChange> {
-        let resize = plan(desired, max, &self.instances().await?);
+        let mut resize = plan(desired, max, &self.instances().await?);
+        if let Some(left) = self.processes.start_failures().held(Instant::now()) {
+            if !resize.launch.is_empty() {
+                tracing::debug!(
+                    wait_ms = left.as_millis() as u64,
+                    "launches held back: instances exit before they are ready"
+                );
+                resize.launch.clear();
+            }
+        }
         for name in &resize.launch {
             self.launch(name).await.map_err(fleet_error)?;
         }
@@ -486,6 +510,11 @@ impl Fleet for ProcessFleet {
             }
         }
         Ok(resize)
+    }
+
+    /// Workers that exit before they are ready, while they still do: once one is ready, none.
+    async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
+        Ok(self.processes.start_failures().latest())
     }
 
     async fn shutdown(&self) -> PortResult<()> {
@@ -500,15 +529,29 @@ impl Fleet for ProcessFleet {
 }
 
 impl Processes {
+    fn start_failures(&self) -> std::sync::MutexGuard<'_, StartFailures> {
+        self.start_failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn instances(&self) -> PortResult<Vec<Instance>> {
         let rows = self.rows().map_err(fleet_error)?;
+        // The worker's own report, if it is from this incarnation.
+        let report = |name: &str, w: &WorkerProcess| {
+            rows.get(name)
+                .filter(|r| r.beat_mono_ms.is_some_and(|t| t >= w.launched_mono_ms))
+        };
         let mut gone = Vec::new();
         let mut instances = Vec::new();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             workers.retain(|name, w| match w.child.try_wait() {
                 Ok(Some(status)) => {
-                    if !w.retiring {
+                    w.ready |= report(name, w).is_some_and(|r| r.state == "running");
+                    if w.failed_to_start() {
+                        tracing::warn!(instance = %name, %status, "app-tier instance exited before it was ready; launches wait");
+                        self.start_failures()
+                            .failed(Instant::now(), SystemTime::now(), &status.to_string());
+                    } else if !w.retiring {
                         tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly; it will be replaced");
                     } else {
                         tracing::info!(instance = %name, %status, "app-tier instance stopped");
@@ -526,9 +569,11 @@ impl Processes {
             // worker look silent at once.
             let now = monotonic_ms();
             for (name, w) in workers.iter_mut() {
-                let report = rows
-                    .get(name)
-                    .filter(|r| r.beat_mono_ms.is_some_and(|t| t >= w.launched_mono_ms));
+                let report = report(name, w);
+                if !w.ready && report.is_some_and(|r| r.state == "running") {
+                    w.ready = true;
+                    self.start_failures().ready();
+                }
                 let last_beat = report.and_then(|r| r.beat_mono_ms).unwrap_or(w.launched_mono_ms);
                 self.stop_silent(name, w, last_beat, now);
                 let (state, busy) = match (w.retiring, report) {
@@ -795,5 +840,85 @@ mod tests {
             assert!(seen.iter().all(|i| i.state != InstanceState::Running));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A worker that exits at once unless `ok` exists beside it (a model that does not load,
+    /// until it is fixed); once it exists, the worker stays up.
+    fn worker_until_fixed(ok: &Path) -> WorkerCommand {
+        let script = format!("[ -e {} ] || exit 3; while :; do sleep 0.05; done", ok.display());
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "w".into()],
+            env: vec![],
+            memory_max_bytes: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_that_exit_before_they_are_ready_hold_back_launches_and_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        let ok = dir.path().join("ok");
+        let fleet = ProcessFleet::new(worker_until_fixed(&ok), &db, Duration::from_secs(3600), "web-a").unwrap();
+        let gone = || async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !fleet.instances().await.unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "the worker's exit was not noticed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        gone().await;
+        let failure = fleet
+            .launch_failure()
+            .await
+            .unwrap()
+            .expect("the failed start is reported");
+        assert!(
+            failure
+                .reason
+                .contains("exit before they are ready (1 in a row, the last with exit status: 3"),
+            "{}",
+            failure.reason
+        );
+        assert_eq!(
+            fleet.scale_to(1, 4).await.unwrap(),
+            FleetChange::default(),
+            "launched while held back"
+        );
+
+        // The hold after one failure is 1 s; the next launch fails too and doubles it.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        gone().await;
+        let failure = fleet.launch_failure().await.unwrap().unwrap();
+        assert!(
+            failure.reason.contains("(2 in a row,") && failure.reason.contains("wait 2 s"),
+            "{}",
+            failure.reason
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            fleet.scale_to(1, 4).await.unwrap().launch.is_empty(),
+            "launched within the doubled hold"
+        );
+
+        // Fixed: the next worker stays up and reports ready, which ends the run of failures.
+        std::fs::write(&ok, b"").unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        SqliteInstanceStatus::open(&db, NAME)
+            .unwrap()
+            .report(InstanceState::Running, false)
+            .await
+            .unwrap();
+        let instances = fleet.instances().await.unwrap();
+        assert_eq!(
+            instances.iter().map(|i| i.state).collect::<Vec<_>>(),
+            [InstanceState::Running]
+        );
+        assert_eq!(fleet.launch_failure().await.unwrap(), None);
+        fleet.shutdown().await.unwrap();
     }
 }

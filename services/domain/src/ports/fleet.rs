@@ -158,8 +158,9 @@ pub trait Fleet: Send + Sync + 'static {
     async fn max_size(&self) -> PortResult<Option<usize>> {
         Ok(None)
     }
-    /// The latest launch that failed in the last `LAUNCH_FAILURE_WINDOW`, if any. Fleets whose
-    /// launches fail in the call itself (local processes) report through `scale_to` instead.
+    /// The latest launch that failed in the last `LAUNCH_FAILURE_WINDOW`, if any (local
+    /// processes: the latest of those that exited before they were ready, until one is ready; a
+    /// process that cannot be started at all fails `scale_to` itself).
     async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
         Ok(None)
     }
