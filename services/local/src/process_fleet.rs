@@ -548,7 +548,7 @@ impl Processes {
                 Ok(Some(status)) => {
                     w.ready |= report(name, w).is_some_and(|r| r.state == "running");
                     if w.failed_to_start() {
-                        tracing::warn!(instance = %name, %status, "app-tier instance exited before it was ready; launches wait");
+                        tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly before it was ready; the next launch waits");
                         self.start_failures()
                             .failed(Instant::now(), SystemTime::now(), &status.to_string());
                     } else if !w.retiring {
