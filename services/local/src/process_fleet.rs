@@ -529,6 +529,15 @@ impl Fleet for ProcessFleet {
 }
 
 impl Processes {
+    /// A worker that reported running is ready, and its start ends any run of failed ones, even
+    /// when it has exited again by the time the fleet looks.
+    fn note_ready(&self, w: &mut WorkerProcess, report: Option<&Row>) {
+        if !w.ready && report.is_some_and(|r| r.state == "running") {
+            w.ready = true;
+            self.start_failures().ready();
+        }
+    }
+
     fn start_failures(&self) -> std::sync::MutexGuard<'_, StartFailures> {
         self.start_failures.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -546,7 +555,7 @@ impl Processes {
             let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             workers.retain(|name, w| match w.child.try_wait() {
                 Ok(Some(status)) => {
-                    w.ready |= report(name, w).is_some_and(|r| r.state == "running");
+                    self.note_ready(w, report(name, w));
                     if w.failed_to_start() {
                         tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly before it was ready; the next launch waits");
                         self.start_failures()
@@ -570,10 +579,7 @@ impl Processes {
             let now = monotonic_ms();
             for (name, w) in workers.iter_mut() {
                 let report = report(name, w);
-                if !w.ready && report.is_some_and(|r| r.state == "running") {
-                    w.ready = true;
-                    self.start_failures().ready();
-                }
+                self.note_ready(w, report);
                 let last_beat = report.and_then(|r| r.beat_mono_ms).unwrap_or(w.launched_mono_ms);
                 self.stop_silent(name, w, last_beat, now);
                 let (state, busy) = match (w.retiring, report) {
@@ -919,6 +925,71 @@ mod tests {
             [InstanceState::Running]
         );
         assert_eq!(fleet.launch_failure().await.unwrap(), None);
+        fleet.shutdown().await.unwrap();
+    }
+    /// A worker that reports ready and exits before the fleet's next look was still a start that
+    /// worked: the run of failures before it ends, and its exit is a crash to replace, not a hold.
+    #[tokio::test]
+    async fn a_worker_ready_and_gone_between_two_looks_ends_the_run_of_failed_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        let (ok, stop, pid) = (dir.path().join("ok"), dir.path().join("stop"), dir.path().join("pid"));
+        let script = format!(
+            "[ -e {} ] || exit 3; echo $$ > {}; while [ ! -e {} ]; do sleep 0.02; done; exit 4",
+            ok.display(),
+            pid.display(),
+            stop.display()
+        );
+        let command = WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "w".into()],
+            env: vec![],
+            memory_max_bytes: None,
+        };
+        let fleet = ProcessFleet::new(command, &db, Duration::from_secs(3600), "web-a").unwrap();
+        let gone = || async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !fleet.instances().await.unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "the worker's exit was not noticed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        gone().await;
+        assert!(fleet.launch_failure().await.unwrap().is_some());
+
+        std::fs::write(&ok, b"").unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        // Ready, then gone, with no look by the fleet in between.
+        SqliteInstanceStatus::open(&db, NAME)
+            .unwrap()
+            .report(InstanceState::Running, false)
+            .await
+            .unwrap();
+        std::fs::write(&stop, b"").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exited = || {
+            let pid = std::fs::read_to_string(&pid).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            // A zombie until the fleet reaps it: exited, and not yet seen to.
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        };
+        while !exited() {
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gone().await;
+
+        assert_eq!(fleet.launch_failure().await.unwrap(), None);
+        assert_eq!(
+            fleet.scale_to(1, 4).await.unwrap().launch,
+            [NAME],
+            "held back after a start that worked"
+        );
         fleet.shutdown().await.unwrap();
     }
 }
