@@ -484,6 +484,8 @@ def test_systemd_units_are_hardened_and_bounded():
         # No capability but the web tier's port 80.
         want = "CAP_NET_BIND_SERVICE" if name == "imgrec-web-tier.service" else ""
         assert unit["CapabilityBoundingSet"] == [want], name
+        # Restarts are paced (RestartSec), never given up on.
+        assert unit["StartLimitIntervalSec"] == ["0"] and float(unit["RestartSec"][0]) >= 1, name
     web = unit_settings("imgrec-web-tier.service")
     # systemd must not kill the web tier while it drains: the drain, closing (3 s), the rest.
     assert int(web["TimeoutStopSec"][0]) >= defaults["web"]["drain_timeout_s"] + 3 + 5
