@@ -4,7 +4,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use warp::http::StatusCode;
+use warp::http::header::ACCEPT;
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
@@ -91,54 +92,97 @@ fn upload_request() -> impl Filter<
     Extract = (UploadRequest<impl futures::Stream<Item = Result<impl bytes::Buf, warp::Error>> + Send + Unpin>,),
     Error = Rejection,
 > + Clone {
-    warp::header::optional::<String>("content-type")
+    text_headers()
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and(warp::header::optional::<String>("accept"))
         .and(query())
-        .and(api_key())
-        .and(warp::header::optional::<String>("idempotency-key"))
-        .map(
-            |content_type, content_length, body, accept: Option<String>, query, api_key, idempotency_key| {
-                UploadRequest {
-                    content_type,
-                    content_length,
-                    body: Box::pin(body),
-                    wants_json: accept.is_some_and(|a| a.contains("application/json")),
-                    query,
-                    api_key,
-                    idempotency_key,
-                }
-            },
-        )
+        .map(|headers: TextHeaders, content_length, body, query| UploadRequest {
+            wants_json: headers.accept.as_ref().is_some_and(|a| a.contains("application/json")),
+            api_key: headers.api_key(),
+            content_type: headers.content_type,
+            content_length,
+            body: Box::pin(body),
+            query,
+            idempotency_key: headers.idempotency_key,
+        })
 }
 
 /// The API key presented (`Authorization: Bearer`, or `X-Api-Key`), if any.
 fn api_key() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(warp::header::optional::<String>("x-api-key"))
-        .map(|authorization: Option<String>, x_api_key: Option<String>| {
-            api_keys::presented(authorization.as_deref(), x_api_key.as_deref())
-        })
+    text_headers().map(|headers: TextHeaders| headers.api_key())
 }
+
+/// The headers the API reads as text. Bytes past ASCII become U+FFFD, which each reader refuses
+/// with its own reason: warp's typed headers rejected such a value as a whole, and the request
+/// then took another route's answer (an upload got 405). A header read as one value and sent
+/// twice is refused, as which one would count is a guess; `Accept`'s lines are joined, as HTTP
+/// lists are.
+struct TextHeaders {
+    content_type: Option<String>,
+    accept: Option<String>,
+    authorization: Option<String>,
+    x_api_key: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+impl TextHeaders {
+    fn read(headers: &HeaderMap) -> Result<Self, RepeatedHeader> {
+        let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let one = |name: &'static str| {
+            let mut values = headers.get_all(name).iter();
+            let first = values.next().map(text);
+            match values.next() {
+                Some(_) => Err(RepeatedHeader(name)),
+                None => Ok(first),
+            }
+        };
+        let accept: Vec<String> = headers.get_all(ACCEPT).iter().map(text).collect();
+        Ok(Self {
+            content_type: one("content-type")?,
+            accept: (!accept.is_empty()).then(|| accept.join(", ")),
+            authorization: one("authorization")?,
+            x_api_key: one("x-api-key")?,
+            idempotency_key: one("idempotency-key")?,
+        })
+    }
+
+    fn api_key(&self) -> Option<String> {
+        api_keys::presented(self.authorization.as_deref(), self.x_api_key.as_deref())
+    }
+}
+
+fn text_headers() -> impl Filter<Extract = (TextHeaders,), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and_then(|headers: HeaderMap| async move { TextHeaders::read(&headers).map_err(warp::reject::custom) })
+}
+
+/// A header the API reads as one value, sent more than once.
+#[derive(Debug)]
+struct RepeatedHeader(&'static str);
+
+impl warp::reject::Reject for RepeatedHeader {}
 
 /// The query string, empty when there is none.
 fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-/// Maps warp's own rejections (unknown path, wrong method) to one-line answers.
+/// Maps warp's own rejections (unknown path, wrong method, bad header) to one-line answers.
 async fn recover(err: Rejection) -> Result<Response, Infallible> {
-    let (status, reason) = if err.is_not_found() {
-        (StatusCode::NOT_FOUND, "not found")
+    // A route that matched the path and method and then refused a header says why, rather than
+    // another route's 404 or 405.
+    let (status, reason) = if let Some(RepeatedHeader(name)) = err.find() {
+        (StatusCode::BAD_REQUEST, format!("send one {name} header, not several"))
+    } else if let Some(header) = err.find::<warp::reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, format!("bad {} header", header.name()))
+    } else if err.is_not_found() {
+        (StatusCode::NOT_FOUND, "not found".into())
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-    } else if err.find::<warp::reject::InvalidHeader>().is_some() {
-        (StatusCode::BAD_REQUEST, "bad request header")
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
     } else {
         // Warp's Debug form names its internals: the client gets the gist, the log the rest.
         tracing::debug!(rejection = ?err, "bad request");
-        (StatusCode::BAD_REQUEST, "bad request")
+        (StatusCode::BAD_REQUEST, "bad request".into())
     };
     Ok(reply::text(status, reason))
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt, Received, WorkQueue};
 use imgrec_runtime::backend::Adapters;
 use imgrec_runtime::settings::Settings;
+use reqwest::header::HeaderValue;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
 
@@ -127,6 +128,50 @@ async fn bad_uploads_get_a_one_line_reason_and_store_nothing() {
         0,
         "a refused upload was queued"
     );
+    web.stop().await.unwrap();
+}
+
+/// A header value past ASCII, or a header read as one value sent twice, gets its own reason:
+/// warp's typed headers rejected the upload's route as a whole for the first, and the upload got
+/// another route's 405; the second was read as its first line.
+#[tokio::test]
+async fn odd_headers_get_their_own_reason_not_another_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let past_ascii = || HeaderValue::from_bytes("h\u{e9}llo".as_bytes()).unwrap();
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("an answer");
+        (response.status(), response.text().await.expect("body"))
+    };
+    let post = || client.post(web.url()).multipart(form("myfile", "a.jpg", image()));
+    let job = || client.get(format!("{}jobs/abc", web.url()));
+
+    let (status, reason) = send(post().header("idempotency-key", past_ascii())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reason}");
+    assert!(
+        reason.contains("Idempotency-Key must be 1 to 255 printable ASCII"),
+        "{reason}"
+    );
+    let twice = post().header("idempotency-key", "a1").header("idempotency-key", "a2");
+    let (status, reason) = send(twice).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "send one idempotency-key header, not several\n"
+        )
+    );
+    // A job's status: the key that is not one finds no job (no keys are configured here).
+    let (status, reason) = send(job().header("authorization", past_ascii())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{reason}");
+    assert!(reason.contains("no job"), "{reason}");
+    let (status, reason) = send(job().header("x-api-key", "a").header("x-api-key", "b")).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_REQUEST, "send one x-api-key header, not several\n")
+    );
+    assert_eq!(stored(dir.path()), 0, "a refused upload was stored");
     web.stop().await.unwrap();
 }
 
