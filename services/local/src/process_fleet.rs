@@ -739,11 +739,25 @@ mod tests {
             "trap 'echo term > {0}; exit 0' TERM; echo ready > {0}.ready; while :; do sleep 0.05; done",
             signalled.display()
         );
+        shell(script)
+    }
+
+    /// A worker that is `script`, run by /bin/sh.
+    fn shell(script: String) -> WorkerCommand {
         WorkerCommand {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into(), "w".into()],
             env: vec![],
             memory_max_bytes: None,
+        }
+    }
+
+    /// Waits until the fleet has seen its last worker exit.
+    async fn until_none_left(fleet: &ProcessFleet) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fleet.instances().await.unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the worker's exit was not noticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -851,13 +865,10 @@ mod tests {
     /// A worker that exits at once unless `ok` exists beside it (a model that does not load,
     /// until it is fixed); once it exists, the worker stays up.
     fn worker_until_fixed(ok: &Path) -> WorkerCommand {
-        let script = format!("[ -e {} ] || exit 3; while :; do sleep 0.05; done", ok.display());
-        WorkerCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into(), "w".into()],
-            env: vec![],
-            memory_max_bytes: None,
-        }
+        shell(format!(
+            "[ -e {} ] || exit 3; while :; do sleep 0.05; done",
+            ok.display()
+        ))
     }
 
     #[tokio::test]
@@ -866,16 +877,9 @@ mod tests {
         let db = dir.path().join("queue.sqlite3");
         let ok = dir.path().join("ok");
         let fleet = ProcessFleet::new(worker_until_fixed(&ok), &db, Duration::from_secs(3600), "web-a").unwrap();
-        let gone = || async {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !fleet.instances().await.unwrap().is_empty() {
-                assert!(Instant::now() < deadline, "the worker's exit was not noticed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
 
         assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
-        gone().await;
+        until_none_left(&fleet).await;
         let failure = fleet
             .launch_failure()
             .await
@@ -897,7 +901,7 @@ mod tests {
         // The hold after one failure is 1 s; the next launch fails too and doubles it.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
-        gone().await;
+        until_none_left(&fleet).await;
         let failure = fleet.launch_failure().await.unwrap().unwrap();
         assert!(
             failure.reason.contains("(2 in a row,") && failure.reason.contains("wait 2 s"),
@@ -940,23 +944,10 @@ mod tests {
             pid.display(),
             stop.display()
         );
-        let command = WorkerCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into(), "w".into()],
-            env: vec![],
-            memory_max_bytes: None,
-        };
-        let fleet = ProcessFleet::new(command, &db, Duration::from_secs(3600), "web-a").unwrap();
-        let gone = || async {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !fleet.instances().await.unwrap().is_empty() {
-                assert!(Instant::now() < deadline, "the worker's exit was not noticed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
+        let fleet = ProcessFleet::new(shell(script), &db, Duration::from_secs(3600), "web-a").unwrap();
 
         assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
-        gone().await;
+        until_none_left(&fleet).await;
         assert!(fleet.launch_failure().await.unwrap().is_some());
 
         std::fs::write(&ok, b"").unwrap();
@@ -982,7 +973,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the worker did not exit");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        gone().await;
+        until_none_left(&fleet).await;
 
         assert_eq!(fleet.launch_failure().await.unwrap(), None);
         assert_eq!(

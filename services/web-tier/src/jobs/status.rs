@@ -111,7 +111,9 @@ impl WebTier {
             let k = AnswerOptions::parse(&query)?.k;
             let retention = self.settings.jobs.retention_s;
             let not_found = || UploadError::NotFound(format!("no job {id:?} (jobs are kept {retention} s)"));
-            let id = JobId::parse(&id).ok_or_else(not_found)?;
+            // Not echoed: it may be anything up to the request line's limit.
+            let id = JobId::parse(&id)
+                .ok_or_else(|| UploadError::NotFound("no such job: a job id is 32 lowercase hex digits".into()))?;
             let job = self.job(&id).await?.ok_or_else(not_found)?;
             if now_ms().saturating_sub(job.created_at_ms) > retention * 1000 {
                 return Err(not_found());
