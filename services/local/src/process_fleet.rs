@@ -752,6 +752,12 @@ mod tests {
         }
     }
 
+    /// What the worker `NAME` says once it is ready.
+    async fn report_ready(db: &Path) {
+        let status = SqliteInstanceStatus::open(db, NAME).unwrap();
+        status.report(InstanceState::Running, false).await.unwrap();
+    }
+
     /// Waits until the fleet has seen its last worker exit.
     async fn until_none_left(fleet: &ProcessFleet) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -918,11 +924,7 @@ mod tests {
         std::fs::write(&ok, b"").unwrap();
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
-        SqliteInstanceStatus::open(&db, NAME)
-            .unwrap()
-            .report(InstanceState::Running, false)
-            .await
-            .unwrap();
+        report_ready(&db).await;
         let instances = fleet.instances().await.unwrap();
         assert_eq!(
             instances.iter().map(|i| i.state).collect::<Vec<_>>(),
@@ -954,11 +956,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
         // Ready, then gone, with no look by the fleet in between.
-        SqliteInstanceStatus::open(&db, NAME)
-            .unwrap()
-            .report(InstanceState::Running, false)
-            .await
-            .unwrap();
+        report_ready(&db).await;
         std::fs::write(&stop, b"").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let exited = || {
