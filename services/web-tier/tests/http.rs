@@ -680,3 +680,69 @@ async fn jobs_refuse_what_they_cannot_take_and_answer_unreadable_images_at_once(
 
     web.stop().await.unwrap();
 }
+
+/// A form's file input left empty (a part with no file name and no bytes, as browsers send one)
+/// is no file: `POST /` takes the file of the other input, `POST /jobs` does not count it. A
+/// second file in `POST /` is refused, not dropped unseen.
+#[tokio::test]
+async fn file_inputs_left_empty_are_no_files_and_a_second_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_tier::spawn(settings(dir.path())).await.unwrap();
+    let client = Client::new();
+    let left_empty = |form: Form, field: &'static str| form.part(field, Part::bytes(Vec::new()).file_name(""));
+    let not_an_image = || Part::bytes(b"hello world".to_vec()).file_name("a.jpg");
+
+    // The empty input first: the other one's file is what is checked (before: 400 "empty file").
+    let empty_first = left_empty(Form::new(), "inputFile").part("myfile", not_an_image());
+    let (status, reason) = upload(&client, &web.url(), empty_first, false).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{reason}");
+    let (status, reason) = upload(&client, &web.url(), left_empty(Form::new(), "myfile"), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reason}");
+    assert!(reason.starts_with("no file"), "{reason}");
+
+    let two = form("myfile", "a.jpg", image()).part("inputFile", Part::bytes(image()).file_name("b.jpg"));
+    let (status, reason) = upload(&client, &web.url(), two, false).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "send one image per upload (POST /jobs takes several)\n"
+        )
+    );
+    assert_eq!(stored(dir.path()), 0, "a refused upload was stored");
+
+    let job = left_empty(form("myfile", "a.jpg", image()), "myfile");
+    let response = client
+        .post(format!("{}jobs", web.url()))
+        .multipart(job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(accepted["images"], 1, "{accepted}");
+    // A part of the files' field with no file name is an image all the same, refused as one
+    // (before: ignored as an unknown parameter, and the job refused for having no file).
+    let job = Form::new().text("myfile", "hello");
+    let response = client
+        .post(format!("{}jobs", web.url()))
+        .multipart(job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let report: serde_json::Value = (client.get(format!(
+        "{}{}",
+        web.url(),
+        &accepted["status_url"].as_str().unwrap()[1..]
+    )))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(report["images"][0]["status"], "failed", "{report}");
+    web.stop().await.unwrap();
+}

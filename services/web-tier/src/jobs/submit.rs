@@ -114,14 +114,21 @@ impl WebTier {
         while let Some(mut field) = (multipart.next_field().await).map_err(|e| body::multipart_error(e, max_file))? {
             let mut share = self.upload_limits.body_budget.share();
             let bytes = body::field_bytes(&mut field, max_file, &mut share, true).await?;
-            let Some(name) = field.file_name().map(str::to_owned) else {
-                let field_name = field.name().unwrap_or_default().to_owned();
+            let field_name = field.name().unwrap_or_default().to_owned();
+            // A part of the files' fields is an image even without a file name (or with one that
+            // is not UTF-8): its refusal is its answer, rather than a field ignored unseen.
+            let name = field.file_name().map(str::to_owned);
+            let name = name.or_else(|| body::FIELDS.contains(&field_name.as_str()).then(String::new));
+            let Some(name) = name else {
                 let value = String::from_utf8_lossy(&bytes).into_owned();
                 if params.set(&field_name, value)? && incoming.is_some() {
                     return Err(UploadError::BadRequest(format!("send {field_name} before the files")));
                 }
                 continue;
             };
+            if body::left_empty(&name, &bytes) {
+                continue;
+            }
             let job = match &mut incoming {
                 Some(job) => job,
                 None => incoming.insert(self.incoming(params.client_token.as_deref(), client).await?),

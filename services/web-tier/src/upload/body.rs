@@ -52,7 +52,7 @@ fn truncated(name: &str) -> String {
     }
 }
 
-/// Reads the multipart body: the first file field, exactly within `max_file_bytes`, before the
+/// Reads the multipart body: its one file, exactly within `max_file_bytes`, before the
 /// body deadline.
 pub async fn read<S, B>(
     content_type: Option<String>,
@@ -71,7 +71,9 @@ where
         .await
         .map_err(|_| UploadError::BodyTimeout(limits.body_timeout.as_secs()))??;
     if name.is_empty() {
-        return Err(UploadError::BadRequest("the uploaded file has no file name".into()));
+        return Err(UploadError::BadRequest(
+            "the uploaded file has no file name, or one that is not UTF-8".into(),
+        ));
     }
     let key = key_from_file_name(&name)?;
     if bytes.is_empty() {
@@ -139,7 +141,9 @@ pub async fn field_bytes(
     Ok(buf.freeze())
 }
 
-/// The first file field's name and bytes; its share of the body budget grows with the bytes kept.
+/// The one file in the fields `FIELDS`: its name and bytes, its share of the body budget grown
+/// with the bytes kept. Other fields are read through and dropped; a second file is refused
+/// rather than dropped unseen.
 async fn first_file(
     mut multipart: multer::Multipart<'static>,
     max: u64,
@@ -147,15 +151,26 @@ async fn first_file(
 ) -> Result<(String, Bytes), UploadError> {
     let mut found = None;
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
-        let wanted = found.is_none() && field.name().is_some_and(|n| FIELDS.contains(&n));
+        let file_field = field.name().is_some_and(|n| FIELDS.contains(&n));
         let name = field.file_name().unwrap_or_default().to_owned();
-        // Other fields (and a second file) are read through and dropped.
-        let bytes = field_bytes(&mut field, max, share, wanted).await?;
-        if wanted {
+        if file_field && found.is_some() && !name.is_empty() {
+            return Err(UploadError::BadRequest(
+                "send one image per upload (POST /jobs takes several)".into(),
+            ));
+        }
+        let keep = file_field && found.is_none();
+        let bytes = field_bytes(&mut field, max, share, keep).await?;
+        if keep && !left_empty(&name, &bytes) {
             found = Some((name, bytes));
         }
     }
     found.ok_or_else(|| UploadError::BadRequest(format!("no file: send the image in the form field {:?}", FIELDS[0])))
+}
+
+/// A file input the user left empty, as a browser sends it: no file name and no bytes. It is no
+/// file, not an empty one (a form with two file inputs sends one whichever is used).
+pub fn left_empty(name: &str, bytes: &[u8]) -> bool {
+    name.is_empty() && bytes.is_empty()
 }
 
 pub fn multipart_error(e: multer::Error, max: u64) -> UploadError {
