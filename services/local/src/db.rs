@@ -49,14 +49,27 @@ pub fn monotonic_ms() -> u64 {
 /// Opens (creating if needed) the database that every process of the local stack shares.
 pub fn open(path: &Path) -> anyhow::Result<Connection> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            anyhow::ensure!(!dir.exists() || dir.is_dir(), "{} is not a folder", dir.display());
+            return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+        }
     }
     let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // Many processes write: wait for the lock instead of failing, and let readers run beside a writer.
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a committed send or delete survives power loss, not only a crash of the process.
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    // SQLite reads the file first here: a file that is not a database fails now, and says which.
+    let setup = |conn: &Connection| -> rusqlite::Result<()> {
+        // Many processes write: wait for the lock instead of failing, and let readers run beside
+        // a writer.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a committed send or delete survives power loss, not only a crash of the process.
+        conn.pragma_update(None, "synchronous", "FULL")
+    };
+    setup(&conn).with_context(|| {
+        format!(
+            "cannot use {} as the stack's database (move it aside to start with an empty one)",
+            path.display()
+        )
+    })?;
     conn.execute_batch(SCHEMA)
         .with_context(|| format!("cannot create the schema in {}", path.display()))?;
     for (table, column, kind) in [
@@ -85,5 +98,28 @@ fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusql
         // Another process added it first.
         Err(_) if has(conn)? => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_no_database_and_a_data_folder_that_is_a_file_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("queue.sqlite3");
+        std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+        let e = format!("{:#}", open(&junk).unwrap_err());
+        assert!(
+            e.starts_with(&format!("cannot use {} as the stack's database", junk.display()))
+                && e.contains("not a database"),
+            "{e}"
+        );
+
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"").unwrap();
+        let e = format!("{:#}", open(&file.join("queue.sqlite3")).unwrap_err());
+        assert_eq!(e, format!("{} is not a folder", file.display()));
     }
 }
