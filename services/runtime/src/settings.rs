@@ -137,11 +137,8 @@ impl Settings {
             .and_then(Config::try_deserialize)
             .context("invalid configuration")?;
         settings.scaler.policy_config()?;
+        settings.check_minimums()?;
         settings.check_timeouts()?;
-        anyhow::ensure!(
-            settings.app_tier.batch_size >= 1,
-            "app_tier.batch_size must be at least 1"
-        );
         let jobs = &settings.jobs;
         anyhow::ensure!(
             jobs.max_images >= 1 && jobs.callback_attempts >= 1,
@@ -188,10 +185,78 @@ impl Settings {
             self.scaler.lease_ttl_s,
             self.scaler.tick_ms
         );
-        anyhow::ensure!(
-            self.app_tier.max_batch_pixels >= 1,
-            "app_tier.max_batch_pixels must be at least 1"
-        );
+        Ok(())
+    }
+
+    /// Values below which a setting does harm instead of tuning something (each accepted 0
+    /// before: a worker polling with no wait spun a core while idle).
+    fn check_minimums(&self) -> anyhow::Result<()> {
+        let (app, web) = (&self.app_tier, &self.web);
+        let minimums = [
+            (
+                "app_tier.batch_size",
+                app.batch_size as u64,
+                1,
+                "a batch holds at least one request",
+            ),
+            (
+                "app_tier.max_batch_pixels",
+                app.max_batch_pixels as u64,
+                1,
+                "a model run holds at least one image",
+            ),
+            (
+                "app_tier.poll_wait_ms",
+                app.poll_wait_ms,
+                100,
+                "a receive that returns at once spins a core while idle (on SQS, a paid empty receive each time)",
+            ),
+            (
+                "app_tier.heartbeat_ms",
+                app.heartbeat_ms,
+                100,
+                "each beat is a write to the fleet's table",
+            ),
+            (
+                "app_tier.stall_timeout_s",
+                app.stall_timeout_s,
+                1,
+                "every batch would count as a stall",
+            ),
+            (
+                "queues.visibility_timeout_s",
+                self.queues.visibility_timeout_s,
+                1,
+                "a received request would go to the next receive at once, and be classified twice",
+            ),
+            (
+                "scaler.tick_ms",
+                self.scaler.tick_ms,
+                10,
+                "the scaler would look at the queue without pause",
+            ),
+            (
+                "web.max_upload_bytes",
+                web.max_upload_bytes,
+                1,
+                "every upload would be refused",
+            ),
+            (
+                "web.max_connections",
+                web.max_connections as u64,
+                1,
+                "no client could connect",
+            ),
+            (
+                "inference.threads",
+                self.inference.threads as u64,
+                1,
+                "a model runs on at least one thread",
+            ),
+        ];
+        for (key, value, min, why) in minimums {
+            anyhow::ensure!(value >= min, "{key} ({value}) must be at least {min}: {why}");
+        }
         Ok(())
     }
 
@@ -256,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_scaling_settings_are_errors_naming_the_key() {
+    fn bad_settings_are_errors_naming_the_key() {
         for (key, value, named) in [
             ("IMGREC__SCALER__POLICY", "fastest", "policy"),
             ("IMGREC__SCALER__SERVICE_TIME_S", "0", "service_time_s"),
@@ -264,6 +329,52 @@ mod tests {
             ("IMGREC__SCALER__BOOT_TIME_S", "-1", "boot_time_s"),
             ("IMGREC__SCALER__SCALE_IN_AFTER_S", "NaN", "scale_in_after_s"),
             ("IMGREC__SCALER__TARGET_LATENCY_S", "1e300", "target_latency_s"),
+            ("IMGREC__SCALER__TICK_MS", "0", "scaler.tick_ms (0) must be at least 10"),
+            (
+                "IMGREC__APP_TIER__POLL_WAIT_MS",
+                "0",
+                "app_tier.poll_wait_ms (0) must be at least 100",
+            ),
+            (
+                "IMGREC__APP_TIER__HEARTBEAT_MS",
+                "0",
+                "app_tier.heartbeat_ms (0) must be at least 100",
+            ),
+            (
+                "IMGREC__APP_TIER__STALL_TIMEOUT_S",
+                "0",
+                "app_tier.stall_timeout_s (0) must be at least 1",
+            ),
+            (
+                "IMGREC__APP_TIER__BATCH_SIZE",
+                "0",
+                "app_tier.batch_size (0) must be at least 1",
+            ),
+            (
+                "IMGREC__APP_TIER__MAX_BATCH_PIXELS",
+                "0",
+                "app_tier.max_batch_pixels (0) must be at least 1",
+            ),
+            (
+                "IMGREC__QUEUES__VISIBILITY_TIMEOUT_S",
+                "0",
+                "queues.visibility_timeout_s (0) must be at least 1",
+            ),
+            (
+                "IMGREC__WEB__MAX_UPLOAD_BYTES",
+                "0",
+                "web.max_upload_bytes (0) must be at least 1",
+            ),
+            (
+                "IMGREC__WEB__MAX_CONNECTIONS",
+                "0",
+                "web.max_connections (0) must be at least 1",
+            ),
+            (
+                "IMGREC__INFERENCE__THREADS",
+                "0",
+                "inference.threads (0) must be at least 1",
+            ),
         ] {
             let err = Settings::load_from(None, env(&[(key, value)]), None, None).expect_err(key);
             assert!(format!("{err:#}").contains(named), "{key}={value}: {err:#}");
