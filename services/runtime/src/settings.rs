@@ -162,7 +162,7 @@ impl Settings {
         anyhow::ensure!(q.max_receives >= 1, "queues.max_receives must be at least 1");
         // Each failed receive costs up to one visibility timeout; then one long poll of the
         // dead-letter watcher (2 s) and slack for the worker's stall detection.
-        let to_dead_letter = u64::from(q.max_receives) * q.visibility_timeout_s + 10;
+        let to_dead_letter = (u64::from(q.max_receives).saturating_mul(q.visibility_timeout_s)).saturating_add(10);
         anyhow::ensure!(
             to_dead_letter < self.web.response_timeout_s,
             "queues.max_receives x queues.visibility_timeout_s ({} x {} s, plus 10 s) must be shorter than \
@@ -257,6 +257,35 @@ impl Settings {
         for (key, value, min, why) in minimums {
             anyhow::ensure!(value >= min, "{key} ({value}) must be at least {min}: {why}");
         }
+        // A deadline is now plus a duration: past this, the sum overflows a clock (a header
+        // timeout of u64::MAX seconds panicked in every connection's task).
+        let (q, jobs) = (&self.queues, &self.jobs);
+        let durations_s = [
+            ("buckets.version_retention_s", self.buckets.version_retention_s),
+            ("queues.visibility_timeout_s", q.visibility_timeout_s),
+            ("queues.request_retention_s", q.request_retention_s),
+            ("queues.dead_letter_retention_s", q.dead_letter_retention_s),
+            ("queues.response_retention_s", q.response_retention_s),
+            ("web.response_timeout_s", web.response_timeout_s),
+            ("web.header_timeout_s", web.header_timeout_s),
+            ("web.body_timeout_s", web.body_timeout_s),
+            ("web.drain_timeout_s", web.drain_timeout_s),
+            ("jobs.retention_s", jobs.retention_s),
+            ("jobs.body_timeout_s", jobs.body_timeout_s),
+            ("jobs.callback_timeout_s", jobs.callback_timeout_s),
+            ("app_tier.poll_wait_ms", app.poll_wait_ms / 1000),
+            ("app_tier.heartbeat_ms", app.heartbeat_ms / 1000),
+            ("app_tier.stall_timeout_s", app.stall_timeout_s),
+            ("app_tier.drain_deadline_ms", app.drain_deadline_ms / 1000),
+            ("scaler.tick_ms", self.scaler.tick_ms / 1000),
+            ("fleet.heartbeat_timeout_s", self.fleet.heartbeat_timeout_s),
+        ];
+        for (key, seconds) in durations_s {
+            anyhow::ensure!(
+                seconds <= MAX_DURATION_S,
+                "{key} is over 10 years ({seconds} s): a deadline that far overflows the clock"
+            );
+        }
         Ok(())
     }
 
@@ -266,6 +295,9 @@ impl Settings {
         self.data_dir.join("queue.sqlite3")
     }
 }
+
+/// The longest duration a setting may name: 10 years.
+const MAX_DURATION_S: u64 = 10 * 365 * 24 * 3600;
 
 #[cfg(test)]
 mod tests {
@@ -374,6 +406,21 @@ mod tests {
                 "IMGREC__INFERENCE__THREADS",
                 "0",
                 "inference.threads (0) must be at least 1",
+            ),
+            (
+                "IMGREC__WEB__HEADER_TIMEOUT_S",
+                "18446744073709551615",
+                "web.header_timeout_s is over 10 years",
+            ),
+            (
+                "IMGREC__APP_TIER__POLL_WAIT_MS",
+                "18446744073709551615",
+                "app_tier.poll_wait_ms is over 10 years",
+            ),
+            (
+                "IMGREC__QUEUES__VISIBILITY_TIMEOUT_S",
+                "315360000",
+                "must be shorter than web.response_timeout_s",
             ),
         ] {
             let err = Settings::load_from(None, env(&[(key, value)]), None, None).expect_err(key);
