@@ -44,8 +44,12 @@ async fn upload(client: &Client, url: &str, form: Form, json: bool) -> (StatusCo
 }
 
 async fn get_status(client: &Client, web: &web_tier::SpawnedWebTier) -> serde_json::Value {
-    let response = client.get(format!("{}status", web.url())).send().await.expect("status");
-    response.json().await.expect("status JSON")
+    get_json(client, format!("{}status", web.url())).await
+}
+
+async fn get_json(client: &Client, url: String) -> serde_json::Value {
+    let response = client.get(&url).send().await.expect(&url);
+    response.json().await.expect("a JSON answer")
 }
 
 async fn get_metrics(client: &Client, web: &web_tier::SpawnedWebTier) -> String {
@@ -352,14 +356,7 @@ async fn the_dashboard_is_self_contained_and_its_data_is_served() {
     let _ = request.await; // no worker: it times out, the request stays queued
     let deadline = Instant::now() + Duration::from_secs(5);
     let samples = loop {
-        let history: serde_json::Value = client
-            .get(format!("{}status/history", web.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let history = get_json(&client, format!("{}status/history", web.url())).await;
         let samples = history["samples"].as_array().unwrap().clone();
         if samples.iter().any(|s| s["backlog"] == 1) || Instant::now() > deadline {
             break samples;
@@ -711,38 +708,23 @@ async fn file_inputs_left_empty_are_no_files_and_a_second_file_is_refused() {
     );
     assert_eq!(stored(dir.path()), 0, "a refused upload was stored");
 
-    let job = left_empty(form("myfile", "a.jpg", image()), "myfile");
-    let response = client
-        .post(format!("{}jobs", web.url()))
-        .multipart(job)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let accepted: serde_json::Value = response.json().await.unwrap();
+    let submit = |job: Form| async {
+        let response = client
+            .post(format!("{}jobs", web.url()))
+            .multipart(job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let accepted = submit(left_empty(form("myfile", "a.jpg", image()), "myfile")).await;
     assert_eq!(accepted["images"], 1, "{accepted}");
     // A part of the files' field with no file name is an image all the same, refused as one
     // (before: ignored as an unknown parameter, and the job refused for having no file).
-    let job = Form::new().text("myfile", "hello");
-    let response = client
-        .post(format!("{}jobs", web.url()))
-        .multipart(job)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let accepted: serde_json::Value = response.json().await.unwrap();
-    let report: serde_json::Value = (client.get(format!(
-        "{}{}",
-        web.url(),
-        &accepted["status_url"].as_str().unwrap()[1..]
-    )))
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let accepted = submit(Form::new().text("myfile", "hello")).await;
+    let status_url = &accepted["status_url"].as_str().unwrap()[1..];
+    let report = get_json(&client, format!("{}{status_url}", web.url())).await;
     assert_eq!(report["images"][0]["status"], "failed", "{report}");
     web.stop().await.unwrap();
 }
