@@ -137,7 +137,7 @@ impl Settings {
             .and_then(Config::try_deserialize)
             .context("invalid configuration")?;
         settings.scaler.policy_config()?;
-        settings.check_minimums()?;
+        settings.check_ranges()?;
         settings.check_timeouts()?;
         let jobs = &settings.jobs;
         anyhow::ensure!(
@@ -188,9 +188,10 @@ impl Settings {
         Ok(())
     }
 
-    /// Values below which a setting does harm instead of tuning something (each accepted 0
-    /// before: a worker polling with no wait spun a core while idle).
-    fn check_minimums(&self) -> anyhow::Result<()> {
+    /// Values outside which a setting does harm instead of tuning something: below a floor (each
+    /// accepted 0 before: a worker polling with no wait spun a core while idle), or a duration
+    /// past what a clock can add.
+    fn check_ranges(&self) -> anyhow::Result<()> {
         let (app, web) = (&self.app_tier, &self.web);
         let minimums = [
             (
