@@ -281,11 +281,21 @@ impl Settings {
             ("scaler.tick_ms", self.scaler.tick_ms / 1000),
             ("fleet.heartbeat_timeout_s", self.fleet.heartbeat_timeout_s),
         ];
-        for (key, seconds) in durations_s {
-            anyhow::ensure!(
-                seconds <= MAX_DURATION_S,
-                "{key} is over 10 years ({seconds} s): a deadline that far overflows the clock"
-            );
+        let scaler = &self.scaler;
+        let scaler_durations_s = [
+            ("scaler.target_latency_s", scaler.target_latency_s),
+            ("scaler.service_time_s", scaler.service_time_s),
+            ("scaler.boot_time_s", scaler.boot_time_s),
+            ("scaler.scale_in_after_s", scaler.scale_in_after_s),
+            ("scaler.lease_ttl_s", scaler.lease_ttl_s),
+        ];
+        let too_long = durations_s
+            .into_iter()
+            .map(|(key, s)| (key, s as f64))
+            .chain(scaler_durations_s)
+            .find(|&(_, seconds)| seconds > MAX_DURATION_S as f64);
+        if let Some((key, seconds)) = too_long {
+            anyhow::bail!("{key} is over 10 years ({seconds} s): a deadline that far overflows the clock");
         }
         Ok(())
     }
@@ -418,6 +428,17 @@ mod tests {
                 "18446744073709551615",
                 "app_tier.poll_wait_ms is over 10 years",
             ),
+            (
+                "IMGREC__SCALER__BOOT_TIME_S",
+                "1e18",
+                "scaler.boot_time_s is over 10 years",
+            ),
+            (
+                "IMGREC__SCALER__LEASE_TTL_S",
+                "1e18",
+                "scaler.lease_ttl_s is over 10 years",
+            ),
+            ("IMGREC__SCALER__MAX", "21", "scaler.max (21) is above the cap of 20"),
             (
                 "IMGREC__QUEUES__VISIBILITY_TIMEOUT_S",
                 "315360000",

@@ -36,6 +36,9 @@ pub struct Decision {
     pub desired: usize,
 }
 
+/// The product's cap on app-tier instances: requests wait in the queue beyond it.
+pub const INSTANCE_CAP: usize = 20;
+
 /// Settings every policy reads (each uses the ones its model has).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
@@ -56,6 +59,11 @@ pub struct PolicyConfig {
 impl PolicyConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.min <= self.max, "scaler min {} exceeds max {}", self.min, self.max);
+        anyhow::ensure!(
+            self.max <= INSTANCE_CAP,
+            "scaler.max ({}) is above the cap of {INSTANCE_CAP} app-tier instances",
+            self.max
+        );
         anyhow::ensure!(!self.service_time.is_zero(), "scaler service_time_s must be positive");
         anyhow::ensure!(
             !self.target_latency.is_zero(),

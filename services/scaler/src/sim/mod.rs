@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+pub use imgrec_domain::policy::INSTANCE_CAP;
 use imgrec_domain::policy::{PolicyConfig, PolicyKind};
 use serde::Serialize;
 
@@ -306,9 +307,6 @@ pub fn shortfalls(rows: &[Row]) -> Vec<String> {
     }
     out
 }
-
-/// The product's cap on app-tier instances.
-pub const INSTANCE_CAP: usize = 20;
 
 /// Candidate scale-in windows, in boot times: rent-or-buy says about one; below half a boot the
 /// window would rest on the model's finest details (a quarter boot on EC2 is two ticks).
