@@ -1,5 +1,6 @@
-//! The `Fleet` and `InstanceStatus` ports on this machine's processes: each app-tier instance is
-//! an `app-tier run` child, recorded with its heartbeats in the shared database.
+//! The `Fleet` port on this machine's processes: each app-tier instance is an `app-tier run`
+//! child, recorded with its heartbeats in the shared database (which each writes through
+//! `SqliteInstanceStatus`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -18,7 +19,7 @@ use crate::errors::fleet_error;
 use crate::start_failures::StartFailures;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::fleet::{instance_number, plan};
-use imgrec_domain::ports::{Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortResult};
+use imgrec_domain::ports::{Fleet, FleetChange, Instance, InstanceState, LaunchFailure, PortResult};
 
 /// How long a worker asked to stop (SIGTERM) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -649,85 +650,14 @@ impl Drop for Processes {
     }
 }
 
-/// A worker's side of the local fleet: it reports its state in the shared database.
-pub struct SqliteInstanceStatus {
-    name: String,
-    db: Arc<Mutex<Connection>>,
-}
-
-impl SqliteInstanceStatus {
-    pub fn open(db: &Path, name: &str) -> anyhow::Result<Self> {
-        let conn = super::db::open(db)?;
-        // Status and heartbeats need not survive a power loss: no fsync per beat.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(Self {
-            name: name.to_owned(),
-            db: Arc::new(Mutex::new(conn)),
-        })
-    }
-}
-
-impl SqliteInstanceStatus {
-    /// Runs `update` on the shared database off the async threads, with this instance's name:
-    /// how many rows it changed.
-    async fn write(
-        &self,
-        update: impl FnOnce(&Connection, &str) -> rusqlite::Result<usize> + Send + 'static,
-    ) -> anyhow::Result<usize> {
-        let (db, name) = (self.db.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || {
-            let conn = db.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(update(&conn, &name)?)
-        })
-        .await
-        .context("status task failed")?
-    }
-}
-
-#[async_trait]
-impl InstanceStatus for SqliteInstanceStatus {
-    async fn report(&self, state: InstanceState, busy: bool) -> PortResult<()> {
-        let state = match state {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-        };
-        self.write(move |conn, name| {
-            conn.prepare_cached(
-                "INSERT INTO instances (name, state, busy, updated_at_ms, pid, beat_mono_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (name) DO UPDATE SET state = ?2, busy = ?3, updated_at_ms = ?4, pid = ?5, beat_mono_ms = ?6",
-            )?
-            .execute(params![name, state, busy, now_ms() as i64, std::process::id(), monotonic_ms() as i64])
-        })
-        .await
-        .map(drop)
-        .map_err(fleet_error)
-    }
-
-    async fn heartbeat(&self) -> PortResult<()> {
-        let beaten = self
-            .write(|conn, name| {
-                conn.prepare_cached("UPDATE instances SET updated_at_ms = ?2, beat_mono_ms = ?3 WHERE name = ?1")?
-                    .execute(params![name, now_ms() as i64, monotonic_ms() as i64])
-            })
-            .await
-            .map_err(fleet_error)?;
-        if beaten == 0 {
-            // Its fleet sees no beat and stops it as silent: say why, where it can be read.
-            tracing::warn!("this instance's row is gone from the fleet's table; its heartbeats reach nobody");
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use imgrec_domain::ports::WorkQueue;
+    use imgrec_domain::ports::{InstanceStatus, WorkQueue};
 
     use super::*;
-    use crate::SqliteQueue;
+    use crate::{SqliteInstanceStatus, SqliteQueue};
 
     const NAME: &str = "app-instance1";
 
