@@ -47,6 +47,7 @@ def test_odd_and_long_names_are_stored_or_refused_before_anything_is_stored(tmp_
         "a" * 300 + ".jpg",  # longer than a file name may be
         "ñ" * 500 + ".jpg",  # 1,004 bytes of UTF-8
         "C:\\fakepath\\" + "%" * 200 + ".jpeg",
+        "non\ufffecharacters\uffff.png",  # what SQS would refuse raw in a message
     ]
     refused = ["..jpg", "...png", "..", "x" * 1100 + ".jpg", "tab\tname.jpg", "new\nline.jpg"]
     data = tmp_path / "data"

@@ -30,10 +30,22 @@ pub struct SqsQueue {
     url: String,
 }
 
-fn utf8(body: &[u8]) -> PortResult<&str> {
-    std::str::from_utf8(body)
+/// A body as SQS carries it: text of XML's characters only (SendMessage, "MessageBody"). SQS
+/// refuses the others or puts U+FFFD in their place; either way the message would not arrive as
+/// sent, so it is refused here, saying why.
+fn sqs_text(body: &[u8]) -> PortResult<&str> {
+    let text = std::str::from_utf8(body)
         .context("SQS message bodies must be UTF-8")
-        .map_err(PortError::Permanent)
+        .map_err(PortError::Permanent)?;
+    let allowed =
+        |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    match text.chars().find(|&c| !allowed(c)) {
+        None => Ok(text),
+        Some(c) => Err(PortError::Permanent(anyhow!(
+            "SQS message bodies cannot carry U+{:04X}",
+            u32::from(c)
+        ))),
+    }
 }
 
 /// A batch call succeeds as a whole while single entries may fail: SQS says whose fault each is.
@@ -85,7 +97,7 @@ impl SqsQueue {
 #[async_trait]
 impl WorkQueue for SqsQueue {
     async fn send(&self, body: &[u8]) -> PortResult<()> {
-        let body = utf8(body)?;
+        let body = sqs_text(body)?;
         let request = self.client.send_message().queue_url(&self.url).message_body(body);
         self.aws.call("SendMessage", request.send()).await?;
         Ok(())
@@ -99,7 +111,7 @@ impl WorkQueue for SqsQueue {
                 .map(|(i, body)| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(utf8(body)?)
+                        .message_body(sqs_text(body)?)
                         .build()
                         .map_err(|e| PortError::Permanent(e.into()))
                 })
@@ -239,5 +251,29 @@ impl ResponseQueues for SqsResponseQueues {
         let queue: Arc<dyn WorkQueue> = Arc::new(SqsQueue::open(&self.aws, name).await?);
         opened.insert(name.to_owned(), queue.clone());
         Ok(queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_that_sqs_would_alter_are_refused_saying_why() {
+        let fine = "{\"key\":\"é\u{FFFD}\t\u{10000}\\uffff\"}";
+        assert_eq!(sqs_text(fine.as_bytes()).unwrap(), fine);
+        for (bad, named) in [
+            ("a\u{FFFF}", "U+FFFF"),
+            ("a\u{FFFE}", "U+FFFE"),
+            ("a\u{0}", "U+0000"),
+            ("\u{1F}", "U+001F"),
+        ] {
+            let e = sqs_text(bad.as_bytes()).unwrap_err();
+            assert!(
+                format!("{e:#}").contains(&format!("cannot carry {named}")),
+                "{bad:?}: {e:#}"
+            );
+        }
+        assert!(sqs_text(&[b'a', 0xFF]).is_err());
     }
 }

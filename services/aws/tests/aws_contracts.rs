@@ -13,7 +13,7 @@ fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Res
         buckets,
         requests_queue: "requests",
         dead_letter_queue: "requests-dlq",
-        other_queues: &["a", "b", "c", "d"],
+        other_queues: &["a", "b", "c", "d", "e"],
         max_receives: 2,
         visibility_timeout_s: 30,
         group,
@@ -79,6 +79,7 @@ async fn sqs_queue_contracts() {
     contract::queue_redelivery(open("b").await).await;
     contract::queue_concurrent_receivers(open("c").await, Delivery::AtLeastOnce).await;
     contract::queue_long_poll(open("d").await).await;
+    contract::queue_carries_any_file_name(open("e").await).await;
     let pair = QueuePair {
         main: open("requests").await,
         dead_letter: open("requests-dlq").await,

@@ -121,8 +121,17 @@ pub enum MessageError {
 pub trait Message: Serialize + for<'de> Deserialize<'de> {
     fn version(&self) -> u32;
 
+    /// JSON that every queue carries as it is. SQS takes XML's characters only, refusing the
+    /// rest or putting U+FFFD in their place; of those, JSON leaves U+FFFE and U+FFFF raw (a file
+    /// name may hold them), so they are escaped (`\uffff`) and arrive as sent.
     fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("messages serialize")
+        let json = serde_json::to_string(self).expect("messages serialize");
+        if !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+            return json.into_bytes();
+        }
+        json.replace('\u{FFFE}', "\\ufffe")
+            .replace('\u{FFFF}', "\\uffff")
+            .into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
@@ -182,6 +191,26 @@ mod tests {
         assert_eq!(result_object("a.b.png", "x"), ("a.b".into(), "(a.b, x)".into()));
         assert_eq!(result_object("noext", "x"), ("noext".into(), "(noext, x)".into()));
         assert_eq!(result_object(".hidden", "x"), (".hidden".into(), "(.hidden, x)".into()));
+    }
+
+    #[test]
+    fn messages_carry_noncharacters_escaped_and_get_them_back() {
+        let key = "a\u{FFFF}b\u{FFFE}\u{FFFD}é.jpg";
+        let req = ClassifyRequest {
+            version: VERSION,
+            request_id: Uuid::new_v4(),
+            key: key.into(),
+            object_version: None,
+            submitted_at_ms: 5,
+            requeued: 0,
+            given_back: 0,
+            reply_to: None,
+            answer_record: None,
+        };
+        let body = String::from_utf8(req.encode()).unwrap();
+        assert!(!body.contains(['\u{FFFE}', '\u{FFFF}']), "{body:?}");
+        assert!(body.contains("a\\uffffb\\ufffe\u{FFFD}é.jpg"), "{body:?}");
+        assert_eq!(ClassifyRequest::decode(body.as_bytes()).unwrap().key, key);
     }
 
     #[test]

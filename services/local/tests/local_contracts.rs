@@ -19,6 +19,12 @@ async fn sqlite_queue_send_receive_delete() {
 }
 
 #[tokio::test]
+async fn sqlite_queue_carries_any_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::queue_carries_any_file_name(queue(dir.path(), "requests")).await;
+}
+
+#[tokio::test]
 async fn sqlite_queue_redelivery() {
     let dir = tempfile::tempdir().unwrap();
     contract::queue_redelivery(queue(dir.path(), "requests")).await;

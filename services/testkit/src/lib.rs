@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use imgrec_domain::messages::{ClassifyRequest, Message};
 use imgrec_domain::ports::{
     Fleet, Kept, Lease, Metadata, ObjectKey, ObjectStore, PortError, Receipt, UploadOrder, WorkQueue,
 };
@@ -59,6 +60,19 @@ pub async fn queue_send_receive_delete<Q: WorkQueue>(q: Q) {
     let forged = Receipt("not-a-receipt".into());
     let refused = q.change_visibility(&forged, SHORT).await.expect_err("a forged receipt");
     assert!(!refused.is_transient(), "{refused:?}");
+}
+
+/// A request whose file name holds what SQS would not carry raw (U+FFFE, U+FFFF: it refuses
+/// them or puts U+FFFD in their place) goes through the queue as it was sent.
+pub async fn queue_carries_any_file_name<Q: WorkQueue>(q: Q) {
+    let first = br#"{"version":1,"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","key":"","object_version":null,"submitted_at_ms":1}"#;
+    let mut request = ClassifyRequest::decode(first).expect("a request");
+    request.key = "odd\u{FFFF}\u{FFFE}\u{FFFD}\u{10348}.jpg".into();
+    q.send(&request.encode()).await.expect("send");
+    let got = receive_all(&q, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(ClassifyRequest::decode(&got[0].body).expect("a request"), request);
+    q.delete(&got[0].receipt).await.expect("delete");
 }
 
 /// A message not deleted comes back after its visibility timeout, with a new receipt; changing
