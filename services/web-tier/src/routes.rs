@@ -33,7 +33,7 @@ pub fn routes(
         .and(upload_request())
         .then(WebTier::submit_job);
     let job_status = warp::path!("jobs" / String)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with(tier.clone()))
         .and(query())
         .and(api_key())
@@ -41,7 +41,7 @@ pub fn routes(
     let page = get_at("").map(|| warp::reply::html(PAGE));
     let status = get_at("status").and(with(tier.clone())).then(WebTier::status);
     let history = warp::path!("status" / "history")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with(tier.clone()))
         .then(WebTier::history);
     let dashboard = get_at("dashboard").map(|| warp::reply::html(DASHBOARD));
@@ -73,14 +73,20 @@ pub fn routes(
         .map(Reply::into_response)
 }
 
-/// `GET /{segment}` (`GET /` for "").
+/// `GET /{segment}` (`GET /` for ""), and its `HEAD`.
 fn get_at(segment: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     let path = if segment.is_empty() {
         warp::path::end().boxed()
     } else {
         warp::path(segment).and(warp::path::end()).boxed()
     };
-    path.and(warp::get())
+    path.and(get_or_head())
+}
+
+/// GET, or HEAD: what HTTP has every server take where it takes GET (uptime monitors and load
+/// balancers probe with it); hyper sends a HEAD's answer without its body.
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
 }
 
 fn with(tier: Arc<WebTier>) -> impl Filter<Extract = (Arc<WebTier>,), Error = Infallible> + Clone {
