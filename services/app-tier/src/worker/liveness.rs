@@ -35,6 +35,8 @@ impl Progress {
     }
 }
 
+/// Beats every `every` while the loop moves (and tells systemd's watchdog on EC2); a stalled
+/// loop falls silent, so its fleet replaces it.
 pub(super) async fn heartbeat(status: Arc<dyn InstanceStatus>, progress: Progress, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,6 +60,8 @@ pub(super) async fn heartbeat(status: Arc<dyn InstanceStatus>, progress: Progres
     }
 }
 
+/// Keeps `receipts` hidden from other workers while the loop moves and the worker still holds
+/// them; a stalled loop lets them return after their visibility timeout.
 pub(super) async fn keep_invisible(worker: Arc<Worker>, receipts: Vec<Receipt>, visibility: Duration) {
     // Three extensions per timeout: one lost or late call does not let the requests go.
     let mut tick = tokio::time::interval(visibility / 3);
