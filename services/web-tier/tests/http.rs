@@ -86,20 +86,20 @@ async fn routes_answer_by_path_then_method() {
     let delete = client.delete(format!("{}status", web.url())).send().await.unwrap();
     assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED);
     // HEAD wherever GET is (monitors probe with it): GET's status and headers, no body.
+    let head = |path: String| client.head(format!("{}{path}", web.url())).send();
     for path in ["healthz", "", "status", "status/history", "dashboard", "metrics"] {
-        let head = client.head(format!("{}{path}", web.url())).send().await.unwrap();
-        assert_eq!(head.status(), StatusCode::OK, "HEAD /{path}");
-        assert!(head.headers().contains_key("content-type"), "HEAD /{path}");
-        assert!(head.bytes().await.unwrap().is_empty(), "HEAD /{path}");
+        let response = head(path.into()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "HEAD /{path}");
+        assert!(response.headers().contains_key("content-type"), "HEAD /{path}");
+        assert!(response.bytes().await.unwrap().is_empty(), "HEAD /{path}");
     }
-    let head = client
-        .head(format!("{}jobs/{}", web.url(), "0".repeat(32)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), StatusCode::NOT_FOUND);
-    let head = client.head(format!("{}nope", web.url())).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+    for path in [format!("jobs/{}", "0".repeat(32)), "nope".into()] {
+        assert_eq!(
+            head(path.clone()).await.unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "HEAD /{path}"
+        );
+    }
     web.stop().await.unwrap();
 }
 
