@@ -5,6 +5,7 @@ a burst with every label right and no call denied."""
 import subprocess
 import sys
 import threading
+import time
 
 import boto3
 import botocore
@@ -188,3 +189,32 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
     for op in ("web_tier PutObject", "web_tier SetDesiredCapacity", "web_tier CreateTags",
                "app_tier SetInstanceProtection", "app_tier GetObject", "app_tier SendMessageBatch"):
         assert calls.get(op, 0) > 0, (op, calls)
+
+
+def test_a_worker_that_cannot_start_says_so_in_status_under_the_deployed_roles(tmp_path):
+    """Auto Scaling sees an instance whose worker cannot load its model as a healthy launch: it
+    stayed in service, idle, with nothing in /status saying why. Each worker now records its start
+    in the output bucket, which the scaler reads, both under the roles Terraform renders."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for name in ("manifest.json", "labels.json"):
+        (broken / name).write_bytes((MODEL / name).read_bytes())
+    (broken / "model.onnx").write_bytes(b"not a model")
+    image = ROOT / "services/classifier/tests/fixtures/small.jpg"
+    with Rehearsal(tmp_path / "rehearsal", app_env={"IMGREC__INFERENCE__MODEL_DIR": str(broken)}) as rehearsal:
+        # One upload: the scaler launches an instance for it, whose worker cannot start.
+        upload = threading.Thread(target=lambda: requests.post(
+            rehearsal.url, files={"myfile": ("small.jpg", image.read_bytes())}, timeout=120), daemon=True)
+        upload.start()
+        failure, deadline = None, time.monotonic() + 120
+        while failure is None and time.monotonic() < deadline:
+            failure = rehearsal.status()["capacity"]["launch_failure"]
+            time.sleep(0.5)
+        seen = sorted(rehearsal.player.seen)
+        stats = rehearsal.stats()
+    print(f"\n/status launch_failure: {failure}")
+    assert failure is not None, ("/status never said why no worker serves", seen, stats["calls"])
+    assert "cannot start" in failure["reason"] and any(i in failure["reason"] for i in seen), (failure, seen)
+    assert stats["total_denied"] == 0, stats["denials"]
+    calls = stats["calls"]
+    assert calls.get("web_tier ListObjectsV2", 0) > 0, calls

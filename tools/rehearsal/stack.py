@@ -91,10 +91,12 @@ class Outcome:
 
 
 class Rehearsal:
-    def __init__(self, workdir: Path | None = None, timing: dict | None = None):
+    def __init__(self, workdir: Path | None = None, timing: dict | None = None, app_env: dict | None = None):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="imgrec-rehearsal-")
         self.dir = Path(workdir or self._tmp.name)
         self.timing = TIMING if timing is None else timing
+        # What differs on the app tier's instances (a broken model, say).
+        self.app_env = app_env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.moto = MotoServer()
@@ -147,7 +149,7 @@ class Rehearsal:
         self.spawn("web-tier", [BIN / "web-tier"], web_env)
         self.spawn("scaler", [BIN / "scaler", "run"], web_env)
         self.player = InstancePlayer(self.moto.endpoint, [NAMES["auto_scaling_group"], NAMES["spot_group"]],
-                                     self.env(APP_KEY), self.dir / "instances", self.dir / "logs").start()
+                                     {**self.env(APP_KEY), **self.app_env}, self.dir / "instances", self.dir / "logs").start()
         wait_for("the web tier answers", lambda: self._healthy(), 60)
 
     def instance_env(self) -> dict:

@@ -798,3 +798,84 @@ async fn a_request_given_back_by_more_interrupted_workers_than_max_receives_is_a
     other.stop().await.unwrap();
     web.stop().await.unwrap();
 }
+
+/// An instance that keeps what its worker said of its start: `None` for started, the reason
+/// for a failed start.
+#[derive(Default)]
+struct Starts(std::sync::Mutex<Vec<Option<String>>>);
+
+#[async_trait::async_trait]
+impl imgrec_domain::ports::InstanceStatus for Starts {
+    async fn report(&self, _: imgrec_domain::ports::InstanceState, _: bool) -> imgrec_domain::ports::PortResult<()> {
+        Ok(())
+    }
+    async fn started(&self) -> imgrec_domain::ports::PortResult<()> {
+        self.0.lock().unwrap().push(None);
+        Ok(())
+    }
+    async fn failed_to_start(&self, reason: &str) -> imgrec_domain::ports::PortResult<()> {
+        self.0.lock().unwrap().push(Some(reason.to_owned()));
+        Ok(())
+    }
+}
+
+/// Finding: on EC2 a worker whose model did not load exited (systemd restarting it every 2 s)
+/// and left its instance in service and idle, with nothing in `/status` saying why: Auto
+/// Scaling saw a healthy launch. Now the worker tells its fleet why it cannot start, and that it
+/// started once it does (which clears the failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_tells_its_fleet_whether_it_could_start() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = one_web_tier_and_worker(dir.path());
+    let good_model = settings.inference.model_dir.clone();
+    let broken_model = dir.path().join("broken-model");
+    std::fs::create_dir(&broken_model).unwrap();
+    for file in ["manifest.json", "labels.json"] {
+        std::fs::copy(good_model.join(file), broken_model.join(file)).unwrap();
+    }
+    std::fs::write(broken_model.join("model.onnx"), b"not a model").unwrap();
+    settings.inference.model_dir = broken_model;
+
+    let instance = Arc::new(Starts::default());
+    let (_stopper, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
+    let serve = app_tier::worker::serve_as(
+        settings.clone(),
+        "app-instance1".into(),
+        instance.clone(),
+        Default::default(),
+        shutdown,
+    );
+    let err = tokio::time::timeout(Duration::from_secs(30), serve)
+        .await
+        .expect("a worker that cannot start exits")
+        .expect_err("a broken model is a failed start");
+    let said = instance.0.lock().unwrap().clone();
+    assert_eq!(said, [Some(format!("{err:#}"))], "the whole reason, once");
+    assert!(said[0].as_ref().unwrap().contains("model.onnx"), "{said:?}");
+
+    settings.inference.model_dir = good_model;
+    let instance = Arc::new(Starts::default());
+    let (stopper, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
+    let worker = tokio::spawn(app_tier::worker::serve_as(
+        settings,
+        "app-instance1".into(),
+        instance.clone(),
+        Default::default(),
+        shutdown,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while instance.0.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the worker never said it started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*instance.0.lock().unwrap(), [None], "started, and nothing else said");
+    stopper.stop();
+    tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+}

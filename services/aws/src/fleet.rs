@@ -12,7 +12,7 @@ use aws_sdk_autoscaling::types::{Activity, LifecycleState, ScalingActivityStatus
 use aws_sdk_ec2::types::{Filter, Tag};
 use tracing::{debug, info, warn};
 
-use crate::{Aws, Imds};
+use crate::{Aws, Imds, StartRecords};
 use imgrec_domain::ports::fleet::{instance_name, instance_number, plan, LAUNCH_FAILURE_WINDOW};
 use imgrec_domain::ports::{
     Fleet, FleetChange, Instance, InstanceState, InstanceStatus, LaunchFailure, PortError, PortResult, Purchase,
@@ -51,6 +51,8 @@ pub struct AsgFleet {
     known_names: Mutex<HashMap<String, String>>,
     /// The last cap the scaler gave (the groups' MaxSize until then): no name goes above it.
     cap: Mutex<Option<usize>>,
+    /// What the instances' workers say of their starts.
+    starts: Option<StartRecords>,
 }
 
 struct Group {
@@ -73,9 +75,16 @@ impl AsgFleet {
             first_seen: Mutex::new(HashMap::new()),
             known_names: Mutex::new(HashMap::new()),
             cap: Mutex::new(None),
+            starts: None,
         };
         fleet.groups().await?;
         Ok(fleet)
+    }
+
+    /// Also reports the workers that cannot start, from what they record in `starts`.
+    pub fn with_start_records(mut self, starts: StartRecords) -> Self {
+        self.starts = Some(starts);
+        self
     }
 
     /// Every group, in order, in one call.
@@ -377,8 +386,10 @@ impl Fleet for AsgFleet {
         }))
     }
 
+    /// The newest of the groups' failed launches and the workers' failed starts.
     async fn launch_failure(&self) -> PortResult<Option<LaunchFailure>> {
-        let mut newest: Option<LaunchFailure> = None;
+        let now = SystemTime::now();
+        let mut failures = Vec::new();
         for group in &self.groups {
             let request = self
                 .autoscaling
@@ -386,13 +397,12 @@ impl Fleet for AsgFleet {
                 .auto_scaling_group_name(group)
                 .max_records(20);
             let out = self.aws.call("DescribeScalingActivities", request.send()).await?;
-            if let Some(failure) = latest_launch_failure(out.activities(), SystemTime::now()) {
-                if newest.as_ref().is_none_or(|n| failure.at_s > n.at_s) {
-                    newest = Some(failure);
-                }
-            }
+            failures.extend(latest_launch_failure(out.activities(), now));
         }
-        Ok(newest)
+        if let Some(starts) = &self.starts {
+            failures.extend(starts.latest_failure(now).await?);
+        }
+        Ok(failures.into_iter().max_by_key(|f| f.at_s))
     }
 }
 
@@ -428,6 +438,8 @@ pub struct AsgInstanceStatus {
     imds: Option<Imds>,
     /// The group's launch lifecycle hook, completed once the worker is ready.
     launch_hook: Option<String>,
+    /// Where this instance says whether its worker could start.
+    starts: Option<StartRecords>,
 }
 
 impl AsgInstanceStatus {
@@ -439,7 +451,14 @@ impl AsgInstanceStatus {
             instance_id: instance_id.to_owned(),
             imds: None,
             launch_hook: None,
+            starts: None,
         }
+    }
+
+    /// Records in `starts` whether the worker could start, for the fleet's `launch_failure`.
+    pub fn with_start_records(mut self, starts: StartRecords) -> Self {
+        self.starts = Some(starts);
+        self
     }
 
     /// Reads the warm pool state and Spot notices from the instance metadata service, and
@@ -541,6 +560,20 @@ impl InstanceStatus for AsgInstanceStatus {
         match &self.imds {
             Some(imds) => imds.spot_reclaim_at().await,
             None => Ok(None),
+        }
+    }
+
+    async fn started(&self) -> PortResult<()> {
+        match &self.starts {
+            Some(starts) => starts.record(&self.instance_id, None).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn failed_to_start(&self, reason: &str) -> PortResult<()> {
+        match &self.starts {
+            Some(starts) => starts.record(&self.instance_id, Some(reason)).await,
+            None => Ok(()),
         }
     }
 }

@@ -12,6 +12,7 @@ mod metrics;
 mod s3;
 mod sqs;
 mod ssm;
+mod starts;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;
 pub use sqs::{SqsQueue, SqsResponseQueues};
 pub use ssm::secure_parameter;
+pub use starts::StartRecords;
 
 use imgrec_domain::ports::ApiCalls;
 

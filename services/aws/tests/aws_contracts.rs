@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgrec_aws::bootstrap::{self, Resources};
-use imgrec_aws::{AsgFleet, Aws, S3ObjectStore, SqsQueue};
-use imgrec_domain::ports::{ApiCalls, Fleet, ObjectKey, ObjectStore, PortError, WorkQueue};
+use imgrec_aws::{AsgFleet, AsgInstanceStatus, Aws, S3ObjectStore, SqsQueue, StartRecords};
+use imgrec_domain::ports::{ApiCalls, Fleet, InstanceStatus, ObjectKey, ObjectStore, PortError, WorkQueue};
 use imgrec_testkit::{self as contract, Delivery, Moto, QueuePair};
 
 fn resources<'a>(buckets: &'a [&'a str], group: Option<(&'a str, usize)>) -> Resources<'a> {
@@ -120,6 +120,70 @@ async fn auto_scaling_fleet_contract() {
     let fleet = AsgFleet::open(&aws, &["app-tier"]).await.unwrap();
     assert_eq!(fleet.max_size().await.unwrap(), Some(20));
     contract::fleet_contract(Arc::new(fleet), Duration::from_secs(20), false).await;
+}
+
+/// Auto Scaling sees an instance whose worker cannot start (its model does not load) as a
+/// healthy launch: the worker says why in the output bucket, and the fleet's `launch_failure`
+/// shows it until a worker starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_that_cannot_start_show_in_the_fleets_launch_failure() {
+    let moto = Moto::start();
+    let aws = Aws::new(moto.sdk().await, ApiCalls::default());
+    bootstrap::create(&aws, &resources(&["output-bucket"], Some(("app-tier", 20))))
+        .await
+        .unwrap();
+    let starts = StartRecords::new(&aws, "output-bucket");
+    let fleet = AsgFleet::open(&aws, &["app-tier"])
+        .await
+        .unwrap()
+        .with_start_records(starts.clone());
+    let instance = |id: &str| AsgInstanceStatus::new(&aws, "app-tier", id).with_start_records(starts.clone());
+    assert_eq!(fleet.launch_failure().await.unwrap(), None, "nothing said yet");
+
+    instance("i-0aaa").started().await.unwrap();
+    assert_eq!(fleet.launch_failure().await.unwrap(), None);
+    // S3 keeps times to the second: each start in a second of its own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let broken = instance("i-0bbb");
+    broken
+        .failed_to_start("cannot load models/x/model.onnx: not a model")
+        .await
+        .unwrap();
+    let failure = fleet.launch_failure().await.unwrap().expect("shown");
+    assert!(failure.reason.contains("i-0bbb"), "{failure:?}");
+    assert!(
+        failure.reason.ends_with("cannot load models/x/model.onnx: not a model"),
+        "{failure:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(failure.at_s.abs_diff(now) < 60, "{failure:?} at {now}");
+
+    // Reasons are bounded; a record nobody can read still says whose it is.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    broken.failed_to_start(&"x".repeat(10_000)).await.unwrap();
+    let failure = fleet.launch_failure().await.unwrap().expect("shown");
+    assert!(failure.reason.len() < 500, "{} bytes", failure.reason.len());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let store = S3ObjectStore::new(&aws);
+    let garbled = ObjectKey::new("_imgrec/starts/i-0ddd").unwrap();
+    store.put("output-bucket", &garbled, "{".into()).await.unwrap();
+    let failure = fleet.launch_failure().await.unwrap().expect("shown");
+    assert!(
+        failure.reason.contains("i-0ddd") && failure.reason.contains("unreadable"),
+        "{failure:?}"
+    );
+
+    // Another instance starting clears it, as a local worker that gets ready does.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    instance("i-0ccc").started().await.unwrap();
+    assert_eq!(fleet.launch_failure().await.unwrap(), None);
+    // The fleet without the records (as before) says nothing of them.
+    let plain = AsgFleet::open(&aws, &["app-tier"]).await.unwrap();
+    broken.failed_to_start("again").await.unwrap();
+    assert_eq!(plain.launch_failure().await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -9,7 +9,9 @@
 //!   dead-lettered);
 //! - `_imgrec/jobs/<id>.callback`: the callback's delivery, claimed by one web tier;
 //! - `_imgrec/idempotency/<digest>`: the first upload with an `Idempotency-Key` (`Claim`), and
-//!   `_imgrec/idempotency/<digest>/answer` its answer.
+//!   `_imgrec/idempotency/<digest>/answer` its answer;
+//! - `_imgrec/starts/<instance id>` (on AWS): whether that instance's worker could start, kept by
+//!   the AWS adapters (`imgrec_aws::StartRecords`).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -83,6 +83,41 @@ struct Worker {
     held: Mutex<HashMap<Receipt, Job>>,
 }
 
+impl Worker {
+    /// Connects to the buckets and queues and loads the model: what a worker cannot serve
+    /// without.
+    async fn start(
+        settings: Settings,
+        name: String,
+        connection: Connection,
+        progress: Progress,
+    ) -> anyhow::Result<Self> {
+        let adapters = Adapters::connect_as(&settings, Some(&name), connection).await?;
+        let (inference, limits) = (settings.inference.clone(), settings.image_limits);
+        let slots = backend::inference_slots(&settings)?;
+        let inference = InferenceThread::start(inference, limits).await?;
+        let result_metadata = model_metadata(&inference.model.name, &inference.model.version);
+        Ok(Self {
+            name,
+            settings,
+            adapters,
+            inference,
+            slots,
+            progress,
+            result_metadata,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Tells the fleet why this worker cannot start (on EC2 nothing else would), and passes on `e`.
+async fn cannot_start(status: &dyn InstanceStatus, e: anyhow::Error) -> anyhow::Error {
+    if let Err(told) = status.failed_to_start(&format!("{e:#}")).await {
+        warn!(error = %told, "cannot tell the fleet why this worker cannot start");
+    }
+    e
+}
+
 /// The longest wait between two tries of a failing receive (well under the stall timeout).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -101,7 +136,9 @@ pub async fn serve_as(
     connection: Connection,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    status.report(InstanceState::Pending, false).await?;
+    if let Err(e) = status.report(InstanceState::Pending, false).await {
+        return Err(cannot_start(&*status, e.into()).await);
+    }
     let progress = Progress::new(settings.app_tier.stall_timeout());
     // Beats until the end of this function: stopping (the last batch answered) is progress too.
     let heartbeats = tokio::spawn(heartbeat(
@@ -109,21 +146,16 @@ pub async fn serve_as(
         progress.clone(),
         settings.app_tier.heartbeat(),
     ));
-    let adapters = Adapters::connect_as(&settings, Some(&name), connection).await?;
-    let (inference, limits) = (settings.inference.clone(), settings.image_limits);
-    let slots = backend::inference_slots(&settings)?;
-    let inference = InferenceThread::start(inference, limits).await?;
-    let result_metadata = model_metadata(&inference.model.name, &inference.model.version);
-    let worker = Arc::new(Worker {
-        name,
-        settings,
-        adapters,
-        inference,
-        slots,
-        progress: progress.clone(),
-        result_metadata,
-        held: Mutex::new(HashMap::new()),
-    });
+    let worker = match Worker::start(settings, name, connection, progress.clone()).await {
+        Ok(worker) => Arc::new(worker),
+        Err(e) => {
+            heartbeats.abort();
+            return Err(cannot_start(&*status, e).await);
+        }
+    };
+    if let Err(e) = status.started().await {
+        warn!(error = %e, "cannot tell the fleet this worker started");
+    }
     while until_in_service(&*status, &progress, &mut shutdown).await? {
         if worker.clone().serve_stint(status.clone(), &shutdown).await? == Stint::Stopped {
             break;

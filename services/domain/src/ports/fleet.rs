@@ -201,6 +201,17 @@ pub trait InstanceStatus: Send + Sync + 'static {
     async fn reclaim_at(&self) -> PortResult<Option<SystemTime>> {
         Ok(None)
     }
+    /// Tells the fleet that this instance's worker started (model loaded, buckets and queues
+    /// found), clearing an earlier `failed_to_start` from `Fleet::launch_failure`. A fleet that
+    /// watches its processes sees as much itself, so by default nothing is sent.
+    async fn started(&self) -> PortResult<()> {
+        Ok(())
+    }
+    /// Tells the fleet why this instance's worker cannot start, for `Fleet::launch_failure`
+    /// (on EC2 the instance itself launched, and stays in service, idle, while it restarts).
+    async fn failed_to_start(&self, _reason: &str) -> PortResult<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

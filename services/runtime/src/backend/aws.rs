@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use imgrec_aws::{
     AsgFleet, AsgInstanceStatus, Aws, CloudWatchSink, Endpoint, S3Lease, S3ObjectStore, SqsQueue, SqsResponseQueues,
+    StartRecords,
 };
 use imgrec_domain::ports::{Fleet, InstanceStatus, Lease, MetricsSink};
 use tokio::sync::OnceCell;
@@ -50,7 +51,8 @@ pub async fn adapters(settings: &Settings, connection: Connection) -> anyhow::Re
 
 pub async fn fleet(settings: &Settings, connection: &Connection) -> anyhow::Result<Arc<dyn Fleet>> {
     let aws = aws(settings, connection).await;
-    Ok(Arc::new(AsgFleet::open(aws, &settings.aws.app_groups()).await?))
+    let fleet = AsgFleet::open(aws, &settings.aws.app_groups()).await?;
+    Ok(Arc::new(fleet.with_start_records(start_records(aws, settings))))
 }
 
 pub async fn scaler_lease(
@@ -96,11 +98,18 @@ pub async fn instance_status(
     } else {
         AsgInstanceStatus::new(aws, group, &id)
     };
+    let status = status.with_start_records(start_records(aws, settings));
     Ok(Arc::new(if on_ec2 {
         status.on_ec2(settings.aws.launch_hook.as_deref())
     } else {
         status
     }))
+}
+
+/// Where workers say whether they could start: with the records in the output bucket, which the
+/// app tier writes to and the web tier (with its scaler) reads.
+fn start_records(aws: &Aws, settings: &Settings) -> StartRecords {
+    StartRecords::new(aws, &settings.buckets.output)
 }
 
 /// This EC2 instance's id, from the instance metadata service (IMDSv2, as Terraform requires).

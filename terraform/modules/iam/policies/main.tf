@@ -168,7 +168,9 @@ locals {
     },
     # A result is written only over an older upload's: HeadObject (s3:GetObject) reads the stored
     # result's order and ETag, a conditional PutObject writes (a missing key reads as 404, not 403,
-    # thanks to FindBuckets' ListBucket on the output bucket).
+    # thanks to FindBuckets' ListBucket on the output bucket). Each worker also records there
+    # whether it could start (_imgrec/starts/<instance id>), which the scaler lists and reads
+    # through FindBuckets and KeepJobRecords.
     {
       Sid      = "StoreResults"
       Effect   = "Allow"
