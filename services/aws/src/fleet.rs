@@ -489,6 +489,21 @@ impl AsgInstanceStatus {
         }
     }
 
+    /// Whether the group keeps (or is putting) this instance in its warm pool, as the instance
+    /// metadata says; unknown (off EC2, or the metadata unreadable) counts as not.
+    async fn in_warm_pool(&self) -> bool {
+        let Some(imds) = &self.imds else {
+            return false;
+        };
+        match imds.target_lifecycle_state().await {
+            Ok(target) => target.is_some_and(|t| t.starts_with("Warmed:")),
+            Err(e) => {
+                debug!(error = %e, "cannot read the lifecycle state");
+                false
+            }
+        }
+    }
+
     /// The status of `instance_id` in whichever of the app tier's groups launched it (an
     /// instance in the warm pool is not listed yet: it belongs to `fallback`, the group that has
     /// the pool).
@@ -510,6 +525,13 @@ impl InstanceStatus for AsgInstanceStatus {
     async fn report(&self, state: InstanceState, busy: bool) -> PortResult<()> {
         // Readiness is the group's lifecycle state; only busyness is ours to report.
         let protect = busy && state == InstanceState::Running;
+        if state != InstanceState::Running && self.in_warm_pool().await {
+            // AWS refuses SetInstanceProtection on an instance in a warm pool (API reference),
+            // and there is nothing to protect there: the group's scale-in does not reach it.
+            // Refused, a worker initialised for the pool would never load its model.
+            debug!(?state, "in the warm pool: no scale-in protection to set");
+            return Ok(());
+        }
         let request = self
             .autoscaling
             .set_instance_protection()
@@ -668,6 +690,37 @@ mod tests {
         let mut status = AsgInstanceStatus::new(&Aws::new(sdk, Default::default()), group, "i-0123");
         status.imds = Some(Imds::at(&imds.url));
         status
+    }
+
+    /// Found by reading AWS's API reference: "This operation cannot be called on instances in a
+    /// warm pool" (SetInstanceProtection). A worker initialised for the warm pool reported its
+    /// state first thing, was refused, and exited, so it never loaded its model nor completed the
+    /// launch lifecycle action (moto takes the call). Here the API is unreachable (no region):
+    /// a call made fails.
+    #[tokio::test]
+    async fn no_scale_in_protection_is_set_in_the_warm_pool() {
+        use crate::imds::fake::FakeImds;
+
+        const TARGET: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+        let imds = FakeImds::start().await;
+        let status = reading(&imds, "imgrec-app-tier");
+        for target in ["Warmed:Hibernated", "Warmed:Stopped", "Warmed:Running"] {
+            imds.set(TARGET, target);
+            for state in [InstanceState::Pending, InstanceState::Stopping] {
+                status.report(state, false).await.unwrap();
+            }
+        }
+        imds.set(TARGET, "InService");
+        status
+            .report(InstanceState::Pending, false)
+            .await
+            .expect_err("in service, the call is made");
+        // Serving is only ever reported in service; the call is made whatever the metadata says.
+        imds.set(TARGET, "Warmed:Hibernated");
+        status
+            .report(InstanceState::Running, true)
+            .await
+            .expect_err("the call is made");
     }
 
     /// The lifecycle as an instance reads it from its instance metadata: in service until the
