@@ -7,6 +7,7 @@ pub mod bootstrap;
 mod call;
 mod fleet;
 mod imds;
+mod instance_status;
 mod lease;
 mod metrics;
 mod s3;
@@ -21,8 +22,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 pub use call::{Aws, AwsError};
-pub use fleet::{AsgFleet, AsgInstanceStatus};
+pub use fleet::AsgFleet;
 pub use imds::Imds;
+pub use instance_status::AsgInstanceStatus;
 pub use lease::S3Lease;
 pub use metrics::CloudWatchSink;
 pub use s3::S3ObjectStore;
