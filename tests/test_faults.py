@@ -204,6 +204,8 @@ def test_a_model_that_does_not_load_holds_back_launches_and_says_why(tmp_path, t
             failure = wait_until("/status says why no instance starts",
                                  lambda: stack.status()["capacity"]["launch_failure"], 45)
             assert "exit before they are ready" in failure["reason"], failure
+            # In the worker's own words, as on EC2.
+            assert "the last said: cannot load" in failure["reason"], failure
             launches = stack.logs().count("launched app-tier instance")
             assert 2 <= launches <= 8, f"{launches} launches in the first ~30 s"
             assert not answer.done()

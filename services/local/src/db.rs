@@ -77,6 +77,8 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
         ("instances", "pid", "INTEGER"),
         ("instances", "owner", "TEXT"),
         ("instances", "beat_mono_ms", "INTEGER"),
+        // Why the worker could not start, in its own words (`InstanceStatus::failed_to_start`).
+        ("instances", "start_failure", "TEXT"),
     ] {
         add_column(&conn, table, column, kind)
             .with_context(|| format!("cannot upgrade the schema in {}", path.display()))?;

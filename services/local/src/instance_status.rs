@@ -82,4 +82,16 @@ impl InstanceStatus for SqliteInstanceStatus {
         }
         Ok(())
     }
+
+    /// Kept in the instance's row, where its fleet reads it once the process has exited.
+    async fn failed_to_start(&self, reason: &str) -> PortResult<()> {
+        let reason = reason.to_owned();
+        self.write(move |conn, name| {
+            conn.prepare_cached("UPDATE instances SET start_failure = ?2 WHERE name = ?1")?
+                .execute(params![name, reason])
+        })
+        .await
+        .map(drop)
+        .map_err(fleet_error)
+    }
 }

@@ -403,7 +403,7 @@ impl Processes {
              WHERE ?4 IS NULL
                 OR EXISTS (SELECT 1 FROM leases WHERE name = ?4 AND holder = ?3 AND expires_at_ms > ?2)
              ON CONFLICT (name) DO UPDATE SET state = 'pending', busy = 0, updated_at_ms = ?2, pid = NULL, owner = ?3,
-                 beat_mono_ms = NULL
+                 beat_mono_ms = NULL, start_failure = NULL
              WHERE instances.owner = ?3 OR instances.owner IS NULL",
             params![name, now_ms() as i64, self.owner, self.fence.get()],
         )?;
@@ -539,6 +539,18 @@ impl Processes {
         }
     }
 
+    /// Why `name` said it could not start, if it did.
+    fn start_failure(&self, name: &str) -> Option<String> {
+        let conn = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let said = conn
+            .prepare_cached("SELECT start_failure FROM instances WHERE name = ?1")
+            .and_then(|mut s| s.query_row([name], |r| r.get::<_, Option<String>>(0)));
+        said.unwrap_or_else(|e| {
+            tracing::debug!(instance = name, error = %e, "cannot read why the instance could not start");
+            None
+        })
+    }
+
     fn start_failures(&self) -> std::sync::MutexGuard<'_, StartFailures> {
         self.start_failures.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -551,6 +563,7 @@ impl Processes {
                 .filter(|r| r.beat_mono_ms.is_some_and(|t| t >= w.launched_mono_ms))
         };
         let mut gone = Vec::new();
+        let mut failed_starts = Vec::new();
         let mut instances = Vec::new();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -559,8 +572,7 @@ impl Processes {
                     self.note_ready(w, report(name, w));
                     if w.failed_to_start() {
                         tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly before it was ready; the next launch waits");
-                        self.start_failures()
-                            .failed(Instant::now(), SystemTime::now(), &status.to_string());
+                        failed_starts.push((name.clone(), status.to_string()));
                     } else if !w.retiring {
                         tracing::warn!(instance = %name, %status, "app-tier instance exited unexpectedly; it will be replaced");
                     } else {
@@ -596,6 +608,12 @@ impl Processes {
                     purchase: None,
                 });
             }
+        }
+        // Read once the process is gone (what it said came before its exit), before its row is.
+        for (name, how) in failed_starts {
+            let said = self.start_failure(&name);
+            self.start_failures()
+                .failed(Instant::now(), SystemTime::now(), &how, said.as_deref());
         }
         for name in gone {
             self.forget(&name, Gone::Own);
@@ -863,6 +881,45 @@ mod tests {
         assert_eq!(fleet.launch_failure().await.unwrap(), None);
         fleet.shutdown().await.unwrap();
     }
+    /// A worker that says why it cannot start (`InstanceStatus::failed_to_start`, as the app tier
+    /// does) before it exits: its words end the fleet's launch failure, for this start only.
+    #[tokio::test]
+    async fn what_a_worker_said_of_its_failed_start_is_the_fleets_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        let go = dir.path().join("go");
+        let exits_on_go = shell(format!(
+            "while [ ! -e {0} ]; do sleep 0.02; done; rm -f {0}; exit 1",
+            go.display()
+        ));
+        let fleet = ProcessFleet::new(exits_on_go, &db, Duration::from_secs(3600), "web-a").unwrap();
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        let said = "cannot load models/x/model.onnx: Protobuf parsing failed.";
+        let status = SqliteInstanceStatus::open(&db, NAME).unwrap();
+        status.failed_to_start(said).await.unwrap();
+        std::fs::write(&go, b"").unwrap();
+        until_none_left(&fleet).await;
+        let failure = fleet.launch_failure().await.unwrap().expect("reported");
+        assert!(
+            failure.reason.ends_with(&format!("the last said: {said}")),
+            "{}",
+            failure.reason
+        );
+
+        // The next start under the name says nothing: the earlier words are not its.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(fleet.scale_to(1, 4).await.unwrap().launch, [NAME]);
+        std::fs::write(&go, b"").unwrap();
+        until_none_left(&fleet).await;
+        let failure = fleet.launch_failure().await.unwrap().expect("reported");
+        assert!(failure.reason.contains("(2 in a row"), "{}", failure.reason);
+        assert!(
+            failure.reason.contains("their error is in the log"),
+            "{}",
+            failure.reason
+        );
+    }
+
     /// A worker that reports ready and exits before the fleet's next look was still a start that
     /// worked: the run of failures before it ends, and its exit is a crash to replace, not a hold.
     #[tokio::test]

@@ -20,8 +20,9 @@ pub(crate) struct StartFailures {
 }
 
 impl StartFailures {
-    /// An instance exited (`how`: its exit status) before it reported ready.
-    pub fn failed(&mut self, now: Instant, at: SystemTime, how: &str) {
+    /// An instance exited (`how`: its exit status) before it reported ready, having said why
+    /// (`said`) if it could.
+    pub fn failed(&mut self, now: Instant, at: SystemTime, how: &str, said: Option<&str>) {
         self.in_a_row = self.in_a_row.saturating_add(1);
         let hold = FIRST_HOLD
             .saturating_mul(1 << (self.in_a_row - 1).min(16))
@@ -30,12 +31,21 @@ impl StartFailures {
         let at_s = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         self.latest = Some(LaunchFailure {
             at_s,
-            reason: format!(
-                "app-tier instances exit before they are ready ({} in a row, the last with {how}; \
-                 their error is in the log); launches wait {} s",
-                self.in_a_row,
-                hold.as_secs()
-            ),
+            // Its own words last: what a status line cuts short is their tail.
+            reason: match said {
+                Some(said) => format!(
+                    "app-tier instances exit before they are ready ({} in a row, the last with {how}); \
+                     launches wait {} s; the last said: {said}",
+                    self.in_a_row,
+                    hold.as_secs()
+                ),
+                None => format!(
+                    "app-tier instances exit before they are ready ({} in a row, the last with {how}; \
+                     their error is in the log); launches wait {} s",
+                    self.in_a_row,
+                    hold.as_secs()
+                ),
+            },
         });
     }
 
@@ -70,7 +80,12 @@ mod tests {
 
         let holds: Vec<u64> = (0..8)
             .map(|_| {
-                failures.failed(t0, SystemTime::UNIX_EPOCH + Duration::from_secs(7), "exit status: 1");
+                failures.failed(
+                    t0,
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+                    "exit status: 1",
+                    None,
+                );
                 failures.held(t0).unwrap().as_secs()
             })
             .collect();
@@ -83,6 +98,7 @@ mod tests {
             latest.reason
         );
         assert!(latest.reason.contains("launches wait 30 s"), "{}", latest.reason);
+        assert!(latest.reason.contains("their error is in the log"), "{}", latest.reason);
 
         // The hold runs out on its own ...
         assert_eq!(failures.held(t0 + Duration::from_secs(30)), None);
@@ -93,7 +109,20 @@ mod tests {
         // ... and a ready instance forgets the run: the next failure holds for the first hold again.
         failures.ready();
         assert_eq!((failures.held(t0), failures.latest()), (None, None));
-        failures.failed(t0, SystemTime::UNIX_EPOCH, "signal: 9 (SIGKILL)");
+        failures.failed(t0, SystemTime::UNIX_EPOCH, "signal: 9 (SIGKILL)", None);
         assert_eq!(failures.held(t0), Some(FIRST_HOLD));
+    }
+
+    #[test]
+    fn what_the_instance_said_ends_the_reason() {
+        let mut failures = StartFailures::default();
+        let said = "cannot load models/x/model.onnx: Protobuf parsing failed.";
+        failures.failed(Instant::now(), SystemTime::UNIX_EPOCH, "exit status: 1", Some(said));
+        let reason = failures.latest().unwrap().reason;
+        assert!(
+            reason.starts_with("app-tier instances exit before they are ready (1 in a row"),
+            "{reason}"
+        );
+        assert!(reason.ends_with(&format!("; the last said: {said}")), "{reason}");
     }
 }
