@@ -21,7 +21,7 @@ use imgrec_domain::ports::{LaunchFailure, PortResult};
 /// Under the output bucket's records.
 pub const PREFIX: &str = "_imgrec/starts/";
 
-/// Reasons carry the error chain; the cause comes first, and the dashboard has a line for it.
+/// Reasons carry the error chain, outermost context first; the dashboard shows a line of it.
 const MAX_REASON: usize = 400;
 
 /// What one start of an instance's worker came to.
