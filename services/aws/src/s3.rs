@@ -1,6 +1,8 @@
 //! The `ObjectStore` port on S3: versioned puts, reads of one version, conditional writes that
 //! keep the newest upload's result.
 
+use std::time::SystemTime;
+
 use anyhow::Context;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -69,6 +71,36 @@ impl S3ObjectStore {
             status.as_deref().unwrap_or("off")
         );
         Ok(())
+    }
+
+    /// Every object under `prefix` (all of them: ""), with when it was last written, in S3's
+    /// order (by key).
+    pub(crate) async fn list_written(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> PortResult<Vec<(String, Option<SystemTime>)>> {
+        let request = self.client.list_objects_v2().bucket(bucket);
+        let request = if prefix.is_empty() {
+            request
+        } else {
+            request.prefix(prefix)
+        };
+        let mut pages = request.into_paginator().send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = self
+                .aws
+                .record("ListObjectsV2", page)
+                .map_err(|e| e.on(bucket).into_store_error())?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    let written = object.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
+                    objects.push((key.to_owned(), written));
+                }
+            }
+        }
+        Ok(objects)
     }
 }
 
@@ -232,25 +264,11 @@ impl ObjectStore for S3ObjectStore {
     }
 
     async fn list(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>> {
-        let request = self.client.list_objects_v2().bucket(bucket);
-        let request = if prefix.is_empty() {
-            request
-        } else {
-            request.prefix(prefix)
-        };
-        let mut pages = request.into_paginator().send();
-        let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = self
-                .aws
-                .record("ListObjectsV2", page)
-                .map_err(|e| e.on(bucket).into_store_error())?;
-            for object in page.contents() {
-                if let Some(key) = object.key().and_then(|k| ObjectKey::new(k).ok()) {
-                    keys.push(key);
-                }
-            }
-        }
+        let objects = self.list_written(bucket, prefix).await?;
+        let mut keys: Vec<ObjectKey> = objects
+            .into_iter()
+            .filter_map(|(key, _)| ObjectKey::new(key).ok())
+            .collect();
         keys.sort();
         Ok(keys)
     }

@@ -10,13 +10,11 @@
 
 use std::time::SystemTime;
 
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::Aws;
+use crate::{Aws, S3ObjectStore};
 use imgrec_domain::ports::fleet::LAUNCH_FAILURE_WINDOW;
-use imgrec_domain::ports::{LaunchFailure, PortResult};
+use imgrec_domain::ports::{LaunchFailure, ObjectKey, ObjectStore, PortError, PortResult};
 
 /// Under the output bucket's records.
 pub const PREFIX: &str = "_imgrec/starts/";
@@ -34,16 +32,14 @@ struct Start {
 /// The start records in one bucket.
 #[derive(Clone)]
 pub struct StartRecords {
-    aws: Aws,
-    s3: Client,
+    store: S3ObjectStore,
     bucket: String,
 }
 
 impl StartRecords {
     pub fn new(aws: &Aws, bucket: &str) -> Self {
         Self {
-            aws: aws.clone(),
-            s3: crate::s3::client(&aws.sdk),
+            store: S3ObjectStore::new(aws),
             bucket: bucket.to_owned(),
         }
     }
@@ -54,18 +50,9 @@ impl StartRecords {
             failure: failure.map(|f| f.chars().take(MAX_REASON).collect()),
         };
         let body = serde_json::to_vec(&start).map_err(anyhow::Error::from)?;
-        let key = format!("{PREFIX}{instance_id}");
-        let request = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        self.aws
-            .call("PutObject", request.send())
-            .await
-            .map_err(|e| e.on(format_args!("{}/{key}", self.bucket)).into_store_error())?;
+        let key = ObjectKey::new(format!("{PREFIX}{instance_id}"))
+            .map_err(|e| PortError::Refused(format!("instance id {instance_id:?}: {e}")))?;
+        self.store.put(&self.bucket, &key, body.into()).await?;
         Ok(())
     }
 
@@ -79,19 +66,16 @@ impl StartRecords {
             return Ok(None);
         }
         for key in keys {
-            let request = self.s3.get_object().bucket(&self.bucket).key(&key);
-            let body = match self.aws.call("GetObject", request.send()).await {
-                Ok(out) => out.body.collect().await.map_err(anyhow::Error::from)?.into_bytes(),
-                // Expired between the listing and now.
-                Err(e) if e.code_is("NoSuchKey") => continue,
-                Err(e) => return Err(e.on(format_args!("{}/{key}", self.bucket)).into_store_error()),
+            // None: expired between the listing and now.
+            let Some(body) = self.store.get(&self.bucket, &key, None).await? else {
+                continue;
             };
             let failure = match serde_json::from_slice::<Start>(&body) {
                 Ok(start) => start.failure,
                 Err(e) => Some(format!("its start record is unreadable ({e})")),
             };
             if let Some(reason) = failure {
-                let instance = key.strip_prefix(PREFIX).unwrap_or(&key);
+                let instance = key.as_str().strip_prefix(PREFIX).unwrap_or(key.as_str());
                 return Ok(Some(LaunchFailure {
                     at_s: at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                     reason: format!("the worker on {instance} cannot start: {reason}"),
@@ -102,27 +86,16 @@ impl StartRecords {
     }
 
     /// When the newest records were written, and their keys.
-    async fn newest(&self) -> PortResult<Option<(SystemTime, Vec<String>)>> {
-        let request = self.s3.list_objects_v2().bucket(&self.bucket).prefix(PREFIX);
-        let mut pages = request.into_paginator().send();
-        let mut newest: Option<(SystemTime, Vec<String>)> = None;
-        while let Some(page) = pages.next().await {
-            let page = self
-                .aws
-                .record("ListObjectsV2", page)
-                .map_err(|e| e.on(&self.bucket).into_store_error())?;
-            for object in page.contents() {
-                let (Some(key), Some(at)) = (object.key(), object.last_modified()) else {
-                    continue;
-                };
-                let Ok(at) = SystemTime::try_from(*at) else {
-                    continue;
-                };
-                match &mut newest {
-                    Some((t, keys)) if at == *t => keys.push(key.to_owned()),
-                    Some((t, _)) if at < *t => {}
-                    _ => newest = Some((at, vec![key.to_owned()])),
-                }
+    async fn newest(&self) -> PortResult<Option<(SystemTime, Vec<ObjectKey>)>> {
+        let mut newest: Option<(SystemTime, Vec<ObjectKey>)> = None;
+        for (key, written) in self.store.list_written(&self.bucket, PREFIX).await? {
+            let (Some(at), Ok(key)) = (written, ObjectKey::new(key)) else {
+                continue;
+            };
+            match &mut newest {
+                Some((t, keys)) if at == *t => keys.push(key),
+                Some((t, _)) if at < *t => {}
+                _ => newest = Some((at, vec![key])),
             }
         }
         Ok(newest)

@@ -29,23 +29,19 @@ impl StartFailures {
             .min(MAX_HOLD);
         self.hold_until = Some(now + hold);
         let at_s = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        // Its own words last: what a status line cuts short is their tail.
+        let (see_log, words) = match said {
+            Some(said) => ("", format!("; the last said: {said}")),
+            None => ("; their error is in the log", String::new()),
+        };
         self.latest = Some(LaunchFailure {
             at_s,
-            // Its own words last: what a status line cuts short is their tail.
-            reason: match said {
-                Some(said) => format!(
-                    "app-tier instances exit before they are ready ({} in a row, the last with {how}); \
-                     launches wait {} s; the last said: {said}",
-                    self.in_a_row,
-                    hold.as_secs()
-                ),
-                None => format!(
-                    "app-tier instances exit before they are ready ({} in a row, the last with {how}; \
-                     their error is in the log); launches wait {} s",
-                    self.in_a_row,
-                    hold.as_secs()
-                ),
-            },
+            reason: format!(
+                "app-tier instances exit before they are ready ({} in a row, the last with {how}{see_log}); \
+                 launches wait {} s{words}",
+                self.in_a_row,
+                hold.as_secs()
+            ),
         });
     }
 
