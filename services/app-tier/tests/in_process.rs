@@ -879,3 +879,97 @@ async fn a_worker_tells_its_fleet_whether_it_could_start() {
         .unwrap()
         .unwrap();
 }
+
+/// An instance under a Spot interruption notice (or none), as its instance metadata says.
+struct Spot(tokio::sync::watch::Receiver<Option<std::time::SystemTime>>);
+
+#[async_trait::async_trait]
+impl imgrec_domain::ports::InstanceStatus for Spot {
+    async fn report(&self, _: imgrec_domain::ports::InstanceState, _: bool) -> imgrec_domain::ports::PortResult<()> {
+        Ok(())
+    }
+    async fn reclaim_at(&self) -> imgrec_domain::ports::PortResult<Option<std::time::SystemTime>> {
+        Ok(*self.0.borrow())
+    }
+}
+
+/// Asserts for `how_long` that the upload waits in the queue, taken by no worker, and that
+/// `worker` still runs.
+async fn taken_by_none(web: &web_tier::SpawnedWebTier, worker: &tokio::task::JoinHandle<anyhow::Result<()>>) {
+    for _ in 0..20 {
+        let status = status_json(web).await;
+        assert_eq!(status["queue"]["pending"], 1, "{status}");
+        assert_eq!(status["queue"]["in_flight"], 0, "{status}");
+        assert!(!worker.is_finished(), "the worker ended its process");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Finding: a worker drained for a Spot interruption notice ended its process, which systemd
+/// starts again 2 s later (Restart=always): the new worker took requests in the instance's last
+/// seconds, and a receive in flight (a 20 s long poll on EC2, let finish by the drain) could run
+/// past the reclaim, leaving what SQS handed it hidden until its visibility timeout. Now the
+/// drain starts a long poll earlier, and a worker drained (or started) that near the end takes
+/// nothing, keeps its process until the instance goes, and serves again if the notice is
+/// withdrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_drained_for_a_spot_interruption_takes_nothing_more_until_the_instance_goes() {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = one_web_tier_and_worker(dir.path());
+    settings.app_tier.drain_deadline_ms = 1_000;
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    // The drain starts this long before the reclaim: the deadline, a long poll and 5 s.
+    let lead = Duration::from_millis(1_000 + settings.app_tier.poll_wait_ms + 5_000);
+    let serve = |spot| {
+        let (stopper, shutdown) = imgrec_runtime::shutdown::Shutdown::new();
+        let worker = tokio::spawn(app_tier::worker::serve_as(
+            settings.clone(),
+            "app-instance1".into(),
+            Arc::new(Spot(spot)),
+            Default::default(),
+            shutdown,
+        ));
+        (stopper, worker)
+    };
+
+    // Reclaimed 2 s after the drain must start: it serves, then drains and waits.
+    let (notice, spot) = tokio::sync::watch::channel(Some(SystemTime::now() + lead + Duration::from_secs(2)));
+    let (stopper, worker) = serve(spot);
+    let label = upload_small(&web, "first.jpg").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let waiting = upload_small(&web, "second.jpg");
+    until_one_pending(&web).await;
+    taken_by_none(&web, &worker).await;
+    // The notice withdrawn: it serves again.
+    notice.send(None).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
+    stopper.stop();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+
+    // Started again (as systemd would) under a notice nearer its end than the drain's lead.
+    let (_notice, spot) = tokio::sync::watch::channel(Some(SystemTime::now() + Duration::from_secs(3)));
+    let (stopper, worker) = serve(spot);
+    let waiting = upload_small(&web, "third.jpg");
+    until_one_pending(&web).await;
+    taken_by_none(&web, &worker).await;
+    stopper.stop();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+    // Nothing was lost: the next worker answers it.
+    let other = app_tier::worker::spawn(settings, "app-instance2");
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    assert_eq!(answer.unwrap().unwrap(), label);
+    other.stop().await.unwrap();
+    web.stop().await.unwrap();
+}

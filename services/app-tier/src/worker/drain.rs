@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use imgrec_domain::config::AppTierSettings;
 use imgrec_domain::messages::ClassifyRequest;
 use imgrec_domain::ports::InstanceStatus;
 use imgrec_runtime::shutdown::{Shutdown, Stopper};
 use tracing::{debug, info, warn};
 
+use super::liveness::Progress;
 use super::Worker;
 use crate::poison::Job;
 
@@ -131,14 +133,61 @@ pub(super) async fn drain_when_out_of_service(status: Arc<dyn InstanceStatus>, s
     }
 }
 
-/// How often a worker looks for a Spot interruption notice, and how long before the instance is
-/// reclaimed (beyond the drain deadline) it starts draining.
+/// How often a worker looks for a Spot interruption notice (or, drained, for its withdrawal),
+/// and how long before the instance is reclaimed, beyond its drain and a long poll, it starts
+/// draining.
 const RECLAIM_POLL: Duration = Duration::from_secs(5);
 const RECLAIM_MARGIN: Duration = Duration::from_secs(5);
 
-/// On a Spot interruption notice, works on while the notice lasts and starts draining in time
-/// to be done (answered or given back) before EC2 reclaims the instance.
-pub(super) async fn drain_before_reclaim(status: Arc<dyn InstanceStatus>, stopper: Arc<Stopper>, drain: Duration) {
+/// How long before a Spot instance is reclaimed its worker starts draining: its drain deadline,
+/// then a whole long poll (a receive in flight is let finish, and what it took given back: one
+/// that ran past the reclaim would strand what SQS hands it until its visibility timeout), and a
+/// margin. On EC2: 4 + 20 + 5 s of the two-minute notice.
+pub(super) fn reclaim_lead(app_tier: &AppTierSettings) -> Duration {
+    app_tier.drain_deadline() + Duration::from_millis(app_tier.poll_wait_ms) + RECLAIM_MARGIN
+}
+
+/// Whether a Spot interruption notice leaves `lead` or less before the instance is reclaimed: too
+/// late to take any work (a worker started again late in a notice, or back from a drain).
+pub(super) async fn reclaimed_within(status: &dyn InstanceStatus, lead: Duration) -> bool {
+    match status.reclaim_at().await {
+        Ok(Some(at)) => at.duration_since(SystemTime::now()).unwrap_or_default() <= lead,
+        Ok(None) => false,
+        Err(e) => {
+            debug!(error = %format!("{e:#}"), "cannot check for a Spot interruption notice");
+            false
+        }
+    }
+}
+
+/// After a drain for a Spot interruption notice: takes nothing more until the instance goes (the
+/// stop its shutdown sends) or the notice is withdrawn. A worker that ended its process here would
+/// be started again by systemd, and take requests that the reclaim then strands until their
+/// visibility timeout. Waiting by design, not a stall. `false` once a stop is asked.
+pub(super) async fn until_notice_withdrawn(
+    status: &dyn InstanceStatus,
+    progress: &Progress,
+    shutdown: &mut Shutdown,
+) -> bool {
+    loop {
+        progress.mark();
+        if shutdown.pause(RECLAIM_POLL).await {
+            return false;
+        }
+        match status.reclaim_at().await {
+            Ok(None) => {
+                info!("the Spot interruption notice is withdrawn: serving again");
+                return true;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => debug!(error = %format!("{e:#}"), "cannot check for a Spot interruption notice"),
+        }
+    }
+}
+
+/// On a Spot interruption notice, works on while the notice lasts and starts draining `lead`
+/// before EC2 reclaims the instance, in time to be done (answered or given back) by then.
+pub(super) async fn drain_before_reclaim(status: Arc<dyn InstanceStatus>, stopper: Arc<Stopper>, lead: Duration) {
     let mut tick = tokio::time::interval(RECLAIM_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -152,7 +201,7 @@ pub(super) async fn drain_before_reclaim(status: Arc<dyn InstanceStatus>, stoppe
             }
         };
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-        let work_on = left.saturating_sub(drain + RECLAIM_MARGIN);
+        let work_on = left.saturating_sub(lead);
         warn!(
             reclaimed_in_s = left.as_secs(),
             drain_in_s = work_on.as_secs(),
@@ -186,11 +235,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_spot_notice_lets_the_worker_work_on_then_drain_before_the_end() {
-        // Reclaimed in 120 s; a 4 s drain deadline and the 5 s margin: drain from 111 s on.
+        // Reclaimed in 120 s; EC2's settings (a 4 s drain deadline, 20 s long polls) and the 5 s
+        // margin: drain from 91 s on.
+        let mut app_tier = imgrec_runtime::settings::Settings::defaults().unwrap().app_tier;
+        app_tier.drain_deadline_ms = 4_000;
+        app_tier.poll_wait_ms = 20_000;
+        let lead = reclaim_lead(&app_tier);
+        assert_eq!(lead, Duration::from_secs(29));
         let notice = Arc::new(Noticed(SystemTime::now() + Duration::from_secs(120)));
+        assert!(!reclaimed_within(&*notice, lead).await);
+        assert!(reclaimed_within(&*notice, Duration::from_secs(121)).await);
         let (stopper, mut shutdown) = Shutdown::new();
-        let watch = tokio::spawn(drain_before_reclaim(notice, Arc::new(stopper), Duration::from_secs(4)));
-        tokio::time::sleep(Duration::from_secs(109)).await;
+        let watch = tokio::spawn(drain_before_reclaim(notice, Arc::new(stopper), lead));
+        tokio::time::sleep(Duration::from_secs(89)).await;
         assert!(!shutdown.is_requested(), "still working while the notice lasts");
         tokio::time::timeout(Duration::from_secs(3), shutdown.requested())
             .await

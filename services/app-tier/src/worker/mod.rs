@@ -33,7 +33,10 @@ mod batch;
 mod drain;
 mod liveness;
 
-use drain::{also_stopped_by_us, drain_before_reclaim, drain_when_out_of_service, Drain, LIFECYCLE_POLL};
+use drain::{
+    also_stopped_by_us, drain_before_reclaim, drain_when_out_of_service, reclaim_lead, reclaimed_within,
+    until_notice_withdrawn, Drain, LIFECYCLE_POLL,
+};
 use liveness::{heartbeat, keep_invisible, Progress};
 
 #[derive(clap::Args)]
@@ -157,12 +160,21 @@ pub async fn serve_as(
         warn!(error = %e, "cannot tell the fleet this worker started");
     }
     while until_in_service(&*status, &progress, &mut shutdown).await? {
-        if worker.clone().serve_stint(status.clone(), &shutdown).await? == Stint::Stopped {
+        let stint = worker.clone().serve_stint(status.clone(), &shutdown).await?;
+        if stint == Stint::Stopped {
             break;
         }
-        // Drained: nothing is held while the group stops, hibernates or terminates it.
+        // Drained: nothing is held while the group stops, hibernates or terminates it, or EC2
+        // reclaims it.
         report(&*status, InstanceState::Pending, false).await;
-        info!("out of service: drained, waiting to be put back in service");
+        if stint == Stint::Reclaimed {
+            warn!("drained for a Spot interruption: taking no more requests until the instance goes");
+            if !until_notice_withdrawn(&*status, &progress, &mut shutdown).await {
+                break;
+            }
+        } else {
+            info!("out of service: drained, waiting to be put back in service");
+        }
     }
     heartbeats.abort();
     report(&*status, InstanceState::Stopping, false).await;
@@ -196,24 +208,30 @@ async fn until_in_service(
 /// How a stint in service ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Stint {
-    /// A stop was asked (SIGTERM, the scaler, a Spot interruption notice): the process ends.
+    /// A stop was asked (SIGTERM: the scaler, the instance shutting down): the process ends.
     Stopped,
     /// The group moved this instance on (to its warm pool, or toward termination).
     MovedOn,
+    /// A Spot interruption notice: EC2 reclaims the instance too soon for any more work.
+    Reclaimed,
 }
 
 impl Worker {
-    /// Serves while the group counts this instance in service, until a stop or the group moving
-    /// it on; drained either way.
+    /// Serves while the group counts this instance in service, until a stop, the group moving it
+    /// on, or a Spot interruption notice's end drawing near; drained in each case. Under a notice
+    /// already that near, it does not start.
     async fn serve_stint(
         self: Arc<Self>,
         status: Arc<dyn InstanceStatus>,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Stint> {
+        let lead = reclaim_lead(&self.settings.app_tier);
+        if reclaimed_within(&*status, lead).await {
+            return Ok(Stint::Reclaimed);
+        }
         status.report(InstanceState::Running, false).await?;
         let (stint, stopper) = also_stopped_by_us(shutdown.clone());
-        let drain = self.settings.app_tier.drain_deadline();
-        let reclaim = tokio::spawn(drain_before_reclaim(status.clone(), stopper.clone(), drain));
+        let reclaim = tokio::spawn(drain_before_reclaim(status.clone(), stopper.clone(), lead));
         let moved_on = tokio::spawn(drain_when_out_of_service(status.clone(), stopper));
         self.progress.mark();
         info!("ready");
@@ -221,10 +239,12 @@ impl Worker {
         reclaim.abort();
         moved_on.abort();
         let moved = matches!(moved_on.await, Ok(()));
-        Ok(if moved && !shutdown.is_requested() {
-            Stint::MovedOn
-        } else {
-            Stint::Stopped
+        let reclaimed = matches!(reclaim.await, Ok(()));
+        Ok(match (shutdown.is_requested(), reclaimed, moved) {
+            (true, _, _) => Stint::Stopped,
+            (false, true, _) => Stint::Reclaimed,
+            (false, false, true) => Stint::MovedOn,
+            (false, false, false) => Stint::Stopped,
         })
     }
 

@@ -21,9 +21,9 @@ use super::capacity::Purchase;
 use super::{BootTime, Profile, Row, Scenario, Series};
 use crate::Scaler;
 
-/// How long before a Spot instance is reclaimed its draining worker stops taking work: a batch
-/// and its answers take well under a second.
-const DRAIN_MARGIN_S: f64 = 10.0;
+/// How long before a Spot instance is reclaimed its draining worker stops taking work: the
+/// worker's lead on EC2 (`reclaim_lead`: its 4 s drain deadline, a whole 20 s long poll, 5 s).
+const DRAIN_MARGIN_S: f64 = 29.0;
 
 /// Simulated time in microseconds: exact ordering, no float drift.
 type Micros = u64;
