@@ -725,11 +725,7 @@ async fn stop_a_worker_in_its_receive(settings: &Settings, name: &str) {
     stopper.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     lock.execute_batch("COMMIT").unwrap();
-    tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("the worker stops")
-        .unwrap()
-        .unwrap();
+    stopped(worker).await;
     drop(set_target);
 }
 
@@ -873,11 +869,7 @@ async fn a_worker_tells_its_fleet_whether_it_could_start() {
     }
     assert_eq!(*instance.0.lock().unwrap(), [None], "started, and nothing else said");
     stopper.stop();
-    tokio::time::timeout(Duration::from_secs(30), worker)
-        .await
-        .expect("the worker stops")
-        .unwrap()
-        .unwrap();
+    stopped(worker).await;
 }
 
 /// An instance under a Spot interruption notice (or none), as its instance metadata says.
@@ -948,11 +940,7 @@ async fn a_worker_drained_for_a_spot_interruption_takes_nothing_more_until_the_i
     let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
     assert_eq!(answer.unwrap().unwrap(), label, "the same image, the same label");
     stopper.stop();
-    tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("the worker stops")
-        .unwrap()
-        .unwrap();
+    stopped(worker).await;
 
     // Started again (as systemd would) under a notice nearer its end than the drain's lead.
     let (_notice, spot) = tokio::sync::watch::channel(Some(SystemTime::now() + Duration::from_secs(3)));
@@ -961,15 +949,20 @@ async fn a_worker_drained_for_a_spot_interruption_takes_nothing_more_until_the_i
     until_one_pending(&web).await;
     taken_by_none(&web, &worker).await;
     stopper.stop();
-    tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("the worker stops")
-        .unwrap()
-        .unwrap();
+    stopped(worker).await;
     // Nothing was lost: the next worker answers it.
     let other = app_tier::worker::spawn(settings, "app-instance2");
     let answer = tokio::time::timeout(Duration::from_secs(20), waiting).await;
     assert_eq!(answer.unwrap().unwrap(), label);
     other.stop().await.unwrap();
     web.stop().await.unwrap();
+}
+
+/// Waits for `worker`, asked to stop, to end well.
+async fn stopped(worker: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    tokio::time::timeout(std::time::Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
 }
