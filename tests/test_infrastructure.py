@@ -234,6 +234,10 @@ def test_app_tier_fits_the_instance_budget_with_the_web_tier():
     spot = blocks(module_doc("app_tier"), "resource", "aws_autoscaling_group")["spot"]
     assert ref(spot["max_size"]) == "var.spot_max_size"
     assert "desired_capacity" in str(one(spot["lifecycle"])["ignore_changes"])
+    # The scaler terminates the instances it picks; Auto Scaling's zone rebalancing would launch
+    # past MaxSize and terminate others (TerminateInstanceInAutoScalingGroup, API reference).
+    for g in (group, spot):
+        assert g["suspended_processes"] == ["AZRebalance"]
     # The scaler is told the same maximum, and both groups.
     assert "app_max_size = local.app_max_size" in locals_["service_config"]
     assert "spot_group = local.spot_group_name" in locals_["service_config"]

@@ -90,6 +90,10 @@ resource "aws_autoscaling_group" "this" {
   health_check_type   = "EC2"
   # Instances stop by the scaler's choice (idle first), never by the group's own.
   termination_policies = ["NewestInstance"]
+  # The scaler's TerminateInstanceInAutoScalingGroup can leave the group unbalanced between
+  # Availability Zones, and AZRebalance would then launch past MaxSize (the instance budget) and
+  # terminate instances the scaler kept. Launches still go to the zone with the fewest.
+  suspended_processes = ["AZRebalance"]
   # terraform destroy does not wait for the warm pool's stopped instances one by one.
   force_delete_warm_pool = true
   metrics_granularity    = "1Minute"
@@ -166,6 +170,7 @@ resource "aws_autoscaling_group" "spot" {
   vpc_zone_identifier  = var.subnet_ids
   health_check_type    = "EC2"
   termination_policies = ["NewestInstance"]
+  suspended_processes  = ["AZRebalance"]
   # A rebalance recommendation (an elevated risk of interruption) launches a replacement before
   # the instance at risk goes.
   capacity_rebalance  = true
