@@ -927,11 +927,18 @@ async fn a_worker_drained_for_a_spot_interruption_takes_nothing_more_until_the_i
         (stopper, worker)
     };
 
-    // Reclaimed 2 s after the drain must start: it serves, then drains and waits.
-    let (notice, spot) = tokio::sync::watch::channel(Some(SystemTime::now() + lead + Duration::from_secs(2)));
+    // Serving, then told it is reclaimed just past the drain's lead: it drains (once it has seen
+    // the notice, within a poll of 5 s) and waits.
+    let (notice, spot) = tokio::sync::watch::channel(None);
     let (stopper, worker) = serve(spot);
     let label = upload_small(&web, "first.jpg").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    notice
+        .send(Some(SystemTime::now() + lead + Duration::from_millis(500)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(
+        5_500 + 1_000 + settings.app_tier.poll_wait_ms + 500,
+    ))
+    .await;
     let waiting = upload_small(&web, "second.jpg");
     until_one_pending(&web).await;
     taken_by_none(&web, &worker).await;
