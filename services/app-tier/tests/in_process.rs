@@ -936,7 +936,7 @@ async fn a_worker_drained_for_a_spot_interruption_takes_nothing_more_until_the_i
         .send(Some(SystemTime::now() + lead + Duration::from_millis(500)))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(
-        5_500 + 1_000 + settings.app_tier.poll_wait_ms + 500,
+        5_500 + 1_000 + settings.app_tier.poll_wait_ms + 2_000,
     ))
     .await;
     let waiting = upload_small(&web, "second.jpg");
