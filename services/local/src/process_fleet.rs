@@ -881,6 +881,7 @@ mod tests {
         assert_eq!(fleet.launch_failure().await.unwrap(), None);
         fleet.shutdown().await.unwrap();
     }
+
     /// A worker that says why it cannot start (`InstanceStatus::failed_to_start`, as the app tier
     /// does) before it exits: its words end the fleet's launch failure, for this start only.
     #[tokio::test]

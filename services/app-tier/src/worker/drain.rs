@@ -150,12 +150,17 @@ pub(super) fn reclaim_lead(app_tier: &AppTierSettings) -> Duration {
 /// Whether a Spot interruption notice leaves `lead` or less before the instance is reclaimed: too
 /// late to take any work (a worker started again late in a notice, or back from a drain).
 pub(super) async fn reclaimed_within(status: &dyn InstanceStatus, lead: Duration) -> bool {
+    matches!(notice(status).await, Some(Some(left)) if left <= lead)
+}
+
+/// How long until EC2 reclaims the instance, if it has sent a Spot interruption notice; `None`
+/// when the instance cannot tell (logged).
+async fn notice(status: &dyn InstanceStatus) -> Option<Option<Duration>> {
     match status.reclaim_at().await {
-        Ok(Some(at)) => at.duration_since(SystemTime::now()).unwrap_or_default() <= lead,
-        Ok(None) => false,
+        Ok(at) => Some(at.map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())),
         Err(e) => {
             debug!(error = %format!("{e:#}"), "cannot check for a Spot interruption notice");
-            false
+            None
         }
     }
 }
@@ -174,13 +179,9 @@ pub(super) async fn until_notice_withdrawn(
         if shutdown.pause(RECLAIM_POLL).await {
             return false;
         }
-        match status.reclaim_at().await {
-            Ok(None) => {
-                info!("the Spot interruption notice is withdrawn: serving again");
-                return true;
-            }
-            Ok(Some(_)) => {}
-            Err(e) => debug!(error = %format!("{e:#}"), "cannot check for a Spot interruption notice"),
+        if notice(status).await == Some(None) {
+            info!("the Spot interruption notice is withdrawn: serving again");
+            return true;
         }
     }
 }
@@ -192,15 +193,9 @@ pub(super) async fn drain_before_reclaim(status: Arc<dyn InstanceStatus>, stoppe
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let at = match status.reclaim_at().await {
-            Ok(Some(at)) => at,
-            Ok(None) => continue,
-            Err(e) => {
-                debug!(error = %format!("{e:#}"), "cannot check for a Spot interruption notice");
-                continue;
-            }
+        let Some(Some(left)) = notice(&*status).await else {
+            continue;
         };
-        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         let work_on = left.saturating_sub(lead);
         warn!(
             reclaimed_in_s = left.as_secs(),
