@@ -639,7 +639,8 @@ async fn uploads_need_a_valid_api_key_within_its_rate_when_keys_are_configured()
 
 /// An image no worker could read is answered as refused at once, stored nowhere, while its job is
 /// accepted; `POST /jobs` refuses without recording a job what it cannot take: no file, more files
-/// than `jobs.max_images`, a parameter after the files, a callback that is no http URL.
+/// than `jobs.max_images`, a parameter after the files, a callback that is no http URL, a job
+/// named two ways.
 #[tokio::test]
 async fn jobs_refuse_what_they_cannot_take_and_answer_unreadable_images_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -689,6 +690,20 @@ async fn jobs_refuse_what_they_cannot_take_and_answer_unreadable_images_at_once(
     let (code, body) = post(file(Form::new(), "a.jpg"), "?callback_url=file:///etc/passwd").await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(body.contains("callback_url"), "{body}");
+    // One job named twice (the header and a form field): refused, not the form's name silently,
+    // or a retry with the header alone would start a second job.
+    let before = stored(dir.path());
+    let twice = client
+        .post(format!("{}jobs", web.url()))
+        .header("idempotency-key", "from-the-header")
+        .multipart(file(Form::new().text("client_token", "from-the-form"), "a.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+    let body = twice.text().await.unwrap();
+    assert!(body.contains("client_token is given twice"), "{body}");
+    assert_eq!(stored(dir.path()), before, "refused before its image is stored");
 
     web.stop().await.unwrap();
 }

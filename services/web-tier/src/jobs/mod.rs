@@ -12,6 +12,7 @@ pub use status::AnswerCache;
 use serde::Deserialize;
 
 use crate::error::UploadError;
+use crate::upload::set_once;
 
 /// How many classes each image of a callback's report lists.
 const REPORT_TOP: usize = 5;
@@ -38,13 +39,17 @@ impl JobParams {
         Ok(params)
     }
 
-    /// Sets the parameter `name`, if it is one; whether it was.
+    /// Sets the parameter `name`, if it is one; whether it was. A parameter given again (in the
+    /// query, a form field or, for `client_token`, the `Idempotency-Key` header) must say the
+    /// same: with the last one winning, a retry that carried only the header would have started
+    /// a second job.
     pub fn set(&mut self, name: &str, value: String) -> Result<bool, UploadError> {
-        match name {
-            "callback_url" => self.callback_url = Some(callback::check_url(&value)?),
-            "client_token" => self.client_token = Some(value),
+        let (slot, value) = match name {
+            "callback_url" => (&mut self.callback_url, callback::check_url(&value)?),
+            "client_token" => (&mut self.client_token, value),
             _ => return Ok(false),
-        }
+        };
+        set_once(name, slot, value)?;
         Ok(true)
     }
 }
@@ -60,5 +65,21 @@ mod tests {
         assert_eq!(p.callback_url.as_deref(), Some("http://127.0.0.1:9/done"));
         assert_eq!(JobParams::parse("").unwrap(), JobParams::default());
         assert!(JobParams::parse("callback_url=ftp://x/").is_err());
+    }
+
+    #[test]
+    fn a_parameter_given_twice_must_say_the_same() {
+        let p = JobParams::parse("client_token=t-1&client_token=t-1").unwrap();
+        assert_eq!(p.client_token.as_deref(), Some("t-1"));
+        for query in [
+            "client_token=t-1&client_token=t-2",
+            "callback_url=http%3A%2F%2Fa%2F&callback_url=http%3A%2F%2Fb%2F",
+        ] {
+            let err = JobParams::parse(query).unwrap_err().to_string();
+            assert!(err.contains("given twice with different values"), "{query}: {err}");
+        }
+        let mut p = JobParams::parse("client_token=from-the-query").unwrap();
+        assert!(p.set("client_token", "from-a-form-field".into()).is_err());
+        assert_eq!(p.client_token.as_deref(), Some("from-the-query"));
     }
 }

@@ -79,8 +79,8 @@ impl WebTier {
     {
         let client = self.client(request.api_key.as_deref())?;
         let mut params = JobParams::parse(&request.query)?;
-        if request.idempotency_key.is_some() {
-            params.client_token = request.idempotency_key;
+        if let Some(key) = request.idempotency_key {
+            params.set("client_token", key)?;
         }
         if self.waiters.is_closed() {
             return Err(UploadError::ShuttingDown);

@@ -77,15 +77,29 @@ impl AnswerOptions {
     pub fn parse(query: &str) -> Result<Self, UploadError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|_| UploadError::BadRequest("the query string is not form-encoded".into()))?;
-        let mut options = Self { k: 1 };
-        for (_, value) in pairs.iter().filter(|(name, _)| name == "k") {
-            options.k = value
+        let mut k = None;
+        for (_, value) in pairs.into_iter().filter(|(name, _)| name == "k") {
+            let value = value
                 .parse()
                 .ok()
                 .filter(|k| (1..=TOP_K).contains(k))
                 .ok_or_else(|| UploadError::BadRequest(format!("k must be a whole number from 1 to {TOP_K}")))?;
+            set_once("k", &mut k, value)?;
         }
-        Ok(options)
+        Ok(Self { k: k.unwrap_or(1) })
+    }
+}
+
+/// Sets `slot` to `value` unless it holds another value already.
+pub(crate) fn set_once<T: PartialEq>(name: &str, slot: &mut Option<T>, value: T) -> Result<(), UploadError> {
+    match slot {
+        Some(earlier) if *earlier != value => Err(UploadError::BadRequest(format!(
+            "{name} is given twice with different values: send one"
+        ))),
+        _ => {
+            *slot = Some(value);
+            Ok(())
+        }
     }
 }
 
@@ -342,5 +356,7 @@ mod tests {
         for bad in ["k=0", "k=11", "k=", "k=five", "k=-1", "k=1.5", "k=99999999999999999999"] {
             assert!(k(bad).is_err_and(|e| e.contains("k must be")), "{bad}");
         }
+        assert_eq!(k("k=3&k=3"), Ok(3));
+        assert!(k("k=3&k=5").is_err_and(|e| e.contains("k is given twice")));
     }
 }
