@@ -6,6 +6,10 @@ use imgrec_classifier::{ImageError, ImageLimits};
 const JPEG: &[u8] = include_bytes!("fixtures/small.jpg");
 const JPEG_PIXELS: &[u8] = include_bytes!("fixtures/small.jpg.rgb");
 const PNG: &[u8] = include_bytes!("fixtures/small.png");
+/// Pillow's, with a restart marker every two MCUs.
+const RESTART_JPEG: &[u8] = include_bytes!("fixtures/restart.jpg");
+/// Pillow's, one component.
+const GREY_JPEG: &[u8] = include_bytes!("fixtures/grey.jpg");
 const PNG_PIXELS: &[u8] = include_bytes!("fixtures/small.png.rgb");
 
 fn limits() -> ImageLimits {
@@ -146,19 +150,45 @@ fn mutated_files_never_panic() {
     );
 }
 
-/// `verify` (row by row, JPEG at 1/8 scale) accepts exactly what `decode_rgb` accepts: on the
-/// fixtures, every truncation and thousands of mutations.
+/// `original` with a marker (or a stuffed or fill byte) put in, a run of bytes cut out, or bytes
+/// added after the end: what moves a scan's end, or its EOI, against its data.
+fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+    const CODES: [u8; 14] = [
+        0xD9, 0xDA, 0xC4, 0xDB, 0xDD, 0xD0, 0xD7, 0xD8, 0x01, 0xFE, 0xE1, 0xDC, 0x00, 0xFF,
+    ];
+    let mut bytes = original.to_vec();
+    let at = (next() as usize) % bytes.len();
+    match next() % 3 {
+        0 => {
+            let code = CODES[(next() as usize) % CODES.len()];
+            bytes.splice(at..at, [0xFF, code]);
+        }
+        1 => {
+            let end = (at + 1 + (next() as usize) % 8).min(bytes.len());
+            bytes.drain(at..end);
+        }
+        _ => bytes.extend_from_slice(&[0xFF, 0xD9, 0x12, 0xFF, 0xDA][..1 + (next() as usize) % 5]),
+    }
+    bytes
+}
+
+/// `verify` (JPEG at 1/8 scale, to the first row where the one scan runs to EOI) accepts exactly
+/// what `decode_rgb` accepts: on the fixtures, every truncation and thousands of mutations and
+/// splices.
 #[test]
 fn verify_reports_what_decode_reports() {
     let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     for original in [
         JPEG,
         PNG,
+        RESTART_JPEG,
+        GREY_JPEG,
         &encode_jpeg(64, 48, true)[..],
         &encode_jpeg(64, 48, false)[..],
     ] {
         let mut cases: Vec<Vec<u8>> = (1..original.len()).map(|cut| original[..cut].to_vec()).collect();
         cases.extend((0..2000).map(|_| mutate(original, &mut next)));
+        cases.extend((0..2000).map(|_| splice(original, &mut next)));
         cases.push(original.to_vec());
         for bytes in cases {
             let decoded = decode_rgb(&bytes, &limits());
