@@ -150,10 +150,10 @@ pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
 }
 
 /// Whether the file is one sequential Huffman scan (SOF0 or SOF1) that holds every component,
-/// its segments back to back up to that scan and each one libjpeg reads a length of, and the first marker after the scan's data (0xFF
-/// not followed by a stuffed 0x00, a fill 0xFF or a restart marker) is EOI. libjpeg then stops
-/// decoding at EOI at the latest (it reads no further into a marker), so its source never runs
-/// dry, and finishing reads no other marker.
+/// its segments back to back up to that scan and each one libjpeg reads a length of, and the
+/// first marker after the scan's data (0xFF not followed by a stuffed 0x00, a fill 0xFF or a
+/// restart marker) is EOI. libjpeg then stops decoding at EOI at the latest (it reads no further
+/// into a marker), so its source never runs dry, and finishing reads no other marker.
 fn ends_at_eoi(bytes: &[u8]) -> bool {
     let Some(layout) = frame_layout(bytes) else {
         return false;
@@ -248,9 +248,7 @@ fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
         // set this walk apart from libjpeg's.
         plain &= matches!(marker, 0xC0..=0xCF | 0xDA | 0xDB | 0xDD | 0xE0..=0xEF | 0xFE);
         let len = usize::from(u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]));
-        if len < 2 {
-            return None;
-        }
+        // A length below 2 (the length's own bytes) gives no segment: None.
         let segment = bytes.get(at + 4..at + 2 + len)?;
         match marker {
             // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
