@@ -26,6 +26,11 @@ speed drifts within a round too. Medians of the rounds' ratios, and their range.
 And one app-tier instance as on EC2, where an instance runs its worker and nothing else: the pool
 held at one worker, every thread of its process on the last core, the web tier and the load
 generator on the others; its worker's CPU per image against one inference process alone.
+
+And camera photos (12 MP JPEGs with a photo's detail, one baseline scan): the test images are
+~2 KiB, where decoding is a small part of a worker's work; in a photo it is most of it, and the
+web tier's check of each upload decodes too. One instance as above, the web tier's and its
+worker's CPU per photo together against one inference process alone on the same photos.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from local_stack import (CLK_TCK, ROOT, Stack, cpu_times, loadgen, scratch_dir, thread_cpu_s, wait_until,
+from local_stack import (CLK_TCK, ROOT, Stack, cpu_times, loadgen, photos, scratch_dir, thread_cpu_s, wait_until,
                          worker_pids)
 
 APP_TIER = ROOT / "target" / "release" / "app-tier"
@@ -162,6 +167,10 @@ def instance_ms(files: list[Path], tmp: Path, name: str) -> dict:
         return run
 
 
+# Photos per burst: 12 MP each, ~0.12 s of a worker's CPU.
+PHOTOS = 12
+
+
 def busy_cores(run: dict) -> float:
     """The cores a burst kept on inference: its inference threads' CPU per second of the burst."""
     return run["inference_thread_ms"] * run["throughput_per_s"] / 1000
@@ -193,7 +202,7 @@ def main() -> int:
     cores = os.cpu_count() or 1
     rows: dict[str, list] = {"inference": [], "inference one process": [], "start-up": [], "slots": [],
                              "no slots": [], "instance": [], "busy cores": [],
-                             "inference at the stack's concurrency": []}
+                             "inference at the stack's concurrency": [], "photos": []}
     # One instance alone on a core needs another core for the web tier and the client.
     instance = cores > 1 and shutil.which("taskset") is not None
     sides = [("slots", None, None), ("no slots", "0", None)]
@@ -201,6 +210,12 @@ def main() -> int:
         rows["before"] = []
         sides.append(("before", None, args.before))
     with scratch_dir("imgrec-efficiency-") as tmp:
+        photo_files = []
+        if instance:
+            (tmp / "photos").mkdir()
+            for n, photo in enumerate(photos(args.images, PHOTOS, 4032, 3024)):
+                photo_files.append(tmp / "photos" / f"photo_{n}.jpg")
+                photo_files[-1].write_bytes(photo)
         for i in range(args.rounds):
             # Inference alone between every two measurements of a stack, each stack against the
             # mean of the two beside it: the host's speed drifts within a round too.
@@ -223,6 +238,9 @@ def main() -> int:
                 rows["inference one process"].append(inference_ms(args.model, files)[0])
                 one["inference_alone_ms"] = (rows["inference one process"][-2] + rows["inference one process"][-1]) / 2
                 rows["instance"].append(one)
+                shot = instance_ms(photo_files, tmp, f"photos-{i}")
+                shot["inference_alone_ms"] = inference_ms(args.model, photo_files)[0]
+                rows["photos"].append(shot)
             print(f"round {i + 1}: "
                   + "; ".join(f"{s}: {rows[s][-1]['cpu_ms_per_image']:.2f} ms/image (web tier "
                               f"{rows[s][-1]['web_tier_ms']:.2f}, workers {rows[s][-1]['workers_ms']:.2f}, of which "
@@ -279,6 +297,14 @@ def main() -> int:
                               "throughput_per_s": statistics.median(r["throughput_per_s"] for r in rows["instance"])}
         print(f"instance: one worker alone on a core {worker:.2f} ms CPU/image, efficiency {spread(shares)} "
               f"against one inference process alone (goal >= 0.9 for an EC2 instance)")
+        shots = rows["photos"]
+        photo_shares = [r["inference_alone_ms"] / (r["web_tier_ms"] + r["workers_ms"]) for r in shots]
+        report["photos"] = {key: statistics.median(r[key] for r in shots)
+                            for key in ("web_tier_ms", "workers_ms", "inference_alone_ms")}
+        report["photos"]["efficiency"] = statistics.median(photo_shares)
+        print(f"  photos: 12 MP JPEGs, one instance: web tier {report['photos']['web_tier_ms']:.1f} + worker "
+              f"{report['photos']['workers_ms']:.1f} ms CPU per photo against one inference process alone "
+              f"{report['photos']['inference_alone_ms']:.1f}: efficiency {spread(photo_shares)} (goal >= 0.9)")
     else:
         print("instance: NOT RUN (needs 2 cores and `taskset`)")
 

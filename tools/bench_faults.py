@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 from hostile import jpeg_bomb, peak_rss_mib, png_bomb, png_metadata_bomb, slow_sender, upload  # noqa: E402
-from local_stack import ROOT, Stack, scratch_dir, wait_until, worker_pids  # noqa: E402
+from local_stack import ROOT, Stack, photos, scratch_dir, wait_until, worker_pids  # noqa: E402
 
 FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
 
@@ -50,22 +50,6 @@ def web_tier_peak(kind: str, tmp: Path, i: int) -> float:
             answers = list(pool.map(lambda n: upload(stack.url, f"b{n}{suffix}", body, timeout=600)[0], range(24)))
         assert answers == [200] * 24, answers
         return peak_rss_mib(stack.proc.pid)
-
-
-def photos(count: int, width: int, height: int) -> list[bytes]:
-    """Large JPEGs with real detail: test thumbnails scaled up, with noise."""
-    from PIL import Image
-
-    thumbs = sorted((Path(os.environ["DATASETS"]) / "imagenet-100").glob("*.JPEG"))
-    out = []
-    for n in range(count):
-        img = Image.open(thumbs[n]).convert("RGB").resize((width, height), Image.BILINEAR)
-        noise = Image.effect_noise((width, height), 20).convert("RGB")
-        img = Image.blend(img, noise, 0.1)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
 
 
 def worker_peak(images: list[bytes], tmp: Path, name: str, **settings: str) -> float:
@@ -217,7 +201,6 @@ def main() -> int:
                         help="only figures 1-4 (the first hardening round) or 5-8 (the second)")
     parser.add_argument("images", type=Path)
     args = parser.parse_args()
-    os.environ.setdefault("DATASETS", str(args.images.parent))
     os.environ.setdefault("IMGREC__INFERENCE__MODEL_DIR", str(ROOT / "models" / "efficientnet-lite0"))
     files = sorted(args.images.glob("*.JPEG"))
     results: dict[str, list] = {}
@@ -228,9 +211,9 @@ def main() -> int:
     first, second = args.only != "second-round", args.only != "first-round"
     with scratch_dir("imgrec-faults-") as tmp:
         if first:
-            big = photos(8, 4000, 3000)
+            big = photos(args.images, 8, 4000, 3000)
             resnet = resnet18_model(tmp)
-            medium = photos(6, 1632, 1224)
+            medium = photos(args.images, 6, 1632, 1224)
         for i in range(args.rounds):
             if first:
                 for kind in ("png", "jpeg", "progressive jpeg"):

@@ -4,6 +4,7 @@ benchmarks."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -190,6 +191,23 @@ class Stack:
     def __exit__(self, *exc):
         if self.proc and self.proc.poll() is None:
             self.stop()
+
+
+def photos(thumbs: Path, count: int, width: int, height: int) -> list[bytes]:
+    """Large JPEGs with real detail, as cameras make them (one baseline scan): the first `count`
+    test thumbnails in `thumbs` scaled up, with noise (a smooth upscale compresses, and decodes,
+    far more cheaply than a photo)."""
+    from PIL import Image
+
+    out = []
+    for thumb in sorted(thumbs.glob("*.JPEG"))[:count]:
+        img = Image.open(thumb).convert("RGB").resize((width, height), Image.BILINEAR)
+        noise = Image.effect_noise((width, height), 20).convert("RGB")
+        img = Image.blend(img, noise, 0.1)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
 
 
 class StatusWatcher(threading.Thread):
