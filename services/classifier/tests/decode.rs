@@ -242,3 +242,42 @@ fn progressive_jpegs_are_charged_for_their_coefficient_buffers() {
     let png = inspect(PNG, &limits()).unwrap();
     assert!(png.verify_bytes < 2 << 20, "{png:?}");
 }
+
+/// A progressive grey JPEG of one DC first scan in which every block adds 32767 to the DC value:
+/// past `i32::MAX` after 65,539 blocks, where libjpeg stops with an error (the one failure a
+/// scan's data can cause; the check keeps such scans' data for it).
+fn dc_overflow_jpeg(width: u16, height: u16) -> Vec<u8> {
+    let mut file = vec![0xFF, 0xD8];
+    file.extend_from_slice(&[0xFF, 0xDB, 0x00, 0x43, 0x00]);
+    file.extend_from_slice(&[1; 64]);
+    let [h1, h0] = height.to_be_bytes();
+    let [w1, w0] = width.to_be_bytes();
+    file.extend_from_slice(&[0xFF, 0xC2, 0x00, 0x0B, 8, h1, h0, w1, w0, 1, 1, 0x11, 0]);
+    // DC table 0: one code, "0", for category 15.
+    file.extend_from_slice(&[0xFF, 0xC4, 0x00, 0x14, 0x00, 1]);
+    file.extend_from_slice(&[0; 15]);
+    file.push(15);
+    // One component, DC first (Ss 0, Se 0, Ah 0, Al 0).
+    file.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 1, 1, 0x00, 0, 0, 0]);
+    let blocks = usize::from(width).div_ceil(8) * usize::from(height).div_ceil(8);
+    for _ in 0..blocks {
+        // "0" then 15 one bits: +32767; the 0xFF byte stuffed.
+        file.extend_from_slice(&[0x7F, 0xFF, 0x00]);
+    }
+    file.extend_from_slice(&[0xFF, 0xD9]);
+    file
+}
+
+#[test]
+fn a_dc_value_past_i32_is_refused_by_the_check_as_by_the_decode() {
+    let within = dc_overflow_jpeg(2048, 2040); // 65,280 blocks
+    assert!(decode_rgb(&within, &limits()).is_ok());
+    assert!(verify(&within, &limits()).is_ok());
+    let past = dc_overflow_jpeg(2048, 2056); // 65,792 blocks
+    let decoded = decode_rgb(&past, &limits()).unwrap_err();
+    assert!(
+        matches!(&decoded, ImageError::Corrupt(why) if why.contains("DCT coefficient")),
+        "{decoded:?}"
+    );
+    assert_eq!(verify(&past, &limits()).unwrap_err(), decoded);
+}

@@ -2,6 +2,8 @@
 //! uses: the same IDCT and chroma upsampling give bit-identical pixels. libjpeg reports fatal
 //! errors by unwinding out of the C code; we catch that here and turn it into `ImageError`.
 
+use std::io::{BufRead, Read};
+use std::ops::Range;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
@@ -81,13 +83,18 @@ pub const MAX_SCANS: usize = 500;
 /// A decompressor for a file whose scan count is within `MAX_SCANS`. Metadata segments (APPn: EXIF,
 /// ICC, XMP; COM) are skipped by libjpeg unread, since no marker is asked to be saved.
 fn open(bytes: &[u8]) -> Result<Decompress<&[u8]>, ImageError> {
+    check_scans(bytes)?;
+    Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)
+}
+
+fn check_scans(bytes: &[u8]) -> Result<(), ImageError> {
     let scans = scan_count(bytes);
     if scans > MAX_SCANS {
         return Err(ImageError::Corrupt(format!(
             "JPEG has more than {MAX_SCANS} scans ({scans})"
         )));
     }
-    Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)
+    Ok(())
 }
 
 pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
@@ -119,55 +126,170 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
 }
 
 /// Decodes the file at 1/8 scale into one reused row: the same header checks, entropy decoding
-/// and so errors as `decode`, without a full-size frame. A file whose one scan runs to its EOI
-/// (`ends_at_eoi`) is read to its first row only: past it, nothing can fail (libjpeg's decoding
-/// of sequential Huffman data only warns, the data cannot run out before EOI, and no marker comes
-/// after the scan to be read), and decoding the rest would double the web tier's cost: the entropy
-/// decoding of a 12 MP photo is ~45 ms here, half a worker's work on it.
+/// and so errors as `decode`, without a full-size frame. Where it can (`without_safe_data`), the
+/// file less the entropy-coded data that cannot fail to decode: decoding that is most of the
+/// check's cost (for a 12 MP photo ~45 ms here, ~90 progressive: half a worker's work on it).
 pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
-    guarded(|| {
-        let mut decompress = open(bytes)?;
-        let (width, height) = decompress.size();
-        check_size(limits, width, height)?;
-        decompress.scale(1);
-        let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
-        let space = if cmyk {
-            ColorSpace::JCS_CMYK
-        } else {
-            ColorSpace::JCS_RGB
-        };
-        let mut started = decompress.to_colorspace(space).map_err(io)?;
-        let mut row = vec![0u8; started.width() * space.num_components()];
-        if ends_at_eoi(bytes) {
-            // The first row starts every pass (Huffman tables, colour conversion): their errors.
-            return started.read_scanlines_into(&mut row).map(drop).map_err(io);
+    guarded(|| match without_safe_data(bytes) {
+        Some(kept) => {
+            check_scans(bytes)?;
+            // By the first row, what can fail has where the file is read to its end at the start
+            // (it has several scans) or its one scan is followed by EOI; otherwise markers after
+            // the scan are read at the end.
+            let several_scans = frame_layout(bytes).is_some_and(|layout| layout.multi_scan);
+            let to_first_row = several_scans || kept.eoi_after_first_scan;
+            let reader = Pieces::new(bytes, kept.ranges);
+            let decompress = Decompress::with_err(error_manager()).from_reader(reader).map_err(io)?;
+            decode_rows(decompress, limits, !to_first_row)
         }
-        for _ in 0..started.height() {
-            started.read_scanlines_into(&mut row).map_err(io)?;
-        }
-        started.finish().map_err(io)
+        None => decode_rows(open(bytes)?, limits, true),
     })
 }
 
-/// Whether the file is one sequential Huffman scan (SOF0 or SOF1) that holds every component,
-/// its segments back to back up to that scan and each one libjpeg reads a length of, and the
-/// first marker after the scan's data (0xFF not followed by a stuffed 0x00, a fill 0xFF or a
-/// restart marker) is EOI. libjpeg then stops decoding at EOI at the latest (it reads no further
-/// into a marker), so its source never runs dry, and finishing reads no other marker.
-fn ends_at_eoi(bytes: &[u8]) -> bool {
-    let Some(layout) = frame_layout(bytes) else {
-        return false;
+/// Decodes at 1/8 scale into one reused row the first row, or every row and the file's end.
+fn decode_rows<R: BufRead>(mut decompress: Decompress<R>, limits: &ImageLimits, all: bool) -> Result<(), ImageError> {
+    let (width, height) = decompress.size();
+    check_size(limits, width, height)?;
+    decompress.scale(1);
+    let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+    let space = if cmyk {
+        ColorSpace::JCS_CMYK
+    } else {
+        ColorSpace::JCS_RGB
     };
-    if layout.multi_scan || !layout.sequential_huffman || !layout.plain {
-        return false;
+    let mut started = decompress.to_colorspace(space).map_err(io)?;
+    let mut row = vec![0u8; started.width() * space.num_components()];
+    started.read_scanlines_into(&mut row).map_err(io)?;
+    if !all {
+        return Ok(());
     }
-    let mut at = layout.scan_data;
+    for _ in 1..started.height() {
+        started.read_scanlines_into(&mut row).map_err(io)?;
+    }
+    started.finish().map_err(io)
+}
+
+/// The ranges of the file to decode in its place: all but the entropy-coded data of its scans,
+/// except a progressive DC first scan's. libjpeg reads the same markers and scan headers, so it
+/// fails where the file would, and fills the missing data with zeros where the file's data would
+/// have decoded. Exact because in libjpeg's Huffman decoding (jdhuff.c, jdphuff.c) a scan's data
+/// can only fail in a progressive DC first scan (a DC sum past `i32`), kept here; anything else
+/// in it only warns (a bad code, a marker too soon), and the data cannot run dry before the
+/// file's EOI, which this walk reaches. `None` (decode the file itself) for what this walk might
+/// read otherwise than libjpeg: other codings (arithmetic, lossless), segments not back to back,
+/// a marker libjpeg reads no length of outside the data, no EOI.
+fn without_safe_data(bytes: &[u8]) -> Option<Kept> {
+    let mut kept: Vec<Range<usize>> = Vec::new();
+    let mut keep = |range: Range<usize>| match kept.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => kept.push(range),
+    };
+    let mut eoi_after_first_scan = None;
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    keep(0..2);
+    let mut progressive = None;
+    let mut at = 2;
     loop {
-        match next_marker(bytes, at) {
-            Some((found, 0xD0..=0xD7)) => at = found + 2,
-            Some((_, code)) => return code == 0xD9,
-            None => return false,
+        while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
+            at += 1; // fill bytes
         }
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        if marker == 0xD9 {
+            keep(at..at + 2);
+            return Some(Kept {
+                ranges: kept,
+                eoi_after_first_scan: eoi_after_first_scan?,
+            });
+        }
+        if !matches!(marker, 0xC0..=0xCF | 0xDA | 0xDB | 0xDD | 0xE0..=0xEF | 0xFE) {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]));
+        let segment = bytes.get(at..at + 2 + len)?;
+        keep(at..at + 2 + len);
+        at += 2 + len;
+        match marker {
+            0xC0 | 0xC1 => progressive = Some(false),
+            0xC2 => progressive = Some(true),
+            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return None,
+            0xDA => {
+                // Ss and Ah, after the components' selectors: a DC first scan has both 0.
+                let count = usize::from(*segment.get(4)?);
+                let (ss, ah) = (*segment.get(5 + 2 * count)?, *segment.get(7 + 2 * count)? >> 4);
+                let mut end = at;
+                let found = loop {
+                    match next_marker(bytes, end)? {
+                        (found, 0xD0..=0xD7) => end = found + 2, // restarts are part of the data
+                        (found, _) => break found,
+                    }
+                };
+                if progressive? && ss == 0 && ah == 0 {
+                    keep(at..found);
+                }
+                eoi_after_first_scan.get_or_insert(bytes[found + 1] == 0xD9);
+                at = found;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What `verify` decodes in a file's place.
+struct Kept {
+    /// Ranges of the file, in order.
+    ranges: Vec<Range<usize>>,
+    /// Whether the marker after the first scan's data is EOI.
+    eoi_after_first_scan: bool,
+}
+
+/// Ranges of one buffer read one after the other.
+struct Pieces<'a> {
+    bytes: &'a [u8],
+    ranges: std::vec::IntoIter<Range<usize>>,
+    current: Range<usize>,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(bytes: &'a [u8], ranges: Vec<Range<usize>>) -> Self {
+        Self {
+            bytes,
+            ranges: ranges.into_iter(),
+            current: 0..0,
+        }
+    }
+}
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let piece = self.fill_buf()?;
+            let n = piece.len().min(out.len());
+            out[..n].copy_from_slice(&piece[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Pieces<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.current.is_empty() {
+            match self.ranges.next() {
+                Some(next) => self.current = next,
+                None => break,
+            }
+        }
+        Ok(&self.bytes[self.current.clone()])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.current.start = (self.current.start + n).min(self.current.end);
     }
 }
 
@@ -220,22 +342,13 @@ struct FrameLayout {
     sampling: Vec<(usize, usize)>,
     /// Progressive, or a first scan without every component: libjpeg buffers the whole image.
     multi_scan: bool,
-    /// Baseline or extended sequential, Huffman-coded (SOF0, SOF1).
-    sequential_huffman: bool,
-    /// Where the first scan's entropy-coded data begins.
-    scan_data: usize,
-    /// Every segment before the scan is one libjpeg reads a length of (so it finds the scan's
-    /// data where this walk does).
-    plain: bool,
 }
 
 /// Reads the markers up to the first scan: the frame's components and whether the file has
-/// several scans. `None` where the segments are not back to back (libjpeg skips stray bytes
-/// between them; this walk does not).
+/// several scans.
 fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
     let mut at = 2; // after SOI
     let mut frame: Option<(u8, Vec<(usize, usize)>)> = None;
-    let mut plain = true;
     loop {
         while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
             at += 1; // fill bytes
@@ -244,11 +357,7 @@ fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
             return None;
         }
         let marker = *bytes.get(at + 1)?;
-        // Markers libjpeg reads a length of, as here; any other (a parameterless RSTn, say) would
-        // set this walk apart from libjpeg's.
-        plain &= matches!(marker, 0xC0..=0xCF | 0xDA | 0xDB | 0xDD | 0xE0..=0xEF | 0xFE);
         let len = usize::from(u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]));
-        // A length below 2 (the length's own bytes) gives no segment: None.
         let segment = bytes.get(at + 4..at + 2 + len)?;
         match marker {
             // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
@@ -267,13 +376,7 @@ fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
                 let progressive = matches!(sof, 0xC2 | 0xC6 | 0xCA | 0xCE);
                 let in_scan = usize::from(*segment.first()?);
                 let multi_scan = progressive || in_scan < sampling.len();
-                return Some(FrameLayout {
-                    sampling,
-                    multi_scan,
-                    sequential_huffman: matches!(sof, 0xC0 | 0xC1),
-                    plain,
-                    scan_data: at + 2 + len,
-                });
+                return Some(FrameLayout { sampling, multi_scan });
             }
             _ => {}
         }
@@ -334,45 +437,88 @@ mod tests {
     const RESTART: &[u8] = include_bytes!("../../tests/fixtures/restart.jpg");
     const GREY: &[u8] = include_bytes!("../../tests/fixtures/grey.jpg");
 
-    /// The first scan's data and where it ends (the EOI's offset).
-    fn scan_data(bytes: &[u8]) -> (usize, usize) {
-        let start = frame_layout(bytes).expect("a layout").scan_data;
-        (start, bytes.len() - 2)
-    }
-
-    #[test]
-    fn a_single_scan_running_to_eoi_is_read_to_its_first_row_only() {
-        for file in [BASELINE, RESTART, GREY] {
-            assert!(ends_at_eoi(file));
-            verify(file, &ImageLimits::default()).expect("verifies");
-        }
-        // Another marker between the scan's data and EOI: libjpeg reads it when it finishes.
-        for code in [0xDA, 0xC4, 0xDD, 0xFE, 0x01, 0xDC] {
-            let (_, eoi) = scan_data(BASELINE);
-            let mut file = BASELINE.to_vec();
-            file.splice(eoi..eoi, [0xFF, code, 0x00, 0x02]);
-            assert!(!ends_at_eoi(&file), "{code:#x}");
-        }
-        // No EOI: the data may run out before the last row.
-        assert!(!ends_at_eoi(&BASELINE[..BASELINE.len() - 2]));
-        // A parameterless marker before the scan: libjpeg reads no length where a walk that
-        // read one would look for the scan elsewhere.
-        let (start, _) = scan_data(BASELINE);
-        let sos = BASELINE[..start].windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
-        let mut file = BASELINE.to_vec();
-        file.splice(sos..sos, [0xFF, 0xD0, 0x00, 0x02]);
-        assert!(!ends_at_eoi(&file));
-    }
-
-    #[test]
-    fn several_scans_are_decoded_to_the_end() {
+    fn progressive() -> Vec<u8> {
         let mut c = mozjpeg::Compress::new(ColorSpace::JCS_RGB);
         c.set_size(32, 24);
         c.set_progressive_mode();
         let mut started = c.start_compress(Vec::new()).unwrap();
-        started.write_scanlines(&[128u8; 32 * 24 * 3]).unwrap();
-        let progressive = started.finish().unwrap();
-        assert!(!ends_at_eoi(&progressive));
-        verify(&progressive, &ImageLimits::default()).expect("verifies");
+        let pixels: Vec<u8> = (0..32 * 24 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        started.write_scanlines(&pixels).unwrap();
+        started.finish().unwrap()
+    }
+
+    /// What `verify` decodes in the file's place.
+    fn kept(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let kept = without_safe_data(bytes).expect("walked to EOI");
+        Pieces::new(bytes, kept.ranges).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    /// Each scan of `bytes`, walked segment by segment: its Ss and Ah, and its data's length.
+    fn scans(bytes: &[u8]) -> Vec<(u8, u8, usize)> {
+        let mut out = Vec::new();
+        let mut at = 2;
+        while bytes[at + 1] != 0xD9 {
+            let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+            let next = at + 2 + len;
+            if bytes[at + 1] != 0xDA {
+                at = next;
+                continue;
+            }
+            let n = usize::from(bytes[at + 4]);
+            let mut end = next;
+            let marker = loop {
+                match next_marker(bytes, end).unwrap() {
+                    (found, 0xD0..=0xD7) => end = found + 2,
+                    (found, _) => break found,
+                }
+            };
+            out.push((bytes[at + 5 + 2 * n], bytes[at + 7 + 2 * n] >> 4, marker - next));
+            at = marker;
+        }
+        out
+    }
+
+    #[test]
+    fn only_a_progressive_dc_first_scan_keeps_its_data() {
+        for file in [BASELINE, RESTART, GREY] {
+            let headers = kept(file);
+            let data: usize = scans(file).iter().map(|&(_, _, data)| data).sum();
+            assert!(data > 0);
+            assert_eq!(headers.len(), file.len() - data, "all the data out, and nothing else");
+            assert!(scans(&headers).iter().all(|&(_, _, data)| data == 0));
+            verify(file, &ImageLimits::default()).expect("verifies");
+        }
+        let file = progressive();
+        let kept = scans(&kept(&file));
+        let all = scans(&file);
+        assert_eq!(kept.len(), all.len(), "every scan's header");
+        assert!(all.len() > 2, "{all:?}");
+        for (&(ss, ah, data), &(_, _, original)) in kept.iter().zip(&all) {
+            let dc_first = ss == 0 && ah == 0;
+            assert_eq!(data, if dc_first { original } else { 0 }, "Ss {ss} Ah {ah}");
+        }
+        verify(&file, &ImageLimits::default()).expect("verifies");
+    }
+
+    #[test]
+    fn what_this_walk_might_read_otherwise_than_libjpeg_is_decoded_itself() {
+        // No EOI: the data may run out before the last row.
+        assert!(without_safe_data(&BASELINE[..BASELINE.len() - 2]).is_none());
+        // A parameterless marker before the scan: libjpeg reads no length where this walk would.
+        let sos = BASELINE.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let mut file = BASELINE.to_vec();
+        file.splice(sos..sos, [0xFF, 0xD0, 0x00, 0x02]);
+        assert!(without_safe_data(&file).is_none());
+        // A stray byte between segments (libjpeg skips it with a warning).
+        let mut file = BASELINE.to_vec();
+        file.insert(sos, 0x00);
+        assert!(without_safe_data(&file).is_none());
+        // Arithmetic coding: its decoder's errors are not the Huffman decoders'.
+        let mut file = BASELINE.to_vec();
+        let sof = file.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        file[sof + 1] = 0xC9;
+        assert!(without_safe_data(&file).is_none());
     }
 }
