@@ -192,13 +192,8 @@ fn without_safe_data(bytes: &[u8]) -> Option<Kept> {
     let mut progressive = None;
     let mut at = 2;
     loop {
-        while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
-            at += 1; // fill bytes
-        }
-        if *bytes.get(at)? != 0xFF {
-            return None;
-        }
-        let marker = *bytes.get(at + 1)?;
+        let marker;
+        (at, marker) = segment_at(bytes, at)?;
         if marker == 0xD9 {
             keep(at..at + 2);
             return Some(Kept {
@@ -344,19 +339,26 @@ struct FrameLayout {
     multi_scan: bool,
 }
 
+/// The marker that begins at `at`, after any fill bytes: its offset and code; `None` where no
+/// marker is there (libjpeg would skip stray bytes to the next one; these walks do not).
+fn segment_at(bytes: &[u8], mut at: usize) -> Option<(usize, u8)> {
+    while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
+        at += 1; // fill bytes
+    }
+    if *bytes.get(at)? != 0xFF {
+        return None;
+    }
+    Some((at, *bytes.get(at + 1)?))
+}
+
 /// Reads the markers up to the first scan: the frame's components and whether the file has
 /// several scans.
 fn frame_layout(bytes: &[u8]) -> Option<FrameLayout> {
     let mut at = 2; // after SOI
     let mut frame: Option<(u8, Vec<(usize, usize)>)> = None;
     loop {
-        while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
-            at += 1; // fill bytes
-        }
-        if *bytes.get(at)? != 0xFF {
-            return None;
-        }
-        let marker = *bytes.get(at + 1)?;
+        let marker;
+        (at, marker) = segment_at(bytes, at)?;
         let len = usize::from(u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]));
         let segment = bytes.get(at + 4..at + 2 + len)?;
         match marker {
