@@ -6,11 +6,11 @@ use imgrec_classifier::{ImageError, ImageLimits};
 const JPEG: &[u8] = include_bytes!("fixtures/small.jpg");
 const JPEG_PIXELS: &[u8] = include_bytes!("fixtures/small.jpg.rgb");
 const PNG: &[u8] = include_bytes!("fixtures/small.png");
+const PNG_PIXELS: &[u8] = include_bytes!("fixtures/small.png.rgb");
 /// Pillow's, with a restart marker every two MCUs.
 const RESTART_JPEG: &[u8] = include_bytes!("fixtures/restart.jpg");
 /// Pillow's, one component.
 const GREY_JPEG: &[u8] = include_bytes!("fixtures/grey.jpg");
-const PNG_PIXELS: &[u8] = include_bytes!("fixtures/small.png.rgb");
 
 fn limits() -> ImageLimits {
     ImageLimits::default()
@@ -172,9 +172,9 @@ fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
     bytes
 }
 
-/// `verify` (JPEG at 1/8 scale, to the first row where the one scan runs to EOI) accepts exactly
-/// what `decode_rgb` accepts: on the fixtures, every truncation and thousands of mutations and
-/// splices.
+/// `verify` (JPEG at 1/8 scale, less the entropy-coded data that cannot fail) accepts exactly
+/// what `decode_rgb` accepts: on the fixtures (baseline, progressive, restart markers, grey, PNG),
+/// every truncation and thousands of mutations and splices.
 #[test]
 fn verify_reports_what_decode_reports() {
     let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
