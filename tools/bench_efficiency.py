@@ -214,8 +214,9 @@ def main() -> int:
         if instance:
             (tmp / "photos").mkdir()
             for n, photo in enumerate(photos(args.images, PHOTOS, 4032, 3024)):
-                photo_files.append(tmp / "photos" / f"photo_{n}.jpg")
-                photo_files[-1].write_bytes(photo)
+                path = tmp / "photos" / f"photo_{n}.jpg"
+                path.write_bytes(photo)
+                photo_files.append(path)
         for i in range(args.rounds):
             # Inference alone between every two measurements of a stack, each stack against the
             # mean of the two beside it: the host's speed drifts within a round too.

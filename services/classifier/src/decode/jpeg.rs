@@ -84,7 +84,12 @@ pub const MAX_SCANS: usize = 500;
 /// ICC, XMP; COM) are skipped by libjpeg unread, since no marker is asked to be saved.
 fn open(bytes: &[u8]) -> Result<Decompress<&[u8]>, ImageError> {
     check_scans(bytes)?;
-    Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)
+    decompressor(bytes)
+}
+
+/// A decompressor reporting through `error_manager`, of what `reader` reads.
+fn decompressor<R: BufRead>(reader: R) -> Result<Decompress<R>, ImageError> {
+    Decompress::with_err(error_manager()).from_reader(reader).map_err(io)
 }
 
 fn check_scans(bytes: &[u8]) -> Result<(), ImageError> {
@@ -135,8 +140,7 @@ pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
         // First: the walk below keeps two ranges per scan.
         check_scans(bytes)?;
         let Some(kept) = without_safe_data(bytes) else {
-            let decompress = Decompress::with_err(error_manager()).from_mem(bytes).map_err(io)?;
-            return decode_rows(decompress, limits, true);
+            return decode_rows(decompressor(bytes)?, limits, true);
         };
         // By the first row, what can fail has where the file is read to its end at the start (it
         // has several scans) or its one scan is followed by EOI; otherwise markers after the scan
@@ -144,8 +148,7 @@ pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
         let several_scans = frame_layout(bytes).is_some_and(|layout| layout.multi_scan);
         let to_first_row = several_scans || kept.eoi_after_first_scan;
         let reader = Pieces::new(bytes, kept.ranges);
-        let decompress = Decompress::with_err(error_manager()).from_reader(reader).map_err(io)?;
-        decode_rows(decompress, limits, !to_first_row)
+        decode_rows(decompressor(reader)?, limits, !to_first_row)
     })
 }
 
