@@ -150,15 +150,21 @@ fn mutated_files_never_panic() {
     );
 }
 
-/// `original` with a marker (or a stuffed or fill byte) put in, a run of bytes cut out, or bytes
-/// added after the end: what moves a scan's end, or its EOI, against its data.
+/// `original` with a marker (or a stuffed or fill byte) put in, a run of bytes cut out, bytes
+/// added after the end, a segment (or a scan's data) cut out, or a byte of a segment's length or
+/// parameters changed: what moves a scan's end, or its EOI, against its data.
 fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
     const CODES: [u8; 14] = [
         0xD9, 0xDA, 0xC4, 0xDB, 0xDD, 0xD0, 0xD7, 0xD8, 0x01, 0xFE, 0xE1, 0xDC, 0x00, 0xFF,
     ];
     let mut bytes = original.to_vec();
     let at = (next() as usize) % bytes.len();
-    match next() % 3 {
+    // Where 0xFF begins a marker (or what reads as one inside the data).
+    let markers: Vec<usize> = (0..bytes.len() - 1)
+        .filter(|&i| bytes[i] == 0xFF && !matches!(bytes[i + 1], 0x00 | 0xFF))
+        .collect();
+    let marker = |n: u64| markers.get((n as usize) % markers.len().max(1)).copied();
+    match next() % 5 {
         0 => {
             let code = CODES[(next() as usize) % CODES.len()];
             bytes.splice(at..at, [0xFF, code]);
@@ -166,6 +172,20 @@ fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
         1 => {
             let end = (at + 1 + (next() as usize) % 8).min(bytes.len());
             bytes.drain(at..end);
+        }
+        3 => {
+            if let Some(i) = marker(next()) {
+                let end = markers.iter().find(|&&m| m > i).copied().unwrap_or(bytes.len());
+                bytes.drain(i..end);
+            }
+        }
+        4 => {
+            if let Some(i) = marker(next()) {
+                let target = i + 2 + (next() as usize) % 12;
+                if let Some(b) = bytes.get_mut(target) {
+                    *b = next() as u8;
+                }
+            }
         }
         _ => bytes.extend_from_slice(&[0xFF, 0xD9, 0x12, 0xFF, 0xDA][..1 + (next() as usize) % 5]),
     }
