@@ -75,6 +75,15 @@ def jpeg_bomb(width: int, height: int, progressive: bool) -> bytes:
     return out.getvalue()
 
 
+def jpeg_scan_bomb(width: int, height: int, scans: int) -> bytes:
+    """A flat gray progressive JPEG whose last scan is repeated until it has `scans`: each repeat
+    walks every block of the image again, in a few bytes."""
+    progressive = jpeg_bomb(width, height, progressive=True)
+    starts = [i for i in range(len(progressive) - 1) if progressive[i:i + 2] == b"\xff\xda"]
+    body, eoi = progressive[:-2], progressive[-2:]
+    return body + body[starts[-1]:] * (scans - len(starts)) + eoi
+
+
 def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set (VmHWM) so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from hostile import (closed_within, connect, jpeg_bomb, label_of, open_sockets, peak_rss_mib, png_bomb,
-                     png_metadata_bomb, request, slow_sender, upload)
+from hostile import (closed_within, connect, jpeg_bomb, jpeg_scan_bomb, label_of, open_sockets, peak_rss_mib,
+                     png_bomb, png_metadata_bomb, request, slow_sender, upload)
 from local_stack import Stack, stack_processes, wait_until, worker_pids
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
@@ -95,6 +95,18 @@ def test_decompression_bombs_are_checked_within_the_memory_budget(tmp_path, kind
     # A full frame is 120-160 MB per upload: 12 at once would be 1.5-2 GB.
     assert peak < 600, f"web tier peaked at {peak:.0f} MiB checking {concurrent} {kind} bombs"
     assert stack_processes(tmp_path / "data") == []
+
+
+def test_a_large_jpeg_of_many_scans_is_refused_before_any_decode(tmp_path, thumb, thumb_label):
+    """40 MP in 100 scans (~190 KB): the 500 scans a small image may have would cost a worker ~2 s
+    here (each scan walks every block again), ~10 s at 500; a 40 MP image may have 32."""
+    bomb = jpeg_scan_bomb(8192, 4882, 100)
+    assert len(bomb) < 300_000
+    with Stack(tmp_path / "data", **FAST, scaler__max="1") as stack:
+        status, body = upload(stack.url, "scans.jpg", bomb)
+        assert status == 422, body
+        assert "100 scans, more than the 32 allowed for a 8192x4882 image" in body, body
+        assert upload(stack.url, "thumb.jpg", thumb.read_bytes()) == (200, thumb_label + "\n")
 
 
 def healthz_latency(url: str) -> float:

@@ -182,6 +182,59 @@ fn jpeg_with_more_scans_than_any_encoder_writes_is_refused() {
     );
 }
 
+/// A flat grey progressive JPEG of `width` x `height` whose last scan is repeated until it has
+/// `scans`: each repeat walks every block again and changes no pixel.
+fn progressive_with_scans(width: usize, height: usize, scans: usize) -> Vec<u8> {
+    let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_GRAYSCALE);
+    c.set_size(width, height);
+    c.set_progressive_mode();
+    let mut started = c.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(&vec![128u8; width * height]).unwrap();
+    let file = started.finish().unwrap();
+    let starts: Vec<usize> = (0..file.len() - 1)
+        .filter(|&i| file[i..i + 2] == [0xFF, 0xDA])
+        .collect();
+    assert!(starts.len() > 1 && starts.len() <= scans, "{} scans", starts.len());
+    let (body, eoi) = file.split_at(file.len() - 2);
+    let last = &body[starts[starts.len() - 1]..];
+    [body, &last.repeat(scans - starts.len()), eoi].concat()
+}
+
+#[test]
+fn a_large_jpeg_may_have_fewer_scans() {
+    // Scans of a 256x192 image, where that is the largest allowed: at most MAX_SCAN_PASSES.
+    let (width, height) = (256, 192);
+    let largest = ImageLimits {
+        max_pixels: width * height,
+        ..ImageLimits::default()
+    };
+    let passes = imgrec_classifier::decode::MAX_SCAN_PASSES;
+    let within = progressive_with_scans(width, height, passes);
+    assert!(probe(&within, &largest).is_ok());
+    assert!(verify(&within, &largest).is_ok());
+    assert_eq!(decode_rgb(&within, &largest).unwrap().pixels.len(), width * height * 3);
+    let over = progressive_with_scans(width, height, passes + 1);
+    let refusals = [
+        probe(&over, &largest).map(|_| ()),
+        verify(&over, &largest).map(|_| ()),
+        decode_rgb(&over, &largest).map(|_| ()),
+    ];
+    for refused in refusals {
+        assert!(
+            matches!(&refused, Err(ImageError::Corrupt(why)) if why.contains(&format!("more than the {passes} allowed"))),
+            "{refused:?}"
+        );
+    }
+    // Where the same image is a quarter of the largest allowed, four times as many.
+    let larger = ImageLimits {
+        max_pixels: 4 * width * height,
+        ..ImageLimits::default()
+    };
+    assert!(verify(&progressive_with_scans(width, height, 4 * passes), &larger).is_ok());
+    let refused = decode_rgb(&progressive_with_scans(width, height, 4 * passes + 1), &larger);
+    assert!(matches!(refused, Err(ImageError::Corrupt(_))), "{refused:?}");
+}
+
 #[test]
 fn markers_inside_metadata_and_image_data_are_not_counted_as_scans() {
     // 600 start-of-scan byte pairs inside a COM segment: not scans.

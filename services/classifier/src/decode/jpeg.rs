@@ -80,11 +80,23 @@ fn io(e: std::io::Error) -> ImageError {
 /// own fuzzers stop at 500 too.
 pub const MAX_SCANS: usize = 500;
 
-/// A decompressor for a file whose scan count is within `MAX_SCANS`. Metadata segments (APPn: EXIF,
-/// ICC, XMP; COM) are skipped by libjpeg unread, since no marker is asked to be saved.
-fn open(bytes: &[u8]) -> Result<Decompress<&[u8]>, ImageError> {
-    check_scans(bytes)?;
-    decompressor(bytes)
+/// A large image may have fewer: all its scans together walk at most this many times as many
+/// blocks as one scan of the largest image allowed (32 scans at 40 MP, 106 at 12 MP, 500 up to
+/// 2.5 MP), past what encoders write (libjpeg's progressive CMYK, 18). Measured here at 40 MP, a
+/// scan that refines every coefficient costs the worker's decode ~20 ms even with no data to
+/// read: 499 of them in a 188 KB file cost ~10 s, the web tier's check ~1.3 s; with 32, ~0.67 s
+/// and ~0.13 s, what a 13 MB progressive photo of that size costs (0.65 s and 0.09 s).
+pub const MAX_SCAN_PASSES: usize = 32;
+
+/// A decompressor for a file within `limits`: its size, and its scan count for that size.
+/// Metadata segments (APPn: EXIF, ICC, XMP; COM) are skipped by libjpeg unread, since no marker is
+/// asked to be saved.
+fn open<'a>(bytes: &'a [u8], limits: &ImageLimits) -> Result<Decompress<&'a [u8]>, ImageError> {
+    let scans = check_scans(bytes)?;
+    let decompress = decompressor(bytes)?;
+    let (width, height) = decompress.size();
+    check_frame(limits, width, height, scans)?;
+    Ok(decompress)
 }
 
 /// A decompressor reporting through `error_manager`, of what `reader` reads.
@@ -92,25 +104,38 @@ fn decompressor<R: BufRead>(reader: R) -> Result<Decompress<R>, ImageError> {
     Decompress::with_err(error_manager()).from_reader(reader).map_err(io)
 }
 
-fn check_scans(bytes: &[u8]) -> Result<(), ImageError> {
+/// The file's scan count, at most `MAX_SCANS`: counted before libjpeg reads any of them.
+fn check_scans(bytes: &[u8]) -> Result<usize, ImageError> {
     let scans = scan_count(bytes);
     if scans > MAX_SCANS {
         return Err(ImageError::Corrupt(format!(
             "JPEG has more than {MAX_SCANS} scans ({scans})"
         )));
     }
+    Ok(scans)
+}
+
+/// The image's size within `limits`, and its scans within `MAX_SCAN_PASSES` for that size.
+fn check_frame(limits: &ImageLimits, width: usize, height: usize, scans: usize) -> Result<(), ImageError> {
+    check_size(limits, width, height)?;
+    let allowed =
+        (MAX_SCAN_PASSES.saturating_mul(limits.max_pixels) / width.saturating_mul(height).max(1)).min(MAX_SCANS);
+    if scans > allowed {
+        return Err(ImageError::Corrupt(format!(
+            "JPEG has {scans} scans, more than the {allowed} allowed for a {width}x{height} image (each scan walks the whole image again)"
+        )));
+    }
     Ok(())
 }
 
-pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize), ImageError> {
-    guarded(|| Ok(open(bytes)?.size()))
+pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(usize, usize), ImageError> {
+    guarded(|| Ok(open(bytes, limits)?.size()))
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     guarded(|| {
-        let decompress = open(bytes)?;
+        let decompress = open(bytes, limits)?;
         let (width, height) = decompress.size();
-        check_size(limits, width, height)?;
         let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
         let pixels = if cmyk {
             let mut started = decompress.to_colorspace(ColorSpace::JCS_CMYK).map_err(io)?;
@@ -138,9 +163,9 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
 pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
     guarded(|| {
         // First: the walk below keeps two ranges per scan.
-        check_scans(bytes)?;
+        let scans = check_scans(bytes)?;
         let Some(kept) = without_safe_data(bytes) else {
-            return decode_rows(decompressor(bytes)?, limits, true);
+            return decode_rows(decompressor(bytes)?, limits, scans, true);
         };
         // By the first row, what can fail has where the file is read to its end at the start (it
         // has several scans) or its one scan is followed by EOI; otherwise markers after the scan
@@ -148,14 +173,19 @@ pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
         let several_scans = frame_layout(bytes).is_some_and(|layout| layout.multi_scan);
         let to_first_row = several_scans || kept.eoi_after_first_scan;
         let reader = Pieces::new(bytes, kept.ranges);
-        decode_rows(decompressor(reader)?, limits, !to_first_row)
+        decode_rows(decompressor(reader)?, limits, scans, !to_first_row)
     })
 }
 
 /// Decodes at 1/8 scale into one reused row the first row, or every row and the file's end.
-fn decode_rows<R: BufRead>(mut decompress: Decompress<R>, limits: &ImageLimits, all: bool) -> Result<(), ImageError> {
+fn decode_rows<R: BufRead>(
+    mut decompress: Decompress<R>,
+    limits: &ImageLimits,
+    scans: usize,
+    all: bool,
+) -> Result<(), ImageError> {
     let (width, height) = decompress.size();
-    check_size(limits, width, height)?;
+    check_frame(limits, width, height, scans)?;
     decompress.scale(1);
     let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
     let space = if cmyk {

@@ -5,7 +5,7 @@ mod jpeg;
 mod png;
 
 pub use crate::settings::ImageLimits;
-pub use jpeg::MAX_SCANS;
+pub use jpeg::{MAX_SCANS, MAX_SCAN_PASSES};
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved `RGBRGB...`.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageError> {
 pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<(Format, usize, usize), ImageError> {
     let format = sniff(bytes)?;
     let (width, height) = match format {
-        Format::Jpeg => jpeg::dimensions(bytes)?,
+        Format::Jpeg => jpeg::dimensions(bytes, limits)?,
         Format::Png => png::dimensions(bytes, limits)?,
     };
     check_size(limits, width, height)?;
