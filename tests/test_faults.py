@@ -245,7 +245,8 @@ def test_a_poison_image_fails_alone_and_its_batch_mates_get_their_labels(tmp_pat
             status, reason = bad.result()
         assert answers == {f.name: (200, want[f.name] + "\n") for f in good}
         assert status == 500 and "set aside" in reason, (status, reason)
-        assert stack.status()["queue"]["dead_letter"] == 1
+        # /status reads a queue's depth at most ten times a second.
+        wait_until("the dead-letter queue holds it", lambda: stack.status()["queue"]["dead_letter"] == 1, 5)
     assert stack_processes(data) == []
 
 

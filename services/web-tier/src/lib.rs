@@ -10,6 +10,7 @@
 
 mod api_keys;
 mod background;
+mod depth;
 mod dispatch;
 mod error;
 mod history;

@@ -10,6 +10,7 @@ use scaler::ScalerHandle;
 use tokio::sync::watch;
 
 use crate::api_keys::ApiKeys;
+use crate::depth::DepthCache;
 use crate::dispatch::Waiters;
 use crate::history::History;
 use crate::jobs::AnswerCache;
@@ -39,6 +40,9 @@ pub struct WebTier {
     pub api_keys: Option<ApiKeys>,
     /// Jobs' answers read before.
     pub answers: AnswerCache,
+    /// The request queue's depth and the dead-letter queue's, as the open endpoints show them.
+    pub request_depth: DepthCache,
+    pub dead_letter_depth: DepthCache,
 }
 
 impl WebTier {
@@ -58,6 +62,8 @@ impl WebTier {
             _ => None,
         };
         Ok(Arc::new(Self {
+            request_depth: DepthCache::new(adapters.requests.clone()),
+            dead_letter_depth: DepthCache::new(adapters.dead_letter.clone()),
             upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
             settings,
             adapters,

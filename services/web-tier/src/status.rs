@@ -34,7 +34,7 @@ impl WebTier {
         };
         let backlog = match backlog {
             Some(b) => b,
-            None => match self.adapters.requests.depth().await {
+            None => match self.request_depth.get().await {
                 Ok(depth) => depth,
                 Err(_) => return,
             },
@@ -45,7 +45,7 @@ impl WebTier {
 
     /// `GET /status`.
     pub async fn status(self: Arc<Self>) -> Response {
-        let depth = match self.adapters.requests.depth().await {
+        let depth = match self.request_depth.get().await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot read the queue depth");
@@ -55,7 +55,7 @@ impl WebTier {
                 );
             }
         };
-        let dead = self.adapters.dead_letter.depth().await.map(|d| d.total()).ok();
+        let dead = self.dead_letter_depth.get().await.map(|d| d.total()).ok();
         let (min, mut max) = (self.settings.scaler.min, self.settings.scaler.max);
         let (desired, instances, error, acting, launch_failure, warm_pool) = match &self.scaler {
             Some(scaler) => {
@@ -125,7 +125,7 @@ impl WebTier {
     /// `GET /metrics`.
     pub async fn metrics(self: Arc<Self>) -> Response {
         let m = &self.metrics;
-        if let Ok(depth) = self.adapters.requests.depth().await {
+        if let Ok(depth) = self.request_depth.get().await {
             m.queue_pending.set(depth.visible as i64);
             m.queue_in_flight.set(depth.in_flight as i64);
         }

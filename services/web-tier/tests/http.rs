@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use imgrec_domain::ports::{PortError, PortResult, QueueDepth, Receipt, Received, WorkQueue};
@@ -302,6 +303,77 @@ async fn a_queue_that_may_recover_is_a_503_one_that_will_not_a_500() {
         assert_eq!(stored(dir.path()), 1);
         web.stop().await.unwrap();
     }
+}
+
+/// The request queue, counting the reads of its depth.
+struct CountingDepth {
+    queue: Arc<dyn WorkQueue>,
+    reads: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl WorkQueue for CountingDepth {
+    async fn send(&self, body: &[u8]) -> PortResult<()> {
+        self.queue.send(body).await
+    }
+    async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> PortResult<Vec<Received>> {
+        self.queue.receive(max, visibility, wait).await
+    }
+    async fn delete(&self, receipt: &Receipt) -> PortResult<()> {
+        self.queue.delete(receipt).await
+    }
+    async fn change_visibility(&self, receipt: &Receipt, visibility: Duration) -> PortResult<()> {
+        self.queue.change_visibility(receipt, visibility).await
+    }
+    async fn depth(&self) -> PortResult<QueueDepth> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.queue.depth().await
+    }
+}
+
+/// `/status` and `/metrics` need no key, and on AWS a depth read is a paid SQS call: however
+/// many GETs come, the queue is asked at most once per 100 ms (and by the dashboard's sampler
+/// once a second).
+#[tokio::test]
+async fn the_open_endpoints_read_the_queue_depth_at_most_ten_times_a_second() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let mut adapters = Adapters::connect(&settings).await.unwrap();
+    let queue = adapters.requests.clone();
+    let counting = Arc::new(CountingDepth {
+        queue: queue.clone(),
+        reads: AtomicUsize::new(0),
+    });
+    adapters.requests = counting.clone();
+    let web = web_tier::spawn_on(settings, adapters).await.unwrap();
+    let client = Client::new();
+    let started = Instant::now();
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..200)
+        .map(|i| {
+            let url = format!("{}{}", web.url(), if i % 2 == 0 { "status" } else { "metrics" });
+            let client = client.clone();
+            async move { client.get(url).send().await.expect("GET").status() }
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    let (elapsed, reads) = (started.elapsed(), counting.reads.load(Ordering::SeqCst));
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let most = 1 + elapsed.as_millis() as usize / 100 + 1 + elapsed.as_secs() as usize;
+    assert!(reads <= most, "{reads} depth reads in {elapsed:?} for 200 GETs");
+    // And the depth is read again: a request queued now shows.
+    queue.send(b"{}").await.unwrap();
+    let queued = Instant::now();
+    let pending = loop {
+        let pending = get_status(&client, &web).await["queue"]["pending"].as_u64();
+        if pending == Some(1) || queued.elapsed() > Duration::from_secs(5) {
+            break pending;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(pending, Some(1), "not shown after {:?}", queued.elapsed());
+    web.stop().await.unwrap();
 }
 
 #[tokio::test]
