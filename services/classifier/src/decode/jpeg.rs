@@ -81,8 +81,9 @@ fn io(e: std::io::Error) -> ImageError {
 pub const MAX_SCANS: usize = 500;
 
 /// A large image may have fewer: all its scans together walk at most this many times as many
-/// blocks as one scan of the largest image allowed (32 scans at 40 MP, 106 at 12 MP, 500 up to
-/// 2.5 MP), past what encoders write (libjpeg's progressive CMYK, 18). Measured here at 40 MP, a
+/// blocks as one scan of the largest image allowed (under the default 40 MP limit: 32 scans at
+/// 40 MP, 106 at 12 MP, 500 up to 2.5 MP), past what encoders write (libjpeg's progressive CMYK,
+/// 18). Measured here at 40 MP, a
 /// scan that refines every coefficient costs the worker's decode ~20 ms even with no data to
 /// read: 499 of them in a 188 KB file cost ~10 s, the web tier's check ~1.3 s; with 32, ~0.67 s
 /// and ~0.13 s, what a 13 MB progressive photo of that size costs (0.65 s and 0.09 s).
