@@ -376,6 +376,46 @@ async fn the_open_endpoints_read_the_queue_depth_at_most_ten_times_a_second() {
     web.stop().await.unwrap();
 }
 
+/// A queue that cannot say its depth is not asked by every GET either: `/status` is a 503 and
+/// `/metrics` leaves the gauges, from one failed read per 100 ms.
+#[tokio::test]
+async fn a_queue_that_fails_its_depth_reads_is_asked_no_more_often() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let mut adapters = Adapters::connect(&settings).await.unwrap();
+    let counting = Arc::new(CountingDepth {
+        queue: Arc::new(Refusing { transient: true }),
+        reads: AtomicUsize::new(0),
+    });
+    adapters.requests = counting.clone();
+    let web = web_tier::spawn_on(settings, adapters).await.unwrap();
+    let client = Client::new();
+    let started = Instant::now();
+    let statuses: Vec<(bool, StatusCode)> = futures::stream::iter(0..200)
+        .map(|i| {
+            let status = i % 2 == 0;
+            let url = format!("{}{}", web.url(), if status { "status" } else { "metrics" });
+            let client = client.clone();
+            async move { (status, client.get(url).send().await.expect("GET").status()) }
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    let (elapsed, reads) = (started.elapsed(), counting.reads.load(Ordering::SeqCst));
+    for (status, code) in statuses {
+        let want = if status {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(code, want, "/status: {status}");
+    }
+    let most = 1 + elapsed.as_millis() as usize / 100 + 1 + elapsed.as_secs() as usize;
+    assert!(reads <= most, "{reads} depth reads in {elapsed:?} for 200 GETs");
+    web.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_trickling_body_is_refused_408_at_its_deadline_and_an_unfinished_header_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
