@@ -331,12 +331,34 @@ impl WorkQueue for CountingDepth {
     }
 }
 
+/// 200 GETs, 20 at once, alternately of `/status` (`true`) and `/metrics`: each one's answer,
+/// and how long they all took.
+async fn poll_open_endpoints(client: &Client, web: &web_tier::SpawnedWebTier) -> (Vec<(bool, StatusCode)>, Duration) {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let answers = futures::stream::iter(0..200)
+        .map(|i| {
+            let status = i % 2 == 0;
+            let url = format!("{}{}", web.url(), if status { "status" } else { "metrics" });
+            let client = client.clone();
+            async move { (status, client.get(url).send().await.expect("GET").status()) }
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    (answers, started.elapsed())
+}
+
+/// Depth reads allowed over `elapsed`: one per 100 ms, and the dashboard sampler's one a second.
+fn most_depth_reads(elapsed: Duration) -> usize {
+    1 + elapsed.as_millis() as usize / 100 + 1 + elapsed.as_secs() as usize
+}
+
 /// `/status` and `/metrics` need no key, and on AWS a depth read is a paid SQS call: however
 /// many GETs come, the queue is asked at most once per 100 ms (and by the dashboard's sampler
 /// once a second).
 #[tokio::test]
 async fn the_open_endpoints_read_the_queue_depth_at_most_ten_times_a_second() {
-    use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(dir.path());
     let mut adapters = Adapters::connect(&settings).await.unwrap();
@@ -348,20 +370,13 @@ async fn the_open_endpoints_read_the_queue_depth_at_most_ten_times_a_second() {
     adapters.requests = counting.clone();
     let web = web_tier::spawn_on(settings, adapters).await.unwrap();
     let client = Client::new();
-    let started = Instant::now();
-    let statuses: Vec<StatusCode> = futures::stream::iter(0..200)
-        .map(|i| {
-            let url = format!("{}{}", web.url(), if i % 2 == 0 { "status" } else { "metrics" });
-            let client = client.clone();
-            async move { client.get(url).send().await.expect("GET").status() }
-        })
-        .buffer_unordered(20)
-        .collect()
-        .await;
-    let (elapsed, reads) = (started.elapsed(), counting.reads.load(Ordering::SeqCst));
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
-    let most = 1 + elapsed.as_millis() as usize / 100 + 1 + elapsed.as_secs() as usize;
-    assert!(reads <= most, "{reads} depth reads in {elapsed:?} for 200 GETs");
+    let (answers, elapsed) = poll_open_endpoints(&client, &web).await;
+    let reads = counting.reads.load(Ordering::SeqCst);
+    assert!(answers.iter().all(|(_, s)| *s == StatusCode::OK), "{answers:?}");
+    assert!(
+        reads <= most_depth_reads(elapsed),
+        "{reads} depth reads in {elapsed:?} for 200 GETs"
+    );
     // And the depth is read again: a request queued now shows.
     queue.send(b"{}").await.unwrap();
     let queued = Instant::now();
@@ -380,7 +395,6 @@ async fn the_open_endpoints_read_the_queue_depth_at_most_ten_times_a_second() {
 /// `/metrics` leaves the gauges, from one failed read per 100 ms.
 #[tokio::test]
 async fn a_queue_that_fails_its_depth_reads_is_asked_no_more_often() {
-    use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(dir.path());
     let mut adapters = Adapters::connect(&settings).await.unwrap();
@@ -390,20 +404,9 @@ async fn a_queue_that_fails_its_depth_reads_is_asked_no_more_often() {
     });
     adapters.requests = counting.clone();
     let web = web_tier::spawn_on(settings, adapters).await.unwrap();
-    let client = Client::new();
-    let started = Instant::now();
-    let statuses: Vec<(bool, StatusCode)> = futures::stream::iter(0..200)
-        .map(|i| {
-            let status = i % 2 == 0;
-            let url = format!("{}{}", web.url(), if status { "status" } else { "metrics" });
-            let client = client.clone();
-            async move { (status, client.get(url).send().await.expect("GET").status()) }
-        })
-        .buffer_unordered(20)
-        .collect()
-        .await;
-    let (elapsed, reads) = (started.elapsed(), counting.reads.load(Ordering::SeqCst));
-    for (status, code) in statuses {
+    let (answers, elapsed) = poll_open_endpoints(&Client::new(), &web).await;
+    let reads = counting.reads.load(Ordering::SeqCst);
+    for (status, code) in answers {
         let want = if status {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -411,8 +414,10 @@ async fn a_queue_that_fails_its_depth_reads_is_asked_no_more_often() {
         };
         assert_eq!(code, want, "/status: {status}");
     }
-    let most = 1 + elapsed.as_millis() as usize / 100 + 1 + elapsed.as_secs() as usize;
-    assert!(reads <= most, "{reads} depth reads in {elapsed:?} for 200 GETs");
+    assert!(
+        reads <= most_depth_reads(elapsed),
+        "{reads} depth reads in {elapsed:?} for 200 GETs"
+    );
     web.stop().await.unwrap();
 }
 
