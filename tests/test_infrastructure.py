@@ -338,6 +338,19 @@ def test_destroy_after_real_use_empties_the_buckets_and_retention_bounds_them():
     assert one(rule["noncurrent_version_expiration"])["noncurrent_days"] == "${var.noncurrent_version_days}"
 
 
+def test_every_kind_of_record_in_the_output_bucket_expires():
+    """Each prefix the services keep records under in the output bucket (records.rs, starts.rs) has
+    its lifecycle rule: one left out (callbacks' leases, say) would be kept forever on AWS."""
+    text = (MODULES / "storage" / "main.tf").read_text()
+    listed = re.search(r"record_retention_days > 0 \? \[([^\]]*)\]", text)
+    assert listed, "the records' lifecycle rule is not where this test reads it"
+    expiring = set(re.findall(r'"([a-z_]+/)"', listed.group(1)))
+    sources = (ROOT / "services" / "domain" / "src" / "records.rs").read_text() + (AWS_SOURCES / "starts.rs").read_text()
+    kept = set(re.findall(r"(?:_imgrec/|\{PREFIX\})([a-z_]+/)", sources))
+    assert {"jobs/", "idempotency/", "callbacks/", "starts/"} <= kept, f"the scan found only {kept}"
+    assert kept <= expiring, f"records that never expire on AWS: {kept - expiring}"
+
+
 def test_requests_dead_letter_and_every_queue_is_encrypted():
     queues = blocks(module_doc("queues"), "resource", "aws_sqs_queue")
     assert set(queues) == {"requests", "responses", "dead_letter"}

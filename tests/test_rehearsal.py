@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from conftest import ROOT
-from local_stack import MotoServer, loadgen, submit_job, wait_job
+from local_stack import Callbacks, MotoServer, loadgen, submit_job, wait_job, wait_until
+from rehearsal.aws_rules import s3_call
 from rehearsal.gateway import Gateway, Principal
 from rehearsal.stack import NAMES, Rehearsal, burst_outcome, rendered, report
 
@@ -57,6 +58,18 @@ def test_a_missing_key_reads_as_403_without_list_bucket_and_404_with_it(gateway)
     assert error(lambda: client(gateway, "s3", "LIST").get_object(Bucket="state", Key="lease")) == ("NoSuchKey", 404)
     stats = gateway.stats.snapshot()
     assert stats["denied"] == {"nolist GetObject": 1}
+
+
+def test_deletes_map_to_their_permissions_as_the_sdks_send_them():
+    """The Rust SDK names the operation in the query (`?x-id=DeleteObject`): such a delete was a
+    request the rehearsal could not map, and so denied, once the web tier deleted callbacks' leases."""
+    for path, action in [("/out/_imgrec/callbacks/a?x-id=DeleteObject", "s3:DeleteObject"),
+                         ("/out/_imgrec/callbacks/a", "s3:DeleteObject"),
+                         ("/out/key?versionId=3&x-id=DeleteObject", "s3:DeleteObjectVersion")]:
+        call = s3_call("DELETE", path, {}, "WEB", "us-east-1")
+        assert call.operation == "DeleteObject", path
+        assert [check[0] for check in call.checks] == [action], path
+    assert s3_call("DELETE", "/out/key?tagging", {}, "WEB", "us-east-1").operation == "?"
 
 
 def test_calls_outside_the_policy_are_denied_and_counted(gateway):
@@ -156,11 +169,14 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
 
         watcher = threading.Thread(target=watch)
         watcher.start()
+        callbacks = Callbacks()
         try:
             summary, run = loadgen(rehearsal.url, images, concurrency=100, expected=expected)
-            # A job and a retried upload, under the same roles: their records in the output bucket.
-            job = submit_job(rehearsal.url, images[:10], token="rehearsal-job")
+            # A job with a callback and a retried upload, under the same roles: their records and
+            # the callback's lease in the output bucket.
+            job = submit_job(rehearsal.url, images[:10], token="rehearsal-job", callback_url=callbacks.url)
             job = wait_job([rehearsal.url], job["job_id"], timeout=120)
+            wait_until("the job's callback", lambda: callbacks.received, 30)
             retried = [requests.post(rehearsal.url, files={"myfile": (images[0].name, images[0].read_bytes())},
                                      headers={"Idempotency-Key": "rehearsal-1"}, timeout=120) for _ in range(2)]
             outcome = burst_outcome(rehearsal, summary)
@@ -168,6 +184,7 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
         finally:
             done.set()
             watcher.join()
+            callbacks.close()
         print("\n" + report(outcome))
         logs = rehearsal.log("scaler")
     assert outcome.denied == 0, report(outcome)
@@ -175,6 +192,7 @@ def test_the_deployment_serves_a_burst_under_its_own_roles(datasets, tmp_path, a
     assert outcome.stats["faults"] == {}, report(outcome)
     assert (outcome.ok, outcome.wrong, outcome.errors) == (100, 0, 0), (summary["error_samples"], logs[-3000:])
     assert job["counts"] == {"total": 10, "done": 10, "failed": 0, "pending": 0}, job
+    assert [c["job_id"] for c in callbacks.received] == [job["job_id"]], callbacks.received
     assert [(r.status_code, r.text) for r in retried] == [(200, retried[0].text)] * 2
     assert outcome.peak_instances >= 1 and outcome.final_instances == 0
     # The On-Demand group took the first instance, the Spot group the rest, each named once.

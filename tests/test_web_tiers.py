@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from local_stack import Stack, job_status, loadgen, stack_processes, submit_job, wait_job, wait_until, worker_names
+from local_stack import Callbacks, Stack, job_status, loadgen, stack_processes, submit_job, wait_job, wait_until, worker_names
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
 MAX = 4
@@ -290,8 +290,10 @@ def test_a_web_tier_paused_past_its_name_lease_loses_no_answer(tmp_path, thumbs,
 
 def test_a_job_outlives_the_web_tier_that_took_it_and_retries_are_classified_once(tmp_path, thumbs, want):
     """A 1,000-image job sent to one web tier is polled to completion through the other while the
-    first is SIGKILLed midway: every image's label delivered, right. Then a retry storm across both
-    web tiers, each key sent 8 times: 8 answers per key, all the first's, each image stored once."""
+    first is SIGKILLed midway: every image's label delivered, right, and the job's callback, which
+    the killed web tier held, sent once by the other after its lease lapsed. Then a retry storm
+    across both web tiers, each key sent 8 times: 8 answers per key, all the first's, each image
+    stored once."""
     data = tmp_path / "data"
     jobs_dir = tmp_path / "job"
     jobs_dir.mkdir()
@@ -300,12 +302,14 @@ def test_a_job_outlives_the_web_tier_that_took_it_and_retries_are_classified_onc
         for f in thumbs:
             files.append(jobs_dir / f"j{k}_{f.name}")
             shutil.copyfile(f, files[-1])
-    stacks = [Stack(data, log_name=f"web{k}", **SETTINGS) for k in range(2)]
+    lease_s = 2
+    stacks = [Stack(data, log_name=f"web{k}", jobs__callback_lease_s=str(lease_s), **SETTINGS) for k in range(2)]
+    callbacks = Callbacks()
     try:
         for s in stacks:
             s.start()
         doomed, survivor = stacks
-        accepted = submit_job(doomed.url, files, token="job-1")
+        accepted = submit_job(doomed.url, files, token="job-1", callback_url=callbacks.url)
         job_id = accepted["job_id"]
         assert accepted["images"] == 1000
         wait_until("the job is under way", lambda: 0 < job_status(survivor.url, job_id)["counts"]["done"], 60, every=0.05)
@@ -319,6 +323,12 @@ def test_a_job_outlives_the_web_tier_that_took_it_and_retries_are_classified_onc
             assert image["file"] == f.name
             assert image["label"] == want[f.name.split("_", 1)[1]], image
         print(f"\njob of 1000: {midway['pending']} pending when the accepting web tier was killed; all delivered")
+        wait_until("the job's callback", lambda: callbacks.received, 4 * lease_s + 30, every=0.1)
+        time.sleep(3 * lease_s)
+        assert len(callbacks.received) == 1, f"{len(callbacks.received)} callbacks"
+        (called,) = callbacks.received
+        assert called["job_id"] == job_id and called["status"] == "completed", called
+        assert "took over a job's callback whose lease lapsed" in survivor.logs()
 
         # The retry storm: a second web tier in place of the killed one, 10 keys x 8 sends.
         stacks.append(Stack(data, log_name="web2", **SETTINGS).start())
@@ -347,6 +357,7 @@ def test_a_job_outlives_the_web_tier_that_took_it_and_retries_are_classified_onc
         stored = len(list((data / "versions" / "input-bucket").iterdir())) - before
         assert stored == 10, f"{stored} images stored for 10 keys"
     finally:
+        callbacks.close()
         for s in stacks:
             if s.proc and s.proc.poll() is None:
                 s.stop()

@@ -254,16 +254,45 @@ def loadgen(url: str, inputs, *, concurrency: int = 100, expected: Path | None =
     return json.loads(result.stdout), result
 
 
-def submit_job(url: str, files, *, token: str | None = None, timeout: float = 600) -> dict:
+def submit_job(url: str, files, *, token: str | None = None, callback_url: str | None = None,
+               timeout: float = 600) -> dict:
     """POST /jobs with each file a part of the field "myfile": the 202's JSON."""
     import requests
 
     parts = [("myfile", (Path(f).name, Path(f).read_bytes(), "application/octet-stream")) for f in files]
     headers = {"Idempotency-Key": token} if token else {}
-    response = requests.post(url + "jobs", files=parts, headers=headers, timeout=timeout)
+    params = {"callback_url": callback_url} if callback_url else {}
+    response = requests.post(url + "jobs", files=parts, headers=headers, params=params, timeout=timeout)
     assert response.status_code == 202, (response.status_code, response.text[:500])
     assert response.headers["Location"] == f"/jobs/{response.json()['job_id']}"
     return response.json()
+
+
+class Callbacks:
+    """An HTTP server on 127.0.0.1 that keeps the JSON of every POST it is sent (jobs' callbacks)."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/done"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def job_status(url: str, job_id: str) -> dict:

@@ -166,9 +166,11 @@ def s3_call(method: str, path: str, headers, access_key: str, region: str) -> Ca
                 call.operation = "CopyObject"
                 source = urllib.parse.unquote(headers["x-amz-copy-source"]).lstrip("/").split("?")[0]
                 call.checks.append(("s3:GetObject", f"arn:{PARTITION}:s3:::{source}", {}))
-        elif method == "DELETE" and not query:
+        elif method == "DELETE" and not set(query) - {"x-id", "versionId"}:
+            # The SDKs name the operation in the query (`x-id=DeleteObject`); deleting a given
+            # version takes a permission of its own.
             call.operation = "DeleteObject"
-            call.checks = [("s3:DeleteObject", object_arn, {})]
+            call.checks = [("s3:DeleteObjectVersion" if version else "s3:DeleteObject", object_arn, {})]
         return call
     if method == "HEAD":
         call.operation, call.checks = "HeadBucket", [("s3:ListBucket", bucket_arn, {})]

@@ -423,6 +423,11 @@ async fn retries_with_one_idempotency_key_get_one_classification_and_its_answer(
 
 /// Takes one HTTP request on `listener` and answers 200: its body.
 async fn one_callback(listener: &tokio::net::TcpListener) -> serde_json::Value {
+    one_callback_answered(listener, "200 OK").await
+}
+
+/// Takes one HTTP request on `listener` and answers `status`: its body.
+async fn one_callback_answered(listener: &tokio::net::TcpListener, status: &str) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut stream, _) = listener.accept().await.unwrap();
     let mut buf = Vec::new();
@@ -443,10 +448,8 @@ async fn one_callback(listener: &tokio::net::TcpListener) -> serde_json::Value {
             }
         }
     };
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    stream.write_all(answer.as_bytes()).await.unwrap();
     serde_json::from_slice(&buf[body_at..]).unwrap()
 }
 
@@ -565,6 +568,163 @@ async fn a_job_of_many_images_is_answered_per_image_by_any_web_tier_and_calls_ba
     worker.stop().await.unwrap();
     other_web.stop().await.unwrap();
     web.stop().await.unwrap();
+}
+
+/// Settings whose jobs' callback leases last 1 s, and a listener for callbacks with its URL.
+async fn short_callback_leases(data: &Path) -> (Settings, tokio::net::TcpListener, String) {
+    let mut settings = one_web_tier_and_worker(data);
+    settings.jobs.callback_lease_s = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback = format!("http://{}/done", listener.local_addr().unwrap());
+    (settings, listener, callback)
+}
+
+/// A job of one image `name` with `callback`, sent to the web tier at `url`: its id.
+async fn job_with_callback(url: String, name: &str, callback: &str) -> String {
+    let response = (reqwest::Client::new().post(format!("{url}jobs")))
+        .query(&[("callback_url", callback)])
+        .multipart(job_form(&[name], &small_jpg()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    accepted["job_id"].as_str().unwrap().to_owned()
+}
+
+/// A job's callback outlives the web tier that took it: one that stops gives the callback up and
+/// the next web tier takes it over at once; one that dies (its lease as it last renewed it, which
+/// is what a SIGKILL leaves) has it taken over once the lease lapses. Of two web tiers looking,
+/// one takes each; each callback arrives once and its lease is gone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jobs_callback_is_delivered_once_by_another_web_tier_when_the_one_that_took_it_is_gone() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use imgrec_domain::records;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, listener, callback) = short_callback_leases(dir.path()).await;
+    let store = imgrec_runtime::backend::Adapters::connect(&settings)
+        .await
+        .unwrap()
+        .store;
+    let key = |id: &str| records::pending_callback(&records::JobId::parse(id).unwrap());
+    let lease = |id: &str| {
+        let (store, key) = (store.clone(), key(id));
+        async move {
+            let bytes = store.get("output-bucket", &key, None).await.unwrap()?;
+            Some(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+        }
+    };
+    let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+
+    // No worker yet: both jobs wait while the web tier that took them goes.
+    let first = web_tier::spawn(settings.clone()).await.unwrap();
+    let stopped = job_with_callback(first.url(), "stopped.jpg", &callback).await;
+    let died = job_with_callback(first.url(), "died.jpg", &callback).await;
+    let held = lease(&stopped)
+        .await
+        .expect("a job with a callback has its lease from its 202");
+    assert_eq!(held["generation"], 0);
+    assert!(held["until_ms"].as_u64().unwrap() > now_ms(), "{held}");
+    first.stop().await.unwrap();
+    assert_eq!(
+        lease(&stopped).await.unwrap()["until_ms"],
+        0,
+        "a web tier that stops gives its callbacks up"
+    );
+    // As if the first had been killed instead: its lease on `died` as it last renewed it.
+    let last_renewed = serde_json::json!({"holder": held["holder"], "generation": 0, "until_ms": now_ms() + 6000});
+    let last_renewed = serde_json::to_vec(&last_renewed).unwrap().into();
+    store.put("output-bucket", &key(&died), last_renewed).await.unwrap();
+
+    let second = web_tier::spawn(settings.clone()).await.unwrap();
+    let third = web_tier::spawn(settings.clone()).await.unwrap();
+    // A web tier looks at once on its start: the lease given up is taken over; the other not yet.
+    let taken_over = |id: String, within: u64| {
+        let lease = &lease;
+        async move {
+            tokio::time::timeout(Duration::from_secs(within), async {
+                while lease(&id).await.unwrap()["generation"] == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(
+        taken_over(stopped.clone(), 4).await,
+        "the lease given up was not taken over at once"
+    );
+    assert_eq!(
+        lease(&died).await.unwrap()["generation"],
+        0,
+        "taken over before its lease lapsed"
+    );
+    assert!(
+        taken_over(died.clone(), 10).await,
+        "the lapsed lease was not taken over"
+    );
+    assert_ne!(lease(&died).await.unwrap()["holder"], held["holder"]);
+
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let mut called = Vec::new();
+    for _ in 0..2 {
+        let report = tokio::time::timeout(Duration::from_secs(60), one_callback(&listener))
+            .await
+            .expect("a callback within 60 s");
+        assert_eq!(report["status"], "completed", "{report}");
+        called.push(report["job_id"].as_str().unwrap().to_owned());
+    }
+    called.sort();
+    let mut want = vec![stopped.clone(), died.clone()];
+    want.sort();
+    assert_eq!(called, want, "each job called back");
+    // Several leases' time: no web tier calls either back again.
+    let again = tokio::time::timeout(Duration::from_secs(4), listener.accept()).await;
+    assert!(again.is_err(), "a callback was delivered twice");
+    for id in [&stopped, &died] {
+        assert_eq!(lease(id).await, None, "the lease of a delivered callback is deleted");
+    }
+    worker.stop().await.unwrap();
+    third.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+/// A callback retried for longer than its lease (the receiver failing twice: 1 s and 2 s of
+/// back-off) is still delivered by its holder alone, which renews the lease while it tries: the
+/// other web tiers looking take nothing over, and the receiver sees three tries, then none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callback_retried_past_its_lease_is_delivered_by_its_holder_alone() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, listener, callback) = short_callback_leases(dir.path()).await;
+    let webs = [
+        web_tier::spawn(settings.clone()).await.unwrap(),
+        web_tier::spawn(settings.clone()).await.unwrap(),
+        web_tier::spawn(settings.clone()).await.unwrap(),
+    ];
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let job = job_with_callback(webs[0].url(), "a.jpg", &callback).await;
+    let mut tries = Vec::new();
+    for status in ["500 Internal Server Error", "503 Service Unavailable", "200 OK"] {
+        let report = tokio::time::timeout(Duration::from_secs(60), one_callback_answered(&listener, status))
+            .await
+            .expect("a try within 60 s");
+        tries.push(report["job_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(tries, vec![job; 3]);
+    let again = tokio::time::timeout(Duration::from_secs(4), listener.accept()).await;
+    assert!(
+        again.is_err(),
+        "another web tier took the callback over and delivered it again"
+    );
+    worker.stop().await.unwrap();
+    for web in webs {
+        web.stop().await.unwrap();
+    }
 }
 
 /// A local worker takes requests only while it holds an inference slot: with the only slot held

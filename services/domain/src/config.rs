@@ -137,6 +137,9 @@ pub struct JobSettings {
     pub callback_attempts: u32,
     /// Each callback delivery's timeout.
     pub callback_timeout_s: u64,
+    /// A web tier holds a job's callback this long unless it renews it (a third of it in);
+    /// another takes over one that lapsed (its holder died), looking this often.
+    pub callback_lease_s: u64,
 }
 
 impl JobSettings {
@@ -150,6 +153,10 @@ impl JobSettings {
 
     pub fn callback_timeout(&self) -> Duration {
         Duration::from_secs(self.callback_timeout_s.max(1))
+    }
+
+    pub fn callback_lease(&self) -> Duration {
+        Duration::from_secs(self.callback_lease_s.max(1))
     }
 }
 

@@ -7,7 +7,9 @@
 //! - `_imgrec/jobs/<id>/<index>`: each image's answer (a `ClassifyResponse`), written by the
 //!   worker that classified it (or by the web tier, for an image refused on arrival or
 //!   dead-lettered);
-//! - `_imgrec/jobs/<id>.callback`: the callback's delivery, claimed by one web tier;
+//! - `_imgrec/callbacks/<id>`: a job's callback not yet delivered (`CallbackLease`): the web
+//!   tier that holds it watches the job and delivers; any web tier takes over a lease that lapsed
+//!   (its holder died), creating `_imgrec/callbacks/<id>.<generation>` once, so that one does;
 //! - `_imgrec/idempotency/<digest>`: the first upload with an `Idempotency-Key` (`Claim`), and
 //!   `_imgrec/idempotency/<digest>/answer` its answer;
 //! - `_imgrec/starts/<instance id>` (on AWS): whether that instance's worker could start, kept by
@@ -115,8 +117,32 @@ pub fn job_answer_index(id: &JobId, key: &ObjectKey) -> Option<usize> {
     key.as_str().strip_prefix(&job_answers(id))?.parse().ok()
 }
 
-pub fn job_callback(id: &JobId) -> ObjectKey {
-    key(format!("{PREFIX}jobs/{id}.callback"))
+/// Where jobs' callbacks not yet delivered are kept.
+pub const CALLBACKS: &str = "_imgrec/callbacks/";
+
+/// Who delivers a job's callback, until when (unless renewed), and how often it changed hands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackLease {
+    /// The web tier process holding it (`unique_holder`).
+    pub holder: String,
+    /// 0 for the web tier that took the job, one more for each takeover.
+    pub generation: u64,
+    /// Lapsed after this (0: given up on a stop, for another to take at once).
+    pub until_ms: u64,
+}
+
+pub fn pending_callback(id: &JobId) -> ObjectKey {
+    key(format!("{CALLBACKS}{id}"))
+}
+
+/// The job whose pending callback `key` is (not a takeover's claim, nor anything else).
+pub fn pending_callback_id(key: &ObjectKey) -> Option<JobId> {
+    JobId::parse(key.as_str().strip_prefix(CALLBACKS)?)
+}
+
+/// Created once by the web tier that takes over a lapsed lease as its `generation`.
+pub fn callback_takeover(id: &JobId, generation: u64) -> ObjectKey {
+    key(format!("{CALLBACKS}{id}.{generation}"))
 }
 
 /// `digest`: the lowercase hex digest of the key and who sent it.
@@ -186,7 +212,10 @@ mod tests {
         assert_eq!(job_answer_index(&a, &job_answer(&a, 7)), Some(7));
         assert_eq!(job_answer_index(&a, &job_answer(&b, 7)), None);
         assert_eq!(job_answer_index(&a, &job(&a)), None);
-        assert_eq!(job_answer_index(&a, &job_callback(&a)), None);
+        assert_eq!(job_answer_index(&a, &pending_callback(&a)), None);
+        assert_eq!(pending_callback_id(&pending_callback(&a)), Some(a.clone()));
+        assert_eq!(pending_callback_id(&callback_takeover(&a, 1)), None);
+        assert_eq!(pending_callback_id(&job(&a)), None);
         assert!(job_answer(&a, 999_999).as_str().starts_with(PREFIX));
         assert!(job_answer(&a, 2) < job_answer(&a, 10), "listed in order");
     }

@@ -274,6 +274,7 @@ impl Settings {
             ("jobs.retention_s", jobs.retention_s),
             ("jobs.body_timeout_s", jobs.body_timeout_s),
             ("jobs.callback_timeout_s", jobs.callback_timeout_s),
+            ("jobs.callback_lease_s", jobs.callback_lease_s),
             ("app_tier.poll_wait_ms", app.poll_wait_ms / 1000),
             ("app_tier.heartbeat_ms", app.heartbeat_ms / 1000),
             ("app_tier.stall_timeout_s", app.stall_timeout_s),

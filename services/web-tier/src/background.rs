@@ -1,5 +1,6 @@
 //! What runs beside the HTTP server: the hosted scaler, the response and dead-letter dispatchers,
-//! the local retention sweeps and the dashboard's sampler. They keep running while the server
+//! the local retention sweeps, the dashboard's sampler and the look for jobs' callbacks to take
+//! over. They keep running while the server
 //! drains, so that the requests still waiting get their answers.
 
 use std::sync::atomic::AtomicU64;
@@ -13,8 +14,8 @@ use imgrec_runtime::shutdown::{Shutdown, Stopper};
 use scaler::Scaler;
 use tokio::task::JoinHandle;
 
-use crate::dispatch;
 use crate::state::WebTier;
+use crate::{dispatch, jobs};
 
 /// The scaler this web tier hosts, if any: acting when `web.run_scaler` (it acts while it holds
 /// the scaler lease), only watching the fleet when `web.watch_fleet`.
@@ -47,6 +48,7 @@ pub async fn hosted_scaler(
 }
 
 pub struct Background {
+    tier: Arc<WebTier>,
     stopper: Stopper,
     tasks: Vec<JoinHandle<()>>,
     scaler: Option<JoinHandle<anyhow::Result<()>>>,
@@ -68,10 +70,16 @@ impl Background {
             )),
             tokio::spawn(dispatch::dead_letters(tier.clone(), shutdown.clone())),
             tokio::spawn(sample(tier.clone(), shutdown.clone())),
+            tokio::spawn(jobs::adopt_callbacks(tier.clone(), shutdown.clone())),
         ];
         tasks.extend(backend::housekeeping(settings, shutdown.clone()));
         let scaler = scaler.map(|scaler| tokio::spawn(scaler.run(settings.scaler.tick(), shutdown)));
-        Ok(Self { stopper, tasks, scaler })
+        Ok(Self {
+            tier: tier.clone(),
+            stopper,
+            tasks,
+            scaler,
+        })
     }
 
     /// Stops them and waits until they have (the scaler stops the fleet it drives).
@@ -80,6 +88,7 @@ impl Background {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.tier.release_callbacks().await;
         if let Some(scaler) = self.scaler {
             scaler.await.context("scaler task")??;
         }

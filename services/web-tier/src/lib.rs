@@ -110,6 +110,7 @@ async fn serve_on(
         settings,
         adapters,
         web_tier_name.name.clone(),
+        web_tier_name.holder.clone(),
         web_tier_name.response_queue.clone(),
         scaler.as_ref().map(|s| s.handle()),
         api_keys,

@@ -13,7 +13,7 @@ use crate::api_keys::ApiKeys;
 use crate::depth::DepthCache;
 use crate::dispatch::Waiters;
 use crate::history::History;
-use crate::jobs::AnswerCache;
+use crate::jobs::{AnswerCache, CallbacksHeld};
 use crate::metrics::Metrics;
 use crate::upload::UploadLimits;
 
@@ -22,6 +22,8 @@ pub struct WebTier {
     pub adapters: Adapters,
     /// This web tier's name (`web-instanceK`; another one if it loses this one while paused).
     pub name: watch::Receiver<String>,
+    /// This process, uniquely (names pass between processes): who holds a job's callback.
+    pub holder: String,
     /// The response queue its answers come back on (this process's own).
     pub reply_to: String,
     /// Requests waiting for their answer.
@@ -40,6 +42,8 @@ pub struct WebTier {
     pub api_keys: Option<ApiKeys>,
     /// Jobs' answers read before.
     pub answers: AnswerCache,
+    /// The jobs' callbacks this web tier holds.
+    pub callbacks: CallbacksHeld,
     /// The request queue's depth and the dead-letter queue's, as the open endpoints show them.
     pub request_depth: DepthCache,
     pub dead_letter_depth: DepthCache,
@@ -50,6 +54,7 @@ impl WebTier {
         settings: Settings,
         adapters: Adapters,
         name: watch::Receiver<String>,
+        holder: String,
         reply_to: String,
         scaler: Option<ScalerHandle>,
         api_keys: Option<ApiKeys>,
@@ -68,6 +73,7 @@ impl WebTier {
             settings,
             adapters,
             name,
+            holder,
             reply_to,
             waiters: Waiters::default(),
             metrics: Metrics::new(),
@@ -77,6 +83,7 @@ impl WebTier {
             refused: AtomicU64::new(0),
             api_keys,
             answers: AnswerCache::default(),
+            callbacks: CallbacksHeld::default(),
         }))
     }
 }

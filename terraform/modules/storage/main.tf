@@ -80,7 +80,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   # Jobs' and idempotency keys' records go sooner (where rules overlap, S3 honours the shorter
   # expiration).
   dynamic "rule" {
-    for_each = var.record_retention_days > 0 ? ["jobs/", "idempotency/", "starts/"] : []
+    for_each = var.record_retention_days > 0 ? ["jobs/", "idempotency/", "callbacks/", "starts/"] : []
 
     content {
       id     = "records-${trimsuffix(rule.value, "/")}"

@@ -35,7 +35,7 @@ variable "noncurrent_version_days" {
 }
 
 variable "record_retention_days" {
-  description = "Days the service's records under _imgrec/jobs/, _imgrec/idempotency/ and _imgrec/starts/ are kept (0: no rule of their own)."
+  description = "Days the service's records under _imgrec/jobs/, _imgrec/idempotency/, _imgrec/callbacks/ and _imgrec/starts/ are kept (0: no rule of their own)."
   type        = number
   default     = 0
 

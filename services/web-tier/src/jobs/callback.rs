@@ -1,15 +1,14 @@
 //! A job's callback: once every image has its answer, the web tier that accepted the job POSTs
 //! the job's status (as `GET /jobs/{id}` shows it) to the callback URL, trying a few times with
-//! back-off. The callback's record is created once, so that the job is called back once even if
-//! another web tier ever delivers it too. The callback never reaches a link-local address (the
-//! instance metadata service).
+//! back-off; if that web tier dies first, another takes the callback over (`callback_lease`). The
+//! callback never reaches a link-local address (the instance metadata service).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use imgrec_domain::messages::now_ms;
-use imgrec_domain::records::{self, Job};
+use imgrec_domain::records::Job;
 use reqwest::Url;
 
 use crate::error::UploadError;
@@ -48,16 +47,41 @@ fn forbidden(ip: IpAddr) -> bool {
     }
 }
 
+/// How watching a job for its callback ended.
+enum Watched {
+    /// Delivered, given up on after every attempt, or the job expired first: the lease goes.
+    Done,
+    /// This web tier stops, or another holds the callback now.
+    LetGo,
+}
+
 impl WebTier {
-    /// Waits for the job to finish (while the job is kept and this web tier runs), then calls
-    /// its callback.
-    pub(super) async fn call_back_when_done(self: Arc<Self>, job: Job) {
+    /// Waits for the job to finish, then calls its callback, while this web tier holds the
+    /// callback as `generation` (renewing the lease beside it: the watch ends if another web tier
+    /// took the callback over).
+    pub(super) async fn call_back_when_done(self: Arc<Self>, job: Job, generation: u64) {
         let Some(url) = job.callback_url.clone() else { return };
+        // Let go: on a stop, `release_callbacks` gives the lease up; taken over, it is another's.
+        tokio::select! {
+            watched = self.watch_and_deliver(&job, &url, generation) => {
+                if let Watched::Done = watched {
+                    self.drop_callback(&job.id).await;
+                }
+            }
+            () = self.keep_callback(&job.id, generation) => {}
+        }
+    }
+
+    async fn watch_and_deliver(&self, job: &Job, url: &str, generation: u64) -> Watched {
         let kept_until = job.created_at_ms + self.settings.jobs.retention_s * 1000;
         let report = loop {
-            if self.waiters.is_closed() || now_ms() > kept_until {
-                tracing::warn!(job = %job.id, "the job's callback was not sent: the job did not finish while this web tier ran");
-                return;
+            if self.waiters.is_closed() {
+                // Given up with the others on the stop (`release_callbacks`), for another web tier.
+                return Watched::LetGo;
+            }
+            if now_ms() > kept_until {
+                tracing::warn!(job = %job.id, "the job's callback was not sent: the job did not finish while it was kept");
+                return Watched::Done;
             }
             match self.progress(job.clone()).await {
                 Ok(progress) if progress.pending() == 0 => break progress.report(crate::jobs::REPORT_TOP),
@@ -66,29 +90,31 @@ impl WebTier {
             }
             tokio::time::sleep(POLL).await;
         };
-        let output = &self.settings.buckets.output;
-        let claim = self
-            .adapters
-            .store
-            .put_if_absent(output, &records::job_callback(&job.id), bytes::Bytes::from(url.clone()))
-            .await;
-        if !matches!(claim, Ok(true)) {
-            return;
+        // The lease may have lapsed unseen (renewals that failed): no delivery if it was taken over.
+        match self.renew_callback(&job.id, generation).await {
+            Ok(true) => {}
+            Ok(false) => return Watched::LetGo,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %format!("{e:#}"), "cannot renew the lease on a job's callback; delivering it")
+            }
         }
         let jobs = &self.settings.jobs;
         for attempt in 0..jobs.callback_attempts {
-            match deliver(&url, &report, jobs.callback_timeout()).await {
+            match deliver(url, &report, jobs.callback_timeout()).await {
                 Ok(()) => {
                     tracing::info!(job = %job.id, "job's callback delivered");
-                    return;
+                    return Watched::Done;
                 }
                 Err(e) => {
                     tracing::warn!(job = %job.id, attempt = attempt + 1, error = %format!("{e:#}"), "job's callback failed")
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1 << attempt.min(6))).await;
+            if attempt + 1 < jobs.callback_attempts {
+                tokio::time::sleep(Duration::from_secs(1 << attempt.min(6))).await;
+            }
         }
         tracing::warn!(job = %job.id, attempts = jobs.callback_attempts, "gave up on the job's callback");
+        Watched::Done
     }
 }
 

@@ -4,9 +4,11 @@
 //! tier of the deployment answers for any job, and a web tier that dies loses none.
 
 mod callback;
+mod callback_lease;
 mod status;
 mod submit;
 
+pub use callback_lease::{adopt_callbacks, CallbacksHeld};
 pub use status::AnswerCache;
 
 use serde::Deserialize;

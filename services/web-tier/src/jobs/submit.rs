@@ -55,7 +55,7 @@ impl WebTier {
                     self.metrics.jobs.inc();
                     self.metrics.job_images.inc_by(job.images.len() as u64);
                     if job.callback_url.is_some() {
-                        tokio::spawn(self.clone().call_back_when_done(job.clone()));
+                        tokio::spawn(self.clone().call_back_when_done(job.clone(), 0));
                     }
                 }
                 let location = format!("/jobs/{}", job.id);
@@ -143,6 +143,7 @@ impl WebTier {
         };
         self.queue_batch(&mut job.batch).await?;
         let fingerprint = job.fingerprint.finish();
+        let job_id = job.id.clone();
         if let Some(earlier) = job.earlier {
             return same_job(earlier, &fingerprint);
         }
@@ -153,7 +154,17 @@ impl WebTier {
             images: job.images,
             callback_url: params.callback_url,
         };
-        self.record_job(job, params.client_token.is_some()).await
+        if job.callback_url.is_some() {
+            // Held before the job is recorded, so that no recorded job's callback goes unheld.
+            (self.hold_callback(&job.id, 0).await)
+                .map_err(UploadError::unavailable("cannot keep the job's callback"))?;
+        }
+        let accepted = self.record_job(job, params.client_token.is_some()).await;
+        if !matches!(accepted, Ok(Accepted { new: true, .. })) {
+            // A retry with the same token recorded it first and holds its callback.
+            self.forget_callback(&job_id);
+        }
+        accepted
     }
 
     /// One image of the job: stored and queued (in batches), or its refusal kept as its answer;
