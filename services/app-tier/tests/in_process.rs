@@ -727,6 +727,103 @@ async fn a_callback_retried_past_its_lease_is_delivered_by_its_holder_alone() {
     }
 }
 
+/// A request queue whose sends never return: a web tier stuck (or dead) between storing an
+/// upload and queueing its request.
+struct NeverSends(std::sync::Arc<dyn imgrec_domain::ports::WorkQueue>);
+
+#[async_trait::async_trait]
+impl imgrec_domain::ports::WorkQueue for NeverSends {
+    async fn send(&self, _: &[u8]) -> imgrec_domain::ports::PortResult<()> {
+        std::future::pending().await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> imgrec_domain::ports::PortResult<Vec<imgrec_domain::ports::Received>> {
+        self.0.receive(max, visibility, wait).await
+    }
+    async fn delete(&self, receipt: &imgrec_domain::ports::Receipt) -> imgrec_domain::ports::PortResult<()> {
+        self.0.delete(receipt).await
+    }
+    async fn change_visibility(
+        &self,
+        receipt: &imgrec_domain::ports::Receipt,
+        visibility: std::time::Duration,
+    ) -> imgrec_domain::ports::PortResult<()> {
+        self.0.change_visibility(receipt, visibility).await
+    }
+    async fn depth(&self) -> imgrec_domain::ports::PortResult<imgrec_domain::ports::QueueDepth> {
+        self.0.depth().await
+    }
+}
+
+/// Finding: a web tier that died between an idempotency key's claim and its request's send left
+/// the key claimed with nothing queued, and every retry with the key waited
+/// `web.response_timeout_s` for a 504 until the key expired (24 h). Now a retry that finds the
+/// claim still unqueued half an upload's wait after it was written sends the request itself: the
+/// retry sent at once gets the label, and a later one the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_sends_the_request_of_a_first_upload_that_died_before_queueing_it() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = one_web_tier_and_worker(dir.path());
+    settings.web.response_timeout_s = 4;
+    let image = small_jpg();
+    let want = {
+        let mut classifier = Classifier::load(&settings.inference, settings.image_limits).unwrap();
+        classifier.classify(&[&image]).remove(0).unwrap().label
+    };
+    let mut adapters = imgrec_runtime::backend::Adapters::connect(&settings).await.unwrap();
+    let store = adapters.store.clone();
+    adapters.requests = std::sync::Arc::new(NeverSends(adapters.requests.clone()));
+    let stuck = web_tier::spawn_on(settings.clone(), adapters).await.unwrap();
+    let web = web_tier::spawn(settings.clone()).await.unwrap();
+    let worker = app_tier::worker::spawn(settings, "app-instance1");
+    let send = |url: String| {
+        let image = image.clone();
+        async move {
+            let form = Form::new().part("myfile", Part::bytes(image).file_name("small.jpg"));
+            let response = (reqwest::Client::new().post(url))
+                .header("idempotency-key", "k-1")
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap().trim_end().to_owned())
+        }
+    };
+    let first = tokio::spawn(send(stuck.url()));
+    let claimed = Instant::now();
+    while store
+        .list("output-bucket", "_imgrec/idempotency/")
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            claimed.elapsed() < Duration::from_secs(10),
+            "the first upload claimed no key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retry = tokio::time::timeout(Duration::from_secs(20), send(web.url()))
+        .await
+        .unwrap();
+    assert_eq!(retry, (reqwest::StatusCode::OK, want.clone()), "the retry sent at once");
+    assert!(!first.is_finished(), "the first upload's web tier is stuck in its send");
+    let kept = store.list("output-bucket", "_imgrec/idempotency/").await.unwrap();
+    assert!(kept.iter().any(|k| k.as_str().ends_with("/resent")), "{kept:?}");
+    let again = send(web.url()).await;
+    assert_eq!(again, (reqwest::StatusCode::OK, want), "a later retry: the same answer");
+    first.abort();
+    worker.stop().await.unwrap();
+    web.stop().await.unwrap();
+    stuck.stop().await.unwrap();
+}
+
 /// A local worker takes requests only while it holds an inference slot: with the only slot held
 /// elsewhere (another worker's model runs), an upload waits in the queue, not in this worker's
 /// hands, and is answered once the slot frees.

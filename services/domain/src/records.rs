@@ -10,8 +10,9 @@
 //! - `_imgrec/callbacks/<id>`: a job's callback not yet delivered (`CallbackLease`): the web
 //!   tier that holds it watches the job and delivers; any web tier takes over a lease that lapsed
 //!   (its holder died), creating `_imgrec/callbacks/<id>.<generation>` once, so that one does;
-//! - `_imgrec/idempotency/<digest>`: the first upload with an `Idempotency-Key` (`Claim`), and
-//!   `_imgrec/idempotency/<digest>/answer` its answer;
+//! - `_imgrec/idempotency/<digest>`: the first upload with an `Idempotency-Key` (`Claim`),
+//!   `_imgrec/idempotency/<digest>/answer` its answer, and `.../resent` if a retry had to send its
+//!   request (the first upload died before it could);
 //! - `_imgrec/starts/<instance id>` (on AWS): whether that instance's worker could start, kept by
 //!   the AWS adapters (`imgrec_aws::StartRecords`).
 
@@ -97,6 +98,15 @@ pub struct Claim {
     pub fingerprint: String,
     pub request_id: Uuid,
     pub created_at_ms: u64,
+    /// Whether its request was queued (the claim is written first, and again once it is): a
+    /// claim never marked so is of an upload that died before its request was sent, which a
+    /// retry sends in its place. Claims of releases before this field are taken as queued.
+    #[serde(default = "queued_before_this_field")]
+    pub queued: bool,
+}
+
+fn queued_before_this_field() -> bool {
+    true
 }
 
 pub fn job(id: &JobId) -> ObjectKey {
@@ -154,6 +164,11 @@ pub fn claim_answer(digest: &str) -> ObjectKey {
     key(format!("{PREFIX}idempotency/{digest}/answer"))
 }
 
+/// Created once by the retry that sends the request of a claim whose upload died unqueued.
+pub fn claim_resent(digest: &str) -> ObjectKey {
+    key(format!("{PREFIX}idempotency/{digest}/resent"))
+}
+
 fn key(text: String) -> ObjectKey {
     ObjectKey::new(text).expect("record keys are short, printable and have no dot segments")
 }
@@ -204,6 +219,23 @@ mod tests {
         assert!(serde_json::from_str::<JobId>("\"nope\"").is_err());
         let digest = "0123456789abcdef".repeat(4);
         assert_eq!(JobId::from_digest(&digest).unwrap().as_str(), &digest[..32]);
+    }
+
+    #[test]
+    fn claims_of_releases_before_the_queued_mark_read_as_queued() {
+        let old = r#"{"fingerprint":"f","request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","created_at_ms":1}"#;
+        assert!(
+            serde_json::from_str::<Claim>(old).unwrap().queued,
+            "no retry may send their requests again"
+        );
+        let new = Claim {
+            fingerprint: "f".into(),
+            request_id: Uuid::new_v4(),
+            created_at_ms: 1,
+            queued: false,
+        };
+        let read: Claim = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(read, new);
     }
 
     #[test]

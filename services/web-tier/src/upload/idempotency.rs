@@ -2,7 +2,9 @@
 //! object, so that of racing retries on any web tiers exactly one wins) and is classified as any
 //! upload, its answer kept beside the claim; every retry gets that answer, waiting for it as an
 //! upload waits for its label, and nothing is classified or stored twice. A retry with other
-//! files is refused (422).
+//! files is refused (422). A first upload that dies between its claim and its queue (a web tier
+//! killed) leaves a claim never marked queued: the retry that finds it so, half an upload's wait
+//! after it was written, sends the request itself (one retry, by a create-once record).
 
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ use crate::state::WebTier;
 const MAX_KEY_LEN: usize = 255;
 /// How often a retry looks for the first upload's answer.
 const POLL: Duration = Duration::from_millis(200);
+/// How often a retry looks at a claim not yet queued.
+const LOOK: Duration = Duration::from_secs(1);
 
 /// The digest naming a key's records: each client (API key) has keys of its own. `what` names
 /// the key in the error of a bad one.
@@ -69,47 +73,33 @@ fn hex(hasher: Sha256) -> String {
 
 impl WebTier {
     /// The label of the first upload sent with this key (`digest`), classifying `upload` only if
-    /// it is that first one.
+    /// it is that first one, or if that one died before its request was sent.
     pub(super) async fn label_once(&self, upload: Upload, digest: &str) -> Result<Labelled, UploadError> {
-        let output = &self.settings.buckets.output;
-        let store = &self.adapters.store;
         let claim_key = records::claim(digest);
         let claim = Claim {
             fingerprint: fingerprint(&[(upload.key.as_str(), &upload.bytes)]),
             request_id: Uuid::new_v4(),
             created_at_ms: now_ms(),
+            queued: false,
         };
         let claim_bytes = serde_json::to_vec(&claim).expect("claims serialize");
         // Twice at most: a first upload that failed before queueing frees its key meanwhile.
         for _ in 0..2 {
-            let first = (store
-                .put_if_absent(output, &claim_key, claim_bytes.clone().into())
-                .await)
+            let first = (self.adapters.store)
+                .put_if_absent(&self.settings.buckets.output, &claim_key, claim_bytes.clone().into())
+                .await
                 .map_err(UploadError::unavailable("cannot record the idempotency key"))?;
             if first {
-                let answer_record = Some(records::claim_answer(digest).to_string());
-                return match self.store_and_queue(upload, claim.request_id, answer_record).await {
-                    Ok((request, waiting)) => self.await_answer(request, waiting).await,
-                    Err(e) => {
-                        // Nothing was queued: free the key for the client's retry.
-                        if let Err(e) = store.delete(output, &claim_key).await {
-                            tracing::warn!(error = %format!("{e:#}"), "cannot free an idempotency key");
-                        }
-                        Err(e)
-                    }
-                };
+                return self.send_claimed(upload, digest, claim, &claim_key).await;
             }
-            let held = (store.get(output, &claim_key, None).await)
-                .map_err(UploadError::unavailable("cannot read the idempotency key"))?;
-            let Some(held) = held else { continue };
-            let held: Claim =
-                serde_json::from_slice(&held).map_err(UploadError::unavailable("cannot read the idempotency key"))?;
+            let Some(held) = self.read_claim(digest).await? else {
+                continue;
+            };
             if held.fingerprint != claim.fingerprint {
                 return Err(UploadError::KeyReused("Idempotency-Key"));
             }
             self.metrics.replays.inc();
-            let (image, _) = result_object(upload.key.as_str(), "");
-            return self.await_record(&records::claim_answer(digest), image).await;
+            return self.await_claimed(upload, digest, held).await;
         }
         Err(UploadError::Unavailable {
             what: "the idempotency key is being claimed and freed by other uploads",
@@ -117,17 +107,94 @@ impl WebTier {
         })
     }
 
-    /// Waits, as an upload waits for its label, for an answer kept at `record`.
-    async fn await_record(&self, record: &ObjectKey, image: String) -> Result<Labelled, UploadError> {
+    async fn read_claim(&self, digest: &str) -> Result<Option<Claim>, UploadError> {
+        let unreadable = UploadError::unavailable("cannot read the idempotency key");
+        let held = (self.adapters.store)
+            .get(&self.settings.buckets.output, &records::claim(digest), None)
+            .await
+            .map_err(unreadable)?;
+        held.map(|held| serde_json::from_slice(&held))
+            .transpose()
+            .map_err(UploadError::unavailable("cannot read the idempotency key"))
+    }
+
+    /// Stores and queues the claimed upload (the claim's request), marks the claim queued and
+    /// waits for the answer. `sender`: the create-once record that made this web tier the one to
+    /// send it, freed if it cannot be sent, for the client's retry.
+    async fn send_claimed(
+        &self,
+        upload: Upload,
+        digest: &str,
+        claim: Claim,
+        sender: &ObjectKey,
+    ) -> Result<Labelled, UploadError> {
+        let answer_record = Some(records::claim_answer(digest).to_string());
+        let output = &self.settings.buckets.output;
+        match self.store_and_queue(upload, claim.request_id, answer_record).await {
+            Ok((request, waiting)) => {
+                let queued = Claim { queued: true, ..claim };
+                let mark = async {
+                    let bytes = serde_json::to_vec(&queued).expect("claims serialize");
+                    if let Err(e) = self
+                        .adapters
+                        .store
+                        .put(output, &records::claim(digest), bytes.into())
+                        .await
+                    {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot mark an idempotency key's request queued; a retry may send it again");
+                    }
+                };
+                let ((), answer) = tokio::join!(mark, self.await_answer(request, waiting));
+                answer
+            }
+            Err(e) => {
+                if let Err(e) = self.adapters.store.delete(output, sender).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot free an idempotency key");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits, as an upload waits for its label, for the answer to the claim `held`; sends its
+    /// request itself if the claim is still not queued half an upload's wait
+    /// (`web.response_timeout_s`) after it was written: its upload died between the claim and
+    /// the queue (a live one stores and queues within seconds), and the retry, sent at once,
+    /// still gets its label within its own wait.
+    async fn await_claimed(&self, upload: Upload, digest: &str, mut held: Claim) -> Result<Labelled, UploadError> {
+        let (image, _) = result_object(upload.key.as_str(), "");
+        // Kept only while this retry may yet have to send the request.
+        let mut upload = (!held.queued).then_some(upload);
         let timeout = self.settings.web.response_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
         let output = &self.settings.buckets.output;
+        let record = records::claim_answer(digest);
+        let mut next_look = tokio::time::Instant::now();
         loop {
-            let kept = records::answer(self.adapters.store.as_ref(), output, record).await;
-            match kept {
+            match records::answer(self.adapters.store.as_ref(), output, &record).await {
                 Ok(Some(response)) => return self.labelled(response, image),
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read a kept answer; trying again"),
+            }
+            if upload.is_some() && tokio::time::Instant::now() >= next_look {
+                next_look = tokio::time::Instant::now() + LOOK;
+                if let Some(claim) = self.read_claim(digest).await? {
+                    held = claim;
+                }
+                let unqueued_for = Duration::from_millis(now_ms().saturating_sub(held.created_at_ms));
+                if held.queued {
+                    upload = None;
+                } else if unqueued_for >= timeout / 2 {
+                    let resent = records::claim_resent(digest);
+                    let sender = (self.adapters.store)
+                        .put_if_absent(output, &resent, bytes::Bytes::from(self.holder.clone()))
+                        .await
+                        .map_err(UploadError::unavailable("cannot record the idempotency key"))?;
+                    if let (true, Some(upload)) = (sender, upload.take()) {
+                        tracing::warn!(request_id = %held.request_id, "an idempotency key's first upload died before its request was sent; sending it for a retry");
+                        return self.send_claimed(upload, digest, held, &resent).await;
+                    }
+                }
             }
             if tokio::time::Instant::now() + POLL > deadline {
                 return Err(UploadError::Timeout {
