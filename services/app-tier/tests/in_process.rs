@@ -637,6 +637,13 @@ async fn a_jobs_callback_is_delivered_once_by_another_web_tier_when_the_one_that
     let last_renewed = serde_json::json!({"holder": held["holder"], "generation": 0, "until_ms": now_ms() + 6000});
     let last_renewed = serde_json::to_vec(&last_renewed).unwrap().into();
     store.put("output-bucket", &key(&died), last_renewed).await.unwrap();
+    // A lapsed callback whose job cannot be read, listed before the others: skipped, not in their way.
+    let unreadable = "0".repeat(32);
+    let job_key = records::job(&records::JobId::parse(&unreadable).unwrap());
+    store.put("output-bucket", &job_key, "not a job".into()).await.unwrap();
+    let lapsed = serde_json::json!({"holder": "gone", "generation": 0, "until_ms": 0});
+    let lapsed = serde_json::to_vec(&lapsed).unwrap().into();
+    store.put("output-bucket", &key(&unreadable), lapsed).await.unwrap();
 
     let second = web_tier::spawn(settings.clone()).await.unwrap();
     let third = web_tier::spawn(settings.clone()).await.unwrap();

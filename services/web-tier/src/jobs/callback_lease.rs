@@ -138,42 +138,54 @@ impl WebTier {
     }
 
     /// Takes over the pending callbacks whose leases lapsed, and watches their jobs; how many.
+    /// One that cannot be read or taken is skipped (and logged), not in the way of the others.
     pub async fn adopt_callbacks(self: &Arc<Self>) -> anyhow::Result<usize> {
         let output = &self.settings.buckets.output;
-        let store = &self.adapters.store;
         let mut adopted = 0;
-        for key in store.list(output, records::CALLBACKS).await? {
+        for key in self.adapters.store.list(output, records::CALLBACKS).await? {
             let Some(id) = records::pending_callback_id(&key) else {
                 continue;
             };
-            if self.callbacks.lock().contains_key(&id) {
-                continue;
+            match self.adopt_callback(&id).await {
+                Ok(true) => adopted += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(job = %id, error = %format!("{e:#}"), "cannot take over a job's callback"),
             }
-            let Some(lease) = self.callback_lease(&id).await? else {
-                continue;
-            };
-            if lease.until_ms > now_ms() {
-                continue;
-            }
-            let Some(job) = self.job(&id).await? else {
-                // Its job is gone (past its retention, or never recorded): nothing to call back.
-                store.delete(output, &key).await?;
-                continue;
-            };
-            let generation = lease.generation + 1;
-            let claim = records::callback_takeover(&id, generation);
-            if !store
-                .put_if_absent(output, &claim, Bytes::from(self.holder.clone()))
-                .await?
-            {
-                continue;
-            }
-            self.hold_callback(&id, generation).await?;
-            tracing::info!(job = %id, generation, from = %lease.holder, "took over a job's callback whose lease lapsed");
-            tokio::spawn(self.clone().call_back_when_done(job, generation));
-            adopted += 1;
         }
         Ok(adopted)
+    }
+
+    /// Takes over `id`'s callback if its lease lapsed and this web tier is the first to claim the
+    /// next generation.
+    async fn adopt_callback(self: &Arc<Self>, id: &JobId) -> anyhow::Result<bool> {
+        let output = &self.settings.buckets.output;
+        let store = &self.adapters.store;
+        if self.callbacks.lock().contains_key(id) {
+            return Ok(false);
+        }
+        let Some(lease) = self.callback_lease(id).await? else {
+            return Ok(false);
+        };
+        if lease.until_ms > now_ms() {
+            return Ok(false);
+        }
+        let Some(job) = self.job(id).await? else {
+            // Its job is gone (past its retention, or never recorded): nothing to call back.
+            store.delete(output, &records::pending_callback(id)).await?;
+            return Ok(false);
+        };
+        let generation = lease.generation + 1;
+        let claim = records::callback_takeover(id, generation);
+        if !store
+            .put_if_absent(output, &claim, Bytes::from(self.holder.clone()))
+            .await?
+        {
+            return Ok(false);
+        }
+        self.hold_callback(id, generation).await?;
+        tracing::info!(job = %id, generation, from = %lease.holder, "took over a job's callback whose lease lapsed");
+        tokio::spawn(self.clone().call_back_when_done(job, generation));
+        Ok(true)
     }
 }
 
