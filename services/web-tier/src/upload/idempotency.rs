@@ -176,24 +176,30 @@ impl WebTier {
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read a kept answer; trying again"),
             }
-            if upload.is_some() && tokio::time::Instant::now() >= next_look {
+            let look = tokio::time::Instant::now() >= next_look;
+            if let Some(pending) = upload.take_if(|_| look) {
                 next_look = tokio::time::Instant::now() + LOOK;
-                if let Some(claim) = self.read_claim(digest).await? {
-                    held = claim;
+                match self.read_claim(digest).await {
+                    Ok(Some(claim)) => held = claim,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot read an idempotency key's claim; trying again"),
                 }
                 let unqueued_for = Duration::from_millis(now_ms().saturating_sub(held.created_at_ms));
                 if held.queued {
-                    upload = None;
-                } else if unqueued_for >= timeout / 2 {
+                    // Its request was sent: only its answer is awaited now.
+                } else if unqueued_for < timeout / 2 {
+                    upload = Some(pending);
+                } else {
                     let resent = records::claim_resent(digest);
                     let sender = (self.adapters.store)
                         .put_if_absent(output, &resent, bytes::Bytes::from(self.holder.clone()))
                         .await
                         .map_err(UploadError::unavailable("cannot record the idempotency key"))?;
-                    if let (true, Some(upload)) = (sender, upload.take()) {
+                    if sender {
                         tracing::warn!(request_id = %held.request_id, "an idempotency key's first upload died before its request was sent; sending it for a retry");
-                        return self.send_claimed(upload, digest, held, &resent).await;
+                        return self.send_claimed(pending, digest, held, &resent).await;
                     }
+                    // Another retry sends it.
                 }
             }
             if tokio::time::Instant::now() + POLL > deadline {
