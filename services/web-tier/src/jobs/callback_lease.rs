@@ -12,12 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use imgrec_domain::messages::now_ms;
 use imgrec_domain::ports::PortResult;
 use imgrec_domain::records::{self, CallbackLease, JobId};
 use imgrec_runtime::shutdown::Shutdown;
 
 use crate::state::WebTier;
+
+/// Leases given up at once on a stop.
+const RELEASES: usize = 16;
 
 /// The generation of each callback this web tier holds.
 #[derive(Default)]
@@ -126,15 +130,18 @@ impl WebTier {
     pub async fn release_callbacks(&self) {
         let held: Vec<(JobId, u64)> = self.callbacks.lock().drain().collect();
         let output = &self.settings.buckets.output;
-        for (id, generation) in held {
-            let lapsed = self.lease_for(generation, 0);
-            if let Err(e) = (self.adapters.store)
-                .put(output, &records::pending_callback(&id), lapsed)
-                .await
-            {
-                tracing::warn!(job = %id, error = %format!("{e:#}"), "cannot give up a job's callback; another web tier takes it once its lease lapses");
-            }
-        }
+        // Several at once: a stop is bounded (systemd's 90 s on EC2), and a web tier may hold many.
+        futures::stream::iter(held)
+            .for_each_concurrent(RELEASES, |(id, generation)| async move {
+                let lapsed = self.lease_for(generation, 0);
+                if let Err(e) = (self.adapters.store)
+                    .put(output, &records::pending_callback(&id), lapsed)
+                    .await
+                {
+                    tracing::warn!(job = %id, error = %format!("{e:#}"), "cannot give up a job's callback; another web tier takes it once its lease lapses");
+                }
+            })
+            .await;
     }
 
     /// Takes over the pending callbacks whose leases lapsed, and watches their jobs; how many.
