@@ -694,6 +694,17 @@ async fn a_jobs_callback_is_delivered_once_by_another_web_tier_when_the_one_that
     for id in [&stopped, &died] {
         assert_eq!(lease(id).await, None, "the lease of a delivered callback is deleted");
     }
+    // Counted where it happened: two taken over and two delivered by the other web tiers.
+    let (a, b) = (metrics_text(&second).await, metrics_text(&third).await);
+    let count = |outcome: &str| {
+        let series = format!("imgrec_job_callbacks_total{{outcome=\"{outcome}\"}}");
+        let sample = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+        };
+        [&a, &b].iter().filter_map(|text| sample(text)).sum::<f64>()
+    };
+    assert_eq!((count("taken_over"), count("delivered")), (2.0, 2.0), "{a}\n{b}");
     worker.stop().await.unwrap();
     third.stop().await.unwrap();
     second.stop().await.unwrap();

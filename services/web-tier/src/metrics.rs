@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Jobs accepted, and their images.
     pub jobs: IntCounter,
     pub job_images: IntCounter,
+    /// Jobs' callbacks this web tier delivered, gave up on, or took over from a lapsed lease.
+    pub callbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +64,15 @@ impl Metrics {
         registry.register(Box::new(requests.clone())).expect("unique metric");
         registry.register(Box::new(latency.clone())).expect("unique metric");
         registry.register(Box::new(instances.clone())).expect("unique metric");
+        let callbacks = IntCounterVec::new(
+            Opts::new(
+                "imgrec_job_callbacks_total",
+                "Jobs' callbacks by what this web tier did: delivered, gave_up, taken_over (a lapsed lease)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(callbacks.clone())).expect("unique metric");
         let oldest_waiting = Gauge::new(
             "imgrec_oldest_waiting_seconds",
             "How long this web tier's longest-waiting request has waited",
@@ -118,6 +129,7 @@ impl Metrics {
             replays,
             jobs,
             job_images,
+            callbacks,
         }
     }
 

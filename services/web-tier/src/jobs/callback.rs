@@ -103,6 +103,7 @@ impl WebTier {
             match deliver(url, &report, jobs.callback_timeout()).await {
                 Ok(()) => {
                     tracing::info!(job = %job.id, "job's callback delivered");
+                    self.metrics.callbacks.with_label_values(&["delivered"]).inc();
                     return Watched::Done;
                 }
                 Err(e) => {
@@ -114,6 +115,7 @@ impl WebTier {
             }
         }
         tracing::warn!(job = %job.id, attempts = jobs.callback_attempts, "gave up on the job's callback");
+        self.metrics.callbacks.with_label_values(&["gave_up"]).inc();
         Watched::Done
     }
 }

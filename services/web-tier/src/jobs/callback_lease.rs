@@ -191,6 +191,7 @@ impl WebTier {
         }
         self.hold_callback(id, generation).await?;
         tracing::info!(job = %id, generation, from = %lease.holder, "took over a job's callback whose lease lapsed");
+        self.metrics.callbacks.with_label_values(&["taken_over"]).inc();
         tokio::spawn(self.clone().call_back_when_done(job, generation));
         Ok(true)
     }
