@@ -34,27 +34,26 @@ impl CallbacksHeld {
 }
 
 impl WebTier {
-    fn lease_for(&self, generation: u64, until_ms: u64) -> Bytes {
+    /// Writes this web tier's lease on `id`'s callback as `generation`, until `until_ms`.
+    async fn put_lease(&self, id: &JobId, generation: u64, until_ms: u64) -> PortResult<()> {
         let lease = CallbackLease {
             holder: self.holder.clone(),
             generation,
             until_ms,
         };
-        serde_json::to_vec(&lease).expect("leases serialize").into()
-    }
-
-    fn lease_ends(&self) -> u64 {
-        now_ms().saturating_add(self.settings.jobs.callback_lease().as_millis() as u64)
+        let bytes = Bytes::from(serde_json::to_vec(&lease).expect("leases serialize"));
+        let output = &self.settings.buckets.output;
+        self.adapters
+            .store
+            .put(output, &records::pending_callback(id), bytes)
+            .await?;
+        Ok(())
     }
 
     /// Writes this web tier's lease on `id`'s callback as `generation`, for a lease from now.
     pub(super) async fn hold_callback(&self, id: &JobId, generation: u64) -> PortResult<()> {
-        let output = &self.settings.buckets.output;
-        let lease = self.lease_for(generation, self.lease_ends());
-        self.adapters
-            .store
-            .put(output, &records::pending_callback(id), lease)
-            .await?;
+        let until_ms = now_ms().saturating_add(self.settings.jobs.callback_lease().as_millis() as u64);
+        self.put_lease(id, generation, until_ms).await?;
         self.callbacks.lock().insert(id.clone(), generation);
         Ok(())
     }
@@ -129,15 +128,10 @@ impl WebTier {
     /// next look rather than once their leases lapse.
     pub async fn release_callbacks(&self) {
         let held: Vec<(JobId, u64)> = self.callbacks.lock().drain().collect();
-        let output = &self.settings.buckets.output;
         // Several at once: a stop is bounded (systemd's 90 s on EC2), and a web tier may hold many.
         futures::stream::iter(held)
             .for_each_concurrent(RELEASES, |(id, generation)| async move {
-                let lapsed = self.lease_for(generation, 0);
-                if let Err(e) = (self.adapters.store)
-                    .put(output, &records::pending_callback(&id), lapsed)
-                    .await
-                {
+                if let Err(e) = self.put_lease(&id, generation, 0).await {
                     tracing::warn!(job = %id, error = %format!("{e:#}"), "cannot give up a job's callback; another web tier takes it once its lease lapses");
                 }
             })

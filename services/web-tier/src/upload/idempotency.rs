@@ -108,14 +108,14 @@ impl WebTier {
     }
 
     async fn read_claim(&self, digest: &str) -> Result<Option<Claim>, UploadError> {
-        let unreadable = UploadError::unavailable("cannot read the idempotency key");
+        const UNREADABLE: &str = "cannot read the idempotency key";
         let held = (self.adapters.store)
             .get(&self.settings.buckets.output, &records::claim(digest), None)
             .await
-            .map_err(unreadable)?;
+            .map_err(UploadError::unavailable(UNREADABLE))?;
         held.map(|held| serde_json::from_slice(&held))
             .transpose()
-            .map_err(UploadError::unavailable("cannot read the idempotency key"))
+            .map_err(UploadError::unavailable(UNREADABLE))
     }
 
     /// Stores and queues the claimed upload (the claim's request), marks the claim queued and
