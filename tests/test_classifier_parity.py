@@ -18,6 +18,9 @@ def make_variants(photo: Path, thumb: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     big = Image.open(photo).convert("RGB")
     small = Image.open(thumb).convert("RGB")
+    grey = np.asarray(big.convert("L")).astype(np.uint16)
+    # Alpha from 0 to 255 across the picture: Pillow drops it, whatever it hides.
+    alpha = Image.linear_gradient("L").resize(big.size)
     files = {
         "gray.jpg": (big.convert("L"), {}),
         "progressive.jpg": (big, {"progressive": True, "quality": 85}),
@@ -34,6 +37,11 @@ def make_variants(photo: Path, thumb: Path, out: Path) -> list[Path]:
         "gray_alpha.png": (big.convert("LA"), {}),
         "palette.png": (big.convert("P", palette=Image.Palette.ADAPTIVE), {}),
         "bilevel.png": (big.convert("1"), {}),
+        "graded_alpha.png": (Image.merge("RGBA", (*big.split(), alpha)), {}),
+        "palette_transparency.png": (big.convert("P", palette=Image.Palette.ADAPTIVE), {"transparency": 0}),
+        # 16-bit grey opens as mode I;16, whose conversion clamps at 255 where other modes scale.
+        "grey16.png": (Image.fromarray(grey * 257), {}),
+        "grey16_low.png": (Image.fromarray(grey), {}),
     }
     paths = []
     for name, (image, options) in files.items():

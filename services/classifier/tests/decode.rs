@@ -193,8 +193,9 @@ fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
 }
 
 /// `verify` (JPEG at 1/8 scale, less the entropy-coded data that cannot fail) accepts exactly
-/// what `decode_rgb` accepts: on the fixtures (baseline, progressive, restart markers, grey, PNG),
-/// every truncation and thousands of mutations and splices.
+/// what `decode_rgb` accepts: on the fixtures (baseline, progressive, restart markers, grey, PNG,
+/// 16-bit grey PNG, decoded without the expansion the check does), every truncation and thousands
+/// of mutations and splices.
 #[test]
 fn verify_reports_what_decode_reports() {
     let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
@@ -205,6 +206,7 @@ fn verify_reports_what_decode_reports() {
         GREY_JPEG,
         &encode_jpeg(64, 48, true)[..],
         &encode_jpeg(64, 48, false)[..],
+        &png16(png::ColorType::Grayscale, 24, &grey16_gradient(24, 16), Some(&[0, 7])),
     ] {
         let mut cases: Vec<Vec<u8>> = (1..original.len()).map(|cut| original[..cut].to_vec()).collect();
         cases.extend((0..2000).map(|_| mutate(original, &mut next)));
@@ -224,6 +226,10 @@ fn verify_reports_what_decode_reports() {
             }
         }
     }
+}
+
+fn grey16_gradient(width: usize, height: usize) -> Vec<u16> {
+    (0..width * height).map(|i| (i * 173) as u16).collect()
 }
 
 /// A gradient JPEG from libjpeg-turbo's encoder, progressive or baseline.
@@ -300,4 +306,45 @@ fn a_dc_value_past_i32_is_refused_by_the_check_as_by_the_decode() {
         "{decoded:?}"
     );
     assert_eq!(verify(&past, &limits()).unwrap_err(), decoded);
+}
+
+/// A 16-bit PNG `width` samples of `color` wide, as many rows as `samples` fill.
+fn png16(color: png::ColorType, width: usize, samples: &[u16], trns: Option<&[u8]>) -> Vec<u8> {
+    let height = samples.len() / (width * color.samples());
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
+    encoder.set_color(color);
+    encoder.set_depth(png::BitDepth::Sixteen);
+    if let Some(trns) = trns {
+        encoder.set_trns(trns);
+    }
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_be_bytes()).collect();
+    encoder.write_header().unwrap().write_image_data(&data).unwrap();
+    out
+}
+
+/// Pillow opens 16-bit grey as `I;16`, whose `convert("RGB")` clamps at 255 (the reference's
+/// pixels, so ours); its other 16-bit modes keep each sample's high byte.
+#[test]
+fn sixteen_bit_grey_is_clamped_as_pillow_does_and_other_sixteen_bit_pngs_keep_their_high_byte() {
+    let grey = [0, 1, 200, 255, 256, 0x1234, 65535];
+    let clamped = [0u8, 1, 200, 255, 255, 255, 255];
+    let rgb = |values: &[u8]| values.iter().flat_map(|&v| [v; 3]).collect::<Vec<u8>>();
+    for trns in [None, Some(&[0x12u8, 0x34][..])] {
+        let image = decode_rgb(&png16(png::ColorType::Grayscale, grey.len(), &grey, trns), &limits()).unwrap();
+        assert_eq!(image.pixels, rgb(&clamped), "tRNS {trns:?}");
+    }
+    let grey_alpha: Vec<u16> = grey.iter().flat_map(|&g| [g, 0x8000]).collect();
+    let image = decode_rgb(
+        &png16(png::ColorType::GrayscaleAlpha, grey.len(), &grey_alpha, None),
+        &limits(),
+    )
+    .unwrap();
+    assert_eq!(image.pixels, rgb(&[0, 0, 0, 0, 1, 0x12, 255]));
+    let image = decode_rgb(
+        &png16(png::ColorType::Rgb, 1, &[0x0102, 0xA0FF, 0xFF00], None),
+        &limits(),
+    )
+    .unwrap();
+    assert_eq!(image.pixels, [1, 0xA0, 0xFF]);
 }

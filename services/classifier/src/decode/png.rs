@@ -1,5 +1,6 @@
 //! PNG decoding with Pillow's `convert("RGB")` semantics: palette and low bit depths expanded,
-//! alpha dropped (not composited), gray replicated, 16-bit samples reduced to their high byte.
+//! alpha dropped (not composited), gray replicated, 16-bit samples reduced to their high byte,
+//! but 16-bit grey (no alpha) clamped to 255 as Pillow does (see `Samples`).
 
 use std::io::Cursor;
 
@@ -69,9 +70,37 @@ pub fn verify_bytes(width: usize) -> usize {
     working_bytes(0, width)
 }
 
+/// How the decoder hands over a PNG's samples, by what the file holds.
+#[derive(Clone, Copy)]
+enum Samples {
+    /// 8-bit grey or RGB, with or without alpha: palettes, low bit depths and transparency
+    /// expanded, 16-bit samples reduced to their high byte (Pillow opens such files as `L`, `LA`,
+    /// `RGB` or `RGBA` the same way).
+    Eight,
+    /// 16-bit grey without alpha, as stored: Pillow opens it as mode `I;16`, and `convert("RGB")`
+    /// clamps each sample to 255 rather than scaling it, so most such pictures come out white
+    /// (python-pillow/Pillow#3011, #2574). The reference the service is held to does that, so this
+    /// does too: parity over a prettier picture. Its `tRNS` is ignored, as Pillow's conversion
+    /// drops it.
+    Grey16Clamped,
+}
+
+fn samples(bytes: &[u8], limits: &ImageLimits) -> Result<Samples, ImageError> {
+    let reader = decoder(bytes, limits).read_info().map_err(error)?;
+    let info = reader.info();
+    Ok(match (info.color_type, info.bit_depth) {
+        (ColorType::Grayscale, BitDepth::Sixteen) => Samples::Grey16Clamped,
+        _ => Samples::Eight,
+    })
+}
+
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    let samples = samples(bytes, limits)?;
     let mut decoder = decoder(bytes, limits);
-    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
+    decoder.set_transformations(match samples {
+        Samples::Eight => Transformations::EXPAND | Transformations::STRIP_16,
+        Samples::Grey16Clamped => Transformations::IDENTITY,
+    });
     let mut reader = decoder.read_info().map_err(error)?;
     let (width, height) = (reader.info().width as usize, reader.info().height as usize);
     check_size(limits, width, height)?;
@@ -83,20 +112,35 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     })?;
     let mut buf = vec![0; size];
     let frame = reader.next_frame(&mut buf).map_err(error)?;
+    let expected = match samples {
+        Samples::Eight => BitDepth::Eight,
+        Samples::Grey16Clamped => BitDepth::Sixteen,
+    };
     let (color, depth) = reader.output_color_type();
-    if depth != BitDepth::Eight {
+    if depth != expected {
         return Err(ImageError::Corrupt(format!(
             "unexpected PNG bit depth {depth:?} after expansion"
         )));
     }
-    let channels = color.samples();
+    let bytes_per_sample = if depth == BitDepth::Sixteen { 2 } else { 1 };
+    let channels = color.samples() * bytes_per_sample;
     let mut pixels = Vec::with_capacity(width * height * 3);
     for row in buf[..frame.buffer_size()].chunks_exact(frame.line_size) {
         for px in row[..width * channels].chunks_exact(channels) {
-            match color {
-                ColorType::Grayscale | ColorType::GrayscaleAlpha => pixels.extend_from_slice(&[px[0]; 3]),
-                ColorType::Rgb | ColorType::Rgba => pixels.extend_from_slice(&px[..3]),
-                ColorType::Indexed => return Err(ImageError::Corrupt("palette was not expanded".into())),
+            match (samples, color) {
+                (Samples::Grey16Clamped, ColorType::Grayscale) => {
+                    let grey = u16::from_be_bytes([px[0], px[1]]).min(255) as u8;
+                    pixels.extend_from_slice(&[grey; 3])
+                }
+                (Samples::Eight, ColorType::Grayscale | ColorType::GrayscaleAlpha) => {
+                    pixels.extend_from_slice(&[px[0]; 3])
+                }
+                (Samples::Eight, ColorType::Rgb | ColorType::Rgba) => pixels.extend_from_slice(&px[..3]),
+                (_, color) => {
+                    return Err(ImageError::Corrupt(format!(
+                        "unexpected PNG colour {color:?} after expansion"
+                    )))
+                }
             }
         }
     }
