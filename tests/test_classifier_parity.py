@@ -27,6 +27,9 @@ def make_variants(photo: Path, thumb: Path, out: Path) -> list[Path]:
         "subsampling444.jpg": (big, {"subsampling": 0, "quality": 92}),
         "subsampling422.jpg": (big, {"subsampling": 1, "quality": 75}),
         "odd_size.jpg": (big.resize((333, 251)), {}),
+        # Shrunk vertical pass first by Pillow (the height shrinks by over twice what the width does).
+        "narrow_portrait.jpg": (big.resize((223, 1000)), {}),
+        "tall_strip.png": (big.resize((300, 2000)), {}),
         "cmyk.jpg": (big.convert("CMYK"), {}),
         "restart_markers.jpg": (big, {"restart_marker_blocks": 4}),
         "huge_upscale.jpg": (small.resize((2000, 1500)), {"quality": 90}),
