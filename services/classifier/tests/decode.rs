@@ -348,3 +348,28 @@ fn sixteen_bit_grey_is_clamped_as_pillow_does_and_other_sixteen_bit_pngs_keep_th
     .unwrap();
     assert_eq!(image.pixels, [1, 0xA0, 0xFF]);
 }
+
+/// Pillow's decoder stops once every row is out and the file has no more to give, so a segment
+/// after the image data whose length runs past the end (no EOI) loses no pixel and is no error
+/// (it was "Input file read error" here); a file whose data ends before its last row still is
+/// truncated, and a marker there that libjpeg cannot read still refuses the file, as in Pillow.
+#[test]
+fn a_jpeg_whose_end_runs_past_the_file_after_its_last_row_is_read_as_pillow_reads_it() {
+    let eoi = JPEG.len() - 2;
+    assert_eq!(&JPEG[eoi..], [0xFF, 0xD9]);
+    let with_end = |end: &[u8]| [&JPEG[..eoi], end].concat();
+    let past_the_end = with_end(&[0xFF, 0xFE, 0x00, 0x40, b'a', b'b', b'c']);
+    assert_eq!(decode_rgb(&past_the_end, &limits()).unwrap().pixels, JPEG_PIXELS);
+    assert!(verify(&past_the_end, &limits()).is_ok());
+    for (end, expected) in [
+        (&[][..], ImageError::Truncated),
+        (
+            &[0xFF, 0xC4, 0x00, 0x05, 0x10, 0x00, 0x00, 0xFF, 0xD9][..],
+            ImageError::Corrupt("Bogus marker length".into()),
+        ),
+    ] {
+        let bytes = with_end(end);
+        assert_eq!(decode_rgb(&bytes, &limits()), Err(expected), "{end:?}");
+        assert!(verify(&bytes, &limits()).is_err(), "{end:?}");
+    }
+}

@@ -7,8 +7,9 @@ use std::ops::Range;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
+use mozjpeg::decompress::DecompressStarted;
 use mozjpeg::{ColorSpace, ColorSpaceExt, Decompress};
-use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
+use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JERR_FILE_READ, JWRN_JPEG_EOF};
 
 use super::{check_size, ImageError, ImageLimits, RgbImage};
 
@@ -32,8 +33,16 @@ fn message(cinfo: &mut jpeg_common_struct) -> String {
 }
 
 extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
-    let reason = message(cinfo);
-    resume_unwind(Box::new(JpegFailure(ImageError::Corrupt(reason))));
+    // SAFETY: as in `message`.
+    let code = unsafe { (*cinfo.err).msg_code };
+    // The readers here are in memory: a read fails only past the file's end (a segment whose
+    // length runs past it, skipped), which is the file ending too soon.
+    let failure = if code == JERR_FILE_READ as c_int {
+        ImageError::Truncated
+    } else {
+        ImageError::Corrupt(message(cinfo))
+    };
+    resume_unwind(Box::new(JpegFailure(failure)));
 }
 
 extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
@@ -141,12 +150,12 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
         let pixels = if cmyk {
             let mut started = decompress.to_colorspace(ColorSpace::JCS_CMYK).map_err(io)?;
             let cmyk: Vec<[u8; 4]> = started.read_scanlines().map_err(io)?;
-            started.finish().map_err(io)?;
+            finish(started)?;
             cmyk.iter().flat_map(|&px| inverted_cmyk_to_rgb(px)).collect()
         } else {
             let mut started = decompress.rgb().map_err(io)?;
             let rgb: Vec<u8> = started.read_scanlines().map_err(io)?;
-            started.finish().map_err(io)?;
+            finish(started)?;
             rgb
         };
         if pixels.len() != width * height * 3 {
@@ -203,7 +212,18 @@ fn decode_rows<R: BufRead>(
     for _ in 1..started.height() {
         started.read_scanlines_into(&mut row).map_err(io)?;
     }
-    started.finish().map_err(io)
+    finish(started)
+}
+
+/// Reads the file's end once every row is out. Pillow's decoder stops there when the file has no
+/// more to give (a marker after the image data whose length runs past the end, or no EOI): no
+/// pixel is missing, so neither is an error here; a marker there that libjpeg cannot read still
+/// is, in both.
+fn finish<R: BufRead>(started: DecompressStarted<R>) -> Result<(), ImageError> {
+    match guarded(|| started.finish().map_err(io)) {
+        Err(ImageError::Truncated) => Ok(()),
+        other => other,
+    }
 }
 
 /// The ranges of the file to decode in its place: all but the entropy-coded data of its scans,
