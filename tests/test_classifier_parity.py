@@ -1,6 +1,7 @@
 """The Rust classifier against tools/reference.py (Pillow + onnxruntime): identical top-1 on
 every image, bit-identical input tensors, logits within 1e-4."""
 
+import random
 import sys
 from pathlib import Path
 
@@ -92,6 +93,60 @@ def test_rust_and_reference_agree_on_every_image(app_tier, images, tmp_path):
     assert not disagree, disagree
     assert not tensor_mismatch, tensor_mismatch
     assert worst_logit < 1e-4
+
+
+def damaged(sources: list[Path], out: Path, per_source: int, seed: int) -> list[Path]:
+    """Files as they arrive broken: a few bytes changed, a run cut out or inserted, cut short."""
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for source in sources:
+        data = source.read_bytes()
+        for i in range(per_source):
+            b = bytearray(data)
+            at = rng.randrange(len(b))
+            kind = rng.choice(["change", "change", "cut short", "cut out", "insert"])
+            if kind == "change":
+                for at in rng.sample(range(len(b)), rng.randint(1, 4)):
+                    b[at] = rng.randrange(256)
+            elif kind == "cut short":
+                del b[at:]
+            elif kind == "cut out":
+                del b[at:at + rng.randint(1, 64)]
+            else:
+                b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+            path = out / f"{source.stem}-{i}.jpg"
+            path.write_bytes(bytes(b))
+            paths.append(path)
+    return paths
+
+
+def test_damaged_jpegs_are_accepted_or_refused_as_the_reference_does(app_tier, images, tmp_path):
+    """What Pillow decodes, the service decodes to the same pixels; what it refuses, the service
+    refuses; but for images past `image_limits` (a changed size byte makes a 24896x64 strip, which
+    Pillow decodes and the service refuses by design)."""
+    jpegs = [p for p in images if p.suffix.lower() in (".jpg", ".jpeg")]
+    sources = jpegs[:4] + [p for p in jpegs if p.name in {"progressive.jpg", "gray.jpg", "cmyk.jpg",
+                                                         "restart_markers.jpg", "subsampling422.jpg"}]
+    assert len(sources) == 9
+    files = damaged(sources, tmp_path / "damaged", 100, seed=1)
+    rust = run([app_tier, "classify", "--model", MODEL, "--dump", tmp_path / "rust", *files])
+    ref = run([sys.executable, "tools/reference.py", "--model", MODEL, "--dump", tmp_path / "ref", *files])
+    assert "panicked" not in rust.stderr
+    rust_labels = dict(line.split(",", 1) for line in rust.stdout.splitlines())
+    ref_labels = dict(line.split(",", 1) for line in ref.stdout.splitlines())
+    reasons = dict(line.split(": ", 1) for line in rust.stderr.splitlines() if ": " in line)
+    over_limits = {n for n in ref_labels if "larger than" in reasons.get(n, "")}
+    print(f"\n{len(files)} damaged JPEGs: {len(ref_labels)} decoded by the reference, {len(rust_labels)} here, "
+          f"{len(over_limits)} of them past image_limits here")
+    assert 0.3 < len(ref_labels) / len(files) < 0.9  # the damage leaves some readable, not all
+    assert set(rust_labels) == set(ref_labels) - over_limits, (
+        {n: reasons.get(n) for n in set(ref_labels) - set(rust_labels) - over_limits},
+        set(rust_labels) - set(ref_labels))
+    for name in rust_labels:
+        rt, pt = read_f32(tmp_path / "rust" / f"{name}.input.f32"), read_f32(tmp_path / "ref" / f"{name}.input.f32")
+        assert rt.shape == pt.shape and np.array_equal(rt, pt), name
+    assert rust_labels == {n: ref_labels[n] for n in rust_labels}
 
 
 def test_classify_reports_unreadable_files_and_still_classifies_the_rest(app_tier, datasets, tmp_path):
