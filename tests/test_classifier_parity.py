@@ -96,7 +96,8 @@ def test_rust_and_reference_agree_on_every_image(app_tier, images, tmp_path):
 
 
 def damaged(sources: list[Path], out: Path, per_source: int, seed: int) -> list[Path]:
-    """Files as they arrive broken: a few bytes changed, a run cut out or inserted, cut short."""
+    """Files as they arrive broken: a few bytes changed, a run cut out or inserted, cut short, or
+    cut at their end with the start of a segment left after the image data."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -105,7 +106,7 @@ def damaged(sources: list[Path], out: Path, per_source: int, seed: int) -> list[
         for i in range(per_source):
             b = bytearray(data)
             at = rng.randrange(len(b))
-            kind = rng.choice(["change", "change", "cut short", "cut out", "insert"])
+            kind = rng.choice(["change", "change", "cut short", "cut out", "insert", "stray segment"])
             if kind == "change":
                 for at in rng.sample(range(len(b)), rng.randint(1, 4)):
                     b[at] = rng.randrange(256)
@@ -113,8 +114,10 @@ def damaged(sources: list[Path], out: Path, per_source: int, seed: int) -> list[
                 del b[at:]
             elif kind == "cut out":
                 del b[at:at + rng.randint(1, 64)]
-            else:
+            elif kind == "insert":
                 b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+            else:  # its EOI replaced by a COM or APPn segment longer than what follows
+                b[-2:] = bytes([0xFF, rng.choice([0xFE, 0xE1, 0xEE]), 0x01, 0x00]) + b"cut"
             path = out / f"{source.stem}-{i}.jpg"
             path.write_bytes(bytes(b))
             paths.append(path)
