@@ -85,22 +85,34 @@ enum Samples {
     Grey16Clamped,
 }
 
-fn samples(bytes: &[u8], limits: &ImageLimits) -> Result<Samples, ImageError> {
-    let reader = decoder(bytes, limits).read_info().map_err(error)?;
-    let info = reader.info();
-    Ok(match (info.color_type, info.bit_depth) {
-        (ColorType::Grayscale, BitDepth::Sixteen) => Samples::Grey16Clamped,
-        _ => Samples::Eight,
-    })
+impl Samples {
+    fn of(header: &png::Info) -> Self {
+        match (header.color_type, header.bit_depth) {
+            (ColorType::Grayscale, BitDepth::Sixteen) => Self::Grey16Clamped,
+            _ => Self::Eight,
+        }
+    }
+
+    fn transformations(self) -> Transformations {
+        match self {
+            Self::Eight => Transformations::EXPAND | Transformations::STRIP_16,
+            Self::Grey16Clamped => Transformations::IDENTITY,
+        }
+    }
+
+    fn depth(self) -> BitDepth {
+        match self {
+            Self::Eight => BitDepth::Eight,
+            Self::Grey16Clamped => BitDepth::Sixteen,
+        }
+    }
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
-    let samples = samples(bytes, limits)?;
     let mut decoder = decoder(bytes, limits);
-    decoder.set_transformations(match samples {
-        Samples::Eight => Transformations::EXPAND | Transformations::STRIP_16,
-        Samples::Grey16Clamped => Transformations::IDENTITY,
-    });
+    // The transformations depend on IHDR, so it is read first; `read_info` goes on from there.
+    let samples = Samples::of(decoder.read_header_info().map_err(error)?);
+    decoder.set_transformations(samples.transformations());
     let mut reader = decoder.read_info().map_err(error)?;
     let (width, height) = (reader.info().width as usize, reader.info().height as usize);
     check_size(limits, width, height)?;
@@ -112,12 +124,8 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     })?;
     let mut buf = vec![0; size];
     let frame = reader.next_frame(&mut buf).map_err(error)?;
-    let expected = match samples {
-        Samples::Eight => BitDepth::Eight,
-        Samples::Grey16Clamped => BitDepth::Sixteen,
-    };
     let (color, depth) = reader.output_color_type();
-    if depth != expected {
+    if depth != samples.depth() {
         return Err(ImageError::Corrupt(format!(
             "unexpected PNG bit depth {depth:?} after expansion"
         )));
