@@ -18,6 +18,15 @@ const MAX_NAME: usize = 255;
 const PIECE: usize = 240;
 
 fn escape(key: &str) -> String {
+    let out = escape_chars(key);
+    if out == "." || out == ".." {
+        return out.replace('.', "%2E");
+    }
+    out
+}
+
+/// `key` escaped character by character: a prefix of a key escapes to a prefix of its name.
+fn escape_chars(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for c in key.chars() {
         if c == '%' || c == '/' || c.is_control() {
@@ -29,10 +38,29 @@ fn escape(key: &str) -> String {
             out.push(c);
         }
     }
-    if out == "." || out == ".." {
-        out = out.replace('.', "%2E");
-    }
     out
+}
+
+/// Which names of a bucket's own folder (not the long-name tree) may hold keys starting with a
+/// prefix, told from the name's bytes alone: a list by prefix decodes only those, not every file
+/// of a folder that holds every result.
+pub struct NamesFor {
+    escaped: String,
+}
+
+impl NamesFor {
+    pub fn prefix(prefix: &str) -> Self {
+        Self {
+            escaped: escape_chars(prefix),
+        }
+    }
+
+    /// False only if no key starting with the prefix is written to `name`.
+    pub fn may_hold(&self, name: &[u8]) -> bool {
+        // Only `.` and `..` are written otherwise, and no key is either (`ObjectKey` refuses dot
+        // segments): their names are kept, in case.
+        name.starts_with(self.escaped.as_bytes()) || name == b"%2E" || name == b"%2E%2E"
+    }
 }
 
 fn unescape(name: &str) -> Option<String> {
@@ -171,6 +199,34 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn a_keys_name_may_hold_every_prefix_of_the_key() {
+        let keys = [
+            "test_0.JPEG",
+            "_imgrec/jobs/abc/test_0",
+            "...",
+            ".hidden",
+            "100%",
+            "a/b%c d//e",
+            "ünïcode ファイル.png",
+        ];
+        for key in keys {
+            let name = relative_path(&ObjectKey::new(key).unwrap());
+            let name = name.to_str().unwrap().as_bytes();
+            for (cut, _) in key.char_indices().chain([(key.len(), ' ')]) {
+                assert!(
+                    NamesFor::prefix(&key[..cut]).may_hold(name),
+                    "{key:?} under {:?}",
+                    &key[..cut]
+                );
+            }
+        }
+        let jobs = NamesFor::prefix("_imgrec/jobs/abc/");
+        assert!(!jobs.may_hold(b"test_0"));
+        assert!(!jobs.may_hold(b"_imgrec%2Fjobs%2Fabd%2Ftest_0"));
+        assert!(!NamesFor::prefix("a/").may_hold(b"a"));
     }
 
     #[test]

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::file_names::{key_of, relative_path, LONG_DIR};
+use super::file_names::{key_of, relative_path, NamesFor, LONG_DIR};
 use super::group_commit::GroupCommit;
 use imgrec_domain::ports::{
     metadata_problem, Kept, Metadata, ObjectKey, ObjectStore, PortError, PortResult, StoredObject, UploadOrder,
@@ -310,6 +311,7 @@ impl FsObjectStore {
     fn list_blocking(&self, bucket: &str, prefix: &str) -> PortResult<Vec<ObjectKey>> {
         check_bucket(bucket)?;
         let base = self.bucket_dir(bucket);
+        let names = NamesFor::prefix(prefix);
         let mut keys = Vec::new();
         let mut stack = vec![base.clone()];
         while let Some(dir) = stack.pop() {
@@ -322,10 +324,14 @@ impl FsObjectStore {
                         .into())
                 }
             };
+            let in_long_tree = dir != base;
             for entry in entries {
                 let entry = entry.context("cannot list a bucket")?;
+                let name = entry.file_name();
+                if !in_long_tree && name != LONG_DIR && !names.may_hold(name.as_bytes()) {
+                    continue;
+                }
                 let path = entry.path();
-                let in_long_tree = path.strip_prefix(&base).is_ok_and(|p| p.starts_with(LONG_DIR));
                 if entry.file_type().context("cannot list a bucket")?.is_dir() {
                     // Only the long-name tree has folders; others are left by older layouts.
                     if in_long_tree || path.file_name().is_some_and(|n| n == LONG_DIR) {

@@ -259,6 +259,10 @@ pub async fn object_store_contract<S: ObjectStore>(store: S, bucket: &str) {
     assert_eq!(listed("dir").await, ["dir", "dir/test_1.png"]);
     assert_eq!(listed("dir/").await, ["dir/test_1.png"]);
     assert!(listed("nothing/").await.is_empty());
+    // Prefixes of keys kept under other names: escaped, and too long for one file name.
+    assert_eq!(listed("100%").await, ["100% real.jpg"]);
+    assert_eq!(listed("xx").await, ["x".repeat(ObjectKey::MAX_LEN)]);
+    assert_eq!(listed("éé").await, [format!("{}.jpg", "é".repeat(510))]);
 }
 
 /// Of many writers creating one key at once (through every handle), exactly one stores and the
