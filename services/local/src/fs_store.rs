@@ -334,7 +334,7 @@ impl FsObjectStore {
                 let path = entry.path();
                 if entry.file_type().context("cannot list a bucket")?.is_dir() {
                     // Only the long-name tree has folders; others are left by older layouts.
-                    if in_long_tree || path.file_name().is_some_and(|n| n == LONG_DIR) {
+                    if in_long_tree || name == LONG_DIR {
                         stack.push(path);
                     }
                 } else if let Some(key) = path.strip_prefix(&base).ok().and_then(key_of) {
