@@ -71,3 +71,18 @@ def test_the_readme_crate_table_matches_the_manifests():
         words = re.findall(r"[a-z-]+", re.sub(r"\(.*?\)", "", cells[3]))  # (notes) aside
         documented[cells[0].strip("`")] = {w for w in words if w in short.values()}
     assert documented == actual
+
+
+def test_every_name_the_readme_gives_in_code_is_in_the_code():
+    """The README's tables name the tests that show each promise (and settings, metrics, outputs);
+    a test renamed or moved (three were, into Rust) must take its name there along."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    # Long snake_case words (four parts or more), as `a_worker_killed_mid_burst_loses_nothing`.
+    named = set(re.findall(r"`((?:test_)?[a-z][a-z0-9]*(?:_[a-z0-9]+){3,})(?:\[[^\]`]*\])?`", readme))
+    sources = [p for pattern in ("services/**/*.rs", "tests/*.py", "tools/**/*.py", "terraform/**/*.tf",
+                                 "terraform/**/*.tftpl", "packer/**/*", "config/*.toml")
+               for p in ROOT.glob(pattern) if p.is_file() and "node_modules" not in p.parts]
+    text = "\n".join(p.read_text(errors="replace") for p in sources)
+    assert len(named) > 50, "the pattern no longer finds the README's names"
+    assert sorted(n for n in named if n not in text) == []

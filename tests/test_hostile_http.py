@@ -3,6 +3,7 @@ connection floods, unknown paths, decompression bombs and SIGTERM with hundreds 
 ends with every accepted request answered correctly (or refused with a clear 4xx/503), and no
 process left."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import generated_models
 from conftest import ROOT
 from hostile import (closed_within, connect, jpeg_bomb, jpeg_scan_bomb, label_of, open_sockets, peak_rss_mib,
                      png_bomb, png_metadata_bomb, request, slow_sender, upload)
@@ -107,6 +109,35 @@ def test_a_large_jpeg_of_many_scans_is_refused_before_any_decode(tmp_path, thumb
         assert status == 422, body
         assert "100 scans, more than the 32 allowed for a 8192x4882 image" in body, body
         assert upload(stack.url, "thumb.jpg", thumb.read_bytes()) == (200, thumb_label + "\n")
+
+
+def test_an_image_too_large_for_a_model_at_its_own_size_is_refused_before_it_is_stored(tmp_path, app_tier):
+    """A model that runs at the image's own size (ResNet-18, the AWS default) needs memory with
+    the image's pixels: a worker peaked at 4.2 GB on 28 MP, where the app tier's unit on EC2 has
+    MemoryMax=3G (killed, and so each worker that took the request again). The web tier reads the
+    model's manifest and refuses such an image with 413 before storing it; a worker applies the
+    same bound (seen here through `app-tier classify`, as a web tier without the model folder
+    would queue it). The bound lowered from 16 MP to 0.1 MP so that the images stay small."""
+    from PIL import Image
+
+    model = generated_models.resnet18(tmp_path)
+    images = {}
+    for name, size in {"over.jpg": (400, 300), "under.jpg": (300, 300)}.items():
+        Image.new("RGB", size, (200, 120, 40)).save(tmp_path / name, quality=90)
+        images[name] = (tmp_path / name).read_bytes()
+    bound = {"IMGREC__INFERENCE__MODEL_DIR": str(model), "IMGREC__IMAGE_LIMITS__MAX_NATIVE_PIXELS": "100000"}
+    classified = subprocess.run([str(app_tier), "classify", str(tmp_path / "over.jpg"), str(tmp_path / "under.jpg")],
+                                env={**os.environ, **bound}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert classified.returncode == 1, classified
+    assert "over.jpg: image is 400x300, more than the 100000 pixels this model takes" in classified.stderr
+    (label_under,) = [line.split(",", 1)[1] for line in classified.stdout.splitlines() if line.startswith("under.jpg,")]
+    with Stack(tmp_path / "data", bound, **FAST, scaler__max="1") as stack:
+        status, body = upload(stack.url, "over.jpg", images["over.jpg"])
+        assert status == 413, body
+        assert body == "image is 400x300, more than the 100000 pixels this model takes at the image's own size\n"
+        assert upload(stack.url, "under.jpg", images["under.jpg"]) == (200, label_under + "\n")
+    inputs = sorted(p.name for p in (tmp_path / "data" / "s3" / "input-bucket").iterdir())
+    assert inputs == ["under.jpg"], "a refused upload was stored"
 
 
 def healthz_latency(url: str) -> float:

@@ -4,7 +4,9 @@
 1. peak web-tier RSS while 24 clients upload 40 MP images at once (PNG bomb, flat baseline JPEG,
    progressive JPEG; goal < 1 GiB);
 2. peak worker RSS on a batch of 8 large photos (12 MP JPEGs), and on a native-size model (a
-   ResNet-18 with generated weights) with the default pixel budget per model run vs none;
+   ResNet-18 with generated weights) with the default pixel budget per model run vs none, and on
+   one photo of `image_limits.max_native_pixels` (the largest such a model takes) with two
+   inference threads, as on a c7i.large (goal: below the app tier's MemoryMax on EC2);
 3. a busy worker SIGKILLed (or SIGSTOPped) mid-burst: time from the signal to the last of its
    requests answered by another;
 4. SIGTERM to the web tier with 300 requests waiting: time to exit, and how many were answered;
@@ -35,10 +37,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
+import generated_models  # noqa: E402
 from hostile import jpeg_bomb, peak_rss_mib, png_bomb, png_metadata_bomb, slow_sender, upload  # noqa: E402
 from local_stack import ROOT, Stack, photos, scratch_dir, wait_until, worker_pids  # noqa: E402
 
 FAST = {"scaler__scale_in_after_s": "2", "scaler__tick_ms": "200"}
+
+
+def largest_native_size() -> tuple[int, int]:
+    """The largest 4:3 image `image_limits.max_native_pixels` allows (config/default.toml)."""
+    import tomllib
+    most = tomllib.loads((ROOT / "config" / "default.toml").read_text())["image_limits"]["max_native_pixels"]
+    width = int((most * 4 / 3) ** 0.5)
+    return width, most // width
+
+
+def app_tier_memory_max_mib() -> float:
+    """The app tier's systemd `MemoryMax` on EC2 (packer/files), in MiB."""
+    unit = (ROOT / "packer" / "files" / "imgrec-app-tier.service").read_text()
+    value = next(line.split("=", 1)[1].strip() for line in unit.splitlines() if line.startswith("MemoryMax="))
+    return float(value[:-1]) * {"K": 1 / 1024, "M": 1, "G": 1024}[value[-1]]
 
 
 def web_tier_peak(kind: str, tmp: Path, i: int) -> float:
@@ -68,20 +86,6 @@ def worker_peak(images: list[bytes], tmp: Path, name: str, **settings: str) -> f
                 time.sleep(0.05)
             assert [f.result()[0] for f in futures] == [200] * len(images)
         return max(peaks.values(), default=0.0)
-
-
-def resnet18_model(tmp: Path) -> Path:
-    """ResNet-18 (native size, ToTensor only) with generated weights: the converter's own path."""
-    import make_model
-    import numpy_nets
-    import torch_writer
-
-    out = tmp / "resnet18-generated"
-    if not (out / "manifest.json").exists():
-        weights = tmp / "resnet18-random.pth"
-        torch_writer.save_zip(numpy_nets.random_resnet18_state(seed=1), weights)
-        make_model.write_model("resnet18", weights, out, verify_hash=False)
-    return out
 
 
 def dead_worker_recovery(files: list[Path], tmp: Path, i: int, fault: signal.Signals = signal.SIGKILL) -> float:
@@ -212,8 +216,10 @@ def main() -> int:
     with scratch_dir("imgrec-faults-") as tmp:
         if first:
             big = photos(args.images, 8, 4000, 3000)
-            resnet = resnet18_model(tmp)
+            resnet = generated_models.resnet18(tmp)
             medium = photos(args.images, 6, 1632, 1224)
+            largest_size = largest_native_size()
+            largest = photos(args.images, 1, *largest_size)
         for i in range(args.rounds):
             if first:
                 for kind in ("png", "jpeg", "progressive jpeg"):
@@ -222,6 +228,8 @@ def main() -> int:
                 for label, budget in (("default", {}), ("unbounded", {"app_tier__max_batch_pixels": "1000000000"})):
                     record(f"worker_peak_mib/resnet18 6x2MP {label}", worker_peak(
                         medium, tmp, f"r{i}-{label}", inference__model_dir=str(resnet), **budget))
+                record(f"worker_peak_mib/resnet18 1x{largest_size[0] * largest_size[1] / 1e6:.0f}MP 2 threads", worker_peak(
+                    largest, tmp, f"n{i}", inference__model_dir=str(resnet), inference__threads="2"))
                 record("dead_worker_recovery_s", dead_worker_recovery(files, tmp, i))
                 record("stopped_worker_recovery_s", dead_worker_recovery(files, tmp, i, signal.SIGSTOP))
                 record("shutdown_300", shutdown_with_300_waiting(files, tmp, i))
@@ -247,7 +255,8 @@ def print_first_round(results: dict):
     for kind in ("png", "jpeg", "progressive jpeg"):
         print(f"web tier peak RSS, 24 x 40 MP {kind:17s} {statistics.median(results[f'web_peak_mib/{kind}']):8.0f} MiB  (goal < 1024)")
     for key in [k for k in results if k.startswith("worker_peak_mib/")]:
-        print(f"worker peak RSS, {key.split('/', 1)[1]:31s} {statistics.median(results[key]):8.0f} MiB")
+        goal = f"  (goal < {app_tier_memory_max_mib():.0f}, the app tier's MemoryMax)" if "threads" in key else ""
+        print(f"worker peak RSS, {key.split('/', 1)[1]:31s} {statistics.median(results[key]):8.0f} MiB{goal}")
     print(f"SIGKILLed worker -> its requests answered       {statistics.median(results['dead_worker_recovery_s']):8.2f} s")
     print(f"SIGSTOPped worker -> its requests answered      {statistics.median(results['stopped_worker_recovery_s']):8.2f} s")
     shut = results["shutdown_300"]

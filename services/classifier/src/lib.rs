@@ -66,6 +66,7 @@ impl Classifier {
     pub fn load(settings: &InferenceSettings, limits: ImageLimits) -> anyhow::Result<Self> {
         let dir = &settings.model_dir;
         let manifest = Manifest::load(dir)?;
+        let limits = limits.for_model(&manifest);
         let labels = load_labels(&dir.join(&manifest.labels))?;
         ensure!(settings.threads >= 1, "inference threads must be at least 1");
         let env = runtime::environment(settings.onnxruntime_lib.as_deref())?;

@@ -1,7 +1,7 @@
 //! Decoding: Pillow's pixels on good files, a clear error and no panic on bad ones.
 
 use imgrec_classifier::decode::{decode_rgb, inspect, probe, verify, Format};
-use imgrec_classifier::{ImageError, ImageLimits};
+use imgrec_classifier::{ImageError, ImageLimits, Manifest};
 
 const JPEG: &[u8] = include_bytes!("fixtures/small.jpg");
 const JPEG_PIXELS: &[u8] = include_bytes!("fixtures/small.jpg.rgb");
@@ -99,8 +99,56 @@ fn huge_dimensions_are_refused_from_the_header() {
     let tight = ImageLimits {
         max_side: 8,
         max_pixels: 1000,
+        ..limits()
     };
     assert!(matches!(decode_rgb(JPEG, &tight), Err(ImageError::TooLarge { .. })));
+}
+
+const RESIZING: &str = r#"{
+  "format_version": 1, "name": "resizing",
+  "input": {"name": "input", "layout": "NCHW", "color": "RGB", "shape": ["N", 3, 224, 224]},
+  "output": {"name": "logits", "kind": "logits"},
+  "resize": {"width": 224, "height": 224, "filter": "bilinear"},
+  "normalize": {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]},
+  "labels": "labels.json"
+}"#;
+
+#[test]
+fn a_model_that_runs_at_the_images_own_size_takes_at_most_max_native_pixels() {
+    let resizing = Manifest::parse(RESIZING).unwrap();
+    let native = Manifest::parse(
+        &RESIZING
+            .replace(r#"{"width": 224, "height": 224, "filter": "bilinear"}"#, "null")
+            .replace("224, 224]", r#""H", "W"]"#),
+    )
+    .unwrap();
+    // 16 x 12 = 192 pixels: one more than the bound, then exactly the bound.
+    let bound = |max_native_pixels| ImageLimits {
+        max_native_pixels,
+        ..limits()
+    };
+    for bytes in [JPEG, PNG] {
+        let err = probe(bytes, &bound(191).for_model(&native)).unwrap_err();
+        assert_eq!(
+            err,
+            ImageError::TooLargeForModel {
+                width: 16,
+                height: 12,
+                max_pixels: 191
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "image is 16x12, more than the 191 pixels this model takes at the image's own size"
+        );
+        assert_eq!(verify(bytes, &bound(191).for_model(&native)).unwrap_err(), err);
+        assert_eq!(decode_rgb(bytes, &bound(191).for_model(&native)).unwrap_err(), err);
+        assert!(decode_rgb(bytes, &bound(192).for_model(&native)).is_ok());
+        // A model that resizes takes any image the other limits allow, and so do limits not yet
+        // fitted to a model.
+        assert!(decode_rgb(bytes, &bound(191).for_model(&resizing)).is_ok());
+        assert!(decode_rgb(bytes, &bound(191)).is_ok());
+    }
 }
 
 #[test]

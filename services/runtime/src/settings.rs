@@ -249,6 +249,12 @@ impl Settings {
                 "no client could connect",
             ),
             (
+                "image_limits.max_native_pixels",
+                self.image_limits.max_native_pixels as u64,
+                1,
+                "a model that runs at the image's own size would take no image",
+            ),
+            (
                 "inference.threads",
                 self.inference.threads as u64,
                 1,

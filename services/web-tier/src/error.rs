@@ -83,7 +83,7 @@ impl UploadError {
             Self::Image(e) => match e {
                 ImageError::Empty => StatusCode::BAD_REQUEST,
                 ImageError::UnsupportedFormat(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ImageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ImageError::TooLarge { .. } | ImageError::TooLargeForModel { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ImageError::ZeroSize | ImageError::Truncated | ImageError::Corrupt(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }

@@ -3,11 +3,13 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use imgrec_classifier::{ImageLimits, Manifest};
 use imgrec_domain::policy::admission::Admission;
 use imgrec_runtime::backend::Adapters;
 use imgrec_runtime::settings::Settings;
 use scaler::ScalerHandle;
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::api_keys::ApiKeys;
 use crate::depth::DepthCache;
@@ -69,7 +71,7 @@ impl WebTier {
         Ok(Arc::new(Self {
             request_depth: DepthCache::new(adapters.requests.clone()),
             dead_letter_depth: DepthCache::new(adapters.dead_letter.clone()),
-            upload_limits: UploadLimits::new(&settings.web, settings.image_limits),
+            upload_limits: UploadLimits::new(&settings.web, model_image_limits(&settings)),
             settings,
             adapters,
             name,
@@ -85,5 +87,62 @@ impl WebTier {
             answers: AnswerCache::default(),
             callbacks: CallbacksHeld::default(),
         }))
+    }
+}
+
+/// The image limits for the model the workers run (a model that runs at the image's own size takes
+/// fewer pixels), read from its manifest. A web tier without the model folder checks uploads
+/// against the settings alone; the workers still refuse what their model cannot take.
+fn model_image_limits(settings: &Settings) -> ImageLimits {
+    let dir = &settings.inference.model_dir;
+    match Manifest::load(dir) {
+        Ok(manifest) => settings.image_limits.for_model(&manifest),
+        Err(e) => {
+            warn!(
+                error = %format!("{e:#}"),
+                "cannot read the model's manifest in {}: uploads are checked without the model's own \
+                 limits, which its workers apply",
+                dir.display()
+            );
+            settings.image_limits
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NATIVE: &str = r#"{
+      "format_version": 1, "name": "native",
+      "input": {"name": "input", "layout": "NCHW", "color": "RGB", "shape": ["N", 3, "H", "W"]},
+      "output": {"name": "logits", "kind": "logits"},
+      "resize": null,
+      "normalize": {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]},
+      "labels": "labels.json"
+    }"#;
+
+    fn limits_with_model(dir: &std::path::Path) -> ImageLimits {
+        let mut settings = Settings::defaults().unwrap();
+        settings.inference.model_dir = dir.to_path_buf();
+        model_image_limits(&settings)
+    }
+
+    #[test]
+    fn uploads_are_checked_against_the_limits_of_the_model_in_the_model_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), NATIVE).unwrap();
+        assert!(limits_with_model(dir.path()).native_size_model);
+        let resizing = NATIVE
+            .replace(
+                r#""resize": null"#,
+                r#""resize": {"width": 8, "height": 8, "filter": "bilinear"}"#,
+            )
+            .replace(r#""H", "W"]"#, "8, 8]");
+        std::fs::write(dir.path().join("manifest.json"), resizing).unwrap();
+        assert!(!limits_with_model(dir.path()).native_size_model);
+        // No model folder: the settings' limits, and the workers apply the model's.
+        let none = limits_with_model(&dir.path().join("nothing"));
+        assert_eq!(none, Settings::defaults().unwrap().image_limits);
     }
 }

@@ -46,6 +46,12 @@ pub enum ImageError {
         max_side: usize,
         max_pixels: usize,
     },
+    #[error("image is {width}x{height}, more than the {max_pixels} pixels this model takes at the image's own size")]
+    TooLargeForModel {
+        width: usize,
+        height: usize,
+        max_pixels: usize,
+    },
     #[error("image has zero width or height")]
     ZeroSize,
     #[error("image data is truncated")]
@@ -65,6 +71,13 @@ pub(crate) fn check_size(limits: &ImageLimits, width: usize, height: usize) -> R
             height,
             max_side: limits.max_side,
             max_pixels: limits.max_pixels,
+        });
+    }
+    if limits.native_size_model && width.saturating_mul(height) > limits.max_native_pixels {
+        return Err(ImageError::TooLargeForModel {
+            width,
+            height,
+            max_pixels: limits.max_native_pixels,
         });
     }
     Ok(())
