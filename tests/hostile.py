@@ -86,10 +86,19 @@ def jpeg_scan_bomb(width: int, height: int, scans: int) -> bytes:
 
 def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set (VmHWM) so far."""
+    return status_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int) -> float:
+    """The process's resident set (VmRSS) now."""
+    return status_mib(pid, "VmRSS")
+
+
+def status_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
 
 
 def open_sockets(pid: int) -> int:
