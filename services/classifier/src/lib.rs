@@ -86,7 +86,7 @@ impl Classifier {
             .map_err(configure)?
             .commit_from_file(&model)
             .map_err(|e| anyhow!("cannot load {}: {e}", model.display()))?;
-        let native_size = manifest.resize.is_none();
+        let native_size = manifest.runs_at_image_size();
         let mut run_options = RunOptions::new().map_err(|e| anyhow!("cannot create ONNX Runtime run options: {e}"))?;
         if native_size {
             // The arena grows with the largest image run and keeps that (a worker held 2.2 GB

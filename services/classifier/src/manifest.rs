@@ -89,6 +89,12 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Whether the model takes each image at its own size (no resize step): its memory then grows
+    /// with the image.
+    pub fn runs_at_image_size(&self) -> bool {
+        self.resize.is_none()
+    }
+
     pub fn load(model_dir: &Path) -> anyhow::Result<Self> {
         let path = model_dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -40,7 +40,7 @@ impl ImageLimits {
     /// These limits for images fed to `manifest`'s model.
     pub fn for_model(self, manifest: &Manifest) -> Self {
         Self {
-            native_size_model: manifest.resize.is_none(),
+            native_size_model: manifest.runs_at_image_size(),
             ..self
         }
     }
