@@ -12,6 +12,8 @@ from PIL import Image
 from conftest import ROOT, run
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
+# Pillow cannot write arithmetic coding: made by `jpegtran -arithmetic [-progressive]`.
+ARITHMETIC = [ROOT / "services/classifier/tests/fixtures" / n for n in ("arithmetic.jpg", "arithmetic_progressive.jpg")]
 
 
 def make_variants(photo: Path, thumb: Path, out: Path) -> list[Path]:
@@ -64,7 +66,7 @@ def images(datasets, darknet_photos, tmp_path_factory):
     thumbs = sorted((datasets / "imagenet-100").glob("*.JPEG"))
     assert len(thumbs) == 100
     variants = make_variants(darknet_photos[0], thumbs[0], tmp_path_factory.mktemp("variants"))
-    return thumbs + darknet_photos + variants
+    return thumbs + darknet_photos + variants + ARITHMETIC
 
 
 def test_rust_and_reference_agree_on_every_image(app_tier, images, tmp_path):
@@ -131,7 +133,8 @@ def test_damaged_jpegs_are_accepted_or_refused_as_the_reference_does(app_tier, i
     jpegs = [p for p in images if p.suffix.lower() in (".jpg", ".jpeg")]
     sources = jpegs[:4] + [p for p in jpegs if p.name in {"progressive.jpg", "gray.jpg", "cmyk.jpg",
                                                          "restart_markers.jpg", "subsampling422.jpg"}]
-    assert len(sources) == 9
+    sources += ARITHMETIC
+    assert len(sources) == 11
     files = damaged(sources, tmp_path / "damaged", 100, seed=1)
     rust = run([app_tier, "classify", "--model", MODEL, "--dump", tmp_path / "rust", *files])
     ref = run([sys.executable, "tools/reference.py", "--model", MODEL, "--dump", tmp_path / "ref", *files])

@@ -11,6 +11,13 @@ const PNG_PIXELS: &[u8] = include_bytes!("fixtures/small.png.rgb");
 const RESTART_JPEG: &[u8] = include_bytes!("fixtures/restart.jpg");
 /// Pillow's, one component.
 const GREY_JPEG: &[u8] = include_bytes!("fixtures/grey.jpg");
+/// A 160x120 picture (Pillow's, quality 85), and the same coefficients arithmetic-coded by
+/// `jpegtran -arithmetic` (libjpeg-turbo 2.1), sequential and progressive.
+const PHOTO_JPEG: &[u8] = include_bytes!("fixtures/photo.jpg");
+const ARITHMETIC_JPEGS: [&[u8]; 2] = [
+    include_bytes!("fixtures/arithmetic.jpg"),
+    include_bytes!("fixtures/arithmetic_progressive.jpg"),
+];
 
 fn limits() -> ImageLimits {
     ImageLimits::default()
@@ -25,6 +32,18 @@ fn decodes_to_pillows_pixels() {
     }
     assert_eq!(probe(JPEG, &limits()).unwrap(), (Format::Jpeg, 16, 12));
     assert_eq!(probe(PNG, &limits()).unwrap(), (Format::Png, 16, 12));
+}
+
+#[test]
+fn arithmetic_coded_jpegs_decode_to_the_pixels_of_their_huffman_original() {
+    let original = decode_rgb(PHOTO_JPEG, &limits()).unwrap();
+    assert_eq!((original.width, original.height), (160, 120));
+    for bytes in ARITHMETIC_JPEGS {
+        let image = decode_rgb(bytes, &limits()).expect("an arithmetic-coded JPEG decodes");
+        assert!(image.pixels == original.pixels, "arithmetic coding changed the pixels");
+        assert_eq!(probe(bytes, &limits()).unwrap(), (Format::Jpeg, 160, 120));
+        verify(bytes, &limits()).expect("the web tier's check takes it");
+    }
 }
 
 #[test]
@@ -241,9 +260,9 @@ fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
 }
 
 /// `verify` (JPEG at 1/8 scale, less the entropy-coded data that cannot fail) accepts exactly
-/// what `decode_rgb` accepts: on the fixtures (baseline, progressive, restart markers, grey, PNG,
-/// 16-bit grey PNG, decoded without the expansion the check does), every truncation and thousands
-/// of mutations and splices.
+/// what `decode_rgb` accepts: on the fixtures (baseline, progressive, restart markers, grey,
+/// arithmetic-coded, PNG, 16-bit grey PNG, decoded without the expansion the check does), every
+/// truncation and thousands of mutations and splices.
 #[test]
 fn verify_reports_what_decode_reports() {
     let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
@@ -252,6 +271,8 @@ fn verify_reports_what_decode_reports() {
         PNG,
         RESTART_JPEG,
         GREY_JPEG,
+        ARITHMETIC_JPEGS[0],
+        ARITHMETIC_JPEGS[1],
         &encode_jpeg(64, 48, true)[..],
         &encode_jpeg(64, 48, false)[..],
         &png16(png::ColorType::Grayscale, 24, &grey16_gradient(24, 16), Some(&[0, 7])),
