@@ -12,8 +12,11 @@ from PIL import Image
 from conftest import ROOT, run
 
 MODEL = ROOT / "models" / "efficientnet-lite0"
-# Pillow cannot write arithmetic coding: made by `jpegtran -arithmetic [-progressive]`.
-ARITHMETIC = [ROOT / "services/classifier/tests/fixtures" / n for n in ("arithmetic.jpg", "arithmetic_progressive.jpg")]
+FIXTURES = ROOT / "services/classifier/tests/fixtures"
+# Pillow writes neither arithmetic coding (these are by `jpegtran -arithmetic [-progressive]`) nor
+# interlaced PNGs (these are by pypng).
+ARITHMETIC = [FIXTURES / n for n in ("arithmetic.jpg", "arithmetic_progressive.jpg")]
+INTERLACED = [FIXTURES / f"interlaced_{n}.png" for n in ("rgb", "grey4", "grey16", "tiny_rgba")]
 
 
 def make_variants(photo: Path, thumb: Path, out: Path) -> list[Path]:
@@ -66,7 +69,7 @@ def images(datasets, darknet_photos, tmp_path_factory):
     thumbs = sorted((datasets / "imagenet-100").glob("*.JPEG"))
     assert len(thumbs) == 100
     variants = make_variants(darknet_photos[0], thumbs[0], tmp_path_factory.mktemp("variants"))
-    return thumbs + darknet_photos + variants + ARITHMETIC
+    return thumbs + darknet_photos + variants + ARITHMETIC + INTERLACED
 
 
 def test_rust_and_reference_agree_on_every_image(app_tier, images, tmp_path):
@@ -120,7 +123,7 @@ def damaged(sources: list[Path], out: Path, per_source: int, seed: int) -> list[
                 b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
             else:  # its EOI replaced by a COM or APPn segment longer than what follows
                 b[-2:] = bytes([0xFF, rng.choice([0xFE, 0xE1, 0xEE]), 0x01, 0x00]) + b"cut"
-            path = out / f"{source.stem}-{i}.jpg"
+            path = out / f"{source.stem}-{i}{source.suffix}"
             path.write_bytes(bytes(b))
             paths.append(path)
     return paths
@@ -153,6 +156,37 @@ def test_damaged_jpegs_are_accepted_or_refused_as_the_reference_does(app_tier, i
         rt, pt = read_f32(tmp_path / "rust" / f"{name}.input.f32"), read_f32(tmp_path / "ref" / f"{name}.input.f32")
         assert rt.shape == pt.shape and np.array_equal(rt, pt), name
     assert rust_labels == {n: ref_labels[n] for n in rust_labels}
+
+
+def test_damaged_pngs_are_accepted_or_refused_as_the_reference_does(app_tier, images, tmp_path):
+    """As for JPEGs: Pillow checks the CRCs of the chunks before the image data and zlib's
+    checksum, and stops reading once every row is out (a bad IDAT CRC, a cut IEND: read)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    sources = []
+    for path in (p for p in images if p.suffix == ".png"):
+        if path in INTERLACED:  # small already, and Pillow would write them not interlaced
+            sources.append(path)
+            continue
+        with Image.open(path) as im:
+            if im.width > 160:  # keeps its mode (palette, 16-bit grey, alpha, 1-bit)
+                im = im.resize((160, max(1, im.height * 160 // im.width)), Image.Resampling.NEAREST)
+            im.save(small / path.name)
+        sources.append(small / path.name)
+    assert len(sources) == 16
+    files = damaged(sources, tmp_path / "damaged", 60, seed=3)
+    rust = run([app_tier, "classify", "--model", MODEL, "--dump", tmp_path / "rust", *files])
+    ref = run([sys.executable, "tools/reference.py", "--model", MODEL, "--dump", tmp_path / "ref", *files])
+    assert "panicked" not in rust.stderr and "Traceback" not in ref.stderr, ref.stderr[-2000:]
+    rust_labels = dict(line.split(",", 1) for line in rust.stdout.splitlines())
+    ref_labels = dict(line.split(",", 1) for line in ref.stdout.splitlines())
+    print(f"\n{len(files)} damaged PNGs: {len(ref_labels)} decoded by the reference, {len(rust_labels)} here")
+    assert 0.1 < len(ref_labels) / len(files) < 0.9
+    assert set(rust_labels) == set(ref_labels), (set(ref_labels) - set(rust_labels), set(rust_labels) - set(ref_labels))
+    for name in rust_labels:
+        rt, pt = read_f32(tmp_path / "rust" / f"{name}.input.f32"), read_f32(tmp_path / "ref" / f"{name}.input.f32")
+        assert rt.shape == pt.shape and np.array_equal(rt, pt), name
+    assert rust_labels == ref_labels
 
 
 def test_classify_reports_unreadable_files_and_still_classifies_the_rest(app_tier, datasets, tmp_path):

@@ -66,7 +66,8 @@ def main() -> int:
     for path in args.files:
         try:
             tensor = ref.preprocess(path)
-        except (OSError, ValueError) as e:
+        # Pillow raises SyntaxError (and EOFError) for a broken file found while loading it.
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
             print(f"{path.name}: not a readable image: {e}", file=sys.stderr)
             failed += 1
             continue

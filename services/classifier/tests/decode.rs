@@ -65,13 +65,19 @@ fn non_images_are_named() {
 
 #[test]
 fn every_truncation_is_an_error() {
-    // Cut anywhere before the last image data: JPEG's 2-byte EOI and PNG's 12-byte IEND chunk
-    // carry no pixels.
-    for (bytes, trailer) in [(JPEG, 2), (PNG, 12)] {
+    // Cut anywhere before the last image data, an error; after it, the whole picture, as Pillow
+    // reads it. JPEG's 2-byte EOI carries no pixels; nor does the PNG's last 21 bytes: the last
+    // byte of its deflate data (the end-of-block code), zlib's checksum, IDAT's CRC and IEND
+    // (Pillow stops reading once every row is out; checked against it byte by byte).
+    for (bytes, trailer) in [(JPEG, 2), (PNG, 21)] {
         for cut in 1..bytes.len() - trailer {
             let result = decode_rgb(&bytes[..cut], &limits());
             assert!(result.is_err(), "accepted a file cut at {cut} of {}", bytes.len());
         }
+    }
+    let whole = decode_rgb(PNG, &limits()).unwrap();
+    for cut in PNG.len() - 21..PNG.len() {
+        assert_eq!(decode_rgb(&PNG[..cut], &limits()).as_ref(), Ok(&whole), "cut at {cut}");
     }
     assert_eq!(
         decode_rgb(&JPEG[..JPEG.len() / 2], &limits()),
@@ -261,7 +267,7 @@ fn splice(original: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
 
 /// `verify` (JPEG at 1/8 scale, less the entropy-coded data that cannot fail) accepts exactly
 /// what `decode_rgb` accepts: on the fixtures (baseline, progressive, restart markers, grey,
-/// arithmetic-coded, PNG, 16-bit grey PNG, decoded without the expansion the check does), every
+/// arithmetic-coded, PNG, interlaced PNG, 16-bit grey PNG, decoded without the expansion the check does), every
 /// truncation and thousands of mutations and splices.
 #[test]
 fn verify_reports_what_decode_reports() {
@@ -273,6 +279,9 @@ fn verify_reports_what_decode_reports() {
         GREY_JPEG,
         ARITHMETIC_JPEGS[0],
         ARITHMETIC_JPEGS[1],
+        INTERLACED_PNGS[0].0,
+        INTERLACED_PNGS[1].0,
+        INTERLACED_PNGS[2].0,
         &encode_jpeg(64, 48, true)[..],
         &encode_jpeg(64, 48, false)[..],
         &png16(png::ColorType::Grayscale, 24, &grey16_gradient(24, 16), Some(&[0, 7])),
@@ -390,6 +399,114 @@ fn png16(color: png::ColorType, width: usize, samples: &[u16], trns: Option<&[u8
     let data: Vec<u8> = samples.iter().flat_map(|s| s.to_be_bytes()).collect();
     encoder.write_header().unwrap().write_image_data(&data).unwrap();
     out
+}
+
+/// Interlaced PNGs (written by pypng; Pillow writes none), with Pillow's `convert("RGB")`
+/// pixels: 8-bit RGB, 4-bit grey, 16-bit grey (clamped) at 37x23, and 3x2 RGBA (empty passes).
+const INTERLACED_PNGS: [(&[u8], &[u8]); 4] = [
+    (
+        include_bytes!("fixtures/interlaced_rgb.png"),
+        include_bytes!("fixtures/interlaced_rgb.png.rgb"),
+    ),
+    (
+        include_bytes!("fixtures/interlaced_grey4.png"),
+        include_bytes!("fixtures/interlaced_grey4.png.rgb"),
+    ),
+    (
+        include_bytes!("fixtures/interlaced_grey16.png"),
+        include_bytes!("fixtures/interlaced_grey16.png.rgb"),
+    ),
+    (
+        include_bytes!("fixtures/interlaced_tiny_rgba.png"),
+        include_bytes!("fixtures/interlaced_tiny_rgba.png.rgb"),
+    ),
+];
+
+#[test]
+fn interlaced_pngs_decode_to_pillows_pixels() {
+    for (bytes, pixels) in INTERLACED_PNGS {
+        let image = decode_rgb(bytes, &limits()).expect("decodes");
+        assert_eq!(image.pixels.len(), image.width * image.height * 3);
+        assert!(
+            image.pixels == pixels,
+            "{}x{}: not Pillow's pixels",
+            image.width,
+            image.height
+        );
+        verify(bytes, &limits()).expect("the web tier's check takes it");
+    }
+}
+
+/// The chunks of a PNG: (offset, type, data length).
+fn png_chunks(bytes: &[u8]) -> Vec<(usize, [u8; 4], usize)> {
+    let mut chunks = Vec::new();
+    let mut at = 8;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        chunks.push((at, bytes[at + 4..at + 8].try_into().unwrap(), len));
+        at += 12 + len;
+    }
+    chunks
+}
+
+fn chunk(bytes: &[u8], kind: &[u8; 4]) -> (usize, usize) {
+    let (at, _, len) = png_chunks(bytes).into_iter().find(|(_, k, _)| k == kind).unwrap();
+    (at, len)
+}
+
+/// `text` as a tEXt chunk, with its CRC (flipped if `bad_crc`).
+fn text_chunk(text: &[u8], bad_crc: bool) -> Vec<u8> {
+    let mut chunk = (text.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(b"tEXt");
+    chunk.extend_from_slice(text);
+    let crc = crc32fast::hash(&chunk[4..]) ^ u32::from(bad_crc);
+    chunk.extend_from_slice(&crc.to_be_bytes());
+    chunk
+}
+
+/// Pillow checks the CRC of each chunk before the image data, zlib's checksum of the image data
+/// when it reads that far, and nothing after the last row: a bad IDAT CRC or a missing IEND
+/// still reads (a 422 before), a bad IHDR CRC or zlib checksum does not.
+#[test]
+fn png_checksums_are_checked_where_pillow_checks_them() {
+    let whole = decode_rgb(PNG, &limits()).unwrap();
+    let flipped = |at: usize| {
+        let mut bytes = PNG.to_vec();
+        bytes[at] ^= 0x01;
+        bytes
+    };
+    let (ihdr, ihdr_len) = chunk(PNG, b"IHDR");
+    let (idat, idat_len) = chunk(PNG, b"IDAT");
+    let (iend, _) = chunk(PNG, b"IEND");
+    let idat_crc = idat + 8 + idat_len;
+    let refused = [
+        ("IHDR's CRC", flipped(ihdr + 8 + ihdr_len)),
+        ("zlib's checksum", flipped(idat_crc - 1)),
+        (
+            "a tEXt chunk's CRC before IDAT",
+            [&PNG[..idat], &text_chunk(b"k\0v", true), &PNG[idat..]].concat(),
+        ),
+    ];
+    for (what, bytes) in refused {
+        assert!(decode_rgb(&bytes, &limits()).is_err(), "{what} not checked");
+        assert!(verify(&bytes, &limits()).is_err(), "{what} not checked by verify");
+    }
+    let read = [
+        ("IDAT's CRC", flipped(idat_crc)),
+        ("no IEND", PNG[..iend].to_vec()),
+        (
+            "a tEXt chunk's CRC after IDAT",
+            [&PNG[..iend], &text_chunk(b"k\0v", true), &PNG[iend..]].concat(),
+        ),
+        (
+            "a good tEXt chunk before IDAT",
+            [&PNG[..idat], &text_chunk(b"k\0v", false), &PNG[idat..]].concat(),
+        ),
+    ];
+    for (what, bytes) in read {
+        assert_eq!(decode_rgb(&bytes, &limits()).as_ref(), Ok(&whole), "{what}");
+        verify(&bytes, &limits()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
 }
 
 /// Pillow opens 16-bit grey as `I;16`, whose `convert("RGB")` clamps at 255 (the reference's
