@@ -20,8 +20,9 @@ fn error(e: png::DecodingError) -> ImageError {
 /// A decoder that allocates, besides the output frame, at most what the file itself could hold plus
 /// a working set (row buffers, zlib's window): metadata nobody reads (text chunks, colour profiles;
 /// Pillow's `convert("RGB")` ignores them too) is skipped unread, so a chunk of a few MB that would
-/// inflate to GBs costs nothing.
-fn decoder<'a>(bytes: &'a [u8], limits: &ImageLimits) -> Decoder<Cursor<&'a [u8]>> {
+/// inflate to GBs costs nothing. Refuses first a file whose header chunks fail their CRC.
+fn decoder<'a>(bytes: &'a [u8], limits: &ImageLimits) -> Result<Decoder<Cursor<&'a [u8]>>, ImageError> {
+    check_header_crcs(bytes)?;
     let cap = png::Limits {
         bytes: working_bytes(bytes.len(), limits.max_side),
     };
@@ -34,7 +35,7 @@ fn decoder<'a>(bytes: &'a [u8], limits: &ImageLimits) -> Decoder<Cursor<&'a [u8]
     options.set_ignore_adler32(false);
     let mut decoder = Decoder::new_with_options(Cursor::new(bytes), options);
     decoder.set_limits(cap);
-    decoder
+    Ok(decoder)
 }
 
 /// Pillow checks the CRC of every chunk before the first IDAT as it opens a file ("broken PNG
@@ -127,8 +128,7 @@ fn working_bytes(file_bytes: usize, width: usize) -> usize {
 }
 
 pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(usize, usize), ImageError> {
-    check_header_crcs(bytes)?;
-    let reader = decoder(bytes, limits).read_info().map_err(error)?;
+    let reader = decoder(bytes, limits)?.read_info().map_err(error)?;
     let info = reader.info();
     Ok((info.width as usize, info.height as usize))
 }
@@ -136,8 +136,7 @@ pub fn dimensions(bytes: &[u8], limits: &ImageLimits) -> Result<(usize, usize), 
 /// Decodes every row (every pass of an interlaced image) into the decoder's own row buffer: the
 /// same errors as `decode`, without a frame.
 pub fn verify(bytes: &[u8], limits: &ImageLimits) -> Result<(), ImageError> {
-    check_header_crcs(bytes)?;
-    let mut decoder = decoder(bytes, limits);
+    let mut decoder = decoder(bytes, limits)?;
     decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(error)?;
     check_size(limits, reader.info().width as usize, reader.info().height as usize)?;
@@ -189,27 +188,27 @@ impl Samples {
 }
 
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
-    check_header_crcs(bytes)?;
-    let mut decoder = decoder(bytes, limits);
+    let mut decoder = decoder(bytes, limits)?;
     // The transformations depend on IHDR, so it is read first; `read_info` goes on from there.
     let samples = Samples::of(decoder.read_header_info().map_err(error)?);
     decoder.set_transformations(samples.transformations());
     let mut reader = decoder.read_info().map_err(error)?;
     let (width, height) = (reader.info().width as usize, reader.info().height as usize);
     check_size(limits, width, height)?;
-    let size = reader.output_buffer_size().ok_or(ImageError::TooLarge {
+    let too_large = || ImageError::TooLarge {
         width,
         height,
         max_side: limits.max_side,
         max_pixels: limits.max_pixels,
-    })?;
+    };
+    let size = reader.output_buffer_size().ok_or_else(too_large)?;
     let (color, depth) = reader.output_color_type();
     if depth != samples.depth() {
         return Err(ImageError::Corrupt(format!(
             "unexpected PNG bit depth {depth:?} after expansion"
         )));
     }
-    let line_size = reader.output_line_size(width as u32).ok_or(ImageError::Truncated)?;
+    let line_size = reader.output_line_size(width as u32).ok_or_else(too_large)?;
     let bits_per_pixel = color.samples() as u8 * depth as u8;
     let mut buf = vec![0; size];
     let mut line = 0;
